@@ -1,0 +1,23 @@
+//! airbridge: a Modbus gateway appliance.
+//!
+//! Data flows one way: **sources → image → servers**.
+//!
+//! - sources: [`push`] (Modbus TCP server the KSEM writes to) and [`poll`]
+//!   (Modbus TCP client polling the KSEM's slave);
+//! - [`image`]: one lock-free register image, snapshot per reader, age per region;
+//! - servers: [`rtu::slave`] answers the inverter on RS485 from the image only.
+//!
+//! [`config`] describes all of it, [`gateway`] wires it together and supervises it,
+//! [`sim`] holds the simulated KSEM and inverter that [`demo`] and the tests run against.
+//! The binary (`src/main.rs`) is a thin CLI over this library.
+
+pub mod config;
+pub mod demo;
+pub mod gateway;
+pub mod image;
+pub mod poll;
+pub mod push;
+pub mod rtu;
+pub mod serial;
+pub mod sim;
+pub mod util;

@@ -1,0 +1,6 @@
+//! Simulators: real programs speaking real Modbus, used by `airbridge simulate`,
+//! `airbridge demo` and the integration tests. They share nothing with the
+//! gateway but the CRC and the wire.
+
+pub mod inverter;
+pub mod ksem;
