@@ -1,1 +1,550 @@
-//! (to be written)
+//! The register image: the one place where data from the sources meets the servers.
+//!
+//! Owns the words of every configured region and when each region was last written.
+//! Writers (the push server, the poller) build a new [`Snapshot`] and publish it with one
+//! atomic pointer swap; readers (the RTU slave, the push server's diagnostic reads) load a
+//! snapshot without locking and build their whole reply from it. A reader therefore never sees
+//! half of a push, a region polled in several chunks, or a torn 32/64-bit value. It touches
+//! no I/O; the clock is passed in by the caller (tokio's, so tests can pause it).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, Guard};
+use tokio::time::Instant;
+
+use crate::config::{OnStale, Region};
+
+/// The fixed shape of one region (from the config).
+#[derive(Debug, Clone)]
+pub struct RegionSpec {
+    pub name: String,
+    pub start: u16,
+    pub count: u16,
+    pub max_age: Duration,
+    pub on_stale: OnStale,
+    /// Push writes may land here.
+    pub accepts_push: bool,
+}
+
+impl RegionSpec {
+    fn end(&self) -> u32 {
+        u32::from(self.start) + u32::from(self.count)
+    }
+}
+
+/// The contents of one region at one moment.
+#[derive(Debug, Clone)]
+pub struct RegionState {
+    pub words: Arc<[u16]>,
+    /// Last complete write of any kind; `None` until the region was filled once.
+    pub written: Option<Instant>,
+    /// Last push write into this region (fallback polling keys off this, not `written`).
+    pub pushed: Option<Instant>,
+}
+
+/// One consistent view of the whole image.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Incremented by every commit.
+    pub generation: u64,
+    /// Every region has been filled at least once.
+    pub warm: bool,
+    pub regions: Box<[RegionState]>,
+}
+
+/// Why a write was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    #[error("the range is not entirely inside regions that accept pushes")]
+    NotWritable,
+    #[error("no such region")]
+    NoRegion,
+    #[error("length does not match the region")]
+    Length,
+}
+
+/// Why a read cannot be answered with data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadRefusal {
+    /// Some address lies outside every region (exception 02).
+    OutsideRegions,
+    /// Not every region has been filled yet: stay silent.
+    WarmingUp,
+    /// A touched region is older than its `max_age`, and its policy is not `serve`.
+    Stale(OnStale),
+}
+
+/// The register image shared by sources and servers.
+#[derive(Debug)]
+pub struct Image {
+    specs: Box<[RegionSpec]>,
+    current: ArcSwap<Snapshot>,
+    /// Serialises writers; readers never take it.
+    writer: Mutex<()>,
+    created: Instant,
+}
+
+impl Image {
+    /// An empty image for these regions (sorted by start, non-overlapping, as the config
+    /// guarantees). Static regions are filled at once with their fixed values.
+    pub fn new(regions: &[Region]) -> Self {
+        let now = Instant::now();
+        let mut sorted: Vec<&Region> = regions.iter().collect();
+        sorted.sort_by_key(|r| r.start);
+        let specs: Box<[RegionSpec]> = sorted
+            .iter()
+            .map(|r| RegionSpec {
+                name: r.name.clone(),
+                start: r.start,
+                count: r.count,
+                max_age: r.max_age,
+                on_stale: r.on_stale,
+                accepts_push: r.source.push,
+            })
+            .collect();
+        let states: Box<[RegionState]> = sorted
+            .iter()
+            .map(|r| {
+                let mut words = vec![0u16; usize::from(r.count)];
+                for (&a, &v) in &r.values {
+                    if let Some(w) = words.get_mut(usize::from(a.wrapping_sub(r.start))) {
+                        *w = v;
+                    }
+                }
+                RegionState {
+                    words: words.into(),
+                    written: r.source.fixed.then_some(now),
+                    pushed: None,
+                }
+            })
+            .collect();
+        let warm = states.iter().all(|s| s.written.is_some());
+        Image {
+            specs,
+            current: ArcSwap::from_pointee(Snapshot {
+                generation: 0,
+                warm,
+                regions: states,
+            }),
+            writer: Mutex::new(()),
+            created: now,
+        }
+    }
+
+    /// The regions, in address order; indices match [`Snapshot::regions`].
+    pub fn specs(&self) -> &[RegionSpec] {
+        &self.specs
+    }
+
+    /// Index of the region called `name`.
+    pub fn region_index(&self, name: &str) -> Option<usize> {
+        self.specs.iter().position(|s| s.name == name)
+    }
+
+    /// When the image was created (start-up).
+    pub fn created(&self) -> Instant {
+        self.created
+    }
+
+    /// The current snapshot, without locking or allocating.
+    #[inline]
+    pub fn load(&self) -> Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    /// An owned handle on the current snapshot (for slower readers).
+    pub fn load_full(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Apply a push write of `values` at `address`, atomically, refreshing the age of every
+    /// touched region. The whole range must lie inside regions that accept pushes (adjacent
+    /// regions may be spanned); otherwise nothing is written.
+    pub fn write_push(&self, address: u16, values: &[u16], now: Instant) -> Result<(), WriteError> {
+        if values.is_empty() {
+            return Err(WriteError::NotWritable);
+        }
+        let touched = self
+            .covering(address, values.len())
+            .ok_or(WriteError::NotWritable)?;
+        if !self.specs[touched.clone()].iter().all(|s| s.accepts_push) {
+            return Err(WriteError::NotWritable);
+        }
+        self.commit(|regions| {
+            for i in touched.clone() {
+                let spec = &self.specs[i];
+                let state = &mut regions[i];
+                let mut words = state.words.to_vec();
+                copy_overlap(&mut words, spec.start, address, values);
+                state.words = words.into();
+                state.written = Some(now);
+                state.pushed = Some(now);
+            }
+        });
+        Ok(())
+    }
+
+    /// Replace a whole region with polled words, atomically.
+    pub fn commit_poll(
+        &self,
+        region: usize,
+        words: &[u16],
+        now: Instant,
+    ) -> Result<(), WriteError> {
+        let spec = self.specs.get(region).ok_or(WriteError::NoRegion)?;
+        if words.len() != usize::from(spec.count) {
+            return Err(WriteError::Length);
+        }
+        self.commit(|regions| {
+            regions[region].words = words.into();
+            regions[region].written = Some(now);
+        });
+        Ok(())
+    }
+
+    fn commit(&self, change: impl FnOnce(&mut [RegionState])) {
+        // A poisoned lock only means another writer panicked between load and store; the
+        // published snapshot is still whole, so carry on with it.
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.current.load();
+        let mut regions: Box<[RegionState]> = old.regions.clone();
+        change(&mut regions);
+        let warm = old.warm || regions.iter().all(|s| s.written.is_some());
+        self.current.store(Arc::new(Snapshot {
+            generation: old.generation.wrapping_add(1),
+            warm,
+            regions,
+        }));
+    }
+
+    /// The regions `[first, last]` that cover `address .. address + len` without a gap, or
+    /// `None` if any address is outside every region.
+    pub fn covering(&self, address: u16, len: usize) -> Option<std::ops::Range<usize>> {
+        let end = u32::from(address) + u32::try_from(len).ok()?;
+        if len == 0 || end > 65_536 {
+            return None;
+        }
+        let first = self.specs.iter().position(|s| {
+            u32::from(s.start) <= u32::from(address) && u32::from(address) < s.end()
+        })?;
+        let mut last = first;
+        while self.specs[last].end() < end {
+            let next = self.specs.get(last + 1)?;
+            if u32::from(next.start) != self.specs[last].end() {
+                return None;
+            }
+            last += 1;
+        }
+        Some(first..last + 1)
+    }
+
+    /// Check a read of `count` words at `address` against regions, warm-up and freshness,
+    /// in that order. `Ok` carries the touched regions.
+    pub fn check_read(
+        &self,
+        snap: &Snapshot,
+        address: u16,
+        count: u16,
+        now: Instant,
+    ) -> Result<std::ops::Range<usize>, ReadRefusal> {
+        let touched = self
+            .covering(address, usize::from(count))
+            .ok_or(ReadRefusal::OutsideRegions)?;
+        if !snap.warm {
+            return Err(ReadRefusal::WarmingUp);
+        }
+        let mut verdict = OnStale::Serve;
+        for i in touched.clone() {
+            if self.is_stale(snap, i, now) {
+                verdict = verdict.max(self.specs[i].on_stale);
+            }
+        }
+        match verdict {
+            OnStale::Serve => Ok(touched),
+            v => Err(ReadRefusal::Stale(v)),
+        }
+    }
+
+    /// Region `i` is older than its `max_age` (or was never filled).
+    pub fn is_stale(&self, snap: &Snapshot, i: usize, now: Instant) -> bool {
+        match (
+            snap.regions.get(i).and_then(|r| r.written),
+            self.specs.get(i),
+        ) {
+            (Some(w), Some(spec)) => now.saturating_duration_since(w) > spec.max_age,
+            _ => true,
+        }
+    }
+
+    /// Age of region `i`, `None` if it was never filled.
+    pub fn age(&self, snap: &Snapshot, i: usize, now: Instant) -> Option<Duration> {
+        snap.regions
+            .get(i)?
+            .written
+            .map(|w| now.saturating_duration_since(w))
+    }
+
+    /// Visit the words `address .. address + count` of `snap` in order, region by region.
+    /// The caller has checked the range with [`Image::check_read`] or [`Image::covering`].
+    pub fn for_each_word(
+        &self,
+        snap: &Snapshot,
+        touched: std::ops::Range<usize>,
+        address: u16,
+        count: u16,
+        mut f: impl FnMut(u16),
+    ) {
+        let mut addr = u32::from(address);
+        let end = addr + u32::from(count);
+        for i in touched {
+            let spec = &self.specs[i];
+            let words = &snap.regions[i].words;
+            let from = (addr - u32::from(spec.start)) as usize;
+            let to = (end.min(spec.end()) - u32::from(spec.start)) as usize;
+            for &w in words.get(from..to).unwrap_or(&[]) {
+                f(w);
+            }
+            addr = spec.end();
+        }
+    }
+
+    /// Copy `count` words at `address` into a vector (diagnostics; not the RTU reply path).
+    pub fn read_words(&self, snap: &Snapshot, address: u16, count: u16) -> Option<Vec<u16>> {
+        let touched = self.covering(address, usize::from(count))?;
+        let mut out = Vec::with_capacity(usize::from(count));
+        self.for_each_word(snap, touched, address, count, |w| out.push(w));
+        Some(out)
+    }
+}
+
+/// Copy the part of `values` (starting at register `address`) that overlaps `words`
+/// (starting at register `start`).
+fn copy_overlap(words: &mut [u16], start: u16, address: u16, values: &[u16]) {
+    let w_start = u32::from(start);
+    let w_end = w_start + words.len() as u32;
+    let v_start = u32::from(address);
+    let v_end = v_start + values.len() as u32;
+    let lo = w_start.max(v_start);
+    let hi = w_end.min(v_end);
+    if lo >= hi {
+        return;
+    }
+    let dst = &mut words[(lo - w_start) as usize..(hi - w_start) as usize];
+    dst.copy_from_slice(&values[(lo - v_start) as usize..(hi - v_start) as usize]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Sources;
+    use std::collections::BTreeMap;
+
+    fn region(name: &str, start: u16, count: u16, push: bool, on_stale: OnStale) -> Region {
+        Region {
+            name: name.into(),
+            start,
+            count,
+            source: Sources {
+                push,
+                poll: !push,
+                fixed: false,
+            },
+            every: (!push).then_some(Duration::from_secs(10)),
+            max_age: Duration::from_secs(2),
+            on_stale,
+            fallback_poll: None,
+            values: BTreeMap::new(),
+        }
+    }
+
+    fn ksem_like() -> Image {
+        Image::new(&[
+            region("phases", 40, 108, true, OnStale::Silence),
+            region("totals", 0, 40, true, OnStale::Silence),
+            region("energy", 512, 280, false, OnStale::Exception),
+        ])
+    }
+
+    #[test]
+    fn covering_requires_contiguous_regions() {
+        let img = ksem_like();
+        assert_eq!(img.covering(0, 40), Some(0..1));
+        assert_eq!(img.covering(30, 20), Some(0..2), "spans adjacent regions");
+        assert_eq!(img.covering(0, 148), Some(0..2));
+        assert_eq!(img.covering(100, 50), None, "runs past 147 into the gap");
+        assert_eq!(img.covering(148, 1), None);
+        assert_eq!(img.covering(511, 2), None);
+        assert_eq!(img.covering(512, 280), Some(2..3));
+        assert_eq!(img.covering(790, 3), None);
+        assert_eq!(img.covering(0, 0), None);
+        assert_eq!(img.covering(65_535, 2), None);
+    }
+
+    #[test]
+    fn push_write_lands_atomically_and_refreshes_ages() {
+        let img = ksem_like();
+        let t0 = Instant::now();
+        let vals: Vec<u16> = (0..20).collect();
+        img.write_push(30, &vals, t0)
+            .expect("spans totals and phases");
+        let snap = img.load();
+        assert_eq!(snap.generation, 1);
+        assert_eq!(img.read_words(&snap, 30, 20), Some(vals));
+        assert_eq!(
+            img.read_words(&snap, 0, 2),
+            Some(vec![0, 0]),
+            "unwritten words read 0"
+        );
+        assert_eq!(snap.regions[0].written, Some(t0));
+        assert_eq!(snap.regions[1].pushed, Some(t0));
+        assert!(snap.regions[2].written.is_none());
+        assert!(!snap.warm, "energy not filled yet");
+    }
+
+    #[test]
+    fn push_outside_push_regions_writes_nothing() {
+        let img = ksem_like();
+        let t0 = Instant::now();
+        assert_eq!(
+            img.write_push(512, &[1, 2], t0),
+            Err(WriteError::NotWritable),
+            "poll-only region"
+        );
+        assert_eq!(
+            img.write_push(146, &[1, 2, 3], t0),
+            Err(WriteError::NotWritable),
+            "runs past 147"
+        );
+        assert_eq!(
+            img.write_push(200, &[1], t0),
+            Err(WriteError::NotWritable),
+            "no region"
+        );
+        assert_eq!(img.write_push(0, &[], t0), Err(WriteError::NotWritable));
+        assert_eq!(img.load().generation, 0, "nothing committed");
+    }
+
+    #[test]
+    fn warm_up_then_staleness_strictest_wins() {
+        let img = ksem_like();
+        let t0 = Instant::now();
+        img.write_push(0, &[7; 148], t0).expect("push");
+        let snap = img.load_full();
+        assert_eq!(
+            img.check_read(&snap, 0, 10, t0),
+            Err(ReadRefusal::WarmingUp)
+        );
+        assert_eq!(
+            img.check_read(&snap, 300, 1, t0),
+            Err(ReadRefusal::OutsideRegions),
+            "address checked before warm-up"
+        );
+        img.commit_poll(2, &[1; 280], t0).expect("poll");
+        let snap = img.load_full();
+        assert!(snap.warm);
+        assert_eq!(img.check_read(&snap, 0, 10, t0), Ok(0..1));
+        let later = t0 + Duration::from_millis(2001);
+        assert_eq!(
+            img.check_read(&snap, 0, 10, later),
+            Err(ReadRefusal::Stale(OnStale::Silence))
+        );
+        assert_eq!(
+            img.check_read(&snap, 512, 10, later),
+            Err(ReadRefusal::Stale(OnStale::Exception))
+        );
+        // A fresh push makes totals fresh again; energy still stale.
+        img.write_push(0, &[8; 40], later).expect("push");
+        let snap = img.load_full();
+        assert_eq!(img.check_read(&snap, 0, 10, later), Ok(0..1));
+        assert_eq!(
+            img.check_read(&snap, 30, 20, later),
+            Err(ReadRefusal::Stale(OnStale::Silence)),
+            "phases still stale"
+        );
+        assert!(snap.warm, "warm stays warm");
+        assert_eq!(img.age(&snap, 0, later), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn commit_poll_checks_length_and_keeps_push_time() {
+        let img = ksem_like();
+        let t0 = Instant::now();
+        assert_eq!(img.commit_poll(2, &[1; 279], t0), Err(WriteError::Length));
+        assert_eq!(img.commit_poll(9, &[1; 280], t0), Err(WriteError::NoRegion));
+        img.commit_poll(0, &[3; 40], t0)
+            .expect("fallback poll of totals");
+        let snap = img.load();
+        assert_eq!(snap.regions[0].written, Some(t0));
+        assert_eq!(snap.regions[0].pushed, None, "a poll is not a push");
+    }
+
+    #[test]
+    fn static_regions_are_filled_at_start() {
+        let mut r = region("identity", 8192, 58, false, OnStale::Serve);
+        r.source = Sources {
+            push: false,
+            poll: false,
+            fixed: true,
+        };
+        r.values.insert(8244, 200);
+        let img = Image::new(&[r]);
+        let snap = img.load();
+        assert!(snap.warm);
+        assert_eq!(img.read_words(&snap, 8243, 2), Some(vec![0, 200]));
+    }
+
+    /// Writers publish words that encode (generation, address); readers check that every
+    /// snapshot holds exactly one generation across both regions and every 32/64-bit value.
+    #[test]
+    fn concurrent_readers_never_see_mixed_generations() {
+        let img = Arc::new(ksem_like());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writers: Vec<_> = (0..2u16)
+            .map(|w| {
+                let img = Arc::clone(&img);
+                std::thread::spawn(move || {
+                    for g in 1..=3000u16 {
+                        let gen = g * 2 + w; // unique per writer and write
+                        let vals: Vec<u16> = (0..148u16).map(|a| gen ^ (a << 3)).collect();
+                        img.write_push(0, &vals, Instant::now()).expect("push");
+                    }
+                })
+            })
+            .collect();
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let img = Arc::clone(&img);
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let mut checked = 0u64;
+                    let mut last_gen = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let snap = img.load();
+                        assert!(snap.generation >= last_gen, "generations go forward");
+                        last_gen = snap.generation;
+                        let words = img.read_words(&snap, 0, 148).expect("in range");
+                        let gen = words[0];
+                        for (a, &w) in words.iter().enumerate() {
+                            assert_eq!(
+                                w ^ ((a as u16) << 3),
+                                gen,
+                                "word {a} from another generation"
+                            );
+                        }
+                        checked += 1;
+                    }
+                    checked
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().expect("writer");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for r in readers {
+            assert!(r.join().expect("reader") > 0);
+        }
+        assert_eq!(img.load().generation, 6000);
+    }
+}

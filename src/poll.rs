@@ -1,1 +1,292 @@
-//! (to be written)
+//! The poller: reads slow data (and fallback copies of push regions) from the KSEM's
+//! Modbus TCP slave into the image.
+//!
+//! Owns one persistent upstream connection (tokio-modbus TCP client) and the schedule of
+//! every polled region. A region is read in chunks of at most 125 registers and committed to
+//! the [`Image`] only when every chunk arrived, so a counter across a chunk boundary is never
+//! torn. Every request has a timeout; a broken connection is re-established with jittered
+//! exponential backoff (1 s … 30 s). It runs in its own task and only writes the image, so it
+//! can never delay the push server or the RTU slave.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_modbus::client::{Context, Reader};
+use tokio_modbus::Slave;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, PollConfig, MAX_READ};
+use crate::image::Image;
+use crate::util::Backoff;
+
+/// Counters of the poll side.
+#[derive(Debug, Default)]
+pub struct PollStats {
+    pub connected: AtomicBool,
+    pub connects: AtomicU64,
+    pub connect_failures: AtomicU64,
+    /// Regions read completely and committed.
+    pub regions_ok: AtomicU64,
+    /// Region reads that failed (timeout, I/O, exception, malformed reply).
+    pub regions_failed: AtomicU64,
+    /// Region reads done as fallback for a push region.
+    pub fallback_polls: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A polled region: every `every`.
+    Regular,
+    /// A push region's fallback: every `every`, but only while no push arrived for `max_age`.
+    Fallback { max_age: Duration },
+}
+
+#[derive(Debug)]
+struct Task {
+    region: usize,
+    name: String,
+    start: u16,
+    count: u16,
+    every: Duration,
+    kind: Kind,
+    /// Earliest time of the next read (after a success: last + every; after a failure: a retry).
+    next: Instant,
+    retry: Backoff,
+    failing: bool,
+}
+
+/// Why a region read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Transport(#[from] tokio_modbus::Error),
+    #[error("exception {0}")]
+    Exception(tokio_modbus::ExceptionCode),
+    #[error("reply has {got} registers, asked for {want}")]
+    Length { got: usize, want: u16 },
+}
+
+impl PollError {
+    /// The connection can no longer be trusted (a late reply could be taken for the next).
+    fn breaks_connection(&self) -> bool {
+        !matches!(self, PollError::Exception(_))
+    }
+}
+
+/// The upstream poller.
+pub struct Poller {
+    cfg: PollConfig,
+    tasks: Vec<Task>,
+    image: Arc<Image>,
+    stats: Arc<PollStats>,
+}
+
+impl Poller {
+    /// Poll tasks for every polled region and every push region with `fallback_poll`.
+    /// `None` when the config has no `poll:` section.
+    pub fn new(config: &Config, image: Arc<Image>, stats: Arc<PollStats>) -> Option<Self> {
+        let cfg = config.poll.clone()?;
+        let now = Instant::now();
+        let tasks = config
+            .regions
+            .iter()
+            .filter_map(|r| {
+                let region = image.region_index(&r.name)?;
+                let (every, kind) = match (r.every, r.fallback_poll) {
+                    (Some(e), _) if r.source.poll => (e, Kind::Regular),
+                    (_, Some(f)) => (f, Kind::Fallback { max_age: r.max_age }),
+                    _ => return None,
+                };
+                Some(Task {
+                    region,
+                    name: r.name.clone(),
+                    start: r.start,
+                    count: r.count,
+                    every,
+                    kind,
+                    next: now,
+                    retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
+                    failing: false,
+                })
+            })
+            .collect();
+        Some(Poller {
+            cfg,
+            tasks,
+            image,
+            stats,
+        })
+    }
+
+    /// When task `t` is next due, given the pushes seen so far.
+    fn due(&self, t: &Task) -> Instant {
+        match t.kind {
+            Kind::Regular => t.next,
+            Kind::Fallback { max_age } => {
+                let snap = self.image.load();
+                let pushed = snap
+                    .regions
+                    .get(t.region)
+                    .and_then(|r| r.pushed)
+                    .unwrap_or(self.image.created());
+                // Due once pushes have been missing for longer than max_age.
+                t.next.max(pushed + max_age + Duration::from_millis(1))
+            }
+        }
+    }
+
+    /// Run until `cancel` fires.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        if self.tasks.is_empty() {
+            cancel.cancelled().await;
+            return;
+        }
+        let mut conn: Option<Context> = None;
+        let mut backoff = Backoff::upstream();
+        let mut announced_down = false;
+        loop {
+            let Some(due) = self.tasks.iter().map(|t| self.due(t)).min() else {
+                return;
+            };
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep_until(due) => {}
+            }
+            if self.tasks.iter().all(|t| self.due(t) > Instant::now()) {
+                continue; // a push arrived meanwhile and postponed a fallback poll
+            }
+            if conn.is_none() {
+                match self.connect().await {
+                    Ok(c) => {
+                        conn = Some(c);
+                        backoff.reset();
+                        announced_down = false;
+                        self.stats.connected.store(true, Relaxed);
+                        self.stats.connects.fetch_add(1, Relaxed);
+                        tracing::info!(host = %self.cfg.host, "poller connected");
+                    }
+                    Err(e) => {
+                        self.stats.connect_failures.fetch_add(1, Relaxed);
+                        let wait = backoff.next_delay();
+                        if !announced_down {
+                            tracing::warn!(host = %self.cfg.host, "poller cannot connect: {e}; retrying with backoff up to 30s");
+                            announced_down = true;
+                        } else {
+                            tracing::debug!(host = %self.cfg.host, ?wait, "poller connect failed: {e}");
+                        }
+                        self.set_error(format!("connect {}: {e}", self.cfg.host));
+                        tokio::select! {
+                            () = cancel.cancelled() => return,
+                            () = tokio::time::sleep(wait) => {}
+                        }
+                        continue;
+                    }
+                }
+            }
+            let now = Instant::now();
+            for i in 0..self.tasks.len() {
+                let Some(ctx) = conn.as_mut() else { break };
+                if self.due(&self.tasks[i]) > now {
+                    continue;
+                }
+                let t = &self.tasks[i];
+                let result = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    r = read_region(ctx, t.start, t.count, self.cfg.timeout) => r,
+                };
+                let done = Instant::now();
+                match result {
+                    Ok(words) => {
+                        // The region's length is fixed by the config; a mismatch cannot happen.
+                        if self
+                            .image
+                            .commit_poll(self.tasks[i].region, &words, done)
+                            .is_ok()
+                        {
+                            self.stats.regions_ok.fetch_add(1, Relaxed);
+                            if matches!(self.tasks[i].kind, Kind::Fallback { .. }) {
+                                self.stats.fallback_polls.fetch_add(1, Relaxed);
+                            }
+                        }
+                        let t = &mut self.tasks[i];
+                        if t.failing {
+                            tracing::info!(region = %t.name, "poll of region recovered");
+                        }
+                        t.failing = false;
+                        t.retry.reset();
+                        t.next = done + t.every;
+                    }
+                    Err(e) => {
+                        self.stats.regions_failed.fetch_add(1, Relaxed);
+                        let t = &mut self.tasks[i];
+                        if !t.failing {
+                            tracing::warn!(region = %t.name, start = t.start, count = t.count, "poll failed: {e}");
+                        }
+                        t.failing = true;
+                        t.next = done + t.retry.next_delay().min(t.every);
+                        let msg = format!("region {}: {e}", t.name);
+                        let broken = e.breaks_connection();
+                        self.set_error(msg);
+                        if broken {
+                            tracing::warn!(host = %self.cfg.host, "poller disconnected: {e}");
+                            conn = None;
+                            self.stats.connected.store(false, Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn set_error(&self, msg: String) {
+        if let Ok(mut g) = self.stats.last_error.lock() {
+            *g = Some(msg);
+        }
+    }
+
+    async fn connect(&self) -> anyhow::Result<Context> {
+        let stream = tokio::time::timeout(self.cfg.timeout, TcpStream::connect(&self.cfg.host))
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out after {:?}", self.cfg.timeout))??;
+        let _ = stream.set_nodelay(true);
+        Ok(tokio_modbus::client::tcp::attach_slave(
+            stream,
+            Slave(self.cfg.unit_id),
+        ))
+    }
+}
+
+/// Read `count` holding registers at `start` in chunks of at most 125; all or nothing.
+pub async fn read_region(
+    ctx: &mut Context,
+    start: u16,
+    count: u16,
+    timeout: Duration,
+) -> Result<Vec<u16>, PollError> {
+    let mut words = Vec::with_capacity(usize::from(count));
+    let mut addr = u32::from(start);
+    let end = addr + u32::from(count);
+    while addr < end {
+        let n = (end - addr).min(u32::from(MAX_READ)) as u16;
+        let a = addr as u16;
+        let chunk = tokio::time::timeout(timeout, ctx.read_holding_registers(a, n))
+            .await
+            .map_err(|_| PollError::Timeout(timeout))??
+            .map_err(PollError::Exception)?;
+        if chunk.len() != usize::from(n) {
+            return Err(PollError::Length {
+                got: chunk.len(),
+                want: n,
+            });
+        }
+        words.extend_from_slice(&chunk);
+        addr += u32::from(n);
+    }
+    Ok(words)
+}

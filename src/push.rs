@@ -1,1 +1,299 @@
-//! (to be written)
+//! The push server: the Modbus TCP server the KSEM writes its time-critical registers to.
+//!
+//! Owns the listening socket and its connections: the allow list and the connection limit
+//! are applied at accept (refused connections are closed, never queued), idle connections
+//! time out. Requests are handled by tokio-modbus's TCP server; writes go into the
+//! [`Image`] (only inside regions that take pushes, atomically), reads are answered from it
+//! for diagnostics. It touches nothing but the image and its own counters.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, Sleep};
+use tokio_modbus::server::tcp::Server;
+use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{PushConfig, MAX_READ};
+use crate::image::Image;
+
+/// Counters of the push side.
+#[derive(Debug, Default)]
+pub struct PushStats {
+    /// Writes applied to the image.
+    pub writes_ok: AtomicU64,
+    /// Writes refused with exception 02 (outside the push regions).
+    pub writes_refused: AtomicU64,
+    /// Diagnostic reads answered.
+    pub reads: AtomicU64,
+    /// Requests with an unsupported function code (exception 01) or bad count (03).
+    pub bad_requests: AtomicU64,
+    pub connections_accepted: AtomicU64,
+    /// Refused at accept: address not in `allow_from`.
+    pub refused_not_allowed: AtomicU64,
+    /// Refused at accept: `max_connections` reached.
+    pub refused_limit: AtomicU64,
+    /// Connections closed for idleness.
+    pub idle_timeouts: AtomicU64,
+    /// Connections open now.
+    pub open: AtomicUsize,
+}
+
+/// A bound push server, ready to run.
+pub struct PushServer {
+    listener: TcpListener,
+    cfg: PushConfig,
+    image: Arc<Image>,
+    stats: Arc<PushStats>,
+}
+
+impl PushServer {
+    /// Bind the listening socket (port 0 picks a free port; see [`PushServer::local_addr`]).
+    pub async fn bind(
+        cfg: PushConfig,
+        image: Arc<Image>,
+        stats: Arc<PushStats>,
+    ) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("push.listen {}: {e}", cfg.listen))?;
+        Ok(PushServer {
+            listener,
+            cfg,
+            image,
+            stats,
+        })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serve until `cancel` fires. Accept errors (e.g. out of file descriptors) are logged and
+    /// retried after a pause; they never end the server.
+    pub async fn run(self, cancel: CancellationToken) {
+        let PushServer {
+            listener,
+            cfg,
+            image,
+            stats,
+        } = self;
+        let server = Server::new(listener);
+        let cfg = Arc::new(cfg);
+        let on_connected = |stream: TcpStream, peer: SocketAddr| {
+            let accepted = admit(&cfg, &stats, peer);
+            let image = Arc::clone(&image);
+            let stats = Arc::clone(&stats);
+            let idle = cfg.idle_timeout;
+            async move {
+                let Some(guard) = accepted else {
+                    drop(stream); // closed at accept, not queued
+                    return Ok(None);
+                };
+                let _ = stream.set_nodelay(true);
+                let svc = PushService {
+                    image,
+                    stats: Arc::clone(&stats),
+                    peer,
+                    _guard: guard,
+                };
+                Ok(Some((svc, IdleTimeout::new(stream, idle, stats))))
+            }
+        };
+        let on_error = |e: io::Error| tracing::debug!("push connection ended: {e}");
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                r = server.serve(&on_connected, on_error) => {
+                    if let Err(e) = r {
+                        tracing::warn!("push server: accept failed: {e}; retrying in 1s");
+                    }
+                }
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}
+
+/// Decide at accept; `Some` holds the connection's slot until dropped.
+fn admit(cfg: &PushConfig, stats: &Arc<PushStats>, peer: SocketAddr) -> Option<ConnectionGuard> {
+    if !cfg.allows(peer.ip()) {
+        stats.refused_not_allowed.fetch_add(1, Relaxed);
+        tracing::warn!(%peer, "push connection refused: not in push.allow_from");
+        return None;
+    }
+    let open = stats.open.fetch_add(1, Relaxed);
+    if open >= cfg.max_connections {
+        stats.open.fetch_sub(1, Relaxed);
+        stats.refused_limit.fetch_add(1, Relaxed);
+        tracing::warn!(%peer, limit = cfg.max_connections, "push connection refused: push.max_connections reached");
+        return None;
+    }
+    stats.connections_accepted.fetch_add(1, Relaxed);
+    tracing::info!(%peer, "push client connected");
+    Some(ConnectionGuard {
+        stats: Arc::clone(stats),
+        peer,
+    })
+}
+
+/// Frees a connection slot when the connection's service is dropped.
+struct ConnectionGuard {
+    stats: Arc<PushStats>,
+    peer: SocketAddr,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.stats.open.fetch_sub(1, Relaxed);
+        tracing::info!(peer = %self.peer, "push client gone");
+    }
+}
+
+struct PushService {
+    image: Arc<Image>,
+    stats: Arc<PushStats>,
+    peer: SocketAddr,
+    _guard: ConnectionGuard,
+}
+
+impl tokio_modbus::server::Service for PushService {
+    type Request = SlaveRequest<'static>;
+    type Response = Response;
+    type Exception = ExceptionCode;
+    type Future = std::future::Ready<Result<Response, ExceptionCode>>;
+
+    fn call(&self, req: Self::Request) -> Self::Future {
+        std::future::ready(self.handle(req.request))
+    }
+}
+
+impl PushService {
+    fn handle(&self, req: Request<'static>) -> Result<Response, ExceptionCode> {
+        let now = Instant::now();
+        match req {
+            Request::WriteMultipleRegisters(addr, values) => {
+                self.write(addr, &values, now)?;
+                Ok(Response::WriteMultipleRegisters(addr, values.len() as u16))
+            }
+            Request::WriteSingleRegister(addr, value) => {
+                self.write(addr, &[value], now)?;
+                Ok(Response::WriteSingleRegister(addr, value))
+            }
+            Request::ReadHoldingRegisters(addr, count) => {
+                self.read(addr, count).map(Response::ReadHoldingRegisters)
+            }
+            Request::ReadInputRegisters(addr, count) => {
+                self.read(addr, count).map(Response::ReadInputRegisters)
+            }
+            other => {
+                self.stats.bad_requests.fetch_add(1, Relaxed);
+                tracing::debug!(peer = %self.peer, fc = other.function_code().value(), "push: unsupported function");
+                Err(ExceptionCode::IllegalFunction)
+            }
+        }
+    }
+
+    fn write(&self, addr: u16, values: &[u16], now: Instant) -> Result<(), ExceptionCode> {
+        match self.image.write_push(addr, values, now) {
+            Ok(()) => {
+                self.stats.writes_ok.fetch_add(1, Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.writes_refused.fetch_add(1, Relaxed);
+                tracing::debug!(peer = %self.peer, addr, len = values.len(), "push write refused: {e}");
+                Err(ExceptionCode::IllegalDataAddress)
+            }
+        }
+    }
+
+    fn read(&self, addr: u16, count: u16) -> Result<Vec<u16>, ExceptionCode> {
+        if count == 0 || count > MAX_READ {
+            self.stats.bad_requests.fetch_add(1, Relaxed);
+            return Err(ExceptionCode::IllegalDataValue);
+        }
+        let snap = self.image.load();
+        let words = self
+            .image
+            .read_words(&snap, addr, count)
+            .ok_or(ExceptionCode::IllegalDataAddress)?;
+        self.stats.reads.fetch_add(1, Relaxed);
+        Ok(words)
+    }
+}
+
+/// A TCP stream whose reads fail with `TimedOut` after `idle` without any received byte.
+struct IdleTimeout {
+    inner: TcpStream,
+    idle: Duration,
+    deadline: Pin<Box<Sleep>>,
+    stats: Arc<PushStats>,
+}
+
+impl IdleTimeout {
+    fn new(inner: TcpStream, idle: Duration, stats: Arc<PushStats>) -> Self {
+        IdleTimeout {
+            inner,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+            stats,
+        }
+    }
+}
+
+impl AsyncRead for IdleTimeout {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    let next = Instant::now() + self.idle;
+                    self.deadline.as_mut().reset(next);
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    self.stats.idle_timeouts.fetch_add(1, Relaxed);
+                    Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "push connection idle",
+                    )))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl AsyncWrite for IdleTimeout {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
