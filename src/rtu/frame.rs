@@ -434,3 +434,276 @@ impl Framer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::crc::{append_crc, frame_crc_ok};
+    use super::*;
+
+    /// `body` followed by its CRC.
+    fn with_crc(body: &[u8]) -> Vec<u8> {
+        let mut v = body.to_vec();
+        v.extend_from_slice(&[0, 0]);
+        append_crc(&mut v, body.len());
+        v
+    }
+
+    fn read_req(unit: u8, function: u8, address: u16, count: u16) -> Vec<u8> {
+        let [a0, a1] = address.to_be_bytes();
+        let [c0, c1] = count.to_be_bytes();
+        with_crc(&[unit, function, a0, a1, c0, c1])
+    }
+
+    /// FC03/04 response carrying `regs` registers (values derived from the index).
+    fn read_resp(unit: u8, function: u8, regs: u8) -> Vec<u8> {
+        let mut body = vec![unit, function, regs * 2];
+        for i in 0..regs {
+            body.extend_from_slice(&[0x40 + i, 0x11 * i]);
+        }
+        with_crc(&body)
+    }
+
+    fn write_multiple(unit: u8, address: u16, values: &[u16]) -> Vec<u8> {
+        let [a0, a1] = address.to_be_bytes();
+        let mut body = vec![
+            unit,
+            16,
+            a0,
+            a1,
+            0,
+            values.len() as u8,
+            2 * values.len() as u8,
+        ];
+        for v in values {
+            body.extend_from_slice(&v.to_be_bytes());
+        }
+        with_crc(&body)
+    }
+
+    fn read(function: u8, address: u16, count: u16) -> Frame {
+        Frame::Request(Request::Read {
+            function,
+            address,
+            count,
+        })
+    }
+
+    fn other(function: u8) -> Frame {
+        Frame::Request(Request::Other { function })
+    }
+
+    fn cat(parts: &[&[u8]]) -> Vec<u8> {
+        parts.concat()
+    }
+
+    enum Op {
+        Bytes(Vec<u8>),
+        Silence,
+    }
+    use Op::{Bytes, Silence};
+
+    /// Push everything (looping as the slave does), draining frames after every push.
+    fn feed(f: &mut Framer, mut bytes: &[u8], out: &mut Vec<Frame>) {
+        loop {
+            let took = f.push(bytes);
+            assert!(f.buffered() <= MAX_ADU);
+            bytes = &bytes[took..];
+            while let Some(fr) = f.next_frame() {
+                out.push(fr);
+            }
+            if bytes.is_empty() {
+                break;
+            }
+        }
+    }
+
+    fn run(unit: u8, ops: &[Op]) -> (Vec<Frame>, FramerStats) {
+        let mut f = Framer::new(unit);
+        let mut out = Vec::new();
+        for op in ops {
+            match op {
+                Bytes(b) => feed(&mut f, b, &mut out),
+                Silence => {
+                    out.extend(f.on_silence());
+                    assert_eq!(f.buffered(), 0);
+                }
+            }
+        }
+        (out, f.stats())
+    }
+
+    fn stats(requests: u64, foreign: u64, broadcast: u64) -> FramerStats {
+        FramerStats {
+            requests,
+            foreign,
+            broadcast,
+            ..FramerStats::default()
+        }
+    }
+
+    const GOLDEN_FC04: &[u8] = &[0x01, 0x04, 0x0B, 0xB8, 0x00, 0x01, 0xB3, 0xCB];
+    const GOLDEN_FC04_RESP: &[u8] = &[0x01, 0x04, 0x02, 0x00, 0x65, 0x79, 0x1B];
+    const GOLDEN_FC03: &[u8] = &[0x01, 0x03, 0x0C, 0x80, 0x00, 0x01, 0x86, 0xB2];
+    const GOLDEN_FC03_RESP: &[u8] = &[0x01, 0x03, 0x02, 0x4B, 0x53, 0xCE, 0x89];
+    const GOLDEN_FC06: &[u8] = &[0x01, 0x06, 0x0F, 0xA4, 0x00, 0x55, 0x0B, 0x02];
+    const GOLDEN_FC16_RESP: &[u8] = &[0x01, 0x10, 0x0C, 0xA7, 0x00, 0x07, 0x33, 0x78];
+    /// The same response as printed in two vendor documents: CRC bytes swapped.
+    const MISPRINTED_FC16_RESP: &[u8] = &[0x01, 0x10, 0x0C, 0xE4, 0x00, 0x07, 0xAC, 0xC2];
+    const GOLDEN_FC16: &[u8] = &[
+        0x01, 0x10, 0x0C, 0xA7, 0x00, 0x07, 0x0E, 0x31, 0x30, 0x31, 0x31, 0x30, 0x32, 0x31, 0x34,
+        0x33, 0x30, 0x30, 0x30, 0x32, 0x30, 0x17, 0x2E,
+    ];
+    const GOLDEN_FC41: &[u8] = &[0x01, 0x41, 0x19, 0x64, 0x00, 0x01, 0xBA, 0x86];
+    const STRAY_FC16_HEADER: &[u8] = &[0x01, 0x10, 0x00, 0x00, 0x00, 0x7B, 0xF6];
+
+    #[test]
+    fn goldens_are_what_the_tests_think() {
+        for g in [
+            GOLDEN_FC04,
+            GOLDEN_FC04_RESP,
+            GOLDEN_FC03,
+            GOLDEN_FC03_RESP,
+            GOLDEN_FC06,
+            GOLDEN_FC16_RESP,
+            GOLDEN_FC16,
+            GOLDEN_FC41,
+        ] {
+            assert!(frame_crc_ok(g), "{g:02X?}");
+        }
+        assert!(!frame_crc_ok(MISPRINTED_FC16_RESP));
+        assert_eq!(read_req(1, 4, 3000, 1), GOLDEN_FC04);
+    }
+
+    #[test]
+    fn table() {
+        let r = read_req(1, 3, 100, 10);
+        let mut bad = r.clone();
+        bad[7] ^= 0x5A;
+        let mut bad41 = GOLDEN_FC41.to_vec();
+        bad41[7] ^= 0x01;
+        let exc_ours = with_crc(&[1, 0x83, 0x02]);
+        let exc_other = with_crc(&[5, 0x84, 0x0B]);
+        let bcast06 = with_crc(&[0, 6, 0x0F, 0xA4, 0x00, 0x55]);
+        let bcast16 = write_multiple(0, 0x1000, &[1, 2]);
+        // FC16 to us whose byte count (5) claims more data than it carries: only silence
+        // can delimit it.
+        let malformed16 = with_crc(&[1, 16, 0, 0, 0, 1, 5, 0, 1]);
+
+        #[rustfmt::skip]
+        let cases: Vec<(&str, u8, Vec<Op>, Vec<Frame>, FramerStats)> = vec![
+            ("fc03 read to us", 1,
+             vec![Bytes(r.clone()), Silence],
+             vec![read(3, 100, 10)], stats(1, 0, 0)),
+            ("golden fc04 read", 1,
+             vec![Bytes(GOLDEN_FC04.to_vec())],
+             vec![read(4, 3000, 1)], stats(1, 0, 0)),
+            ("golden fc03 read", 1,
+             vec![Bytes(GOLDEN_FC03.to_vec())],
+             vec![read(3, 3200, 1)], stats(1, 0, 0)),
+            ("garbage before (hunted)", 1,
+             vec![Bytes(cat(&[&[0x12, 0x34, 0x56], &r])), Silence],
+             vec![read(3, 100, 10)],
+             FramerStats { garbage_bytes: 3, ..stats(1, 0, 0) }),
+            ("garbage before, pushed separately", 1,
+             vec![Bytes(vec![0x12, 0x34, 0x56]), Bytes(r.clone()), Silence],
+             vec![read(3, 100, 10)],
+             FramerStats { garbage_bytes: 3, ..stats(1, 0, 0) }),
+            ("garbage after: discarded on silence", 1,
+             vec![Bytes(cat(&[&r, &[0xAA, 0x55, 0x01]])), Silence],
+             vec![read(3, 100, 10)],
+             FramerStats { partial_discarded: 1, ..stats(1, 0, 0) }),
+            ("garbage inside: lost, next request after silence found", 1,
+             vec![Bytes(cat(&[&r[..4], &[0xDE, 0xAD], &r[4..]])), Silence, Bytes(r.clone()), Silence],
+             vec![read(3, 100, 10)],
+             // 01 03 ... (crc error), 03 00 (FC 0), then 00 64 .. waits: partial.
+             FramerStats { crc_errors: 1, garbage_bytes: 2, partial_discarded: 1, ..stats(1, 0, 0) }),
+            ("bad crc then good frame", 1,
+             vec![Bytes(bad.clone()), Bytes(r.clone())],
+             vec![read(3, 100, 10)],
+             // 01 03 (crc error), 03 00 (FC 0), 00 64 ... waits, then the hunt skips 6.
+             FramerStats { crc_errors: 1, garbage_bytes: 8, ..stats(1, 0, 0) }),
+            ("leading 0x00", 1,
+             vec![Bytes(cat(&[&[0x00], &r]))],
+             vec![read(3, 100, 10)],
+             // `00 01 03 ..` read as a broadcast FC01 fails its CRC: one byte dropped.
+             FramerStats { crc_errors: 1, garbage_bytes: 1, ..stats(1, 0, 0) }),
+            ("leading 0x00 alone, then the request", 1,
+             vec![Bytes(vec![0x00]), Bytes(r.clone())],
+             vec![read(3, 100, 10)],
+             FramerStats { crc_errors: 1, garbage_bytes: 1, ..stats(1, 0, 0) }),
+            ("other unit's request and its 10-register response", 1,
+             vec![Bytes(read_req(5, 3, 0, 10)), Bytes(read_resp(5, 3, 10)), Bytes(r.clone())],
+             vec![Frame::Foreign { unit: 5, function: 3 }, Frame::Foreign { unit: 5, function: 3 },
+                  read(3, 100, 10)],
+             stats(1, 2, 0)),
+            ("same, one chunk", 1,
+             vec![Bytes(cat(&[&read_req(5, 3, 0, 10), &read_resp(5, 3, 10), &r]))],
+             vec![Frame::Foreign { unit: 5, function: 3 }, Frame::Foreign { unit: 5, function: 3 },
+                  read(3, 100, 10)],
+             stats(1, 2, 0)),
+            ("our own fc03 response (echo)", 1,
+             vec![Bytes(read_resp(1, 3, 10)), Bytes(GOLDEN_FC03_RESP.to_vec()),
+                  Bytes(GOLDEN_FC04_RESP.to_vec())],
+             vec![Frame::Foreign { unit: 1, function: 3 }, Frame::Foreign { unit: 1, function: 3 },
+                  Frame::Foreign { unit: 1, function: 4 }],
+             stats(0, 3, 0)),
+            ("request, then our echo, in one chunk", 1,
+             vec![Bytes(cat(&[GOLDEN_FC03, GOLDEN_FC03_RESP]))],
+             vec![read(3, 3200, 1), Frame::Foreign { unit: 1, function: 3 }],
+             stats(1, 1, 0)),
+            ("exception responses", 1,
+             vec![Bytes(cat(&[&exc_ours, &exc_other]))],
+             vec![Frame::Foreign { unit: 1, function: 0x83 }, Frame::Foreign { unit: 5, function: 0x84 }],
+             stats(0, 2, 0)),
+            ("broadcast fc06 and fc16", 1,
+             vec![Bytes(bcast06.clone()), Bytes(bcast16.clone())],
+             vec![Frame::Broadcast { function: 6 }, Frame::Broadcast { function: 16 }],
+             stats(0, 0, 2)),
+            ("fc16 to us", 1,
+             vec![Bytes(write_multiple(1, 0x0200, &[7, 8, 9])), Bytes(GOLDEN_FC16.to_vec())],
+             vec![other(16), other(16)], stats(2, 0, 0)),
+            ("fc16 response from our unit (echo)", 1,
+             vec![Bytes(GOLDEN_FC16_RESP.to_vec())],
+             vec![Frame::Foreign { unit: 1, function: 16 }], stats(0, 1, 0)),
+            ("misprinted fc16 response: nothing", 1,
+             vec![Bytes(MISPRINTED_FC16_RESP.to_vec()), Silence],
+             vec![], FramerStats { partial_discarded: 1, ..stats(0, 0, 0) }),
+            ("fc06 to us", 1,
+             vec![Bytes(GOLDEN_FC06.to_vec())], vec![other(6)], stats(1, 0, 0)),
+            ("unknown fc 0x41 found by crc scan", 1,
+             vec![Bytes(GOLDEN_FC41.to_vec())], vec![other(0x41)], stats(1, 0, 0)),
+            ("unknown fc 0x41, bad crc", 1,
+             vec![Bytes(bad41), Silence],
+             vec![], FramerStats { partial_discarded: 1, ..stats(0, 0, 0) }),
+            ("unknown fc 0x2B to another unit", 1,
+             vec![Bytes(with_crc(&[9, 0x2B, 0x0E, 0x01, 0x00])), Bytes(r.clone())],
+             vec![Frame::Foreign { unit: 9, function: 0x2B }, read(3, 100, 10)], stats(1, 1, 0)),
+            ("malformed fc16 delimited by silence", 1,
+             vec![Bytes(malformed16), Silence], vec![other(16)], stats(1, 0, 0)),
+            ("stray fc16 header, then a poll without silence", 1,
+             vec![Bytes(STRAY_FC16_HEADER.to_vec()), Bytes(r.clone())],
+             vec![read(3, 100, 10)], FramerStats { garbage_bytes: 7, ..stats(1, 0, 0) }),
+            ("back to back in one chunk", 1,
+             vec![Bytes(cat(&[&r, GOLDEN_FC04]))],
+             vec![read(3, 100, 10), read(4, 3000, 1)], stats(2, 0, 0)),
+            ("count 0 and 126 are still reads", 1,
+             vec![Bytes(cat(&[&read_req(1, 3, 0, 0), &read_req(1, 4, 0, 126)]))],
+             vec![read(3, 0, 0), read(4, 0, 126)], stats(2, 0, 0)),
+            ("request to unit 247", 1,
+             vec![Bytes(read_req(247, 3, 0, 2))],
+             vec![Frame::Foreign { unit: 247, function: 3 }], stats(0, 1, 0)),
+            ("unit 250 is a unit like any other", 250,
+             vec![Bytes(read_req(250, 4, 7, 2)), Bytes(read_req(1, 4, 7, 2))],
+             vec![read(4, 7, 2), Frame::Foreign { unit: 1, function: 4 }], stats(1, 1, 0)),
+            ("a framer for unit 0 never yields requests", 0,
+             vec![Bytes(read_req(0, 3, 0, 1))],
+             vec![Frame::Broadcast { function: 3 }], stats(0, 0, 1)),
+        ];
+
+        for (name, unit, ops, frames, want) in cases {
+            let (got, st) = run(unit, &ops);
+            assert_eq!(got, frames, "{name}: frames");
+            assert_eq!(st, want, "{name}: stats");
+        }
+    }
+}
