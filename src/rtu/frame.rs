@@ -458,7 +458,7 @@ mod tests {
     fn read_resp(unit: u8, function: u8, regs: u8) -> Vec<u8> {
         let mut body = vec![unit, function, regs * 2];
         for i in 0..regs {
-            body.extend_from_slice(&[0x40 + i, 0x11 * i]);
+            body.extend_from_slice(&[0x40u8.wrapping_add(i), 0x11u8.wrapping_mul(i)]);
         }
         with_crc(&body)
     }
@@ -500,6 +500,9 @@ mod tests {
         Bytes(Vec<u8>),
         Silence,
     }
+
+    /// (name, our unit, input, frames expected, stats expected)
+    type Case = (&'static str, u8, Vec<Op>, Vec<Frame>, FramerStats);
     use Op::{Bytes, Silence};
 
     /// Push everything (looping as the slave does), draining frames after every push.
@@ -590,7 +593,7 @@ mod tests {
         let malformed16 = with_crc(&[1, 16, 0, 0, 0, 1, 5, 0, 1]);
 
         #[rustfmt::skip]
-        let cases: Vec<(&str, u8, Vec<Op>, Vec<Frame>, FramerStats)> = vec![
+        let cases: Vec<Case> = vec![
             ("fc03 read to us", 1,
              vec![Bytes(r.clone()), Silence],
              vec![read(3, 100, 10)], stats(1, 0, 0)),
@@ -705,5 +708,255 @@ mod tests {
             assert_eq!(got, frames, "{name}: frames");
             assert_eq!(st, want, "{name}: stats");
         }
+    }
+
+    #[test]
+    fn split_at_every_byte_boundary() {
+        let cases: Vec<(Vec<u8>, Frame)> = vec![
+            (read_req(1, 3, 100, 10), read(3, 100, 10)),
+            (GOLDEN_FC04.to_vec(), read(4, 3000, 1)),
+            (GOLDEN_FC16.to_vec(), other(16)),
+            (GOLDEN_FC41.to_vec(), other(0x41)),
+            (
+                read_resp(5, 3, 10),
+                Frame::Foreign {
+                    unit: 5,
+                    function: 3,
+                },
+            ),
+            (
+                read_resp(1, 4, 3),
+                Frame::Foreign {
+                    unit: 1,
+                    function: 4,
+                },
+            ),
+            (
+                with_crc(&[0, 6, 0, 1, 0, 2]),
+                Frame::Broadcast { function: 6 },
+            ),
+        ];
+        for (bytes, want) in cases {
+            for k in 1..bytes.len() {
+                let mut f = Framer::new(1);
+                assert_eq!(f.push(&bytes[..k]), k);
+                assert_eq!(f.next_frame(), None, "{bytes:02X?} split at {k}");
+                assert_eq!(f.push(&bytes[k..]), bytes.len() - k);
+                assert_eq!(f.next_frame(), Some(want), "{bytes:02X?} split at {k}");
+                assert_eq!(f.next_frame(), None);
+                assert_eq!(f.buffered(), 0);
+                assert_eq!(f.stats().garbage_bytes, 0);
+            }
+            // And one byte at a time.
+            let mut f = Framer::new(1);
+            let mut got = Vec::new();
+            for b in &bytes {
+                feed(&mut f, core::slice::from_ref(b), &mut got);
+            }
+            assert_eq!(got, vec![want], "{bytes:02X?} byte by byte");
+        }
+    }
+
+    #[test]
+    fn oversize_ff_noise() {
+        let mut f = Framer::new(1);
+        let mut got = Vec::new();
+        for _ in 0..300 {
+            feed(&mut f, &[0xFF], &mut got);
+            assert!(f.buffered() <= MAX_ADU);
+        }
+        assert_eq!(got, vec![]);
+        // `FF FF ..` reads as a 5-byte exception response that never validates.
+        let st = f.stats();
+        assert_eq!(st.crc_errors, 0);
+        assert_eq!(st.garbage_bytes + f.buffered() as u64, 300);
+        feed(&mut f, &read_req(1, 3, 9, 1), &mut got);
+        assert_eq!(got, vec![read(3, 9, 1)]);
+    }
+
+    #[test]
+    fn oversize_full_buffer_makes_progress() {
+        // An unknown function code at the head can only be delimited by its CRC, so
+        // `01 41 AA AA ..` waits until the buffer is full.
+        let mut noise = vec![0x01, 0x41];
+        noise.resize(300, 0xAA);
+        let mut f = Framer::new(1);
+        assert_eq!(f.push(&noise), MAX_ADU);
+        assert_eq!(f.next_frame(), None);
+        assert!(f.buffered() < MAX_ADU, "no room made");
+        let st = f.stats();
+        assert_eq!(st.oversize, 1);
+        assert_eq!(st.garbage_bytes + f.buffered() as u64, MAX_ADU as u64);
+        let mut got = Vec::new();
+        feed(&mut f, &noise[MAX_ADU..], &mut got);
+        feed(&mut f, &read_req(1, 4, 1, 2), &mut got);
+        assert_eq!(got, vec![read(4, 1, 2)]);
+        assert!(f.on_silence().is_none());
+        assert_eq!(f.stats().oversize, 1);
+
+        // Pushed in small chunks, the full buffer is hit and resolved the same way.
+        let mut f = Framer::new(1);
+        let mut got = Vec::new();
+        for c in noise.chunks(7) {
+            feed(&mut f, c, &mut got);
+        }
+        feed(&mut f, &read_req(1, 4, 1, 2), &mut got);
+        assert_eq!(got, vec![read(4, 1, 2)]);
+        assert!(f.stats().oversize >= 1);
+    }
+
+    #[test]
+    fn push_never_overfills() {
+        let mut f = Framer::new(1);
+        let big = [0x01u8; 600];
+        assert_eq!(f.push(&big), MAX_ADU);
+        assert_eq!(f.push(&big), 0);
+        assert_eq!(f.buffered(), MAX_ADU);
+        assert!(f.on_silence().is_none());
+        assert_eq!(f.buffered(), 0);
+        assert_eq!(f.stats().partial_discarded, 1);
+        assert!(f.on_silence().is_none());
+        assert_eq!(
+            f.stats().partial_discarded,
+            1,
+            "empty silence is not a partial frame"
+        );
+    }
+
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+        fn byte(&mut self) -> u8 {
+            self.next() as u8
+        }
+    }
+
+    #[test]
+    fn crc_scan_finds_the_smallest_valid_prefix() {
+        let mut rng = XorShift(0x1234_5678_9ABC_DEF1);
+        for _ in 0..2000 {
+            let mut b: Vec<u8> = (0..rng.below(12)).map(|_| rng.byte()).collect();
+            if rng.below(2) == 0 {
+                b = with_crc(&b);
+            }
+            b.extend((0..rng.below(12)).map(|_| rng.byte()));
+            let want = (4..=b.len()).find(|&l| frame_crc_ok(&b[..l]));
+            assert_eq!(crc_scan(&b), want, "{b:02X?}");
+        }
+    }
+
+    /// Random garbage, foreign frames and our requests at random chunk boundaries, with a
+    /// silence after every group.
+    #[test]
+    fn stress_shared_bus() {
+        for (seed, ours) in [
+            (0x9E37_79B9_7F4A_7C15u64, 1u8),
+            (0xD1B5_4A32_D192_ED03, 250),
+        ] {
+            stress(seed, ours);
+        }
+    }
+
+    fn stress(seed: u64, ours: u8) {
+        let mut rng = XorShift(seed);
+        let mut f = Framer::new(ours);
+        let mut received = 0u64;
+        let other_unit = |rng: &mut XorShift| loop {
+            let u = rng.byte();
+            if u != 0 && u != ours {
+                return u;
+            }
+        };
+        for group in 0..3000 {
+            let mut bytes = Vec::new();
+            // Our requests in this group: (request, must be received).
+            let mut sent: Vec<(Frame, bool)> = Vec::new();
+            let mut garbage_seen = false;
+            for _ in 0..1 + rng.below(6) {
+                match rng.below(12) {
+                    0 | 1 => {
+                        let n = 1 + rng.below(24);
+                        bytes.extend((0..n).map(|_| rng.byte()));
+                        garbage_seen = true;
+                    }
+                    2 => {
+                        let u = other_unit(&mut rng);
+                        let fc = [3, 4][rng.below(2) as usize];
+                        let count = 1 + rng.below(125) as u16;
+                        bytes.extend(read_req(u, fc, rng.next() as u16, count));
+                    }
+                    3 => {
+                        let u = other_unit(&mut rng);
+                        bytes.extend(read_resp(u, 3, 1 + rng.below(125) as u8));
+                    }
+                    4 => {
+                        let u = other_unit(&mut rng);
+                        let values = [rng.next() as u16, rng.next() as u16];
+                        bytes.extend(write_multiple(u, rng.next() as u16, &values));
+                    }
+                    5 => {
+                        // Our own echo: a read response or an exception from our unit.
+                        if rng.below(2) == 0 {
+                            bytes.extend(read_resp(ours, 4, 1 + rng.below(125) as u8));
+                        } else {
+                            bytes.extend(with_crc(&[ours, 0x83, 0x02]));
+                        }
+                    }
+                    6 => bytes.extend(with_crc(&[0, 6, rng.byte(), rng.byte(), 0, 1])),
+                    7 => {
+                        let values = [rng.next() as u16];
+                        bytes.extend(write_multiple(ours, rng.next() as u16, &values));
+                        sent.push((other(16), !garbage_seen));
+                    }
+                    _ => {
+                        let fc = [3, 4][rng.below(2) as usize];
+                        let (address, count) = (rng.next() as u16, rng.below(130) as u16);
+                        bytes.extend(read_req(ours, fc, address, count));
+                        sent.push((read(fc, address, count), !garbage_seen));
+                    }
+                }
+            }
+            let mut got = Vec::new();
+            let mut rest = &bytes[..];
+            while !rest.is_empty() {
+                let n = (1 + rng.below(64) as usize).min(rest.len());
+                feed(&mut f, &rest[..n], &mut got);
+                rest = &rest[n..];
+            }
+            got.extend(f.on_silence());
+            assert_eq!(f.buffered(), 0);
+
+            // Every request yielded was sent, in order; no must-receive request skipped.
+            let ctx = format!("seed {seed:#x} unit {ours} group {group}: {bytes:02X?} -> {got:?}");
+            let mut next = 0;
+            for fr in got.iter().filter(|fr| matches!(fr, Frame::Request(_))) {
+                let j = (next..sent.len())
+                    .find(|&j| sent[j].0 == *fr)
+                    .unwrap_or_else(|| panic!("invented request {fr:?}; {ctx}"));
+                if let Some(k) = (next..j).find(|&k| sent[k].1) {
+                    panic!("request {:?} lost; {ctx}", sent[k].0);
+                }
+                next = j + 1;
+                received += 1;
+            }
+            if let Some(k) = (next..sent.len()).find(|&k| sent[k].1) {
+                panic!("request {:?} lost; {ctx}", sent[k].0);
+            }
+        }
+        let st = f.stats();
+        assert_eq!(st.requests, received);
+        assert!(received > 1000, "too few requests exercised: {received}");
+        assert!(
+            st.foreign > 1000 && st.broadcast > 100 && st.garbage_bytes > 1000,
+            "{st:?}"
+        );
     }
 }
