@@ -271,10 +271,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtuMaster<S> {
 
         self.discard_stale().await?;
 
-        if let Err(e) = self.send(request).await {
-            self.dirty = true;
-            return Err(e.into());
-        }
+        // Dirty until a reply has been taken off the line completely; this also
+        // covers a caller dropping this future half-way (e.g. on cancellation).
+        self.dirty = true;
+        self.send(request).await?;
         let sent_at = Instant::now();
         let deadline = sent_at + self.timeout;
 
@@ -284,18 +284,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtuMaster<S> {
         loop {
             let n = match timeout_at(deadline, self.stream.read(&mut buf[len..])).await {
                 Err(_) => {
-                    self.dirty = true;
                     if len > 0 {
                         tracing::debug!(len, expected_len, "RTU reply incomplete at timeout");
                     }
                     return Err(ReplyError::Timeout);
                 }
-                Ok(Err(e)) => {
-                    self.dirty = true;
-                    return Err(e.into());
-                }
+                Ok(Err(e)) => return Err(e.into()),
                 Ok(Ok(0)) => {
-                    self.dirty = true;
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "stream closed while waiting for a reply",
@@ -311,16 +306,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtuMaster<S> {
             if len >= EXCEPTION_LEN && buf[1] == exception_fc {
                 // Normal replies never carry the 0x80 bit, so this can only be an exception.
                 if len > EXCEPTION_LEN {
-                    self.dirty = true;
                     return Err(ReplyError::BadFrame(format!(
                         "exception function byte in a {len}-byte reply"
                     )));
                 }
                 buf.truncate(EXCEPTION_LEN);
                 if !frame_crc_ok(&buf) {
-                    self.dirty = true;
                     return Err(ReplyError::BadCrc);
                 }
+                self.dirty = false;
                 return Ok(Transaction {
                     reply: buf,
                     sent_at,
@@ -330,9 +324,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtuMaster<S> {
             }
             if len == expected_len {
                 if !frame_crc_ok(&buf) {
-                    self.dirty = true;
                     return Err(ReplyError::BadCrc);
                 }
+                self.dirty = false;
                 return Ok(Transaction {
                     reply: buf,
                     sent_at,
@@ -345,8 +339,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtuMaster<S> {
 
     /// Read `count` registers (FC03/FC04) from `unit` starting at `address`.
     ///
-    /// `count` is not range-checked here: a real slave answers an out-of-range
-    /// count with an exception, which comes back as [`ReplyError::Exception`].
+    /// A `count` whose reply would exceed 256 bytes (more than 125 registers) is
+    /// refused locally with [`ReplyError::BadFrame`]; otherwise `count` is sent as
+    /// is, and a slave's exception comes back as [`ReplyError::Exception`].
     pub async fn read(
         &mut self,
         unit: u8,
@@ -666,6 +661,33 @@ mod tests {
             .unwrap();
         assert_eq!(r.unwrap(), vec![0x2222]);
         assert_eq!(m.discarded_bytes(), 7);
+        let _b = responder.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropped_transaction_leaves_master_draining() {
+        let (a, mut b) = duplex(1024);
+        let responder = tokio::spawn(async move {
+            let req = next_request(&mut b).await.unwrap();
+            sleep(Duration::from_millis(52)).await;
+            b.write_all(&reply(req[0], req[1], &[0x1111]))
+                .await
+                .unwrap();
+            let req = next_request(&mut b).await.unwrap();
+            b.write_all(&reply(req[0], req[1], &[0x2222]))
+                .await
+                .unwrap();
+            b
+        });
+        let mut m = RtuMaster::new(a, Duration::from_secs(1));
+        // The caller gives up after 50 ms (e.g. cancellation) and retries at once;
+        // the first answer lands within the drain window and must not be taken.
+        let dropped = tokio::time::timeout(Duration::from_millis(50), m.read(1, 3, 1, 1)).await;
+        assert!(dropped.is_err());
+        let r = tokio::time::timeout(LIMIT, m.read(1, 3, 2, 1))
+            .await
+            .unwrap();
+        assert_eq!(r.unwrap(), vec![0x2222]);
         let _b = responder.await.unwrap();
     }
 
