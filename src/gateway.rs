@@ -166,7 +166,14 @@ async fn monitor(image: Arc<Image>, cancel: CancellationToken) {
         if !ready {
             if snap.warm {
                 ready = true;
-                let since = now.saturating_duration_since(image.created());
+                // The moment the last region was filled, not this tick's.
+                let filled = snap
+                    .regions
+                    .iter()
+                    .filter_map(|r| r.written)
+                    .max()
+                    .unwrap_or(now);
+                let since = filled.saturating_duration_since(image.created());
                 tracing::info!(after = ?since, "ready: every region filled, serving the inverter");
             } else {
                 continue;

@@ -2,6 +2,7 @@
 //! logging, call into `airbridge::*`, turn errors into exit codes.
 
 use std::io::IsTerminal as _;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -34,6 +35,55 @@ enum Command {
         #[arg(long, short, default_value = "gateway.yaml")]
         config: PathBuf,
     },
+    /// Simulated KSEM, gateway and simulated inverter in one process over a pseudo-terminal.
+    Demo {
+        /// Stop after this long (e.g. 30s); default: until Ctrl-C.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Household seed of the simulated KSEM.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Run a simulated device.
+    #[command(subcommand)]
+    Simulate(Simulate),
+}
+
+#[derive(Subcommand)]
+enum Simulate {
+    /// A KSEM G2: Modbus TCP slave with the full map, pushing 0..27 and 40..145 with FC16.
+    Ksem {
+        /// Where the Modbus TCP slave listens.
+        #[arg(long, default_value = "127.0.0.1:5021")]
+        listen: SocketAddr,
+        /// The gateway's push listener.
+        #[arg(long)]
+        push_to: Option<SocketAddr>,
+        /// Measuring cycle and push period.
+        #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+        interval: Duration,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// A Plenticore: RTU master reading 8244, then 0..147 every interval.
+    Inverter {
+        /// Serial device (or pseudo-terminal) to poll on.
+        #[arg(long)]
+        device: String,
+        #[arg(long, default_value_t = 1)]
+        unit: u8,
+        #[arg(long, default_value = "160ms", value_parser = parse_duration)]
+        interval: Duration,
+        #[arg(long, default_value_t = 38400)]
+        baud: u32,
+        /// Stop after this long; default: until Ctrl-C.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    config::parse_duration(s)
 }
 
 fn main() -> ExitCode {
@@ -41,10 +91,50 @@ fn main() -> ExitCode {
     init_logging();
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Run { config } => runtime()
-            .and_then(|rt| rt.block_on(run(config)))
-            .map_or_else(report, |()| ExitCode::SUCCESS),
+        Command::Run { config } => block_on(run(config)),
+        Command::Demo { duration, seed } => block_on(demo(duration, seed)),
+        Command::Simulate(Simulate::Ksem {
+            listen,
+            push_to,
+            interval,
+            seed,
+        }) => {
+            let opts = airbridge::sim::ksem::KsemSimOptions {
+                listen,
+                push_to,
+                interval,
+                seed,
+            };
+            block_on(async move {
+                let cancel = CancellationToken::new();
+                let sim = airbridge::sim::ksem::start(opts, cancel.clone()).await?;
+                println!(
+                    "simulated KSEM: Modbus TCP slave on {}{}",
+                    sim.slave_addr(),
+                    push_to
+                        .map(|p| format!(", pushing to {p}"))
+                        .unwrap_or_default()
+                );
+                tokio::select! {
+                    r = sim.wait() => r,
+                    () = shutdown_signal() => { cancel.cancel(); Ok(()) }
+                }
+            })
+        }
+        Command::Simulate(Simulate::Inverter {
+            device,
+            unit,
+            interval,
+            baud,
+            duration,
+        }) => block_on(simulate_inverter(device, unit, interval, baud, duration)),
     }
+}
+
+fn block_on(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    runtime()
+        .and_then(|rt| rt.block_on(f))
+        .map_or_else(report, |()| ExitCode::SUCCESS)
 }
 
 fn report(e: anyhow::Error) -> ExitCode {
@@ -115,4 +205,82 @@ async fn shutdown_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+async fn demo(duration: Option<Duration>, seed: u64) -> anyhow::Result<()> {
+    let cancel = CancellationToken::new();
+    let opts = airbridge::demo::DemoOptions {
+        duration,
+        seed,
+        ..Default::default()
+    };
+    let run = airbridge::demo::run(opts, cancel.clone());
+    tokio::pin!(run);
+    let summary = tokio::select! {
+        r = &mut run => r?,
+        () = shutdown_signal() => { cancel.cancel(); run.await? }
+    };
+    if summary.inverter.replies == 0 {
+        anyhow::bail!("the simulated inverter got no reply at all");
+    }
+    Ok(())
+}
+
+async fn simulate_inverter(
+    device: String,
+    unit: u8,
+    interval: Duration,
+    baud: u32,
+    duration: Option<Duration>,
+) -> anyhow::Result<()> {
+    use airbridge::sim::inverter::{self, InverterOptions, InverterStats};
+    use std::sync::Arc;
+    let rtu = config::RtuConfig {
+        device,
+        baud,
+        data_bits: 8,
+        parity: config::Parity::None,
+        stop_bits: 2,
+        unit_id: unit,
+        turnaround: Duration::ZERO,
+        frame_timeout: Duration::from_millis(20),
+        input_registers: true,
+    };
+    let stream = airbridge::serial::open(&rtu)?;
+    let cancel = CancellationToken::new();
+    let stats = Arc::new(InverterStats::default());
+    let opts = InverterOptions {
+        unit,
+        interval,
+        ..Default::default()
+    };
+    let task = tokio::spawn(inverter::run(
+        stream,
+        opts,
+        Arc::clone(&stats),
+        cancel.clone(),
+    ));
+    let start = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
+    let end = async {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(end);
+    loop {
+        tokio::select! {
+            () = shutdown_signal() => break,
+            () = &mut end => break,
+            _ = tick.tick() => {
+                let c = stats.snapshot();
+                let view = stats.last_view().map_or_else(|| "no data yet".to_string(), |v| format!("grid {:+.1} W  L1 {:.1} V  L2 {:.1} V  L3 {:.1} V", v.grid_power_w, v.voltages_v[0], v.voltages_v[1], v.voltages_v[2]));
+                println!("{view}  | replies {} exceptions {} timeouts {} bad frames {}", c.replies, c.exceptions, c.timeouts, c.bad_frames);
+            }
+        }
+    }
+    cancel.cancel();
+    let _ = task.await;
+    Ok(())
 }
