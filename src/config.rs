@@ -245,7 +245,7 @@ struct RawConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRtu {
-    device: String,
+    device: Spanned<String>,
     #[serde(default = "default_baud")]
     baud: Spanned<u32>,
     #[serde(default = "default_data_bits")]
@@ -436,9 +436,9 @@ impl Validator<'_> {
 
     fn rtu(&mut self, raw: &Spanned<RawRtu>) -> Result<RtuConfig, ConfigError> {
         let r = &raw.value;
-        if r.device.trim().is_empty() {
+        if r.device.value.trim().is_empty() {
             return Err(self.err(
-                line(raw),
+                line(&r.device),
                 "rtu.device",
                 "must name a serial device, e.g. /dev/ttyUSB0",
             ));
@@ -469,7 +469,7 @@ impl Validator<'_> {
             ));
         }
         let mut cfg = RtuConfig {
-            device: r.device.clone(),
+            device: r.device.value.clone(),
             baud: r.baud.value,
             data_bits: r.data_bits.value,
             parity: r.parity,
