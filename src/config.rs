@@ -566,14 +566,21 @@ impl Validator<'_> {
     fn poll(&mut self, raw: &Spanned<RawPoll>) -> Result<PollConfig, ConfigError> {
         let p = &raw.value;
         let host = p.host.value.trim();
-        let port_ok = host
-            .rsplit_once(':')
-            .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok_and(|n| n > 0));
+        // An IPv6 host must be bracketed (`[fe80::1]:502`); otherwise a bare `fe80::1` would
+        // split into host `fe80:` and port 1.
+        let port_ok = host.rsplit_once(':').is_some_and(|(h, port)| {
+            let h_ok = if h.contains(':') {
+                h.len() > 2 && h.starts_with('[') && h.ends_with(']')
+            } else {
+                !h.is_empty()
+            };
+            h_ok && port.parse::<u16>().is_ok_and(|n| n > 0)
+        });
         if !port_ok {
             return Err(self.err(
                 line(&p.host),
                 "poll.host",
-                format!("`{host}` is not HOST:PORT, e.g. 192.168.178.100:502"),
+                format!("`{host}` is not HOST:PORT, e.g. 192.168.178.100:502 or [fd00::1]:502"),
             ));
         }
         let timeout = match &p.timeout {
