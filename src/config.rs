@@ -213,9 +213,12 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
 
 /// Validate a config given as text; `origin` names it in messages.
 pub fn parse(text: &str, origin: &str) -> Result<Loaded, ConfigError> {
+    // Name the file in the snippet header (`--> gateway.yaml:8:5`), not `<input>`.
     let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
         path: origin.to_string(),
-        message: e.to_string(),
+        message: e.render_with_options(serde_saphyr::render_options! {
+            source_name: Some(origin),
+        }),
     })?;
     let mut v = Validator {
         origin,
