@@ -213,9 +213,12 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
 
 /// Validate a config given as text; `origin` names it in messages.
 pub fn parse(text: &str, origin: &str) -> Result<Loaded, ConfigError> {
+    // Name the file in the snippet header (`--> gateway.yaml:8:5`), not `<input>`.
     let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
         path: origin.to_string(),
-        message: e.to_string(),
+        message: e.render_with_options(serde_saphyr::render_options! {
+            source_name: Some(origin),
+        }),
     })?;
     let mut v = Validator {
         origin,
@@ -245,7 +248,7 @@ struct RawConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRtu {
-    device: String,
+    device: Spanned<String>,
     #[serde(default = "default_baud")]
     baud: Spanned<u32>,
     #[serde(default = "default_data_bits")]
@@ -436,9 +439,9 @@ impl Validator<'_> {
 
     fn rtu(&mut self, raw: &Spanned<RawRtu>) -> Result<RtuConfig, ConfigError> {
         let r = &raw.value;
-        if r.device.trim().is_empty() {
+        if r.device.value.trim().is_empty() {
             return Err(self.err(
-                line(raw),
+                line(&r.device),
                 "rtu.device",
                 "must name a serial device, e.g. /dev/ttyUSB0",
             ));
@@ -469,7 +472,7 @@ impl Validator<'_> {
             ));
         }
         let mut cfg = RtuConfig {
-            device: r.device.clone(),
+            device: r.device.value.clone(),
             baud: r.baud.value,
             data_bits: r.data_bits.value,
             parity: r.parity,
@@ -566,14 +569,21 @@ impl Validator<'_> {
     fn poll(&mut self, raw: &Spanned<RawPoll>) -> Result<PollConfig, ConfigError> {
         let p = &raw.value;
         let host = p.host.value.trim();
-        let port_ok = host
-            .rsplit_once(':')
-            .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok_and(|n| n > 0));
+        // An IPv6 host must be bracketed (`[fe80::1]:502`); otherwise a bare `fe80::1` would
+        // split into host `fe80:` and port 1.
+        let port_ok = host.rsplit_once(':').is_some_and(|(h, port)| {
+            let h_ok = if h.contains(':') {
+                h.len() > 2 && h.starts_with('[') && h.ends_with(']')
+            } else {
+                !h.is_empty()
+            };
+            h_ok && port.parse::<u16>().is_ok_and(|n| n > 0)
+        });
         if !port_ok {
             return Err(self.err(
                 line(&p.host),
                 "poll.host",
-                format!("`{host}` is not HOST:PORT, e.g. 192.168.178.100:502"),
+                format!("`{host}` is not HOST:PORT, e.g. 192.168.178.100:502 or [fd00::1]:502"),
             ));
         }
         let timeout = match &p.timeout {
