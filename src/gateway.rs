@@ -152,7 +152,22 @@ async fn serve_device(config: Config, slave: RtuSlave, cancel: CancellationToken
 
 /// Log state changes: ready (image warm) and each region going stale or fresh again.
 async fn monitor(image: Arc<Image>, cancel: CancellationToken) {
-    let mut ready = false;
+    tokio::select! {
+        () = cancel.cancelled() => return,
+        () = image.wait_warm() => {}
+    }
+    let now = Instant::now();
+    let snap = image.load_full();
+    // The moment the last region was filled.
+    let filled = snap
+        .regions
+        .iter()
+        .filter_map(|r| r.written)
+        .max()
+        .unwrap_or(now);
+    let since = filled.saturating_duration_since(image.created());
+    tracing::info!(after = ?since, "ready: every region filled, serving the inverter");
+
     let mut stale: Vec<bool> = vec![false; image.specs().len()];
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -163,22 +178,6 @@ async fn monitor(image: Arc<Image>, cancel: CancellationToken) {
         }
         let snap = image.load_full();
         let now = Instant::now();
-        if !ready {
-            if snap.warm {
-                ready = true;
-                // The moment the last region was filled, not this tick's.
-                let filled = snap
-                    .regions
-                    .iter()
-                    .filter_map(|r| r.written)
-                    .max()
-                    .unwrap_or(now);
-                let since = filled.saturating_duration_since(image.created());
-                tracing::info!(after = ?since, "ready: every region filled, serving the inverter");
-            } else {
-                continue;
-            }
-        }
         for (i, spec) in image.specs().iter().enumerate() {
             let is_stale = image.is_stale(&snap, i, now);
             if is_stale != stale[i] {

@@ -83,6 +83,8 @@ pub struct Image {
     /// Serialises writers; readers never take it.
     writer: Mutex<()>,
     created: Instant,
+    /// Flips to `true` once, when every region has been filled.
+    warm: tokio::sync::watch::Sender<bool>,
 }
 
 impl Image {
@@ -129,6 +131,7 @@ impl Image {
             }),
             writer: Mutex::new(()),
             created: now,
+            warm: tokio::sync::watch::Sender::new(warm),
         }
     }
 
@@ -140,6 +143,13 @@ impl Image {
     /// Index of the region called `name`.
     pub fn region_index(&self, name: &str) -> Option<usize> {
         self.specs.iter().position(|s| s.name == name)
+    }
+
+    /// Resolves once every region has been filled (at once if it already has).
+    pub async fn wait_warm(&self) {
+        let mut rx = self.warm.subscribe();
+        // The sender lives as long as `self`, so this cannot fail while we borrow it.
+        let _ = rx.wait_for(|w| *w).await;
     }
 
     /// When the image was created (start-up).
@@ -216,6 +226,9 @@ impl Image {
             warm,
             regions,
         }));
+        if warm && !old.warm {
+            self.warm.send_replace(true);
+        }
     }
 
     /// The regions `[first, last]` that cover `address .. address + len` without a gap, or
@@ -464,6 +477,24 @@ mod tests {
         );
         assert!(snap.warm, "warm stays warm");
         assert_eq!(img.age(&snap, 0, later), Some(Duration::ZERO));
+    }
+
+    #[tokio::test]
+    async fn wait_warm_resolves_when_the_last_region_is_filled() {
+        let img = Arc::new(ksem_like());
+        let waiter = tokio::spawn({
+            let img = Arc::clone(&img);
+            async move { img.wait_warm().await }
+        });
+        img.write_push(0, &[1; 148], Instant::now()).expect("push");
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "energy still empty");
+        img.commit_poll(2, &[1; 280], Instant::now()).expect("poll");
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("resolves")
+            .expect("join");
+        img.wait_warm().await; // already warm: immediate
     }
 
     #[test]
