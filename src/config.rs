@@ -320,7 +320,8 @@ enum SourceText {
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum DurationText {
-    Number(u64),
+    Number(i64),
+    Float(f64),
     Text(String),
 }
 
@@ -386,10 +387,18 @@ impl Validator<'_> {
     fn duration(&self, d: &Spanned<DurationText>, key: &str) -> Result<Duration, ConfigError> {
         match &d.value {
             DurationText::Number(0) => Ok(Duration::ZERO),
+            DurationText::Number(n) if *n < 0 => {
+                Err(self.err(line(d), key, format!("`{n}` is negative")))
+            }
             DurationText::Number(n) => Err(self.err(
                 line(d),
                 key,
                 format!("`{n}` has no unit; write e.g. {n}ms or {n}s"),
+            )),
+            DurationText::Float(f) => Err(self.err(
+                line(d),
+                key,
+                format!("`{f}` is not a duration; write whole numbers with a unit, e.g. 1500ms"),
             )),
             DurationText::Text(t) => parse_duration(t).map_err(|m| self.err(line(d), key, m)),
         }
@@ -453,8 +462,12 @@ impl Validator<'_> {
                 format!("{} is not a usable baud rate (300..4000000)", r.baud.value),
             ));
         }
-        if !(5..=8).contains(&r.data_bits.value) {
-            return Err(self.err(line(&r.data_bits), "rtu.data_bits", "must be 5, 6, 7 or 8"));
+        if r.data_bits.value != 8 {
+            return Err(self.err(
+                line(&r.data_bits),
+                "rtu.data_bits",
+                "Modbus RTU uses 8 data bits",
+            ));
         }
         // Modbus RTU: 2 stop bits without parity, 1 with; the KSEM uses 8N2.
         let stop_bits = match &r.stop_bits {
@@ -479,7 +492,7 @@ impl Validator<'_> {
             stop_bits,
             unit_id,
             turnaround: Duration::ZERO,
-            frame_timeout: Duration::from_millis(20),
+            frame_timeout: Duration::ZERO,
             input_registers: r.input_registers,
         };
         let t35 = t35(cfg.baud, cfg.bits_per_char());
@@ -500,6 +513,8 @@ impl Validator<'_> {
             }
             None => t35,
         };
+        // 20 ms, but never shorter than t3.5 (32 ms at 1200 baud).
+        cfg.frame_timeout = Duration::from_millis(20).max(t35);
         if let Some(t) = &r.frame_timeout {
             let v = self.positive(t, "rtu.frame_timeout")?;
             if v > Duration::from_secs(1) {
@@ -542,6 +557,13 @@ impl Validator<'_> {
                         format!("`{s}` is neither an IP address nor a CIDR like 192.168.178.0/24"),
                     )
                 })?;
+            // `::ffff:a.b.c.d` means the IPv4 host; peers are compared in that form too.
+            let net = match net {
+                IpNet::V6(v6) if v6.prefix_len() == 128 => {
+                    IpNet::from(canonical_ip(IpAddr::V6(v6.addr())))
+                }
+                other => other,
+            };
             allow_from.push(net);
         }
         if allow_from.is_empty() {
@@ -603,7 +625,10 @@ impl Validator<'_> {
             SourceText::Many(many) => many.iter().map(String::as_str).collect(),
         };
         let mut out = Sources::default();
-        for n in &names {
+        for (i, n) in names.iter().enumerate() {
+            if names[..i].contains(n) {
+                return Err(self.err(line(s), key, format!("`{n}` is listed twice")));
+            }
             match n.trim() {
                 "push" => out.push = true,
                 "poll" => out.poll = true,

@@ -833,7 +833,36 @@ fn error_cases() -> Vec<ErrCase> {
             "data_bits 9",
             lines(&[RTU, &["  data_bits: 9  #<"], REGIONS, A_STATIC]),
             "rtu.data_bits",
-            "5, 6, 7 or 8",
+            "8 data bits",
+        ),
+        (
+            "data_bits 7 (ASCII framing, not RTU)",
+            lines(&[RTU, &["  data_bits: 7  #<"], REGIONS, A_STATIC]),
+            "rtu.data_bits",
+            "8 data bits",
+        ),
+        (
+            "negative duration",
+            lines(&[RTU, &["  frame_timeout: -5  #<"], REGIONS, A_STATIC]),
+            "rtu.frame_timeout",
+            "negative",
+        ),
+        (
+            "fractional duration without unit",
+            lines(&[RTU, &["  frame_timeout: 1.5  #<"], REGIONS, A_STATIC]),
+            "rtu.frame_timeout",
+            "whole numbers with a unit",
+        ),
+        (
+            "source listed twice",
+            lines(&[
+                RTU,
+                PUSH,
+                REGIONS,
+                &["  - {name: a, start: 0, count: 1, source: [push, push]}  #<"],
+            ]),
+            "source",
+            "listed twice",
         ),
         (
             "stop_bits 3",
@@ -1324,4 +1353,39 @@ fn poll_host_forms() {
         let c = ok(&text).config;
         assert_eq!(c.poll.unwrap().host, host.trim_matches('\''), "{host}");
     }
+}
+
+#[test]
+fn frame_timeout_default_is_never_shorter_than_t35() {
+    let slow = ok(&yaml(&[
+        &["rtu:", "  device: /dev/ttyUSB0", "  baud: 1200"],
+        REGIONS,
+        A_STATIC,
+    ]));
+    // t3.5 at 1200 8N2 = 3.5 × 11 bits / 1200 baud ≈ 32.08 ms.
+    assert_eq!(slow.config.rtu.frame_timeout, slow.config.rtu.turnaround);
+    assert!(slow.config.rtu.frame_timeout > std::time::Duration::from_millis(32));
+    let fast = ok(&yaml(&[RTU, REGIONS, A_STATIC]));
+    assert_eq!(
+        fast.config.rtu.frame_timeout,
+        std::time::Duration::from_millis(20)
+    );
+}
+
+#[test]
+fn ipv4_mapped_allow_entries_match_ipv4_peers() {
+    let l = ok(&yaml(&[
+        RTU,
+        &[
+            "push:",
+            "  listen: 0.0.0.0:5020",
+            "  allow_from: ['::ffff:192.168.178.100']",
+        ],
+        REGIONS,
+        A_PUSH,
+    ]));
+    let push = l.config.push.expect("push");
+    assert!(push.allows("192.168.178.100".parse().expect("ip")));
+    assert!(push.allows("::ffff:192.168.178.100".parse().expect("ip")));
+    assert!(!push.allows("192.168.178.101".parse().expect("ip")));
 }
