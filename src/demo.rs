@@ -99,6 +99,11 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
         Arc::clone(&push_stats),
     ));
 
+    // A real inverter would poll into the warm-up silence; the demo starts it once the
+    // gateway is ready so its counters show the steady state (bounded: a broken source
+    // still lets the demo run and show the silence).
+    let _ = tokio::time::timeout(Duration::from_secs(5), gateway.handles.image.wait_warm()).await;
+
     let inv_stats = Arc::new(inverter::InverterStats::default());
     let inv_opts = inverter::InverterOptions {
         interval: opts.poll_interval,

@@ -48,7 +48,7 @@ pub struct Gateway {
     pub handles: Handles,
     /// Where the push server listens (resolved, so port 0 shows the real port).
     pub push_addr: Option<SocketAddr>,
-    tasks: JoinSet<()>,
+    tasks: JoinSet<&'static str>,
 }
 
 impl Gateway {
@@ -74,10 +74,18 @@ impl Gateway {
             let addr = server.local_addr()?;
             tracing::info!(%addr, "push server listening");
             push_addr = Some(addr);
-            tasks.spawn(server.run(cancel.clone()));
+            let c = cancel.clone();
+            tasks.spawn(async move {
+                server.run(c).await;
+                "push server"
+            });
         }
         if let Some(poller) = Poller::new(&config, Arc::clone(&image), Arc::clone(&handles.poll)) {
-            tasks.spawn(poller.run(cancel.clone()));
+            let c = cancel.clone();
+            tasks.spawn(async move {
+                poller.run(c).await;
+                "poller"
+            });
         }
         let slave = RtuSlave::new(&config.rtu, Arc::clone(&image), Arc::clone(&handles.rtu));
         match port {
@@ -87,18 +95,41 @@ impl Gateway {
                     if let Err(e) = slave.serve(stream, &cancel).await {
                         tracing::error!("RTU stream failed: {e}");
                     }
+                    "RTU slave"
                 });
             }
             RtuPort::Device => {
-                tasks.spawn(serve_device(config.clone(), slave, cancel.clone()));
+                let c = cancel.clone();
+                let config = config.clone();
+                tasks.spawn(async move {
+                    serve_device(config, slave, c).await;
+                    "RTU slave"
+                });
             }
         }
-        tasks.spawn(monitor(Arc::clone(&image), cancel.clone()));
+        let c = cancel.clone();
+        let img = Arc::clone(&image);
+        tasks.spawn(async move {
+            monitor(img, c).await;
+            "monitor"
+        });
         Ok(Gateway {
             handles,
             push_addr,
             tasks,
         })
+    }
+
+    /// Resolves when a task ended although nobody cancelled it: a bug (a panic, or a loop
+    /// that gave up). The caller should stop the gateway and exit non-zero, so that the
+    /// service manager restarts it, rather than run on with a part missing.
+    pub async fn failed(&mut self) -> String {
+        match self.tasks.join_next().await {
+            Some(Ok(name)) => format!("the {name} task ended unexpectedly"),
+            Some(Err(e)) if e.is_panic() => format!("a task panicked: {e}"),
+            Some(Err(e)) => format!("a task was aborted: {e}"),
+            None => std::future::pending().await,
+        }
     }
 
     /// Wait for every task to end (after the cancel token fired), at most `grace`.

@@ -191,35 +191,48 @@ impl Image {
                 state.written = Some(now);
                 state.pushed = Some(now);
             }
+            true
         });
         Ok(())
     }
 
-    /// Replace a whole region with polled words, atomically.
+    /// Replace a whole region with words polled since `started`, atomically.
+    ///
+    /// A push into the region after `started` is newer than the polled words: then nothing is
+    /// written and `Ok(false)` is returned, so a slow poll never rolls pushed values back.
     pub fn commit_poll(
         &self,
         region: usize,
         words: &[u16],
+        started: Instant,
         now: Instant,
-    ) -> Result<(), WriteError> {
+    ) -> Result<bool, WriteError> {
         let spec = self.specs.get(region).ok_or(WriteError::NoRegion)?;
         if words.len() != usize::from(spec.count) {
             return Err(WriteError::Length);
         }
-        self.commit(|regions| {
-            regions[region].words = words.into();
-            regions[region].written = Some(now);
-        });
-        Ok(())
+        Ok(self.commit(|regions| {
+            let state = &mut regions[region];
+            if state.pushed.is_some_and(|p| p > started) {
+                return false;
+            }
+            state.words = words.into();
+            state.written = Some(now);
+            true
+        }))
     }
 
-    fn commit(&self, change: impl FnOnce(&mut [RegionState])) {
+    /// Publish what `change` makes of a copy of the current regions, unless it returns
+    /// `false`. Returns whether anything was published.
+    fn commit(&self, change: impl FnOnce(&mut [RegionState]) -> bool) -> bool {
         // A poisoned lock only means another writer panicked between load and store; the
         // published snapshot is still whole, so carry on with it.
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.current.load();
         let mut regions: Box<[RegionState]> = old.regions.clone();
-        change(&mut regions);
+        if !change(&mut regions) {
+            return false;
+        }
         let warm = old.warm || regions.iter().all(|s| s.written.is_some());
         self.current.store(Arc::new(Snapshot {
             generation: old.generation.wrapping_add(1),
@@ -229,6 +242,7 @@ impl Image {
         if warm && !old.warm {
             self.warm.send_replace(true);
         }
+        true
     }
 
     /// The regions `[first, last]` that cover `address .. address + len` without a gap, or
@@ -453,7 +467,7 @@ mod tests {
             Err(ReadRefusal::OutsideRegions),
             "address checked before warm-up"
         );
-        img.commit_poll(2, &[1; 280], t0).expect("poll");
+        img.commit_poll(2, &[1; 280], t0, t0).expect("poll");
         let snap = img.load_full();
         assert!(snap.warm);
         assert_eq!(img.check_read(&snap, 0, 10, t0), Ok(0..1));
@@ -489,7 +503,8 @@ mod tests {
         img.write_push(0, &[1; 148], Instant::now()).expect("push");
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished(), "energy still empty");
-        img.commit_poll(2, &[1; 280], Instant::now()).expect("poll");
+        img.commit_poll(2, &[1; 280], Instant::now(), Instant::now())
+            .expect("poll");
         tokio::time::timeout(Duration::from_secs(1), waiter)
             .await
             .expect("resolves")
@@ -501,13 +516,40 @@ mod tests {
     fn commit_poll_checks_length_and_keeps_push_time() {
         let img = ksem_like();
         let t0 = Instant::now();
-        assert_eq!(img.commit_poll(2, &[1; 279], t0), Err(WriteError::Length));
-        assert_eq!(img.commit_poll(9, &[1; 280], t0), Err(WriteError::NoRegion));
-        img.commit_poll(0, &[3; 40], t0)
+        assert_eq!(
+            img.commit_poll(2, &[1; 279], t0, t0),
+            Err(WriteError::Length)
+        );
+        assert_eq!(
+            img.commit_poll(9, &[1; 280], t0, t0),
+            Err(WriteError::NoRegion)
+        );
+        img.commit_poll(0, &[3; 40], t0, t0)
             .expect("fallback poll of totals");
         let snap = img.load();
         assert_eq!(snap.regions[0].written, Some(t0));
         assert_eq!(snap.regions[0].pushed, None, "a poll is not a push");
+    }
+
+    #[test]
+    fn a_poll_never_rolls_back_a_push_that_landed_while_it_ran() {
+        let img = ksem_like();
+        let started = Instant::now();
+        let pushed_at = started + Duration::from_millis(5);
+        img.write_push(0, &[0x2222; 40], pushed_at)
+            .expect("push during the poll");
+        let done = started + Duration::from_millis(10);
+        assert_eq!(
+            img.commit_poll(0, &[0x1111; 40], started, done),
+            Ok(false),
+            "superseded"
+        );
+        let snap = img.load();
+        assert_eq!(img.read_words(&snap, 0, 1), Some(vec![0x2222]));
+        assert_eq!(snap.regions[0].written, Some(pushed_at));
+        // A poll started after the push commits.
+        assert_eq!(img.commit_poll(0, &[0x3333; 40], done, done), Ok(true));
+        assert_eq!(img.read_words(&img.load(), 0, 1), Some(vec![0x3333]));
     }
 
     #[test]

@@ -183,12 +183,21 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         tracing::warn!("{w}");
     }
     let cancel = CancellationToken::new();
-    let gateway = Gateway::start(loaded.config, RtuPort::Device, cancel.clone()).await?;
-    shutdown_signal().await;
+    let mut gateway = Gateway::start(loaded.config, RtuPort::Device, cancel.clone()).await?;
+    let failure = tokio::select! {
+        () = shutdown_signal() => None,
+        f = gateway.failed() => Some(f),
+    };
     tracing::info!("shutting down");
     cancel.cancel();
     gateway.join(Duration::from_secs(3)).await;
-    Ok(())
+    match failure {
+        None => Ok(()),
+        Some(f) => {
+            tracing::error!("{f}");
+            anyhow::bail!("{f}")
+        }
+    }
 }
 
 /// SIGINT or SIGTERM.

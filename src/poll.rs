@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_modbus::client::{Context, Reader};
+use tokio_modbus::client::{Client, Context};
 use tokio_modbus::Slave;
+use tokio_modbus::{Request, Response};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, PollConfig, MAX_READ};
@@ -34,6 +35,8 @@ pub struct PollStats {
     pub regions_failed: AtomicU64,
     /// Region reads done as fallback for a push region.
     pub fallback_polls: AtomicU64,
+    /// Region reads dropped because a push landed in the region while they ran.
+    pub superseded: AtomicU64,
     pub last_error: Mutex<Option<String>>,
 }
 
@@ -70,6 +73,8 @@ pub enum PollError {
     Exception(tokio_modbus::ExceptionCode),
     #[error("reply has {got} registers, asked for {want}")]
     Length { got: usize, want: u16 },
+    #[error("reply of another kind than the request")]
+    Unexpected,
 }
 
 impl PollError {
@@ -148,15 +153,25 @@ impl Poller {
             return;
         }
         let mut conn: Option<Context> = None;
+        // Connection backoff: grows with every failed connect or broken connection, and is
+        // reset only once a region was read, so a KSEM that accepts and then fails is not
+        // hammered with reconnects.
         let mut backoff = Backoff::upstream();
-        let mut announced_down = false;
+        let mut reconnect_at = Instant::now();
+        // Logged state: `Some(true)` up, `Some(false)` down, `None` not said yet.
+        let mut said_up: Option<bool> = None;
         loop {
             let Some(due) = self.tasks.iter().map(|t| self.due(t)).min() else {
                 return;
             };
+            let wake = if conn.is_none() {
+                due.max(reconnect_at)
+            } else {
+                due
+            };
             tokio::select! {
                 () = cancel.cancelled() => return,
-                () = tokio::time::sleep_until(due) => {}
+                () = tokio::time::sleep_until(wake) => {}
             }
             if self.tasks.iter().all(|t| self.due(t) > Instant::now()) {
                 continue; // a push arrived meanwhile and postponed a fallback poll
@@ -165,26 +180,19 @@ impl Poller {
                 match self.connect().await {
                     Ok(c) => {
                         conn = Some(c);
-                        backoff.reset();
-                        announced_down = false;
                         self.stats.connected.store(true, Relaxed);
                         self.stats.connects.fetch_add(1, Relaxed);
-                        tracing::info!(host = %self.cfg.host, "poller connected");
+                        tracing::debug!(host = %self.cfg.host, "poller connected");
                     }
                     Err(e) => {
                         self.stats.connect_failures.fetch_add(1, Relaxed);
                         let wait = backoff.next_delay();
-                        if !announced_down {
+                        reconnect_at = Instant::now() + wait;
+                        if said_up != Some(false) {
                             tracing::warn!(host = %self.cfg.host, "poller cannot connect: {e}; retrying with backoff up to 30s");
-                            announced_down = true;
-                        } else {
-                            tracing::debug!(host = %self.cfg.host, ?wait, "poller connect failed: {e}");
+                            said_up = Some(false);
                         }
                         self.set_error(format!("connect {}: {e}", self.cfg.host));
-                        tokio::select! {
-                            () = cancel.cancelled() => return,
-                            () = tokio::time::sleep(wait) => {}
-                        }
                         continue;
                     }
                 }
@@ -196,6 +204,7 @@ impl Poller {
                     continue;
                 }
                 let t = &self.tasks[i];
+                let started = Instant::now();
                 let result = tokio::select! {
                     () = cancel.cancelled() => return,
                     r = read_region(ctx, t.start, t.count, self.cfg.timeout) => r,
@@ -203,16 +212,29 @@ impl Poller {
                 let done = Instant::now();
                 match result {
                     Ok(words) => {
-                        // The region's length is fixed by the config; a mismatch cannot happen.
-                        if self
+                        match self
                             .image
-                            .commit_poll(self.tasks[i].region, &words, done)
-                            .is_ok()
+                            .commit_poll(self.tasks[i].region, &words, started, done)
                         {
-                            self.stats.regions_ok.fetch_add(1, Relaxed);
-                            if matches!(self.tasks[i].kind, Kind::Fallback { .. }) {
-                                self.stats.fallback_polls.fetch_add(1, Relaxed);
+                            Ok(true) => {
+                                self.stats.regions_ok.fetch_add(1, Relaxed);
+                                if matches!(self.tasks[i].kind, Kind::Fallback { .. }) {
+                                    self.stats.fallback_polls.fetch_add(1, Relaxed);
+                                }
                             }
+                            // A push landed meanwhile: it is newer than what we read.
+                            Ok(false) => {
+                                self.stats.superseded.fetch_add(1, Relaxed);
+                            }
+                            // The region's length is fixed by the config; cannot happen.
+                            Err(e) => {
+                                tracing::error!(region = %self.tasks[i].name, "poll commit: {e}")
+                            }
+                        }
+                        backoff.reset();
+                        if said_up != Some(true) {
+                            tracing::info!(host = %self.cfg.host, "poller connected, reading regions");
+                            said_up = Some(true);
                         }
                         let t = &mut self.tasks[i];
                         if t.failing {
@@ -234,8 +256,12 @@ impl Poller {
                         let broken = e.breaks_connection();
                         self.set_error(msg);
                         if broken {
-                            tracing::warn!(host = %self.cfg.host, "poller disconnected: {e}");
+                            if said_up != Some(false) {
+                                tracing::warn!(host = %self.cfg.host, "poller lost the connection: {e}; reconnecting with backoff up to 30s");
+                                said_up = Some(false);
+                            }
                             conn = None;
+                            reconnect_at = done + backoff.next_delay();
                             self.stats.connected.store(false, Relaxed);
                         }
                     }
@@ -275,10 +301,15 @@ pub async fn read_region(
     while addr < end {
         let n = (end - addr).min(u32::from(MAX_READ)) as u16;
         let a = addr as u16;
-        let chunk = tokio::time::timeout(timeout, ctx.read_holding_registers(a, n))
+        // `call` rather than `read_holding_registers`: the latter only debug-asserts the
+        // length, which would panic the task on a short reply in debug builds.
+        let response = tokio::time::timeout(timeout, ctx.call(Request::ReadHoldingRegisters(a, n)))
             .await
             .map_err(|_| PollError::Timeout(timeout))??
             .map_err(PollError::Exception)?;
+        let Response::ReadHoldingRegisters(chunk) = response else {
+            return Err(PollError::Unexpected);
+        };
         if chunk.len() != usize::from(n) {
             return Err(PollError::Length {
                 got: chunk.len(),

@@ -78,7 +78,9 @@ impl PushServer {
     }
 
     /// Serve until `cancel` fires. Accept errors (e.g. out of file descriptors) are logged and
-    /// retried after a pause; they never end the server.
+    /// the server restarts after a pause. tokio-modbus's `Server::serve` returns on the first
+    /// accept error and cancels its connections with it, so the KSEM reconnects after such an
+    /// error (its codec is private, so the per-connection loop cannot be run on its own).
     pub async fn run(self, cancel: CancellationToken) {
         let PushServer {
             listener,
@@ -234,7 +236,9 @@ impl PushService {
     }
 }
 
-/// A TCP stream whose reads fail with `TimedOut` after `idle` without any received byte.
+/// A TCP stream that fails with `TimedOut` once it made no progress for `idle`: no byte
+/// received and no byte sent. Checked on both sides, so a peer that stops reading our
+/// replies (and so blocks the connection in a write) loses its slot too.
 struct IdleTimeout {
     inner: TcpStream,
     idle: Duration,
@@ -251,6 +255,25 @@ impl IdleTimeout {
             stats,
         }
     }
+
+    fn progress(&mut self) {
+        let next = Instant::now() + self.idle;
+        self.deadline.as_mut().reset(next);
+    }
+
+    /// Called when the inner stream is not ready: has the deadline passed?
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            self.stats.idle_timeouts.fetch_add(1, Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn idle_error() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "push connection idle")
 }
 
 impl AsyncRead for IdleTimeout {
@@ -263,21 +286,12 @@ impl AsyncRead for IdleTimeout {
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
                 if buf.filled().len() > before {
-                    let next = Instant::now() + self.idle;
-                    self.deadline.as_mut().reset(next);
+                    self.progress();
                 }
                 Poll::Ready(r)
             }
-            Poll::Pending => match self.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    self.stats.idle_timeouts.fetch_add(1, Relaxed);
-                    Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "push connection idle",
-                    )))
-                }
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle_error())),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -288,10 +302,23 @@ impl AsyncWrite for IdleTimeout {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.progress();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle_error())),
+            Poll::Pending => Poll::Pending,
+        }
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle_error())),
+            other => other,
+        }
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)

@@ -273,3 +273,160 @@ async fn push_listener_closes_connections_from_outside_allow_from() {
     assert_eq!(stats.writes_ok.load(Relaxed), 0);
     assert_eq!(rig.gateway.handles.image.load().generation, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_push_connections_time_out_even_when_blocked_in_a_write() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rig = gateway(
+        PUSH_REGIONS,
+        dead_addr().await,
+        "allow_from: [127.0.0.1], max_connections: 1, idle_timeout: 300ms",
+    )
+    .await;
+    let addr = rig.gateway.push_addr.expect("push");
+    let stats = &rig.gateway.handles.push;
+
+    // 1. A client that connects and says nothing is closed after idle_timeout.
+    let mut quiet = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(3), quiet.read(&mut buf))
+        .await
+        .expect("closed in time");
+    assert!(matches!(n, Ok(0) | Err(_)), "closed, got {n:?}");
+    assert_eq!(stats.idle_timeouts.load(Relaxed), 1);
+
+    // 2. A client that floods reads and never reads the replies: the server blocks in a
+    //    write; the slot must still be freed after idle_timeout.
+    let hog = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (_hog_rx, mut hog_tx) = hog.into_split(); // never read
+    let flood = tokio::spawn(async move {
+        let mut frame = vec![0u8, 0, 0, 0, 0, 6, 1, 3, 0, 0, 0, 125];
+        for i in 0..200_000u32 {
+            frame[0..2].copy_from_slice(&(i as u16).to_be_bytes());
+            if tokio::time::timeout(Duration::from_millis(500), hog_tx.write_all(&frame))
+                .await
+                .is_err()
+            {
+                break; // our own send buffer is full too: the server stopped reading
+            }
+        }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while stats.open.load(Relaxed) > 0 || stats.idle_timeouts.load(Relaxed) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "slot never freed: open {}",
+            stats.open.load(Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    flood.abort();
+    // The KSEM gets its slot.
+    let mut ksem = push_client(addr).await;
+    write(&mut ksem, 0, &[1])
+        .await
+        .expect("slot free for the KSEM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_ends_on_its_own_is_reported_as_a_failure() {
+    let cfg = airbridge::config::parse(
+        "rtu: {device: pty}\nregions:\n  - {name: id, start: 8192, count: 58, source: static, values: {8244: 200}}\n",
+        "test",
+    )
+    .expect("config")
+    .config;
+    let (master, port) = tokio::io::duplex(64);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let mut gw = airbridge::gateway::Gateway::start(
+        cfg,
+        airbridge::gateway::RtuPort::Stream(Box::new(port)),
+        cancel.clone(),
+    )
+    .await
+    .expect("start");
+    drop(master); // the RTU stream ends: the RTU slave task returns
+    let msg = tokio::time::timeout(Duration::from_secs(2), gw.failed())
+        .await
+        .expect("reported");
+    assert!(msg.contains("RTU slave"), "{msg}");
+    cancel.cancel();
+    gw.join(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poller_backs_off_from_a_ksem_that_accepts_and_hangs_up() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = std::sync::Arc::clone(&accepted);
+    let hangup = tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            count.fetch_add(1, Relaxed);
+            drop(s);
+        }
+    });
+    let regions = "  - {name: energy, start: 512, count: 280, source: poll, every: 100ms}\n";
+    let rig = gateway(regions, addr, LOCAL_PUSH).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // Backoff waits at least 1 s, then 2 s: no more than 3 connects fit in 3.5 s.
+    let n = accepted.load(Relaxed);
+    assert!((1..=3).contains(&n), "{n} connects in 3.5 s");
+    assert!(rig.gateway.handles.poll.regions_failed.load(Relaxed) >= 1);
+    hangup.abort();
+}
+
+/// A KSEM slave that answers every read with one register too few.
+struct ShortReplies;
+
+impl tokio_modbus::server::Service for ShortReplies {
+    type Request = tokio_modbus::SlaveRequest<'static>;
+    type Response = tokio_modbus::Response;
+    type Exception = tokio_modbus::ExceptionCode;
+    type Future = std::future::Ready<Result<Self::Response, Self::Exception>>;
+    fn call(&self, req: Self::Request) -> Self::Future {
+        std::future::ready(match req.request {
+            tokio_modbus::Request::ReadHoldingRegisters(_, n) => {
+                Ok(tokio_modbus::Response::ReadHoldingRegisters(
+                    vec![7; usize::from(n.saturating_sub(1))],
+                ))
+            }
+            _ => Err(tokio_modbus::ExceptionCode::IllegalFunction),
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_upstream_replies_are_errors_not_data() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio_modbus::server::tcp::Server::new(listener);
+    let task = tokio::spawn(async move {
+        let on_connected = |stream, _addr| async move { Ok(Some((ShortReplies, stream))) };
+        let _ = server.serve(&on_connected, |_e| {}).await;
+    });
+    let regions = "  - {name: energy, start: 512, count: 280, source: poll, every: 100ms}\n";
+    let mut rig = gateway(regions, addr, LOCAL_PUSH).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let p = &rig.gateway.handles.poll;
+    assert!(
+        p.regions_failed.load(Relaxed) >= 1,
+        "short reply counted as a failure"
+    );
+    assert_eq!(p.regions_ok.load(Relaxed), 0, "and never committed");
+    assert!(p
+        .last_error
+        .lock()
+        .expect("lock")
+        .as_deref()
+        .is_some_and(|e| e.contains("registers")));
+    assert!(
+        matches!(rtu_read(&mut rig, 512, 4).await, Err(ReplyError::Timeout)),
+        "still warming up"
+    );
+    task.abort();
+}

@@ -57,7 +57,9 @@ fn warm(image: &Image) {
     let now = Instant::now();
     let words: Vec<u16> = (0..148).map(|a| 0x1000 + a).collect();
     image.write_push(0, &words, now).expect("push");
-    image.commit_poll(2, &[0xE0E0; 280], now).expect("poll");
+    image
+        .commit_poll(2, &[0xE0E0; 280], now, now)
+        .expect("poll");
 }
 
 fn request(unit: u8, function: u8, address: u16, count: u16) -> Vec<u8> {
@@ -329,4 +331,112 @@ async fn turnaround_zero_and_stream_end() {
         .await
         .expect("ends on EOF");
     assert!(ended.expect("join").is_ok());
+}
+
+/// A port that echoes every byte written back to its own read side, like an RS485 adapter
+/// whose receiver stays enabled while it transmits.
+struct EchoPort {
+    inner: DuplexStream,
+    echo: std::collections::VecDeque<u8>,
+}
+
+impl tokio::io::AsyncRead for EchoPort {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.echo.is_empty() {
+            let n = self.echo.len().min(buf.remaining());
+            let bytes: Vec<u8> = self.echo.drain(..n).collect();
+            buf.put_slice(&bytes);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for EchoPort {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = r {
+            self.echo.extend(&buf[..n]);
+        }
+        r
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn own_echo_is_ignored_even_when_it_looks_like_a_request() {
+    let cfg = config::parse(CONFIG, "test").expect("config").config;
+    let image = Arc::new(Image::new(&cfg.regions));
+    let stats = Arc::new(RtuStats::default());
+    let slave = RtuSlave::new(&cfg.rtu, Arc::clone(&image), Arc::clone(&stats));
+    let (mut master, port) = tokio::io::duplex(1024);
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        slave
+            .serve(
+                EchoPort {
+                    inner: port,
+                    echo: Default::default(),
+                },
+                &c,
+            )
+            .await
+    });
+
+    // Registers chosen so that the first 8 bytes of our reply to "read 0..3" are a CRC-valid
+    // "read 1536 × 0" request: without echo suppression that would draw an exception 03.
+    let c = airbridge::rtu::crc::crc16(&[1, 3, 6, 0, 0, 0]);
+    let mut words: Vec<u16> = (0..148).map(|a| 0x1000 + a).collect();
+    words[0] = 0;
+    words[1] = c & 0x00FF;
+    words[2] = (c & 0xFF00) | 0x12;
+    let now = Instant::now();
+    image.write_push(0, &words, now).expect("push");
+    image.commit_poll(2, &[0; 280], now, now).expect("poll");
+
+    let req = request(1, 3, 0, 3);
+    let mut echoed_prefix = [0u8; 8];
+    echoed_prefix[..6].copy_from_slice(&[1, 3, 6, 0, 0, 0]);
+    let n = append_crc(&mut echoed_prefix, 6);
+    assert_eq!(n, 8);
+    assert!(frame_crc_ok(&echoed_prefix), "the construction holds");
+
+    master.write_all(&req).await.expect("write");
+    let rep = reply(&mut master, 11, Duration::from_secs(1))
+        .await
+        .expect("reply");
+    assert_eq!(
+        &rep[..8],
+        &echoed_prefix,
+        "the reply starts with a CRC-valid request shape"
+    );
+    assert!(silent(&mut master).await, "no answer to our own echo");
+    assert_eq!(stats.echoes.load(Relaxed), 1);
+    assert_eq!(stats.exceptions.load(Relaxed), 0);
+    // Still serving normally afterwards.
+    master.write_all(&request(1, 3, 5, 1)).await.expect("write");
+    assert!(reply(&mut master, 7, Duration::from_secs(1))
+        .await
+        .is_some());
+    cancel.cancel();
 }

@@ -159,7 +159,7 @@ mod tests {
     fn warm(img: &Image, now: Instant) {
         let words: Vec<u16> = (0..148).map(|a| 0x1000 + a).collect();
         img.write_push(0, &words, now).expect("push");
-        img.commit_poll(2, &[0xE; 280], now).expect("poll");
+        img.commit_poll(2, &[0xE; 280], now, now).expect("poll");
     }
 
     fn read(function: u8, address: u16, count: u16) -> Request {

@@ -41,6 +41,8 @@ pub struct RtuStats {
     pub oversize: AtomicU64,
     /// Bytes sent as replies.
     pub tx_bytes: AtomicU64,
+    /// Our own replies echoed back by the adapter (and ignored).
+    pub echoes: AtomicU64,
 }
 
 impl RtuStats {
@@ -79,6 +81,8 @@ impl RtuStats {
 pub struct SlaveTiming {
     pub turnaround: Duration,
     pub frame_timeout: Duration,
+    /// Time of one character on the wire (for how long an echo of our reply can arrive).
+    pub char_time: Duration,
 }
 
 /// An RTU slave over the image.
@@ -100,6 +104,9 @@ impl RtuSlave {
             timing: SlaveTiming {
                 turnaround: cfg.turnaround,
                 frame_timeout: cfg.frame_timeout,
+                char_time: Duration::from_nanos(
+                    1_000_000_000 * u64::from(cfg.bits_per_char()) / u64::from(cfg.baud.max(1)),
+                ),
             },
             image,
             stats,
@@ -118,8 +125,10 @@ impl RtuSlave {
     {
         let mut framer = Framer::new(self.params.unit);
         let mut last_stats = FramerStats::default();
+        let mut echo = EchoFilter::default();
         let mut rx = [0u8; 512];
         let mut tx = [0u8; MAX_ADU];
+        let mut replay = [0u8; MAX_ADU];
         let mut last_byte = Instant::now();
         loop {
             // Wait for bytes; with a partial frame buffered, only until the line falls silent.
@@ -140,13 +149,14 @@ impl RtuSlave {
                 () = cancel.cancelled() => return Ok(()),
                 r = read => r,
             };
-            let frame_end = match n {
+            let n = match n {
                 None => {
                     // Silence: whatever is buffered is now delimited.
                     let f = framer.on_silence();
                     self.stats.add_framer(framer.stats(), &mut last_stats);
                     if let Some(f) = f {
-                        self.handle(f, last_byte, &mut stream, &mut tx).await?;
+                        self.handle(f, last_byte, &mut stream, &mut tx, &mut echo)
+                            .await?;
                     }
                     continue;
                 }
@@ -155,15 +165,21 @@ impl RtuSlave {
                 Some(Err(e)) => return Err(e),
             };
             last_byte = Instant::now();
-            let mut data = &rx[..frame_end];
-            loop {
-                let taken = framer.push(data);
-                data = &data[taken..];
-                while let Some(f) = framer.next_frame() {
-                    self.handle(f, last_byte, &mut stream, &mut tx).await?;
-                }
-                if data.is_empty() {
-                    break;
+            let (replayed, data) = echo.filter(&rx[..n], last_byte);
+            if echo.take_completed() {
+                self.stats.echoes.fetch_add(1, Relaxed);
+            }
+            // Bytes held back as a possible echo that turned out not to be one go first.
+            replay[..replayed].copy_from_slice(echo.sent(replayed));
+            for chunk in [&replay[..replayed], data] {
+                let mut chunk = chunk;
+                while !chunk.is_empty() {
+                    let taken = framer.push(chunk);
+                    chunk = &chunk[taken..];
+                    while let Some(f) = framer.next_frame() {
+                        self.handle(f, last_byte, &mut stream, &mut tx, &mut echo)
+                            .await?;
+                    }
                 }
             }
             self.stats.add_framer(framer.stats(), &mut last_stats);
@@ -176,6 +192,7 @@ impl RtuSlave {
         request_end: Instant,
         stream: &mut S,
         tx: &mut [u8; MAX_ADU],
+        echo: &mut EchoFilter,
     ) -> io::Result<()>
     where
         S: AsyncWrite + Unpin,
@@ -190,9 +207,134 @@ impl RtuSlave {
             return Ok(());
         };
         tokio::time::sleep_until(request_end + self.timing.turnaround).await;
+        // No flush: a tty has no user-space buffer, and its flush is a blocking tcdrain that
+        // would hold a runtime worker for the reply's whole wire time.
         stream.write_all(&tx[..len]).await?;
-        stream.flush().await?;
         self.stats.tx_bytes.fetch_add(len as u64, Relaxed);
+        // An adapter that echoes its transmission hands our reply back to us, within its
+        // wire time plus the usual silence.
+        let wire = self.timing.char_time.saturating_mul(len as u32);
+        echo.expect(
+            &tx[..len],
+            Instant::now() + wire + self.timing.frame_timeout,
+        );
         Ok(())
+    }
+}
+
+/// Recognises our own reply coming back from an adapter that echoes what it transmits, so
+/// it never reaches the framer (where its first 8 bytes could, once in 65536, pass for a
+/// request). Bytes that start like the echo but then differ are handed back for framing.
+#[derive(Debug)]
+pub struct EchoFilter {
+    sent: [u8; MAX_ADU],
+    len: usize,
+    matched: usize,
+    until: Option<Instant>,
+    completed: bool,
+}
+
+impl Default for EchoFilter {
+    fn default() -> Self {
+        EchoFilter {
+            sent: [0; MAX_ADU],
+            len: 0,
+            matched: 0,
+            until: None,
+            completed: false,
+        }
+    }
+}
+
+impl EchoFilter {
+    /// Expect `reply` to come back until `until`.
+    pub fn expect(&mut self, reply: &[u8], until: Instant) {
+        let len = reply.len().min(MAX_ADU);
+        self.sent[..len].copy_from_slice(&reply[..len]);
+        self.len = len;
+        self.matched = 0;
+        self.until = Some(until);
+    }
+
+    /// Strip the echo from `data` (received at `now`). Returns how many earlier, held-back
+    /// bytes must be framed first (see [`EchoFilter::sent`]) and the rest of `data` to frame.
+    pub fn filter<'a>(&mut self, data: &'a [u8], now: Instant) -> (usize, &'a [u8]) {
+        let Some(until) = self.until else {
+            return (0, data);
+        };
+        if now > until {
+            // Too late to be an echo; a partial echo held back is dropped like a partial frame.
+            self.until = None;
+            return (0, data);
+        }
+        let want = &self.sent[self.matched..self.len];
+        let k = want.iter().zip(data).take_while(|(a, b)| a == b).count();
+        if k == want.len() {
+            self.until = None;
+            self.completed = true;
+            (0, &data[k..])
+        } else if k == data.len() {
+            self.matched += k;
+            (0, &[])
+        } else {
+            let held = self.matched;
+            self.until = None;
+            (held, data)
+        }
+    }
+
+    /// The first `n` bytes of the expected echo (the held-back bytes to frame after a mismatch).
+    pub fn sent(&self, n: usize) -> &[u8] {
+        &self.sent[..n.min(self.len)]
+    }
+
+    /// True once after a complete echo was stripped.
+    pub fn take_completed(&mut self) -> bool {
+        std::mem::take(&mut self.completed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_a_complete_echo_in_pieces_and_keeps_what_follows() {
+        let t = Instant::now();
+        let mut e = EchoFilter::default();
+        let reply = [1u8, 3, 2, 0, 7, 0xF9, 0x86];
+        e.expect(&reply, t + Duration::from_millis(5));
+        assert_eq!(e.filter(&reply[..3], t), (0, &[][..]));
+        assert!(!e.take_completed());
+        let (held, rest) = e.filter(&[0, 7, 0xF9, 0x86, 1, 3], t);
+        assert_eq!((held, rest), (0, &[1u8, 3][..]));
+        assert!(e.take_completed());
+        assert_eq!(e.filter(&[9], t), (0, &[9u8][..]), "expectation ended");
+    }
+
+    #[test]
+    fn a_mismatch_hands_back_the_held_bytes() {
+        let t = Instant::now();
+        let mut e = EchoFilter::default();
+        e.expect(&[1, 3, 2, 0, 7, 0xF9, 0x86], t + Duration::from_millis(5));
+        assert_eq!(e.filter(&[1, 3], t), (0, &[][..]));
+        let (held, rest) = e.filter(&[0, 0, 0, 10, 0xC5, 0xCD], t);
+        assert_eq!(held, 2);
+        assert_eq!(e.sent(held), &[1, 3]);
+        assert_eq!(rest, &[0, 0, 0, 10, 0xC5, 0xCD]);
+        assert!(!e.take_completed());
+    }
+
+    #[test]
+    fn nothing_is_an_echo_after_the_window() {
+        let t = Instant::now();
+        let mut e = EchoFilter::default();
+        let reply = [1u8, 0x83, 2, 0xC0, 0xF1];
+        e.expect(&reply, t + Duration::from_millis(5));
+        assert_eq!(
+            e.filter(&reply, t + Duration::from_millis(6)),
+            (0, &reply[..])
+        );
+        assert_eq!(EchoFilter::default().filter(&reply, t), (0, &reply[..]));
     }
 }
