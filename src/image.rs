@@ -596,6 +596,9 @@ mod tests {
                         let snap = img.load();
                         assert!(snap.generation >= last_gen, "generations go forward");
                         last_gen = snap.generation;
+                        if snap.generation == 0 {
+                            continue; // the empty start image does not carry the encoding
+                        }
                         let words = img.read_words(&snap, 0, 148).expect("in range");
                         let gen = words[0];
                         for (a, &w) in words.iter().enumerate() {
