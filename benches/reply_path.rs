@@ -68,10 +68,10 @@ fn warm(image: &Image) -> Instant {
         .write_push(0, &words, now)
         .expect("push totals+phases");
     image
-        .commit_poll(ENERGY, &[0xE; 280], now)
+        .commit_poll(ENERGY, &[0xE; 280], now, now)
         .expect("poll energy");
     image
-        .commit_poll(IDENTITY, &[0x1D; 58], now)
+        .commit_poll(IDENTITY, &[0x1D; 58], now, now)
         .expect("poll identity");
     assert!(image.load().warm);
     now
@@ -224,7 +224,7 @@ fn image_commit(c: &mut Criterion) {
         b.iter(|| image.write_push(40, black_box(&phases), now))
     });
     g.bench_function("commit_poll_energy_280", |b| {
-        b.iter(|| image.commit_poll(ENERGY, black_box(&energy), now))
+        b.iter(|| image.commit_poll(ENERGY, black_box(&energy), now, now))
     });
     g.finish();
 }

@@ -94,8 +94,8 @@ fn warm_image() -> Image {
     let now = Instant::now();
     let words: Vec<u16> = (0..148).collect();
     image.write_push(0, &words, now).expect("push");
-    image.commit_poll(2, &[0xE; 280], now).expect("poll");
-    image.commit_poll(3, &[0x1D; 58], now).expect("poll");
+    image.commit_poll(2, &[0xE; 280], now, now).expect("poll");
+    image.commit_poll(3, &[0x1D; 58], now, now).expect("poll");
     assert!(image.load().warm);
     image
 }
