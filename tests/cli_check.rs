@@ -101,11 +101,21 @@ fn gateway_yaml_is_usable() {
             vec!["energy", "512..791", "280", "[push,", "poll]", "10s", "5m", "serve", "-"],
             vec![
                 "identity",
-                "8192..8249",
-                "58",
+                "8192..8248",
+                "57",
                 "poll",
                 "1h",
                 "3h",
+                "serve",
+                "-"
+            ],
+            vec![
+                "spec_version",
+                "8249..8249",
+                "1",
+                "static",
+                "-",
+                "never",
                 "serve",
                 "-"
             ],

@@ -105,7 +105,10 @@ fn gateway_yaml_effective_values() {
     assert_eq!(q.timeout, Duration::from_secs(2));
 
     let names: Vec<&str> = c.regions.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(names, ["totals", "phases", "energy", "identity"]);
+    assert_eq!(
+        names,
+        ["totals", "phases", "energy", "identity", "spec_version"]
+    );
     let push_only = Sources {
         push: true,
         ..Sources::default()
@@ -155,7 +158,7 @@ fn gateway_yaml_effective_values() {
         (
             "identity",
             8192,
-            58,
+            57,
             poll_only,
             Some(s(3600)),
             s(3 * 3600),
@@ -174,6 +177,10 @@ fn gateway_yaml_effective_values() {
         assert_eq!(g.fallback_poll, fallback, "{name}.fallback_poll");
         assert!(g.values.is_empty(), "{name}.values");
     }
+    let spec = region(&c.regions, "spec_version");
+    assert_eq!((spec.start, spec.count), (8249, 1));
+    assert!(spec.source.fixed);
+    assert_eq!(spec.values.get(&8249), Some(&7));
     // The pushed groups 0..27 and 40..145 and the energy groups 512..551, 592..791 are served.
     let served = |a: u16| c.regions.iter().any(|r| r.contains(a));
     for a in [0, 27, 40, 145, 147, 512, 551, 592, 791, 8244, 8249] {

@@ -35,7 +35,7 @@ fn rig_with(yaml: &str) -> Rig {
     let cfg = config::parse(yaml, "test").expect("config").config;
     let image = Arc::new(Image::new(&cfg.regions));
     let stats = Arc::new(RtuStats::default());
-    let slave = RtuSlave::new(&cfg.rtu, Arc::clone(&image), Arc::clone(&stats));
+    let slave = RtuSlave::new(&cfg.rtu, Arc::clone(&image), Arc::clone(&stats)).with_tokio_timer();
     let (master, port) = tokio::io::duplex(1024);
     let cancel = CancellationToken::new();
     let c = cancel.clone();
@@ -387,7 +387,7 @@ async fn own_echo_is_ignored_even_when_it_looks_like_a_request() {
     let cfg = config::parse(CONFIG, "test").expect("config").config;
     let image = Arc::new(Image::new(&cfg.regions));
     let stats = Arc::new(RtuStats::default());
-    let slave = RtuSlave::new(&cfg.rtu, Arc::clone(&image), Arc::clone(&stats));
+    let slave = RtuSlave::new(&cfg.rtu, Arc::clone(&image), Arc::clone(&stats)).with_tokio_timer();
     let (mut master, port) = tokio::io::duplex(1024);
     let cancel = CancellationToken::new();
     let c = cancel.clone();
@@ -439,4 +439,36 @@ async fn own_echo_is_ignored_even_when_it_looks_like_a_request() {
         .await
         .is_some());
     cancel.cancel();
+}
+
+/// The precise turnaround on the real clock: never earlier than configured, with or without
+/// the coarse phase (1750 µs uses only the thread sleep, 5 ms both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn precise_turnaround_is_never_early_on_the_real_clock() {
+    for turnaround in ["1750us", "5ms"] {
+        let yaml = CONFIG.replace("turnaround: 1750us", &format!("turnaround: {turnaround}"));
+        let cfg = config::parse(&yaml, "test").expect("config").config;
+        let want = cfg.rtu.turnaround;
+        let image = Arc::new(Image::new(&cfg.regions));
+        warm(&image);
+        let slave = RtuSlave::new(&cfg.rtu, Arc::clone(&image), Arc::new(RtuStats::default()));
+        let (mut master, port) = tokio::io::duplex(1024);
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        tokio::spawn(async move { slave.serve(port, &c).await });
+        for _ in 0..20 {
+            let t0 = std::time::Instant::now();
+            master.write_all(&request(1, 3, 0, 1)).await.expect("write");
+            let mut first = [0u8; 1];
+            master.read_exact(&mut first).await.expect("reply");
+            assert!(
+                t0.elapsed() >= want,
+                "reply after {:?}, turnaround {want:?}",
+                t0.elapsed()
+            );
+            let mut rest = [0u8; 6];
+            master.read_exact(&mut rest).await.expect("rest");
+        }
+        cancel.cancel();
+    }
 }

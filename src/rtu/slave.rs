@@ -83,6 +83,8 @@ pub struct SlaveTiming {
     pub frame_timeout: Duration,
     /// Time of one character on the wire (for how long an echo of our reply can arrive).
     pub char_time: Duration,
+    /// Sub-millisecond turnaround (see [`RtuSlave::with_tokio_timer`]).
+    pub precise: bool,
 }
 
 /// An RTU slave over the image.
@@ -107,6 +109,7 @@ impl RtuSlave {
                 char_time: Duration::from_nanos(
                     1_000_000_000 * u64::from(cfg.bits_per_char()) / u64::from(cfg.baud.max(1)),
                 ),
+                precise: true,
             },
             image,
             stats,
@@ -115,6 +118,39 @@ impl RtuSlave {
 
     pub fn stats(&self) -> &Arc<RtuStats> {
         &self.stats
+    }
+
+    /// Use tokio's timer alone for the turnaround (millisecond granularity). Tests with a
+    /// paused clock need it: the precise wait sleeps in real time, which a paused clock
+    /// does not see.
+    pub fn with_tokio_timer(mut self) -> Self {
+        self.timing.precise = false;
+        self
+    }
+
+    /// Wait until `deadline` (the earliest moment the reply may start).
+    ///
+    /// tokio's timer fires on millisecond ticks, so even a deadline that has passed would cost
+    /// up to a tick: a passed deadline is not waited for at all. A future one is approached
+    /// with tokio's timer up to ~1 ms before, then the rest is slept with the thread's
+    /// nanosecond sleep, which holds this worker for at most that last millisecond.
+    async fn wait_turnaround(&self, deadline: Instant) {
+        let now = Instant::now();
+        if deadline <= now {
+            return;
+        }
+        if !self.timing.precise {
+            tokio::time::sleep_until(deadline).await;
+            return;
+        }
+        let coarse_margin = Duration::from_millis(1);
+        if deadline - now > coarse_margin + Duration::from_millis(1) {
+            tokio::time::sleep_until(deadline - coarse_margin).await;
+        }
+        let rest = deadline.saturating_duration_since(Instant::now());
+        if !rest.is_zero() {
+            std::thread::sleep(rest);
+        }
     }
 
     /// Serve `stream` until it ends (EOF → `Ok`), fails (I/O error → `Err`) or `cancel` fires
@@ -206,7 +242,8 @@ impl RtuSlave {
             tracing::trace!(?req, ?outcome, "no reply");
             return Ok(());
         };
-        tokio::time::sleep_until(request_end + self.timing.turnaround).await;
+        self.wait_turnaround(request_end + self.timing.turnaround)
+            .await;
         // No flush: a tty has no user-space buffer, and its flush is a blocking tcdrain that
         // would hold a runtime worker for the reply's whole wire time.
         stream.write_all(&tx[..len]).await?;
