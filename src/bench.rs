@@ -1706,6 +1706,14 @@ fn parse_dur(s: &str) -> Result<Duration, String> {
     crate::config::parse_duration(s)
 }
 
+/// `--rate` of `bench push`: Hz, or `max` (`None`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PushRate(pub Option<f64>);
+
+fn parse_push_rate(s: &str) -> Result<PushRate, String> {
+    parse_rate(s).map(PushRate)
+}
+
 fn parse_rate(s: &str) -> Result<Option<f64>, String> {
     if s.eq_ignore_ascii_case("max") {
         return Ok(None);
@@ -1735,7 +1743,7 @@ pub struct RtuArgs {
     #[arg(long, default_value_t = 1)]
     pub unit: u8,
     /// Register ranges start:count, read round-robin.
-    #[arg(long, default_value = "0:74,74:74,8192:58", value_parser = parse_ranges)]
+    #[arg(long, default_value = "0:74,74:74,8192:58", value_delimiter = ',')]
     pub ranges: Vec<RegRange>,
     /// Requests per range.
     #[arg(long, default_value_t = 2000)]
@@ -1760,8 +1768,8 @@ pub struct PushArgs {
     #[arg(long)]
     pub target: String,
     /// Push cycles (0..27 then 40..145) per second per connection, or `max`.
-    #[arg(long, default_value = "max", value_parser = parse_rate)]
-    pub rate: Option<f64>,
+    #[arg(long, default_value = "max", value_parser = parse_push_rate)]
+    pub rate: PushRate,
     #[arg(long, default_value = "10s", value_parser = parse_dur)]
     pub duration: Duration,
     #[arg(long, default_value_t = 1)]
@@ -1921,7 +1929,7 @@ async fn run_rtu(a: RtuArgs) -> anyhow::Result<()> {
 async fn run_push(a: PushArgs) -> anyhow::Result<()> {
     let target = resolve(&a.target).await?;
     let mut opts = PushBenchOptions::new(target);
-    opts.rate = a.rate;
+    opts.rate = a.rate.0;
     opts.duration = a.duration;
     opts.connections = a.connections;
     opts.unit = a.unit;
