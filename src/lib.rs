@@ -11,6 +11,7 @@
 //! [`sim`] holds the simulated KSEM and inverter that [`demo`] and the tests run against.
 //! The binary (`src/main.rs`) is a thin CLI over this library.
 
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod gateway;

@@ -47,6 +47,9 @@ enum Command {
     /// Run a simulated device.
     #[command(subcommand)]
     Simulate(Simulate),
+    /// Measure latency, throughput, data age and resources (see README).
+    #[command(subcommand)]
+    Bench(airbridge::bench::BenchCmd),
 }
 
 #[derive(Subcommand)]
@@ -128,6 +131,7 @@ fn main() -> ExitCode {
             baud,
             duration,
         }) => block_on(simulate_inverter(device, unit, interval, baud, duration)),
+        Command::Bench(cmd) => block_on(airbridge::bench::run(cmd)),
     }
 }
 
