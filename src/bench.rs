@@ -1349,7 +1349,8 @@ regions:
   - {{name: totals,   start: 0,    count: 40,  source: push, max_age: 1h, on_stale: silence}}
   - {{name: phases,   start: 40,   count: 108, source: push, max_age: 1h, on_stale: silence}}
   - {{name: energy,   start: 512,  count: 280, source: [push, poll], every: 10s, max_age: 5m, on_stale: serve}}
-  - {{name: identity, start: 8192, count: 58,  source: poll, every: 1h}}
+  - {{name: identity, start: 8192, count: 57,  source: poll, every: 1h}}
+  - {{name: spec_version, start: 8249, count: 1, source: static, values: {{8249: 7}}}}
 "
     );
     Ok(crate::config::parse(&yaml, "bench e2e")?.config)

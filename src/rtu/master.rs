@@ -64,7 +64,7 @@ pub struct Transaction {
     /// The raw reply: either the expected normal length or a 5-byte exception frame.
     /// Its CRC has been checked; its content has not.
     pub reply: Vec<u8>,
-    /// After the request was written and flushed.
+    /// After the request was written.
     pub sent_at: Instant,
     /// When the read returning the first reply byte completed.
     pub first_byte_at: Instant,
@@ -73,12 +73,12 @@ pub struct Transaction {
 }
 
 impl Transaction {
-    /// Turnaround: request flushed → first reply byte.
+    /// Turnaround: request written → first reply byte.
     pub fn turnaround(&self) -> Duration {
         self.first_byte_at.saturating_duration_since(self.sent_at)
     }
 
-    /// Whole exchange: request flushed → last reply byte.
+    /// Whole exchange: request written → last reply byte.
     pub fn total(&self) -> Duration {
         self.last_byte_at.saturating_duration_since(self.sent_at)
     }
@@ -216,7 +216,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtuMaster<S> {
         self
     }
 
-    /// The reply timeout (request flushed → complete reply).
+    /// The reply timeout (request written → complete reply).
     pub fn timeout(&self) -> Duration {
         self.timeout
     }
@@ -383,8 +383,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtuMaster<S> {
     }
 
     async fn send(&mut self, request: &[u8]) -> io::Result<()> {
-        self.stream.write_all(request).await?;
-        self.stream.flush().await
+        // No flush: a tty has no user-space buffer, and its flush is a blocking tcdrain that
+        // would hold a runtime worker until the request is on the wire.
+        self.stream.write_all(request).await
     }
 
     /// Discard input that is not an answer to the request about to be sent:
