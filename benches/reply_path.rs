@@ -31,18 +31,8 @@ const PARAMS: SlaveParams = SlaveParams {
     input_registers: true,
 };
 
-/// The KSEM layout (as in `gateway.yaml`): region indices 0 totals, 1 phases, 2 energy,
-/// 3 identity.
-const KSEM: &str = "
-rtu: {device: /dev/null}
-push: {listen: '127.0.0.1:5020', allow_from: [127.0.0.1]}
-poll: {host: '127.0.0.1:502'}
-regions:
-  - {name: totals,   start: 0,    count: 40,  source: push, max_age: 2s, on_stale: silence}
-  - {name: phases,   start: 40,   count: 108, source: push, max_age: 2s, on_stale: silence}
-  - {name: energy,   start: 512,  count: 280, source: [push, poll], every: 10s, max_age: 5m, on_stale: serve}
-  - {name: identity, start: 8192, count: 58,  source: poll, every: 1h}
-";
+/// The shipped KSEM layout: region indices 0 totals, 1 phases, 2 energy, 3 identity, 4 spec_version.
+const KSEM: &str = include_str!("../gateway.yaml");
 const ENERGY: usize = 2;
 const IDENTITY: usize = 3;
 
@@ -71,7 +61,7 @@ fn warm(image: &Image) -> Instant {
         .commit_poll(ENERGY, &[0xE; 280], now, now)
         .expect("poll energy");
     image
-        .commit_poll(IDENTITY, &[0x1D; 58], now, now)
+        .commit_poll(IDENTITY, &[0x1D; 57], now, now)
         .expect("poll identity");
     assert!(image.load().warm);
     now

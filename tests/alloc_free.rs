@@ -68,17 +68,8 @@ const PARAMS: SlaveParams = SlaveParams {
 };
 const ITERATIONS: usize = 1000;
 
-/// The KSEM layout of `gateway.yaml`; region indices 0 totals, 1 phases, 2 energy, 3 identity.
-const KSEM: &str = "
-rtu: {device: /dev/null}
-push: {listen: '127.0.0.1:5020', allow_from: [127.0.0.1]}
-poll: {host: '127.0.0.1:502'}
-regions:
-  - {name: totals,   start: 0,    count: 40,  source: push, max_age: 2s, on_stale: silence}
-  - {name: phases,   start: 40,   count: 108, source: push, max_age: 2s, on_stale: silence}
-  - {name: energy,   start: 512,  count: 280, source: [push, poll], every: 10s, max_age: 5m, on_stale: serve}
-  - {name: identity, start: 8192, count: 58,  source: poll, every: 1h}
-";
+/// The shipped KSEM layout: region indices 0 totals, 1 phases, 2 energy, 3 identity, 4 spec_version.
+const KSEM: &str = include_str!("../gateway.yaml");
 
 fn ksem_image() -> Image {
     Image::new(
@@ -95,7 +86,7 @@ fn warm_image() -> Image {
     let words: Vec<u16> = (0..148).collect();
     image.write_push(0, &words, now).expect("push");
     image.commit_poll(2, &[0xE; 280], now, now).expect("poll");
-    image.commit_poll(3, &[0x1D; 58], now, now).expect("poll");
+    image.commit_poll(3, &[0x1D; 57], now, now).expect("poll");
     assert!(image.load().warm);
     image
 }
