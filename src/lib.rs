@@ -17,6 +17,7 @@ pub mod demo;
 pub mod gateway;
 pub mod image;
 pub mod poll;
+pub mod profile;
 pub mod push;
 pub mod rtu;
 pub mod serial;

@@ -47,9 +47,18 @@ enum Command {
     /// Run a simulated device.
     #[command(subcommand)]
     Simulate(Simulate),
+    /// Register profiles (profiles/*.yaml).
+    #[command(subcommand)]
+    Profile(ProfileCmd),
     /// Measure latency, throughput, data age and resources (see README).
     #[command(subcommand)]
     Bench(airbridge::bench::BenchCmd),
+}
+
+#[derive(Subcommand)]
+enum ProfileCmd {
+    /// Validate a profile and list its registers.
+    Show { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -132,6 +141,16 @@ fn main() -> ExitCode {
             duration,
         }) => block_on(simulate_inverter(device, unit, interval, baud, duration)),
         Command::Bench(cmd) => block_on(airbridge::bench::run(cmd)),
+        Command::Profile(ProfileCmd::Show { file }) => match airbridge::profile::load(&file) {
+            Ok(p) => {
+                print!("{}", p.show());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
