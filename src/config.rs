@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -25,6 +25,17 @@ pub struct Config {
     pub push: Option<PushConfig>,
     pub poll: Option<PollConfig>,
     pub regions: Vec<Region>,
+    /// The register profile that gives the words meaning (status page, checks, writes).
+    pub profile: Option<ProfileRef>,
+}
+
+/// Where the config names its register profile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProfileRef {
+    /// As written by [`parse`]; resolved against the config file's directory by [`load`].
+    pub path: PathBuf,
+    /// The line of the `profile:` key, for messages.
+    pub line: u64,
 }
 
 /// Serial line parity.
@@ -208,7 +219,23 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         path: path.display().to_string(),
         source,
     })?;
-    parse(&text, &path.display().to_string())
+    let origin = path.display().to_string();
+    let mut loaded = parse(&text, &origin)?;
+    if let Some(p) = &mut loaded.config.profile {
+        if p.path.is_relative() {
+            if let Some(dir) = path.parent() {
+                p.path = dir.join(&p.path);
+            }
+        }
+        // A profile that does not load makes the config unusable: say so now, not later.
+        crate::profile::load(&p.path).map_err(|e| ConfigError::Invalid {
+            path: origin.clone(),
+            line: p.line,
+            key: "profile".into(),
+            message: e.to_string(),
+        })?;
+    }
+    Ok(loaded)
 }
 
 /// Validate a config given as text; `origin` names it in messages.
@@ -243,6 +270,8 @@ struct RawConfig {
     #[serde(default)]
     poll: Option<Spanned<RawPoll>>,
     regions: Spanned<Vec<Spanned<RawRegion>>>,
+    #[serde(default)]
+    profile: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -438,11 +467,26 @@ impl Validator<'_> {
                 );
             }
         }
+        let profile = match &raw.profile {
+            Some(p) if p.value.trim().is_empty() => {
+                return Err(self.err(
+                    line(p),
+                    "profile",
+                    "must name a profile file, e.g. profiles/ksem-g2.yaml",
+                ))
+            }
+            Some(p) => Some(ProfileRef {
+                path: PathBuf::from(&p.value),
+                line: line(p),
+            }),
+            None => None,
+        };
         Ok(Config {
             rtu,
             push,
             poll,
             regions,
+            profile,
         })
     }
 

@@ -1396,3 +1396,35 @@ fn ipv4_mapped_allow_entries_match_ipv4_peers() {
     assert!(push.allows("::ffff:192.168.178.100".parse().expect("ip")));
     assert!(!push.allows("192.168.178.101".parse().expect("ip")));
 }
+
+#[test]
+fn profile_is_resolved_next_to_the_config_and_must_load() {
+    let dir = std::env::temp_dir().join(format!("airbridge-profile-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("profiles")).expect("temp dir");
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml"))
+        .expect("gateway.yaml");
+    let cfg = dir.join("gateway.yaml");
+    std::fs::write(&cfg, &text).expect("write config");
+    // The profile is missing next to the config: the config is unusable, at the key's line.
+    let err = config::load(&cfg).expect_err("profile missing").to_string();
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("profile:"))
+        .expect("gateway.yaml names a profile")
+        + 1;
+    assert!(
+        err.contains(&format!("gateway.yaml:{line}: profile: ")),
+        "{err}"
+    );
+    assert!(err.contains("cannot read"), "{err}");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/profiles/ksem-g2.yaml"),
+        dir.join("profiles/ksem-g2.yaml"),
+    )
+    .expect("copy profile");
+    let loaded = config::load(&cfg).unwrap_or_else(|e| panic!("{e}"));
+    let profile = loaded.config.profile.expect("profile");
+    assert_eq!(profile.path, dir.join("profiles/ksem-g2.yaml"));
+    assert_eq!(profile.line as usize, line);
+    let _ = std::fs::remove_dir_all(&dir);
+}

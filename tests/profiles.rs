@@ -118,5 +118,8 @@ fn profile_show_lists_and_rejects() {
     let _ = std::fs::remove_file(&bad);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(":3: a: type u16 has 1 word(s), not 2"), "{err}");
+    assert!(
+        err.contains(":3: a: type u16 has 1 word(s), not 2"),
+        "{err}"
+    );
 }
