@@ -1263,6 +1263,8 @@ pub struct E2eOptions {
     pub flood_connections: usize,
     /// Register counts read from address 0 (round-robin).
     pub read_sizes: Vec<u16>,
+    /// Gateway starts for the start-to-ready measurement.
+    pub startup_runs: u64,
     /// Show progress bars on stderr.
     #[serde(skip)]
     pub progress: bool,
@@ -1275,6 +1277,7 @@ impl Default for E2eOptions {
             duration: Duration::from_secs(10),
             flood_connections: 4,
             read_sizes: vec![10, 74, 125],
+            startup_runs: 20,
             progress: false,
         }
     }
@@ -1331,7 +1334,76 @@ pub struct E2eReport {
     pub age: AgeReport,
     pub push: Vec<PushBenchReport>,
     pub nominal: NominalLoad,
+    pub startup: StartupReport,
     pub gateway: GatewayCounters,
+}
+
+/// Start to ready, with the sources answering at once: the simulated KSEM's slave is
+/// already listening and one push of both groups is sent as soon as the push listener is
+/// bound. Covers bind, connect, the first poll of every polled region and the commit.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StartupReport {
+    pub runs: u64,
+    /// `Gateway::start` called → every region filled (READY).
+    pub start_to_ready: Percentiles,
+    /// `Gateway::start` called → the last polled region committed.
+    pub start_to_polled: Percentiles,
+    /// The push acknowledged → READY (0 when the push was the first to arrive).
+    pub push_ack_to_ready: Percentiles,
+}
+
+/// Measure [`StartupReport`] over `runs` gateway starts against one simulated KSEM.
+pub async fn measure_startup(ksem_slave: SocketAddr, runs: u64) -> anyhow::Result<StartupReport> {
+    use crate::gateway::{Gateway, RtuPort};
+    let (mut ready, mut polled, mut after_push) =
+        (LatencyHist::new(), LatencyHist::new(), LatencyHist::new());
+    for _ in 0..runs {
+        let cancel = CancellationToken::new();
+        let (_inv_end, gw_end) = tokio_serial::SerialStream::pair()
+            .map_err(|e| anyhow::anyhow!("cannot create a pseudo-terminal pair: {e}"))?;
+        let config = e2e_config(ksem_slave, 4)?;
+        let poll_regions: Vec<usize> = config
+            .regions
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.source.poll)
+            .map(|(i, _)| i)
+            .collect();
+        let t0 = tokio::time::Instant::now();
+        let gateway =
+            Gateway::start(config, RtuPort::Stream(Box::new(gw_end)), cancel.clone()).await?;
+        let push_addr = gateway
+            .push_addr
+            .ok_or_else(|| anyhow::anyhow!("bench gateway has no push listener"))?;
+        let image = Arc::clone(&gateway.handles.image);
+        let mut one = PushBenchOptions::new(push_addr);
+        one.rate = None;
+        one.duration = Duration::from_millis(1);
+        let w = bench_push(&one).await?;
+        anyhow::ensure!(w.writes_ok > 0, "startup push failed: {w:?}");
+        let t_push = tokio::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(10), image.wait_warm())
+            .await
+            .map_err(|_| anyhow::anyhow!("the gateway did not warm up within 10 s"))?;
+        let t_ready = tokio::time::Instant::now();
+        let snap = image.load_full();
+        let last_poll = poll_regions
+            .iter()
+            .filter_map(|&i| snap.regions.get(i).and_then(|r| r.written))
+            .max()
+            .unwrap_or(t_ready);
+        ready.record(t_ready - t0);
+        polled.record(last_poll.saturating_duration_since(t0));
+        after_push.record(t_ready.saturating_duration_since(t_push));
+        cancel.cancel();
+        gateway.join(Duration::from_secs(2)).await;
+    }
+    Ok(StartupReport {
+        runs,
+        start_to_ready: ready.summary(),
+        start_to_polled: polled.summary(),
+        push_ack_to_ready: after_push.summary(),
+    })
 }
 
 /// The bench's gateway config: like [`crate::demo::demo_config`], but turnaround 0, push
@@ -1379,6 +1451,7 @@ pub async fn bench_e2e(opts: &E2eOptions, command: String) -> anyhow::Result<E2e
     let cancel = CancellationToken::new();
     let _guard = cancel.clone().drop_guard();
     let ksem = ksem::start(ksem::KsemSimOptions::default(), cancel.clone()).await?;
+    let startup = measure_startup(ksem.slave_addr(), opts.startup_runs).await?;
     let (mut inv_end, gw_end) = tokio_serial::SerialStream::pair()
         .map_err(|e| anyhow::anyhow!("cannot create a pseudo-terminal pair: {e}"))?;
     let config = e2e_config(ksem.slave_addr(), opts.flood_connections.max(4) + 4)?;
@@ -1579,6 +1652,7 @@ pub async fn bench_e2e(opts: &E2eOptions, command: String) -> anyhow::Result<E2e
         age,
         push,
         nominal,
+        startup,
         gateway: gw,
     })
 }
@@ -1667,6 +1741,15 @@ pub fn e2e_markdown(r: &E2eReport) -> String {
         n.pushes_ok
     );
     s.push_str("\n(CPU and memory include the bench itself, the simulated KSEM and the simulated inverter: an upper bound for the gateway.)\n");
+    let st = &r.startup;
+    let _ = writeln!(
+        s,
+        "\n**Start to ready** ({} starts; KSEM slave already listening, one push sent as soon as the listener is bound)\n\n| measurement | p50/p90/p99/p99.9/max µs |\n|---|---|\n| start → last polled region committed | {} |\n| start → ready (every region filled) | {} |\n| push acknowledged → ready | {} |",
+        st.runs,
+        st.start_to_polled.compact(),
+        st.start_to_ready.compact(),
+        st.push_ack_to_ready.compact()
+    );
     s
 }
 
