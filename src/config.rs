@@ -89,7 +89,8 @@ pub struct TcpServerConfig {
     /// Peers allowed to connect; empty = anyone.
     pub allow_from: Vec<IpNet>,
     pub max_connections: usize,
-    /// The unit id LAN clients address; other unit ids get exception 0A.
+    /// The unit id LAN clients address (255, the Modbus TCP "no unit" id, is accepted too);
+    /// other unit ids get exception 0A.
     pub unit_id: u8,
     /// A connection with no request for this long is closed.
     pub idle_timeout: Duration,

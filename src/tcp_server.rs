@@ -185,7 +185,8 @@ impl tokio_modbus::server::Service for Service {
     fn call(&self, req: Self::Request) -> Self::Future {
         let shared = Arc::clone(&self.shared);
         let peer = self.peer;
-        if req.slave != shared.cfg.unit_id {
+        // The configured unit id, or 255, the Modbus TCP "no unit" id many clients send.
+        if req.slave != shared.cfg.unit_id && req.slave != 0xFF {
             shared.stats.bad_requests.fetch_add(1, Relaxed);
             tracing::debug!(%peer, unit = req.slave, "tcp: request for an unknown unit id");
             return Box::pin(std::future::ready(Err(

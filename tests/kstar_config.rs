@@ -72,7 +72,13 @@ fn the_issue_example_is_usable() {
     let p = c.rtu_poll.as_ref().expect("rtu_poll");
     assert_eq!(
         (p.baud, p.stop_bits, p.unit_id, p.timeout, p.gap),
-        (9600, 1, 1, Duration::from_millis(500), Duration::from_millis(20))
+        (
+            9600,
+            1,
+            1,
+            Duration::from_millis(500),
+            Duration::from_millis(20)
+        )
     );
     let t = c.tcp_server.as_ref().expect("tcp_server");
     assert_eq!(t.listen.port(), 502);
@@ -89,7 +95,10 @@ fn the_issue_example_is_usable() {
     let d = c.describe();
     assert!(d.contains("rtu: none"), "{d}");
     assert!(d.contains("rtu_poll: /dev/ttyUSB0 9600 8N1 unit 1"), "{d}");
-    assert!(d.contains("writable: [3044, 3086, 3200, 3272, 3273]"), "{d}");
+    assert!(
+        d.contains("writable: [3044, 3086, 3200, 3272, 3273]"),
+        "{d}"
+    );
 }
 
 /// Line of the `writable:` entry (the example's last line).
@@ -100,7 +109,10 @@ fn last_line(text: &str) -> usize {
 #[test]
 fn writable_entries_are_checked_against_the_profile() {
     for (list, want) in [
-        ("[3044, 3045]", "3045 (inverter_model) is read-only in the profile"),
+        (
+            "[3044, 3045]",
+            "3045 (inverter_model) is read-only in the profile",
+        ),
         ("[100]", "100 is not a register of the profile"),
         ("[3241, inverter_model]", "inverter_model is read-only"),
         ("[no_such_register]", "no register named `no_such_register`"),
@@ -126,9 +138,12 @@ fn region_tables_must_exist_in_the_profile() {
         "start: 3000, count: 125, function: holding",
     );
     let t = Temp::new(&text);
-    let e = config::load(t.path()).expect_err("holding 3000").to_string();
+    let e = config::load(t.path())
+        .expect_err("holding 3000")
+        .to_string();
     assert!(
-        e.contains(":15: regions (live).function: ") && e.contains("no holding registers in 3000..3124"),
+        e.contains(":15: regions (live).function: ")
+            && e.contains("no holding registers in 3000..3124"),
         "{e}"
     );
     assert!(e.contains("the profile has input registers there"), "{e}");
@@ -152,12 +167,18 @@ fn kstar_sections_are_validated() {
     let e = parse_err(&format!(
         "{base}regions:\n  - {{name: a, start: 3000, count: 1, function: input, source: rtu_poll, every: 1s}}\n"
     ));
-    assert!(e.contains("k.yaml:3:") && e.contains("no `rtu_poll:` section"), "{e}");
+    assert!(
+        e.contains("k.yaml:3:") && e.contains("no `rtu_poll:` section"),
+        "{e}"
+    );
     let with_bus = format!("{base}rtu_poll: {{device: /dev/ttyUSB0}}\n");
     let e = parse_err(&format!(
         "{with_bus}regions:\n  - {{name: a, start: 3000, count: 1, source: rtu_poll, every: 1s}}\n"
     ));
-    assert!(e.contains("k.yaml:4:") && e.contains("needs `function: input`"), "{e}");
+    assert!(
+        e.contains("k.yaml:4:") && e.contains("needs `function: input`"),
+        "{e}"
+    );
     let e = parse_err(&format!(
         "{with_bus}regions:\n  - {{name: a, start: 3000, count: 1, function: input, source: rtu_poll}}\n"
     ));
@@ -166,7 +187,10 @@ fn kstar_sections_are_validated() {
     let e = parse_err(&format!(
         "{with_bus}regions:\n  - {{name: a, start: 3000, count: 1, function: input, source: rtu_poll, every: 1s}}\n  - {{name: b, start: 1, count: 1, source: static, values: {{1: 1}}}}\n"
     ));
-    assert!(e.contains("k.yaml:5:") && e.contains("either every region names its function"), "{e}");
+    assert!(
+        e.contains("k.yaml:5:") && e.contains("either every region names its function"),
+        "{e}"
+    );
     // Same numbers in two tables are fine; in one table they overlap.
     let ok = config::parse(&format!(
         "{with_bus}regions:\n  - {{name: a, start: 3200, count: 8, function: input, source: rtu_poll, every: 1s}}\n  - {{name: b, start: 3200, count: 8, function: holding, source: rtu_poll, every: 1s}}\n"
@@ -179,7 +203,10 @@ fn kstar_sections_are_validated() {
     // Bad rtu_poll and tcp_server values.
     for (section, want) in [
         ("rtu_poll: {device: /dev/x, unit_id: 0}", "rtu_poll.unit_id"),
-        ("rtu_poll: {device: /dev/x, stop_bits: 3}", "rtu_poll.stop_bits"),
+        (
+            "rtu_poll: {device: /dev/x, stop_bits: 3}",
+            "rtu_poll.stop_bits",
+        ),
         ("rtu_poll: {device: /dev/x, retries: 9}", "rtu_poll.retries"),
         ("rtu_poll: {device: /dev/x, timeout: 0}", "rtu_poll.timeout"),
         ("rtu_poll: {device: ''}", "rtu_poll.device"),
@@ -197,7 +224,10 @@ fn kstar_sections_are_validated() {
     let e = parse_err(&format!(
         "{base}regions:\n  - {{name: a, start: 0, count: 1, function: holding, source: static, values: {{0: 1}}}}\nwritable: [3044]\n"
     ));
-    assert!(e.contains("k.yaml:4: writable") && e.contains("rtu_poll"), "{e}");
+    assert!(
+        e.contains("k.yaml:4: writable") && e.contains("rtu_poll"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -219,7 +249,11 @@ fn check_binary_reports_the_line() {
         .output()
         .expect("run airbridge");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("usable"), "{stdout}");
     let text = example("[3044, 3046]");
     let bad = Temp::new(&text);
@@ -231,7 +265,11 @@ fn check_binary_reports_the_line() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains(&format!("{}:{}: writable: 3046 (sys_state) is read-only", bad.path().display(), last_line(&text))),
+        err.contains(&format!(
+            "{}:{}: writable: 3046 (sys_state) is read-only",
+            bad.path().display(),
+            last_line(&text)
+        )),
         "{err}"
     );
 }

@@ -14,6 +14,7 @@ use airbridge::gateway::{BusPort, Gateway, RtuPort};
 use airbridge::profile::{self, Function, Value};
 use airbridge::sim::device::{self, Device, DeviceOptions};
 use tokio_modbus::client::{Context, Reader, Writer};
+use tokio_modbus::slave::SlaveContext as _;
 use tokio_modbus::{ExceptionCode, Slave};
 use tokio_serial::SerialStream;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +42,11 @@ impl Drop for Rig {
 
 /// Device sim (frozen values) + gateway with `regions` and `writable`, + a TCP client.
 async fn rig(profile_file: &str, regions: &str, writable: &str) -> Rig {
+    rig_with(profile_file, regions, writable, "allow_from: [127.0.0.1]").await
+}
+
+/// [`rig`] with the `tcp_server` options `tcp` (YAML mapping body).
+async fn rig_with(profile_file: &str, regions: &str, writable: &str, tcp: &str) -> Rig {
     let path = profile_path(profile_file);
     let prof = profile::load(&path).expect("profile loads");
     let device = Device::new(
@@ -54,7 +60,7 @@ async fn rig(profile_file: &str, regions: &str, writable: &str) -> Rig {
     let yaml = format!(
         "profile: '{}'
 rtu_poll: {{device: pty, timeout: 200ms, gap: 2ms, retries: 1, offline_after: 2, probe_max: 1s}}
-tcp_server: {{listen: '127.0.0.1:0', allow_from: [127.0.0.1], unit_id: 1}}
+tcp_server: {{listen: '127.0.0.1:0', unit_id: 1, {tcp}}}
 regions:
 {regions}
 writable: {writable}
@@ -390,7 +396,10 @@ async fn forbidden_writes_never_reach_the_device() {
 async fn a_silent_device_goes_stale_and_comes_back_by_itself() {
     let mut rig = rig("kstar-hybrid.yaml", HYBRID_REGIONS, HYBRID_WRITABLE).await;
     assert!(rig.device.set("pv1_voltage", &[3333]));
-    let fresh = read_until(&mut rig.client, Function::Input, 3000, 1, |r| r.is_ok()).await;
+    let fresh = read_until(&mut rig.client, Function::Input, 3000, 1, |r| {
+        r.as_ref().is_ok_and(|w| w == &[3333])
+    })
+    .await;
     assert_eq!(fresh, Ok(vec![3333]));
 
     rig.device.set_silent(true);
@@ -452,4 +461,82 @@ async fn golden_frames_on_the_bus() {
         "remote power-off is not listed"
     );
     assert_eq!(writes_received(&rig.device).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unit_ids_allow_list_and_connection_limit() {
+    let mut rig = rig_with(
+        "kstar-hybrid.yaml",
+        HYBRID_REGIONS,
+        HYBRID_WRITABLE,
+        "allow_from: [127.0.0.1], max_connections: 1",
+    )
+    .await;
+    read_until(&mut rig.client, Function::Input, 3000, 1, |r| r.is_ok())
+        .await
+        .expect("unit 1 served");
+    let addr = rig.gateway.tcp_addr.expect("tcp");
+    // The limit: a second connection is closed at accept, so its request fails.
+    let mut second = tokio_modbus::client::tcp::connect_slave(addr, Slave(1))
+        .await
+        .expect("TCP connect (closed right after accept)");
+    let r = read(&mut second, Function::Input, 3000, 1).await;
+    assert!(
+        r.as_ref().is_err_and(|e| !e.starts_with("exception")),
+        "{r:?}"
+    );
+    drop(second);
+    // Another unit id on the first connection: 0A, gateway path unavailable.
+    rig.client.set_slave(Slave(7));
+    assert_eq!(
+        read(&mut rig.client, Function::Input, 3000, 1).await,
+        Err("exception: GatewayPathUnavailable".into())
+    );
+    // 255, the Modbus TCP "no unit" id, is the device too.
+    rig.client.set_slave(Slave(255));
+    assert!(read(&mut rig.client, Function::Input, 3000, 1)
+        .await
+        .is_ok());
+    let tcp = &rig.gateway.handles.tcp;
+    assert_eq!(
+        tcp.refused_limit.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+
+    // An allow list without us: the connection is closed at accept.
+    let other = rig_with_refused().await;
+    assert!(other, "a client outside allow_from gets no answer");
+}
+
+/// A gateway that allows only 10.0.0.1: our request from 127.0.0.1 fails at transport level.
+async fn rig_with_refused() -> bool {
+    let path = profile_path("kstar-hybrid.yaml");
+    let yaml = format!(
+        "profile: '{}'
+rtu_poll: {{device: pty}}
+tcp_server: {{listen: '127.0.0.1:0', allow_from: [10.0.0.1]}}
+regions:
+{HYBRID_REGIONS}
+",
+        path.display()
+    );
+    let cfg = config::parse(&yaml, "t").expect("config").config;
+    let (_dev_end, gw_end) = SerialStream::pair().expect("pty pair");
+    let cancel = CancellationToken::new();
+    let _g = cancel.clone().drop_guard();
+    let gw = Gateway::start_with_bus(cfg, RtuPort::Off, BusPort::Stream(Box::new(gw_end)), cancel)
+        .await
+        .expect("starts");
+    let addr = gw.tcp_addr.expect("tcp");
+    let Ok(mut ctx) = tokio_modbus::client::tcp::connect_slave(addr, Slave(1)).await else {
+        return true;
+    };
+    let r = read(&mut ctx, Function::Input, 3000, 1).await;
+    r.is_err_and(|e| !e.starts_with("exception"))
+        && gw
+            .handles
+            .tcp
+            .refused_not_allowed
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
 }

@@ -449,6 +449,12 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 Err(_) => { buf.clear(); continue; }
                 Ok(Ok(0)) => return Ok(()),
                 Ok(Ok(n)) => buf.extend_from_slice(chunk.get(..n).unwrap_or(&[])),
+                // A pty's master reads EIO while nobody has the other end open (before the
+                // gateway opens it, between its re-opens): wait for it like a device would.
+                Ok(Err(e)) if e.raw_os_error() == Some(5) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
                 Ok(Err(e)) => return Err(e),
             },
         }
