@@ -47,8 +47,22 @@ async fn rig(profile_file: &str, regions: &str, writable: &str) -> Rig {
 
 /// [`rig`] with the `tcp_server` options `tcp` (YAML mapping body).
 async fn rig_with(profile_file: &str, regions: &str, writable: &str, tcp: &str) -> Rig {
+    rig_full(profile_file, None, regions, writable, tcp).await
+}
+
+/// [`rig_with`], the device simulating `device_profile` instead of the gateway's profile.
+async fn rig_full(
+    profile_file: &str,
+    device_profile: Option<profile::Profile>,
+    regions: &str,
+    writable: &str,
+    tcp: &str,
+) -> Rig {
     let path = profile_path(profile_file);
-    let prof = profile::load(&path).expect("profile loads");
+    let prof = match device_profile {
+        Some(p) => p,
+        None => profile::load(&path).expect("profile loads"),
+    };
     let device = Device::new(
         prof,
         DeviceOptions {
@@ -539,4 +553,67 @@ regions:
             .refused_not_allowed
             .load(std::sync::atomic::Ordering::Relaxed)
             == 1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_devices_own_exception_reaches_the_client() {
+    // This device (firmware) does not accept 3272 although the profile documents it.
+    let text = std::fs::read_to_string(profile_path("kstar-hybrid.yaml")).expect("read");
+    let line = text
+        .lines()
+        .find(|l| l.contains("name: realtime_charge_percent"))
+        .expect("3272 row");
+    let read_only = line
+        .replace(", access: rw, writes: [6]", "")
+        .replace(", range: [0, 100]", "");
+    let device_profile =
+        profile::parse(&text.replace(line, &read_only), "device.yaml").expect("device profile");
+    let mut rig = rig_full(
+        "kstar-hybrid.yaml",
+        Some(device_profile),
+        HYBRID_REGIONS,
+        HYBRID_WRITABLE,
+        "allow_from: [127.0.0.1]",
+    )
+    .await;
+    read_until(&mut rig.client, Function::Input, 3000, 1, |r| r.is_ok())
+        .await
+        .expect("warm");
+    assert_eq!(
+        write_single(&mut rig.client, 3272, 50).await,
+        Err(ExceptionCode::IllegalDataAddress),
+        "the device's exception 02, passed on"
+    );
+    // It did reach the device: this 02 is the device's, not the gateway's.
+    assert_eq!(
+        writes_received(&rig.device),
+        vec![vec![0x01, 0x06, 0x0C, 0xC8, 0x00, 0x32, 0x8A, 0xB1]]
+    );
+    let failed = &rig.gateway.handles.tcp.writes_failed;
+    assert_eq!(failed.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_regions_are_read_in_requests_of_at_most_125() {
+    let regions =
+        "  - {name: big, start: 3000, count: 300, function: input, source: rtu_poll, every: 1h}";
+    let mut rig = rig("kstar-hybrid.yaml", regions, "[]").await;
+    read_until(&mut rig.client, Function::Input, 3000, 1, |r| r.is_ok())
+        .await
+        .expect("polled");
+    let reads: Vec<(u16, u16)> = rig
+        .device
+        .received()
+        .iter()
+        .map(|f| {
+            (
+                u16::from_be_bytes([f[2], f[3]]),
+                u16::from_be_bytes([f[4], f[5]]),
+            )
+        })
+        .collect();
+    assert_eq!(&reads[..3], &[(3000, 125), (3125, 125), (3250, 50)]);
+    // The whole region is served, across the request boundaries.
+    let words = read(&mut rig.client, Function::Input, 3100, 125).await;
+    assert!(words.is_ok(), "{words:?}");
 }
