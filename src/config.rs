@@ -27,6 +27,98 @@ pub struct Config {
     pub regions: Vec<Region>,
     /// The register profile that gives the words meaning (status page, checks, writes).
     pub profile: Option<ProfileRef>,
+    /// The `rtu:` section is present: serve an inverter as RTU slave. Without it `rtu`
+    /// holds placeholder defaults and no RTU slave runs (a KSTAR config: `rtu_poll` +
+    /// `tcp_server` only).
+    pub rtu_slave: bool,
+    /// RTU master polling a device on its serial bus (KSTAR).
+    pub rtu_poll: Option<RtuPollConfig>,
+    /// Modbus TCP server for LAN clients.
+    pub tcp_server: Option<TcpServerConfig>,
+    /// Registers LAN clients may write (resolved against the profile by [`load`]).
+    pub writable: Vec<WritableEntry>,
+    /// Line of each region (by name), for messages of checks against the profile.
+    pub region_lines: BTreeMap<String, u64>,
+}
+
+pub use crate::profile::Function;
+
+/// The RTU master on a device's bus (`rtu_poll:`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RtuPollConfig {
+    pub device: String,
+    pub baud: u32,
+    pub data_bits: u8,
+    pub parity: Parity,
+    pub stop_bits: u8,
+    /// The device's slave address.
+    pub unit_id: u8,
+    /// Per request: request written → complete reply.
+    pub timeout: Duration,
+    /// Silence on the bus between a reply (or timeout) and the next request.
+    pub gap: Duration,
+    /// Extra attempts of a read that got no valid reply (exceptions are not retried).
+    pub retries: u32,
+    /// Consecutive failed reads after which the device counts as offline.
+    pub offline_after: u32,
+    /// Longest wait between two probes of an offline device (backoff from 1s).
+    pub probe_max: Duration,
+}
+
+impl RtuPollConfig {
+    /// The same line settings as an [`RtuConfig`], for [`crate::serial::open`].
+    pub fn line(&self) -> RtuConfig {
+        RtuConfig {
+            device: self.device.clone(),
+            baud: self.baud,
+            data_bits: self.data_bits,
+            parity: self.parity,
+            stop_bits: self.stop_bits,
+            unit_id: self.unit_id,
+            turnaround: Duration::ZERO,
+            frame_timeout: Duration::from_millis(20),
+            input_registers: true,
+        }
+    }
+}
+
+/// The Modbus TCP server for LAN clients (`tcp_server:`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TcpServerConfig {
+    pub listen: SocketAddr,
+    /// Peers allowed to connect; empty = anyone.
+    pub allow_from: Vec<IpNet>,
+    pub max_connections: usize,
+    /// The unit id LAN clients address (255, the Modbus TCP "no unit" id, is accepted too);
+    /// other unit ids get exception 0A.
+    pub unit_id: u8,
+    /// A connection with no request for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl TcpServerConfig {
+    /// True when `ip` may connect.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        self.allow_from.is_empty() || self.allow_from.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// One `writable:` entry: a register address or a profile register name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WritableEntry {
+    pub target: WritableTarget,
+    pub line: u64,
+}
+
+/// How a `writable:` entry names its register.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WritableTarget {
+    /// The register written at this address: the single-register (FC06) one if the profile
+    /// has one there, else the multi-register (FC16) one that starts there.
+    Address(u16),
+    /// The profile register of this name.
+    Name(String),
 }
 
 /// Where the config names its register profile.
@@ -147,10 +239,15 @@ pub struct Sources {
     pub push: bool,
     pub poll: bool,
     pub fixed: bool,
+    /// Polled over RTU by the `rtu_poll` master.
+    pub rtu_poll: bool,
 }
 
 impl fmt::Display for Sources {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.rtu_poll {
+            return f.write_str("rtu_poll");
+        }
         match (self.push, self.poll, self.fixed) {
             (true, true, _) => f.write_str("[push, poll]"),
             (true, false, _) => f.write_str("push"),
@@ -175,6 +272,9 @@ pub struct Region {
     pub fallback_poll: Option<Duration>,
     /// Fixed words of a static region (address → value); other words read 0.
     pub values: BTreeMap<u16, u16>,
+    /// The register table the region is read from and served as (`function: input|holding`);
+    /// `None`: one table served to FC03 (and FC04 with `rtu.input_registers`), as for the KSEM.
+    pub function: Option<Function>,
 }
 
 impl Region {
@@ -228,12 +328,14 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
             }
         }
         // A profile that does not load makes the config unusable: say so now, not later.
-        crate::profile::load(&p.path).map_err(|e| ConfigError::Invalid {
+        let profile = crate::profile::load(&p.path).map_err(|e| ConfigError::Invalid {
             path: origin.clone(),
             line: p.line,
             key: "profile".into(),
             message: e.to_string(),
         })?;
+        let warnings = check_against_profile(&loaded.config, &profile, &origin)?;
+        loaded.warnings.extend(warnings);
     }
     Ok(loaded)
 }
@@ -250,6 +352,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Loaded, ConfigError> {
     let mut v = Validator {
         origin,
         warnings: Vec::new(),
+        have_rtu_poll: false,
     };
     let config = v.config(raw)?;
     Ok(Loaded {
@@ -264,7 +367,8 @@ pub fn parse(text: &str, origin: &str) -> Result<Loaded, ConfigError> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    rtu: Spanned<RawRtu>,
+    #[serde(default)]
+    rtu: Option<Spanned<RawRtu>>,
     #[serde(default)]
     push: Option<Spanned<RawPush>>,
     #[serde(default)]
@@ -272,6 +376,60 @@ struct RawConfig {
     regions: Spanned<Vec<Spanned<RawRegion>>>,
     #[serde(default)]
     profile: Option<Spanned<String>>,
+    #[serde(default)]
+    rtu_poll: Option<Spanned<RawRtuPoll>>,
+    #[serde(default)]
+    tcp_server: Option<Spanned<RawTcpServer>>,
+    #[serde(default)]
+    writable: Option<Spanned<Vec<Spanned<WritableText>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRtuPoll {
+    device: Spanned<String>,
+    #[serde(default = "default_poll_baud")]
+    baud: Spanned<u32>,
+    #[serde(default = "default_data_bits")]
+    data_bits: Spanned<u8>,
+    #[serde(default = "default_parity")]
+    parity: Parity,
+    #[serde(default)]
+    stop_bits: Option<Spanned<u8>>,
+    #[serde(default = "default_unit")]
+    unit_id: Spanned<u8>,
+    #[serde(default)]
+    timeout: Option<Spanned<DurationText>>,
+    #[serde(default)]
+    gap: Option<Spanned<DurationText>>,
+    #[serde(default = "default_retries")]
+    retries: Spanned<u32>,
+    #[serde(default = "default_offline_after")]
+    offline_after: Spanned<u32>,
+    #[serde(default)]
+    probe_max: Option<Spanned<DurationText>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTcpServer {
+    listen: Spanned<String>,
+    #[serde(default)]
+    allow_from: Vec<Spanned<String>>,
+    #[serde(default = "default_tcp_connections")]
+    max_connections: Spanned<usize>,
+    #[serde(default = "default_unit")]
+    unit_id: Spanned<u8>,
+    #[serde(default)]
+    idle_timeout: Option<Spanned<DurationText>>,
+}
+
+/// A `writable:` entry as written: an address or a register name.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum WritableText {
+    Address(u16),
+    Name(String),
 }
 
 #[derive(Deserialize)]
@@ -335,6 +493,8 @@ struct RawRegion {
     fallback_poll: Option<Spanned<DurationText>>,
     #[serde(default)]
     values: Option<Spanned<BTreeMap<u16, u16>>>,
+    #[serde(default)]
+    function: Option<Spanned<Function>>,
 }
 
 /// `push`, `poll`, `static`, or a list of them.
@@ -372,6 +532,18 @@ fn default_true() -> bool {
 fn default_max_connections() -> Spanned<usize> {
     unspanned(4)
 }
+fn default_poll_baud() -> Spanned<u32> {
+    unspanned(9600)
+}
+fn default_retries() -> Spanned<u32> {
+    unspanned(1)
+}
+fn default_offline_after() -> Spanned<u32> {
+    unspanned(3)
+}
+fn default_tcp_connections() -> Spanned<usize> {
+    unspanned(8)
+}
 fn unspanned<T>(value: T) -> Spanned<T> {
     Spanned::new(
         value,
@@ -396,6 +568,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 struct Validator<'a> {
     origin: &'a str,
     warnings: Vec<String>,
+    /// The config has an `rtu_poll:` section (set before regions are validated).
+    have_rtu_poll: bool,
 }
 
 impl Validator<'_> {
@@ -442,10 +616,47 @@ impl Validator<'_> {
     }
 
     fn config(&mut self, raw: RawConfig) -> Result<Config, ConfigError> {
-        let rtu = self.rtu(&raw.rtu)?;
+        let rtu = match &raw.rtu {
+            Some(r) => self.rtu(r)?,
+            None => placeholder_rtu(),
+        };
         let push = raw.push.as_ref().map(|p| self.push(p)).transpose()?;
         let poll = raw.poll.as_ref().map(|p| self.poll(p)).transpose()?;
+        let rtu_poll = raw
+            .rtu_poll
+            .as_ref()
+            .map(|p| self.rtu_poll(p))
+            .transpose()?;
+        let tcp_server = raw
+            .tcp_server
+            .as_ref()
+            .map(|t| self.tcp_server(t))
+            .transpose()?;
+        if raw.rtu.is_none() && tcp_server.is_none() {
+            return Err(self.err(
+                line(&raw.regions),
+                "rtu",
+                "no server: add `rtu:` (serve an inverter on RS485) or `tcp_server:` (serve LAN clients)",
+            ));
+        }
+        self.have_rtu_poll = rtu_poll.is_some();
         let regions = self.regions(&raw.regions, push.is_some(), poll.is_some())?;
+        let region_lines: BTreeMap<String, u64> = raw
+            .regions
+            .value
+            .iter()
+            .map(|r| (r.value.name.clone(), line(r)))
+            .collect();
+        if let Some(p) = &raw.rtu_poll {
+            if !regions.iter().any(|r| r.source.rtu_poll) {
+                self.warn(
+                    line(p),
+                    "rtu_poll",
+                    "no region has source rtu_poll; the bus stays idle",
+                );
+            }
+        }
+        let writable = self.writable(&raw)?;
         if let Some(p) = &raw.push {
             if !regions.iter().any(|r| r.source.push) {
                 self.warn(
@@ -487,6 +698,11 @@ impl Validator<'_> {
             poll,
             regions,
             profile,
+            rtu_slave: raw.rtu.is_some(),
+            rtu_poll,
+            tcp_server,
+            writable,
+            region_lines,
         })
     }
 
@@ -677,11 +893,12 @@ impl Validator<'_> {
                 "push" => out.push = true,
                 "poll" => out.poll = true,
                 "static" => out.fixed = true,
+                "rtu_poll" => out.rtu_poll = true,
                 other => {
                     return Err(self.err(
                         line(s),
                         key,
-                        format!("unknown source `{other}`; use push, poll, static or [push, poll]"),
+                        format!("unknown source `{other}`; use push, poll, static, [push, poll] or rtu_poll"),
                     ))
                 }
             }
@@ -695,6 +912,13 @@ impl Validator<'_> {
         }
         if out.fixed && (out.push || out.poll) {
             return Err(self.err(line(s), key, "static cannot be combined with push or poll"));
+        }
+        if out.rtu_poll && names.len() > 1 {
+            return Err(self.err(
+                line(s),
+                key,
+                "rtu_poll cannot be combined with other sources",
+            ));
         }
         Ok(out)
     }
@@ -745,11 +969,47 @@ impl Validator<'_> {
                     "is polled but there is no `poll:` section",
                 ));
             }
+            if source.rtu_poll && !self.have_rtu_poll {
+                return Err(self.err(
+                    line(&r.source),
+                    &key("source"),
+                    "is polled over RTU but there is no `rtu_poll:` section",
+                ));
+            }
+            let function = r.function.as_ref().map(|f| f.value);
+            if source.rtu_poll && function.is_none() {
+                return Err(self.err(
+                    l,
+                    &key("function"),
+                    "a region polled over RTU needs `function: input` (read with FC04) or `function: holding` (FC03)",
+                ));
+            }
+            if let Some((o, ol)) = out
+                .iter()
+                .find(|(o, _)| o.function.is_some() != function.is_some())
+            {
+                return Err(self.err(
+                    r.function.as_ref().map_or(l, line),
+                    &key("function"),
+                    format!(
+                        "either every region names its function or none does; region `{}` (line {ol}) {}",
+                        o.name,
+                        if o.function.is_some() { "does" } else { "does not" }
+                    ),
+                ));
+            }
             let every = r
                 .every
                 .as_ref()
                 .map(|e| self.positive(e, &key("every")))
                 .transpose()?;
+            if source.rtu_poll && every.is_none() {
+                return Err(self.err(
+                    l,
+                    &key("every"),
+                    "a polled region needs `every`, e.g. every: 10s",
+                ));
+            }
             if source.poll && every.is_none() {
                 return Err(self.err(
                     l,
@@ -757,7 +1017,7 @@ impl Validator<'_> {
                     "a polled region needs `every`, e.g. every: 10s",
                 ));
             }
-            if !source.poll {
+            if !source.poll && !source.rtu_poll {
                 if let Some(e) = &r.every {
                     return Err(self.err(
                         line(e),
@@ -821,7 +1081,13 @@ impl Validator<'_> {
                 (None, false) => BTreeMap::new(),
             };
             // Defaults: push 2 s / silence; polled 3 × every / serve; static never ages.
-            let (default_age, default_stale) = if source.poll {
+            // RTU-polled regions: 3 × every / exception (0B over TCP: the device is silent).
+            let (default_age, default_stale) = if source.rtu_poll {
+                (
+                    every.unwrap_or(Duration::from_secs(1)).saturating_mul(3),
+                    OnStale::Exception,
+                )
+            } else if source.poll {
                 (
                     every.unwrap_or(Duration::from_secs(1)).saturating_mul(3),
                     OnStale::Serve,
@@ -875,9 +1141,13 @@ impl Validator<'_> {
                 on_stale,
                 fallback_poll,
                 values,
+                function,
             };
+            // Regions of different tables (input, holding) may share numbers.
             if let Some((o, ol)) = out.iter().find(|(o, _)| {
-                u32::from(o.start) < region.end() && u32::from(region.start) < o.end()
+                o.function == region.function
+                    && u32::from(o.start) < region.end()
+                    && u32::from(region.start) < o.end()
             }) {
                 return Err(self.err(
                     l,
@@ -898,6 +1168,292 @@ impl Validator<'_> {
         regions.sort_by_key(|r| r.start);
         Ok(regions)
     }
+
+    fn rtu_poll(&mut self, raw: &Spanned<RawRtuPoll>) -> Result<RtuPollConfig, ConfigError> {
+        let r = &raw.value;
+        if r.device.value.trim().is_empty() {
+            return Err(self.err(
+                line(&r.device),
+                "rtu_poll.device",
+                "must name a serial device, e.g. /dev/ttyUSB0",
+            ));
+        }
+        if !(300..=4_000_000).contains(&r.baud.value) {
+            return Err(self.err(
+                line(&r.baud),
+                "rtu_poll.baud",
+                format!(
+                    "{} is not a usable baud rate (300..4000000; KSTAR: 9600)",
+                    r.baud.value
+                ),
+            ));
+        }
+        if r.data_bits.value != 8 {
+            return Err(self.err(
+                line(&r.data_bits),
+                "rtu_poll.data_bits",
+                "Modbus RTU uses 8 data bits",
+            ));
+        }
+        // KSTAR devices use 8N1 (not the Modbus-spec 8N2), so 1 is the default here.
+        let stop_bits = match &r.stop_bits {
+            Some(s) if s.value == 1 || s.value == 2 => s.value,
+            Some(s) => return Err(self.err(line(s), "rtu_poll.stop_bits", "must be 1 or 2")),
+            None => 1,
+        };
+        if !(1..=247).contains(&r.unit_id.value) {
+            return Err(self.err(
+                line(&r.unit_id),
+                "rtu_poll.unit_id",
+                "must be 1..247 (0 is broadcast, which never answers)",
+            ));
+        }
+        let timeout = match &r.timeout {
+            Some(t) => self.positive(t, "rtu_poll.timeout")?,
+            None => Duration::from_millis(500),
+        };
+        if timeout > Duration::from_secs(10) {
+            return Err(self.err(
+                r.timeout.as_ref().map_or(line(&r.device), line),
+                "rtu_poll.timeout",
+                "more than 10s; one silent request would hold the bus that long",
+            ));
+        }
+        let bits = 1 + 8 + u32::from(r.parity != Parity::None) + u32::from(stop_bits);
+        let t35 = t35(r.baud.value, bits);
+        let gap = match &r.gap {
+            Some(g) => {
+                let v = self.duration(g, "rtu_poll.gap")?;
+                if v < t35 {
+                    self.warn(line(g), "rtu_poll.gap", format_args!("{v:?} is shorter than t3.5 ({t35:?}) at {} baud; the device may not see two requests apart", r.baud.value));
+                }
+                v
+            }
+            None => Duration::from_millis(20).max(t35),
+        };
+        if r.retries.value > 5 {
+            return Err(self.err(line(&r.retries), "rtu_poll.retries", "must be 0..5"));
+        }
+        if !(1..=100).contains(&r.offline_after.value) {
+            return Err(self.err(
+                line(&r.offline_after),
+                "rtu_poll.offline_after",
+                "must be 1..100 failed reads",
+            ));
+        }
+        let probe_max = match &r.probe_max {
+            Some(t) => self.positive(t, "rtu_poll.probe_max")?,
+            None => Duration::from_secs(30),
+        };
+        Ok(RtuPollConfig {
+            device: r.device.value.clone(),
+            baud: r.baud.value,
+            data_bits: 8,
+            parity: r.parity,
+            stop_bits,
+            unit_id: r.unit_id.value,
+            timeout,
+            gap,
+            retries: r.retries.value,
+            offline_after: r.offline_after.value,
+            probe_max,
+        })
+    }
+
+    fn tcp_server(&mut self, raw: &Spanned<RawTcpServer>) -> Result<TcpServerConfig, ConfigError> {
+        let t = &raw.value;
+        let listen: SocketAddr = t.listen.value.parse().map_err(|_| {
+            self.err(
+                line(&t.listen),
+                "tcp_server.listen",
+                format!("`{}` is not ADDRESS:PORT, e.g. 0.0.0.0:502", t.listen.value),
+            )
+        })?;
+        let mut allow_from = Vec::new();
+        for a in &t.allow_from {
+            let s = a.value.trim();
+            let net = s
+                .parse::<IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    self.err(
+                        line(a),
+                        "tcp_server.allow_from",
+                        format!("`{s}` is neither an IP address nor a CIDR like 192.168.178.0/24"),
+                    )
+                })?;
+            let net = match net {
+                IpNet::V6(v6) if v6.prefix_len() == 128 => {
+                    IpNet::from(canonical_ip(IpAddr::V6(v6.addr())))
+                }
+                other => other,
+            };
+            allow_from.push(net);
+        }
+        if allow_from.is_empty() {
+            self.warn(
+                line(raw),
+                "tcp_server.allow_from",
+                "empty: any host on the network may read (and write what `writable` allows)",
+            );
+        }
+        if t.max_connections.value == 0 || t.max_connections.value > 1024 {
+            return Err(self.err(
+                line(&t.max_connections),
+                "tcp_server.max_connections",
+                "must be 1..1024",
+            ));
+        }
+        let idle_timeout = match &t.idle_timeout {
+            Some(d) => self.positive(d, "tcp_server.idle_timeout")?,
+            None => Duration::from_secs(300),
+        };
+        Ok(TcpServerConfig {
+            listen,
+            allow_from,
+            max_connections: t.max_connections.value,
+            unit_id: t.unit_id.value,
+            idle_timeout,
+        })
+    }
+
+    fn writable(&mut self, raw: &RawConfig) -> Result<Vec<WritableEntry>, ConfigError> {
+        let Some(list) = &raw.writable else {
+            return Ok(Vec::new());
+        };
+        if list.value.is_empty() {
+            return Ok(Vec::new());
+        }
+        let l = line(list);
+        if raw.tcp_server.is_none() {
+            return Err(self.err(
+                l,
+                "writable",
+                "writes come from LAN clients: needs a `tcp_server:` section",
+            ));
+        }
+        if raw.rtu_poll.is_none() {
+            return Err(self.err(
+                l,
+                "writable",
+                "writes go to the device's bus: needs an `rtu_poll:` section",
+            ));
+        }
+        if raw.profile.is_none() {
+            return Err(self.err(
+                l,
+                "writable",
+                "needs a `profile:` that says which registers are writable and their ranges",
+            ));
+        }
+        let mut out: Vec<WritableEntry> = Vec::new();
+        for e in &list.value {
+            let target = match &e.value {
+                WritableText::Address(a) => WritableTarget::Address(*a),
+                WritableText::Name(n) if n.trim().is_empty() => {
+                    return Err(self.err(line(e), "writable", "empty register name"))
+                }
+                WritableText::Name(n) => WritableTarget::Name(n.trim().to_string()),
+            };
+            if out.iter().any(|o| o.target == target) {
+                return Err(self.err(line(e), "writable", format!("{target} is listed twice")));
+            }
+            out.push(WritableEntry {
+                target,
+                line: line(e),
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl fmt::Display for WritableTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WritableTarget::Address(a) => write!(f, "{a}"),
+            WritableTarget::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+/// The `rtu` of a config without an `rtu:` section (no RTU slave runs).
+fn placeholder_rtu() -> RtuConfig {
+    RtuConfig {
+        device: String::new(),
+        baud: 38_400,
+        data_bits: 8,
+        parity: Parity::None,
+        stop_bits: 2,
+        unit_id: 1,
+        turnaround: t35(38_400, 11),
+        frame_timeout: Duration::from_millis(20),
+        input_registers: true,
+    }
+}
+
+/// Check a config against its loaded profile: every region that names a function covers
+/// registers of that table, and every `writable:` entry is writable in the profile.
+/// Returns warnings; errors carry the line of the offending entry.
+pub fn check_against_profile(
+    config: &Config,
+    profile: &crate::profile::Profile,
+    origin: &str,
+) -> Result<Vec<String>, ConfigError> {
+    let mut warnings = Vec::new();
+    let err = |line: u64, key: String, message: String| ConfigError::Invalid {
+        path: origin.to_string(),
+        line,
+        key,
+        message,
+    };
+    for r in &config.regions {
+        let l = config.region_lines.get(&r.name).copied().unwrap_or(0);
+        let Some(f) = r.function else { continue };
+        if r.source.fixed {
+            continue;
+        }
+        if profile.overlapping(f, r.start, r.count).next().is_none() {
+            let other = match f {
+                Function::Input => Function::Holding,
+                Function::Holding => Function::Input,
+            };
+            let hint = if profile
+                .overlapping(other, r.start, r.count)
+                .next()
+                .is_some()
+            {
+                format!("; the profile has {} registers there", other.as_str())
+            } else {
+                String::new()
+            };
+            return Err(err(
+                l,
+                format!("regions ({}).function", r.name),
+                format!(
+                    "the profile `{}` has no {} registers in {}..{}{hint}",
+                    profile.name,
+                    f.as_str(),
+                    r.start,
+                    r.end() - 1
+                ),
+            ));
+        }
+        // A multi-word value cut by the region's edge would be served torn.
+        for reg in profile.overlapping(f, r.start, r.count) {
+            if reg.address < r.start || reg.end() > r.end() {
+                warnings.push(format!(
+                    "{origin}:{l}: regions ({}): {} ({}..{}) is cut by the region's edge",
+                    r.name,
+                    reg.name,
+                    reg.address,
+                    reg.end() - 1
+                ));
+            }
+        }
+    }
+    crate::writes::WritePolicy::resolve(profile, &config.writable)
+        .map_err(|(line, message)| err(line, "writable".into(), message))?;
+    Ok(warnings)
 }
 
 fn line<T>(s: &Spanned<T>) -> u64 {
@@ -915,19 +1471,23 @@ impl Config {
             Parity::Even => 'E',
             Parity::Odd => 'O',
         };
-        let _ = writeln!(
-            s,
-            "rtu: {} {} {}{}{} unit {} turnaround {:?} frame_timeout {:?} fc04 {}",
-            r.device,
-            r.baud,
-            r.data_bits,
-            parity,
-            r.stop_bits,
-            r.unit_id,
-            r.turnaround,
-            r.frame_timeout,
-            if r.input_registers { "on" } else { "off" }
-        );
+        if !self.rtu_slave {
+            let _ = writeln!(s, "rtu: none (no RTU slave)");
+        } else {
+            let _ = writeln!(
+                s,
+                "rtu: {} {} {}{}{} unit {} turnaround {:?} frame_timeout {:?} fc04 {}",
+                r.device,
+                r.baud,
+                r.data_bits,
+                parity,
+                r.stop_bits,
+                r.unit_id,
+                r.turnaround,
+                r.frame_timeout,
+                if r.input_registers { "on" } else { "off" }
+            );
+        }
         if let Some(p) = &self.push {
             let allow: Vec<String> = p.allow_from.iter().map(ToString::to_string).collect();
             let _ = writeln!(
@@ -945,6 +1505,34 @@ impl Config {
                 "poll: {} unit {} timeout {:?}",
                 p.host, p.unit_id, p.timeout
             );
+        }
+        if let Some(p) = &self.rtu_poll {
+            let parity = match p.parity {
+                Parity::None => 'N',
+                Parity::Even => 'E',
+                Parity::Odd => 'O',
+            };
+            let _ = writeln!(
+                s,
+                "rtu_poll: {} {} 8{}{} unit {} timeout {:?} gap {:?} retries {} offline_after {} probe_max {:?}",
+                p.device, p.baud, parity, p.stop_bits, p.unit_id, p.timeout, p.gap, p.retries, p.offline_after, p.probe_max
+            );
+        }
+        if let Some(t) = &self.tcp_server {
+            let allow: Vec<String> = t.allow_from.iter().map(ToString::to_string).collect();
+            let _ = writeln!(
+                s,
+                "tcp_server: listen {} allow_from [{}] max_connections {} unit {} idle_timeout {:?}",
+                t.listen,
+                allow.join(", "),
+                t.max_connections,
+                t.unit_id,
+                t.idle_timeout
+            );
+        }
+        if !self.writable.is_empty() {
+            let w: Vec<String> = self.writable.iter().map(|e| e.target.to_string()).collect();
+            let _ = writeln!(s, "writable: [{}]", w.join(", "));
         }
         let _ = writeln!(s, "regions:");
         let _ = writeln!(
@@ -970,7 +1558,10 @@ impl Config {
                 g.start,
                 g.end() - 1,
                 g.count,
-                g.source.to_string(),
+                match g.function {
+                    Some(f) => format!("{} {}", g.source, f.as_str()),
+                    None => g.source.to_string(),
+                },
                 dur(g.every),
                 age,
                 g.on_stale.as_str(),

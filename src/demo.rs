@@ -196,3 +196,219 @@ fn status_line(started: Instant, gateway: &Gateway, inv: &inverter::InverterStat
     );
     s
 }
+
+/// What the KSTAR demo's TCP client saw, at the end.
+#[derive(Debug, Clone, Default)]
+pub struct KstarDemoSummary {
+    /// TCP reads answered with data.
+    pub reads_ok: u64,
+    /// TCP reads answered with an exception (0B while a region is not read yet or stale).
+    pub reads_refused: u64,
+    /// The permitted write's outcome (`None`: the profile has no demo write).
+    pub permitted_write: Option<Result<(), String>>,
+    /// The forbidden write's outcome (must be exception 02).
+    pub forbidden_write: Option<Result<(), String>>,
+    /// Write frames the simulated device received.
+    pub device_writes: usize,
+}
+
+/// `airbridge demo --profile FILE`: a simulated device on one end of a pseudo-terminal, the
+/// real gateway (RTU poller + TCP server on loopback) on the other, and a TCP client that
+/// prints decoded values every second, makes one permitted and one forbidden write.
+pub async fn run_kstar(
+    profile_path: &std::path::Path,
+    duration: Option<Duration>,
+    seed: u64,
+    report: bool,
+    cancel: CancellationToken,
+) -> anyhow::Result<KstarDemoSummary> {
+    use crate::profile::{Function, Kind};
+    use crate::sim::device::{self, Device, DeviceOptions};
+    use tokio_modbus::client::{Reader as _, Writer as _};
+
+    let cancel = cancel.child_token();
+    let profile = crate::profile::load(profile_path)?;
+    let abs = std::fs::canonicalize(profile_path)?;
+    // Regions: the first 250 input words and 125 holding words the profile documents.
+    let first = |f: Function| {
+        profile
+            .registers
+            .iter()
+            .filter(|r| r.function == f && r.access.readable())
+            .map(|r| r.address)
+            .min()
+    };
+    let mut regions = String::new();
+    if let Some(a) = first(Function::Input) {
+        regions.push_str(&format!("  - {{name: live, start: {a}, count: {}, function: input, source: rtu_poll, every: 1s, max_age: 5s}}\n", 250.min(65_536 - u32::from(a))));
+    }
+    if let Some(a) = first(Function::Holding) {
+        regions.push_str(&format!("  - {{name: identity, start: {a}, count: {}, function: holding, source: rtu_poll, every: 10s}}\n", 38.min(65_536 - u32::from(a))));
+    }
+    // The demo's permitted write: the active power limit, if the profile has one.
+    let limit = ["active_power_setting", "set_active_power_percent"]
+        .iter()
+        .find_map(|n| profile.get(n))
+        .filter(|r| r.writes.contains(&6))
+        .map(|r| r.address);
+    let forbidden = ["cmd_reboot", "cmd_remote_power_off", "cmd_remote_shutdown"]
+        .iter()
+        .find_map(|n| profile.get(n))
+        .map(|r| r.address);
+    let writable = limit.map_or_else(|| "[]".to_string(), |a| format!("[{a}]"));
+    let yaml = format!(
+        "profile: '{}'
+rtu_poll: {{device: in-process-pty, timeout: 300ms, gap: 5ms, offline_after: 3, probe_max: 2s}}
+tcp_server: {{listen: '127.0.0.1:0', allow_from: [127.0.0.1], unit_id: 1}}
+regions:
+{regions}writable: {writable}
+",
+        abs.display()
+    );
+    let config = config::parse(&yaml, "demo")?.config;
+    config::check_against_profile(&config, &profile, "demo")?;
+
+    let dev = Device::new(
+        profile.clone(),
+        DeviceOptions {
+            seed,
+            ..Default::default()
+        },
+    );
+    let (dev_end, gw_end) = tokio_serial::SerialStream::pair()
+        .map_err(|e| anyhow::anyhow!("cannot create a pseudo-terminal pair: {e}"))?;
+    let sim = tokio::spawn(device::serve(dev_end, Arc::clone(&dev), cancel.clone()));
+    let gateway = Gateway::start_with_bus(
+        config,
+        RtuPort::Off,
+        crate::gateway::BusPort::Stream(Box::new(gw_end)),
+        cancel.clone(),
+    )
+    .await?;
+    let addr = gateway
+        .tcp_addr
+        .ok_or_else(|| anyhow::anyhow!("demo gateway has no TCP server"))?;
+    let mut ctx = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_modbus::client::tcp::connect_slave(addr, tokio_modbus::Slave(1)),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("TCP connect timed out"))??;
+    if report {
+        println!(
+            "airbridge demo: simulated {} on a pty → gateway (RTU poller, TCP server on {addr}) → TCP client",
+            profile.name
+        );
+    }
+    // What the client shows: a few numeric input registers with a unit.
+    let live_start = first(Function::Input).unwrap_or(0);
+    let shown: Vec<&crate::profile::Register> = profile
+        .overlapping(Function::Input, live_start, 250)
+        .filter(|r| {
+            r.enumeration.is_none()
+                && r.bits.is_none()
+                && !matches!(r.kind, Kind::Ascii | Kind::U8pair | Kind::Bcd)
+                && matches!(r.unit.as_deref(), Some("V" | "W" | "Hz" | "%" | "kWh"))
+                && r.end() <= u32::from(live_start) + 125
+        })
+        .take(6)
+        .collect();
+
+    let mut summary = KstarDemoSummary::default();
+    let started = Instant::now();
+    let mut tick =
+        tokio::time::interval_at(started + Duration::from_secs(1), Duration::from_secs(1));
+    let mut seconds = 0u32;
+    loop {
+        let until_end = async {
+            match duration {
+                Some(d) => tokio::time::sleep_until(started + d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            () = until_end => break,
+            _ = tick.tick() => {}
+        }
+        seconds += 1;
+        let read = tokio::time::timeout(
+            Duration::from_secs(2),
+            ctx.read_input_registers(live_start, 125),
+        )
+        .await;
+        let mut line = format!("t={seconds:>3}s ");
+        match read {
+            Ok(Ok(Ok(words))) => {
+                summary.reads_ok += 1;
+                for r in &shown {
+                    let off = usize::from(r.address.saturating_sub(live_start));
+                    if let Some(w) = words.get(off..off + usize::from(r.words)) {
+                        let _ = write!(
+                            line,
+                            " {} {} {}",
+                            r.name,
+                            r.decode(w),
+                            r.unit.as_deref().unwrap_or("")
+                        );
+                    }
+                }
+            }
+            Ok(Ok(Err(code))) => {
+                summary.reads_refused += 1;
+                let _ = write!(line, " read: exception {code:?}");
+            }
+            Ok(Err(e)) => {
+                let _ = write!(line, " read failed: {e}");
+            }
+            Err(_) => line.push_str(" read timed out"),
+        }
+        let rp = &gateway.handles.rtu_poll;
+        let _ = write!(
+            line,
+            "  | bus requests {} timeouts {}",
+            rp.requests.load(std::sync::atomic::Ordering::Relaxed),
+            rp.timeouts.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        if report {
+            println!("{line}");
+        }
+        if seconds == 3 {
+            let outcome =
+                |r: Result<Result<(), tokio_modbus::ExceptionCode>, tokio_modbus::Error>| match r {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(code)) => Err(format!("exception {code:?}")),
+                    Err(e) => Err(format!("transport: {e}")),
+                };
+            if let Some(a) = limit {
+                let r = outcome(ctx.write_single_register(a, 85).await);
+                if report {
+                    println!("write {a} := 85 (active power limit %): {r:?}");
+                }
+                summary.permitted_write = Some(r);
+            }
+            if let Some(a) = forbidden {
+                let r = outcome(ctx.write_single_register(a, 1).await);
+                if report {
+                    println!("write {a} := 1 (a command not listed under writable): {r:?}");
+                }
+                summary.forbidden_write = Some(r);
+            }
+        }
+    }
+    cancel.cancel();
+    let _ = sim.await;
+    gateway.join(Duration::from_secs(2)).await;
+    summary.device_writes = dev
+        .received()
+        .iter()
+        .filter(|f| matches!(f.get(1), Some(0x06 | 0x10)))
+        .count();
+    if report {
+        println!(
+            "demo done: {} reads served, {} refused; device received {} write(s)",
+            summary.reads_ok, summary.reads_refused, summary.device_writes
+        );
+    }
+    Ok(summary)
+}

@@ -20,7 +20,10 @@ use crate::image::Image;
 use crate::poll::{PollStats, Poller};
 use crate::push::{PushServer, PushStats};
 use crate::rtu::slave::{RtuSlave, RtuStats};
+use crate::rtu_poll::{RtuPollStats, RtuPoller};
+use crate::tcp_server::{TcpServer, TcpStats};
 use crate::util::Backoff;
+use crate::writes::{WritePolicy, QUEUE_DEPTH};
 
 /// A byte stream the RTU slave can serve (a serial port, a pseudo-terminal, a test pipe).
 pub trait RtuStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -32,6 +35,16 @@ pub enum RtuPort {
     Device,
     /// Serve this stream until it ends (demo, tests).
     Stream(Box<dyn RtuStream>),
+    /// No RTU slave (the config has no `rtu:` section).
+    Off,
+}
+
+/// Where the RTU poller (`rtu_poll:`) gets its bus.
+pub enum BusPort {
+    /// Open `rtu_poll.device`; re-open with backoff if it fails or disappears.
+    Device,
+    /// Poll the device on this stream until it ends (demo, tests).
+    Stream(Box<dyn RtuStream>),
 }
 
 /// Shared handles on a running gateway.
@@ -41,6 +54,8 @@ pub struct Handles {
     pub push: Arc<PushStats>,
     pub poll: Arc<PollStats>,
     pub rtu: Arc<RtuStats>,
+    pub rtu_poll: Arc<RtuPollStats>,
+    pub tcp: Arc<TcpStats>,
 }
 
 /// A running gateway.
@@ -48,6 +63,8 @@ pub struct Gateway {
     pub handles: Handles,
     /// Where the push server listens (resolved, so port 0 shows the real port).
     pub push_addr: Option<SocketAddr>,
+    /// Where the TCP server for LAN clients listens (resolved).
+    pub tcp_addr: Option<SocketAddr>,
     tasks: JoinSet<&'static str>,
 }
 
@@ -59,12 +76,24 @@ impl Gateway {
         port: RtuPort,
         cancel: CancellationToken,
     ) -> anyhow::Result<Gateway> {
+        Self::start_with_bus(config, port, BusPort::Device, cancel).await
+    }
+
+    /// [`Gateway::start`] with the RTU poller's bus given too.
+    pub async fn start_with_bus(
+        config: Config,
+        port: RtuPort,
+        bus: BusPort,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<Gateway> {
         let image = Arc::new(Image::new(&config.regions));
         let handles = Handles {
             image: Arc::clone(&image),
             push: Arc::default(),
             poll: Arc::default(),
             rtu: Arc::default(),
+            rtu_poll: Arc::default(),
+            tcp: Arc::default(),
         };
         let mut tasks = JoinSet::new();
         let mut push_addr = None;
@@ -87,8 +116,11 @@ impl Gateway {
                 "poller"
             });
         }
+        let tcp_addr = start_kstar(&config, &handles, bus, &mut tasks, &cancel).await?;
         let slave = RtuSlave::new(&config.rtu, Arc::clone(&image), Arc::clone(&handles.rtu));
+        let port = if config.rtu_slave { port } else { RtuPort::Off };
         match port {
+            RtuPort::Off => {}
             RtuPort::Stream(stream) => {
                 let cancel = cancel.clone();
                 tasks.spawn(async move {
@@ -116,6 +148,7 @@ impl Gateway {
         Ok(Gateway {
             handles,
             push_addr,
+            tcp_addr,
             tasks,
         })
     }
@@ -140,6 +173,97 @@ impl Gateway {
             self.tasks.abort_all();
         }
     }
+}
+
+/// Start the RTU poller (`rtu_poll:`) and the TCP server for LAN clients (`tcp_server:`),
+/// joined by the write queue. Returns where the TCP server listens.
+async fn start_kstar(
+    config: &Config,
+    handles: &Handles,
+    bus: BusPort,
+    tasks: &mut JoinSet<&'static str>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<SocketAddr>> {
+    let (queue, jobs) = tokio::sync::mpsc::channel(QUEUE_DEPTH);
+    let policy = match (&config.profile, config.writable.is_empty()) {
+        (Some(p), false) => {
+            let profile = crate::profile::load(&p.path)?;
+            let policy = WritePolicy::new(profile, &config.writable)
+                .map_err(|(line, m)| anyhow::anyhow!("writable (line {line}): {m}"))?;
+            Some(Arc::new(policy))
+        }
+        _ => None,
+    };
+    let mut tcp_addr = None;
+    if let Some(tcp_cfg) = config.tcp_server.clone() {
+        let writes = match (&policy, &config.rtu_poll) {
+            (Some(p), Some(_)) => Some((Arc::clone(p), queue.clone())),
+            _ => None,
+        };
+        let server = TcpServer::bind(
+            tcp_cfg,
+            Arc::clone(&handles.image),
+            Arc::clone(&handles.tcp),
+            writes,
+            write_deadline(config),
+        )
+        .await?;
+        let addr = server.local_addr()?;
+        tracing::info!(%addr, "tcp server listening");
+        tcp_addr = Some(addr);
+        let c = cancel.clone();
+        tasks.spawn(async move {
+            server.run(c).await;
+            "tcp server"
+        });
+    }
+    drop(queue);
+    if let Some(mut poller) = RtuPoller::new(
+        config,
+        Arc::clone(&handles.image),
+        Arc::clone(&handles.rtu_poll),
+        jobs,
+    ) {
+        let c = cancel.clone();
+        match bus {
+            BusPort::Device => {
+                tasks.spawn(async move {
+                    poller.run_device(c).await;
+                    "RTU poller"
+                });
+            }
+            BusPort::Stream(stream) => {
+                tasks.spawn(async move {
+                    if let Err(e) = poller.serve(stream, &c).await {
+                        tracing::error!("RTU bus stream failed: {e}");
+                    }
+                    c.cancelled().await;
+                    "RTU poller"
+                });
+            }
+        }
+    }
+    Ok(tcp_addr)
+}
+
+/// How long a LAN client's write may wait for the bus: the writes queued before it and one
+/// region poll in progress, each at worst a timeout plus the gap.
+fn write_deadline(config: &Config) -> Duration {
+    let Some(p) = &config.rtu_poll else {
+        return Duration::from_secs(5);
+    };
+    let per_request = p.timeout + p.gap;
+    let longest_region = config
+        .regions
+        .iter()
+        .filter(|r| r.source.rtu_poll)
+        .map(|r| u32::from(r.count.div_ceil(crate::config::MAX_READ)))
+        .max()
+        .unwrap_or(1);
+    let requests = QUEUE_DEPTH as u32 + longest_region * (p.retries + 1) + 1;
+    per_request
+        .saturating_mul(requests)
+        .max(Duration::from_secs(5))
 }
 
 /// Open the serial device and serve it; on failure or disappearance retry with backoff.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, Guard};
 use tokio::time::Instant;
 
-use crate::config::{OnStale, Region};
+use crate::config::{Function, OnStale, Region};
 
 /// The fixed shape of one region (from the config).
 #[derive(Debug, Clone)]
@@ -25,6 +25,8 @@ pub struct RegionSpec {
     pub on_stale: OnStale,
     /// Push writes may land here.
     pub accepts_push: bool,
+    /// The table it serves (`None`: the one untyped table of a KSEM layout).
+    pub table: Option<Function>,
 }
 
 impl RegionSpec {
@@ -93,7 +95,8 @@ impl Image {
     pub fn new(regions: &[Region]) -> Self {
         let now = Instant::now();
         let mut sorted: Vec<&Region> = regions.iter().collect();
-        sorted.sort_by_key(|r| r.start);
+        // By table, then start: each table's regions are contiguous and in address order.
+        sorted.sort_by_key(|r| (r.function, r.start));
         let specs: Box<[RegionSpec]> = sorted
             .iter()
             .map(|r| RegionSpec {
@@ -103,6 +106,7 @@ impl Image {
                 max_age: r.max_age,
                 on_stale: r.on_stale,
                 accepts_push: r.source.push,
+                table: r.function,
             })
             .collect();
         let states: Box<[RegionState]> = sorted
@@ -248,22 +252,96 @@ impl Image {
     /// The regions `[first, last]` that cover `address .. address + len` without a gap, or
     /// `None` if any address is outside every region.
     pub fn covering(&self, address: u16, len: usize) -> Option<std::ops::Range<usize>> {
+        self.covering_in(self.default_table(), address, len)
+    }
+
+    /// The table FC03 reads: holding if regions name their tables, else the untyped one.
+    fn default_table(&self) -> Option<Function> {
+        self.specs
+            .first()
+            .and_then(|s| s.table)
+            .map(|_| Function::Holding)
+    }
+
+    /// The table a read with function code `fc` (3 or 4) is served from: in an image whose
+    /// regions name their tables, FC03 → holding and FC04 → input; otherwise the one table.
+    pub fn table_for(&self, fc: u8) -> Option<Function> {
+        match (self.specs.first().and_then(|s| s.table), fc) {
+            (None, _) => None,
+            (Some(_), 4) => Some(Function::Input),
+            (Some(_), _) => Some(Function::Holding),
+        }
+    }
+
+    /// Like [`Image::covering`], within the regions of `table`.
+    pub fn covering_in(
+        &self,
+        table: Option<Function>,
+        address: u16,
+        len: usize,
+    ) -> Option<std::ops::Range<usize>> {
         let end = u32::from(address) + u32::try_from(len).ok()?;
         if len == 0 || end > 65_536 {
             return None;
         }
         let first = self.specs.iter().position(|s| {
-            u32::from(s.start) <= u32::from(address) && u32::from(address) < s.end()
+            s.table == table
+                && u32::from(s.start) <= u32::from(address)
+                && u32::from(address) < s.end()
         })?;
         let mut last = first;
         while self.specs[last].end() < end {
             let next = self.specs.get(last + 1)?;
-            if u32::from(next.start) != self.specs[last].end() {
+            if next.table != table || u32::from(next.start) != self.specs[last].end() {
                 return None;
             }
             last += 1;
         }
         Some(first..last + 1)
+    }
+
+    /// Check a read of `table` for a LAN client: regions, then each touched region on its
+    /// own (never filled → [`ReadRefusal::WarmingUp`], older than `max_age` → its policy).
+    /// Unlike [`Image::check_read`] it does not wait for the whole image to be warm: one
+    /// region the device refuses must not take the others down.
+    pub fn check_read_in(
+        &self,
+        snap: &Snapshot,
+        table: Option<Function>,
+        address: u16,
+        count: u16,
+        now: Instant,
+    ) -> Result<std::ops::Range<usize>, ReadRefusal> {
+        let touched = self
+            .covering_in(table, address, usize::from(count))
+            .ok_or(ReadRefusal::OutsideRegions)?;
+        let mut verdict = OnStale::Serve;
+        for i in touched.clone() {
+            if snap.regions.get(i).and_then(|r| r.written).is_none() {
+                return Err(ReadRefusal::WarmingUp);
+            }
+            if self.is_stale(snap, i, now) {
+                verdict = verdict.max(self.specs[i].on_stale);
+            }
+        }
+        match verdict {
+            OnStale::Serve => Ok(touched),
+            v => Err(ReadRefusal::Stale(v)),
+        }
+    }
+
+    /// Copy `count` words of `table` at `address` (diagnostics, write logs).
+    pub fn read_words_in(
+        &self,
+        snap: &Snapshot,
+        table: Option<Function>,
+        address: u16,
+        count: u16,
+    ) -> Option<Vec<u16>> {
+        let touched = self.covering_in(table, address, usize::from(count))?;
+        let mut out = Vec::with_capacity(usize::from(count));
+        self.for_each_word(snap, touched, address, count, |w| out.push(w));
+        Some(out)
     }
 
     /// Check a read of `count` words at `address` against regions, warm-up and freshness,
@@ -275,8 +353,20 @@ impl Image {
         count: u16,
         now: Instant,
     ) -> Result<std::ops::Range<usize>, ReadRefusal> {
+        self.check_read_fc(snap, 3, address, count, now)
+    }
+
+    /// [`Image::check_read`] for a read with function code `fc` (see [`Image::table_for`]).
+    pub fn check_read_fc(
+        &self,
+        snap: &Snapshot,
+        fc: u8,
+        address: u16,
+        count: u16,
+        now: Instant,
+    ) -> Result<std::ops::Range<usize>, ReadRefusal> {
         let touched = self
-            .covering(address, usize::from(count))
+            .covering_in(self.table_for(fc), address, usize::from(count))
             .ok_or(ReadRefusal::OutsideRegions)?;
         if !snap.warm {
             return Err(ReadRefusal::WarmingUp);
@@ -376,12 +466,14 @@ mod tests {
                 push,
                 poll: !push,
                 fixed: false,
+                rtu_poll: false,
             },
             every: (!push).then_some(Duration::from_secs(10)),
             max_age: Duration::from_secs(2),
             on_stale,
             fallback_poll: None,
             values: BTreeMap::new(),
+            function: None,
         }
     }
 
@@ -559,6 +651,7 @@ mod tests {
             push: false,
             poll: false,
             fixed: true,
+            rtu_poll: false,
         };
         r.values.insert(8244, 200);
         let img = Image::new(&[r]);

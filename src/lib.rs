@@ -7,6 +7,10 @@
 //! - [`image`]: one lock-free register image, snapshot per reader, age per region;
 //! - servers: [`rtu::slave`] answers the inverter on RS485 from the image only.
 //!
+//! KSTAR devices run the same engine the other way round: [`rtu_poll`] (RTU master on the
+//! device's bus) → image → [`tcp_server`] (Modbus TCP for LAN clients), with control writes
+//! checked by [`writes`] against the [`profile`] and executed by the poller between polls.
+//!
 //! [`config`] describes all of it, [`gateway`] wires it together and supervises it,
 //! [`sim`] holds the simulated KSEM and inverter that [`demo`] and the tests run against.
 //! The binary (`src/main.rs`) is a thin CLI over this library.
@@ -20,6 +24,9 @@ pub mod poll;
 pub mod profile;
 pub mod push;
 pub mod rtu;
+pub mod rtu_poll;
 pub mod serial;
 pub mod sim;
+pub mod tcp_server;
 pub mod util;
+pub mod writes;

@@ -43,6 +43,10 @@ enum Command {
         /// Household seed of the simulated KSEM.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Instead: a simulated device of this profile (e.g. profiles/kstar-hybrid.yaml) →
+        /// gateway (RTU poller + TCP server) → TCP client.
+        #[arg(long)]
+        profile: Option<PathBuf>,
     },
     /// Run a simulated device.
     #[command(subcommand)]
@@ -77,6 +81,24 @@ enum Simulate {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// A device on RS485 answering as a register profile describes it (e.g. a KSTAR inverter).
+    Device {
+        /// The register profile, e.g. profiles/kstar-hybrid.yaml.
+        #[arg(long)]
+        profile: PathBuf,
+        /// Serial device (or pseudo-terminal) to answer on.
+        #[arg(long)]
+        device: String,
+        #[arg(long, default_value_t = 1)]
+        unit: u8,
+        #[arg(long, default_value_t = 9600)]
+        baud: u32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Stop after this long; default: until Ctrl-C.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+    },
     /// A Plenticore: RTU master reading 8244, then 0..147 every interval.
     Inverter {
         /// Serial device (or pseudo-terminal) to poll on.
@@ -104,7 +126,24 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => block_on(run(config)),
-        Command::Demo { duration, seed } => block_on(demo(duration, seed)),
+        Command::Demo {
+            duration,
+            seed,
+            profile: Some(profile),
+        } => block_on(demo_profile(profile, duration, seed)),
+        Command::Demo {
+            duration,
+            seed,
+            profile: None,
+        } => block_on(demo(duration, seed)),
+        Command::Simulate(Simulate::Device {
+            profile,
+            device,
+            unit,
+            baud,
+            seed,
+            duration,
+        }) => block_on(simulate_device(profile, device, unit, baud, seed, duration)),
         Command::Simulate(Simulate::Ksem {
             listen,
             push_to,
@@ -315,4 +354,87 @@ async fn simulate_inverter(
     cancel.cancel();
     let _ = task.await;
     Ok(())
+}
+
+async fn demo_profile(
+    profile: PathBuf,
+    duration: Option<Duration>,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let cancel = CancellationToken::new();
+    let run = airbridge::demo::run_kstar(&profile, duration, seed, true, cancel.clone());
+    tokio::pin!(run);
+    let summary = tokio::select! {
+        r = &mut run => r?,
+        () = shutdown_signal() => { cancel.cancel(); run.await? }
+    };
+    if summary.reads_ok == 0 {
+        anyhow::bail!("the TCP client got no data at all");
+    }
+    Ok(())
+}
+
+async fn simulate_device(
+    profile: PathBuf,
+    device: String,
+    unit: u8,
+    baud: u32,
+    seed: u64,
+    duration: Option<Duration>,
+) -> anyhow::Result<()> {
+    use airbridge::sim::device::{self, Device, DeviceOptions};
+    use std::sync::atomic::Ordering::Relaxed;
+    let prof = airbridge::profile::load(&profile)?;
+    let name = prof.name.clone();
+    let line = config::RtuConfig {
+        device: device.clone(),
+        baud,
+        data_bits: 8,
+        parity: config::Parity::None,
+        stop_bits: 1,
+        unit_id: unit,
+        turnaround: Duration::ZERO,
+        frame_timeout: Duration::from_millis(20),
+        input_registers: true,
+    };
+    let stream = airbridge::serial::open(&line)?;
+    let dev = Device::new(
+        prof,
+        DeviceOptions {
+            unit,
+            seed,
+            ..Default::default()
+        },
+    );
+    println!("simulated {name}: unit {unit} on {device} at {baud} 8N1");
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(device::serve(
+        stream,
+        std::sync::Arc::clone(&dev),
+        cancel.clone(),
+    ));
+    let start = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
+    let end = async {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(end);
+    loop {
+        tokio::select! {
+            () = shutdown_signal() => break,
+            () = &mut end => break,
+            _ = tick.tick() => {
+                let s = &dev.stats;
+                println!("requests {} reads {} writes {} exceptions {}", s.requests.load(Relaxed), s.reads.load(Relaxed), s.writes.load(Relaxed), s.exceptions.load(Relaxed));
+            }
+        }
+    }
+    cancel.cancel();
+    match task.await {
+        Ok(r) => r.map_err(Into::into),
+        Err(e) => Err(anyhow::anyhow!("device task: {e}")),
+    }
 }

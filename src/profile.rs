@@ -223,7 +223,8 @@ impl Register {
                         .collect();
                     return Value::Bits { raw, set };
                 }
-                Value::Number(raw as f64 * self.scale)
+                // Rounded: 4998 × 0.01 is 49.98, not 49.980000000000004.
+                Value::Number(round(raw as f64 * self.scale))
             }
         }
     }

@@ -120,7 +120,7 @@ fn gateway_yaml_effective_values() {
     let both = Sources {
         push: true,
         poll: true,
-        fixed: false,
+        ..Sources::default()
     };
     let s = Duration::from_secs;
     // name, start, count, source, every, max_age, on_stale, fallback_poll
@@ -1199,7 +1199,7 @@ fn source_combinations() {
             Sources {
                 push: true,
                 poll: true,
-                fixed: false,
+                ..Sources::default()
             },
             "[push, poll]",
         ),
@@ -1208,7 +1208,7 @@ fn source_combinations() {
             Sources {
                 push: true,
                 poll: true,
-                fixed: false,
+                ..Sources::default()
             },
             "[push, poll]",
         ),

@@ -111,6 +111,27 @@ pub fn encode_write_single(unit: u8, address: u16, value: u16) -> [u8; 8] {
     out
 }
 
+/// Encode an FC16 write-multiple-registers request; `None` for 0 or more than 123 values.
+pub fn encode_write_multiple(unit: u8, address: u16, values: &[u16]) -> Option<Vec<u8>> {
+    if values.is_empty() || values.len() > 123 {
+        return None;
+    }
+    let n = values.len() as u16;
+    let mut out = Vec::with_capacity(9 + 2 * values.len());
+    out.push(unit);
+    out.push(FC_WRITE_MULTIPLE);
+    out.extend_from_slice(&address.to_be_bytes());
+    out.extend_from_slice(&n.to_be_bytes());
+    out.push((2 * n) as u8);
+    for v in values {
+        out.extend_from_slice(&v.to_be_bytes());
+    }
+    let len = out.len();
+    out.extend_from_slice(&[0, 0]);
+    append_crc(&mut out, len);
+    Some(out)
+}
+
 /// Length of a normal reply to `function` with `count` items.
 ///
 /// Register reads (FC03/FC04 and anything unknown): 5 + 2·count.
@@ -382,6 +403,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtuMaster<S> {
         Ok(())
     }
 
+    /// Write registers (FC16); the slave must confirm address and count.
+    pub async fn write_multiple(
+        &mut self,
+        unit: u8,
+        address: u16,
+        values: &[u16],
+    ) -> Result<(), ReplyError> {
+        let request = encode_write_multiple(unit, address, values)
+            .ok_or_else(|| ReplyError::BadFrame(format!("FC16 of {} registers", values.len())))?;
+        let tx = self.transact(&request, 8).await?;
+        if tx.is_exception() {
+            return Err(ReplyError::Exception(tx.reply[2]));
+        }
+        if tx.reply.get(..6) != request.get(..6) {
+            self.dirty = true;
+            return Err(ReplyError::BadFrame(format!(
+                "FC16 reply {:02X?} does not confirm the request",
+                tx.reply
+            )));
+        }
+        Ok(())
+    }
+
     async fn send(&mut self, request: &[u8]) -> io::Result<()> {
         // No flush: a tty has no user-space buffer, and its flush is a blocking tcdrain that
         // would hold a runtime worker until the request is on the wire.
@@ -482,6 +526,21 @@ mod tests {
             encode_write_single(1, 4004, 85),
             [0x01, 0x06, 0x0F, 0xA4, 0x00, 0x55, 0x0B, 0x02]
         );
+        // Hybrid example 4.3: set the clock, 7 registers of ASCII digits at 3239.
+        let clock: Vec<u16> = b"10110214300020"
+            .chunks(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+            .collect();
+        let frame = encode_write_multiple(1, 3239, &clock).unwrap();
+        assert_eq!(
+            frame,
+            [
+                0x01, 0x10, 0x0C, 0xA7, 0x00, 0x07, 0x0E, 0x31, 0x30, 0x31, 0x31, 0x30, 0x32, 0x31,
+                0x34, 0x33, 0x30, 0x30, 0x30, 0x32, 0x30, 0x17, 0x2E
+            ]
+        );
+        assert_eq!(encode_write_multiple(1, 0, &[]), None);
+        assert_eq!(encode_write_multiple(1, 0, &[0; 124]), None);
     }
 
     #[test]

@@ -79,7 +79,7 @@ pub fn answer(
         return exception_reply(params.unit, function, exception::ILLEGAL_DATA_VALUE, out);
     }
     let snap = image.load();
-    match image.check_read(&snap, address, count, now) {
+    match image.check_read_fc(&snap, function, address, count, now) {
         Err(ReadRefusal::OutsideRegions) => {
             exception_reply(params.unit, function, exception::ILLEGAL_DATA_ADDRESS, out)
         }
@@ -138,18 +138,21 @@ mod tests {
                 push: true,
                 poll: false,
                 fixed: false,
+                rtu_poll: false,
             },
             every: None,
             max_age: Duration::from_secs(2),
             on_stale: OnStale::Silence,
             fallback_poll: None,
             values: BTreeMap::new(),
+            function: None,
         };
         let mut energy = push("energy", 512, 280);
         energy.source = Sources {
             push: false,
             poll: true,
             fixed: false,
+            rtu_poll: false,
         };
         energy.on_stale = OnStale::Exception;
         energy.max_age = Duration::from_secs(30);
