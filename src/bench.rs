@@ -1352,6 +1352,30 @@ pub struct StartupReport {
     pub push_ack_to_ready: Percentiles,
 }
 
+/// Push both groups once, as the KSEM does right after connecting.
+async fn push_both_groups_once(target: SocketAddr) -> anyhow::Result<()> {
+    use tokio_modbus::client::Writer as _;
+    let mut ctx = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_modbus::client::tcp::connect(target),
+    )
+    .await
+    .context("push connect timed out")?
+    .context("push connect")?;
+    for (start, count) in PUSH_GROUPS {
+        let words = vec![1u16; usize::from(count)];
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            ctx.write_multiple_registers(start, &words),
+        )
+        .await
+        .context("push write timed out")?
+        .context("push write")?
+        .map_err(|e| anyhow::anyhow!("push write refused: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Measure [`StartupReport`] over `runs` gateway starts against one simulated KSEM.
 pub async fn measure_startup(ksem_slave: SocketAddr, runs: u64) -> anyhow::Result<StartupReport> {
     use crate::gateway::{Gateway, RtuPort};
@@ -1376,11 +1400,7 @@ pub async fn measure_startup(ksem_slave: SocketAddr, runs: u64) -> anyhow::Resul
             .push_addr
             .ok_or_else(|| anyhow::anyhow!("bench gateway has no push listener"))?;
         let image = Arc::clone(&gateway.handles.image);
-        let mut one = PushBenchOptions::new(push_addr);
-        one.rate = None;
-        one.duration = Duration::from_millis(1);
-        let w = bench_push(&one).await?;
-        anyhow::ensure!(w.writes_ok > 0, "startup push failed: {w:?}");
+        push_both_groups_once(push_addr).await?;
         let t_push = tokio::time::Instant::now();
         tokio::time::timeout(Duration::from_secs(10), image.wait_warm())
             .await
