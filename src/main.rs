@@ -1,7 +1,6 @@
 //! `airbridge`: the command line. A thin layer over the library: parse arguments, set up
 //! logging, call into `airbridge::*`, turn errors into exit codes.
 
-use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log line format on stderr: text, or json (one object per line, for log shippers).
+    #[arg(long, global = true, value_enum, default_value_t = airbridge::logging::LogFormat::Text)]
+    log_format: airbridge::logging::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -100,7 +102,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    airbridge::logging::init(cli.log_format);
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => block_on(run(config)),
@@ -163,16 +165,6 @@ fn block_on(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCod
 fn report(e: anyhow::Error) -> ExitCode {
     eprintln!("airbridge: {e:#}");
     ExitCode::FAILURE
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -277,6 +269,7 @@ async fn simulate_inverter(
         turnaround: Duration::ZERO,
         frame_timeout: Duration::from_millis(20),
         input_registers: true,
+        rs485: Default::default(),
     };
     let stream = airbridge::serial::open(&rtu)?;
     let cancel = CancellationToken::new();
