@@ -186,7 +186,7 @@ async fn serve_device(config: Config, slave: RtuSlave, cancel: CancellationToken
         }
         tokio::select! {
             () = cancel.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
+            () = crate::systemd::sleep_beating(wait, &slave.stats().heartbeat) => {}
         }
     }
 }

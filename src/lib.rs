@@ -24,4 +24,5 @@ pub mod reload;
 pub mod rtu;
 pub mod serial;
 pub mod sim;
+pub mod systemd;
 pub mod util;

@@ -93,6 +93,15 @@ pub fn parse_level(directives: &str) -> Result<EnvFilter, String> {
     if directives.trim().is_empty() {
         return Err("empty; use error, warn, info, debug or trace".into());
     }
+    // A bare word would be taken as a target name at trace level: only levels, or
+    // `target=level` pairs.
+    for d in directives.split(',').map(str::trim) {
+        if !d.contains('=') && d.parse::<tracing::level_filters::LevelFilter>().is_err() {
+            return Err(format!(
+                "`{d}` is not a level; use error, warn, info, debug, trace or target=level"
+            ));
+        }
+    }
     EnvFilter::try_new(directives).map_err(|e| {
         format!(
             "`{directives}` is not a level or filter ({e}); use error, warn, info, debug or trace"

@@ -197,12 +197,35 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
+    apply_log_level(&loaded.config.log.level);
     let cancel = CancellationToken::new();
     let mut gateway = Gateway::start(loaded.config, RtuPort::Device, cancel.clone()).await?;
-    let failure = tokio::select! {
-        () = shutdown_signal() => None,
-        f = gateway.failed() => Some(f),
+    // The supervisor: stops on a signal or a failed task, reloads on SIGHUP, and tells
+    // systemd (ready, status, watchdog) on every tick.
+    let mut notifier = airbridge::systemd::Notifier::from_env();
+    if let Some(w) = notifier.watchdog() {
+        tracing::info!(interval = ?w, "systemd watchdog enabled");
+    }
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut tick = tokio::time::interval(notifier.period());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let failure = loop {
+        tokio::select! {
+            () = &mut shutdown => break None,
+            f = gateway.failed() => break Some(f),
+            _ = hangup.recv() => {
+                let said = match airbridge::reload::reload_file(&gateway.handles, &path) {
+                    Ok(outcome) => outcome.to_string(),
+                    Err(e) => format!("reload rejected: {e}"),
+                };
+                notifier.reloaded(&said);
+            }
+            _ = tick.tick() => notifier.tick(&gateway.handles),
+        }
     };
+    notifier.stopping();
     tracing::info!("shutting down");
     cancel.cancel();
     gateway.join(Duration::from_secs(3)).await;
@@ -212,6 +235,17 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
             tracing::error!("{f}");
             anyhow::bail!("{f}")
         }
+    }
+}
+
+/// Apply the config's `log.level` (unless `RUST_LOG` is set).
+fn apply_log_level(level: &str) {
+    match airbridge::logging::set_level(level) {
+        Ok(airbridge::logging::LevelChange::OverriddenByEnv) if level != "info" => {
+            tracing::info!("RUST_LOG is set: log.level {level} is ignored");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("log.level: {e}"),
     }
 }
 
