@@ -193,6 +193,8 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 async fn run(path: PathBuf) -> anyhow::Result<()> {
+    // Before anything else: SIGHUP's default action would end the process.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let loaded = config::load(&path)?;
     for w in &loaded.warnings {
         tracing::warn!("{w}");
@@ -206,7 +208,6 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     if let Some(w) = notifier.watchdog() {
         tracing::info!(interval = ?w, "systemd watchdog enabled");
     }
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut tick = tokio::time::interval(notifier.period());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let shutdown = shutdown_signal();
