@@ -1952,6 +1952,7 @@ fn open_serial(device: &str, baud: u32, unit: u8) -> anyhow::Result<tokio_serial
         turnaround: Duration::ZERO,
         frame_timeout: Duration::from_millis(20),
         input_registers: true,
+        rs485: Default::default(),
     })
 }
 

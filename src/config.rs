@@ -39,6 +39,51 @@ pub struct Config {
     pub writable: Vec<WritableEntry>,
     /// Line of each region (by name), for messages of checks against the profile.
     pub region_lines: BTreeMap<String, u64>,
+    /// Logging (`log:`).
+    pub log: LogConfig,
+}
+
+/// `log:`: the level of the gateway's log; changes on SIGHUP. `RUST_LOG` wins if set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug`, `trace`, or tracing directives
+    /// (`info,airbridge::poll=debug`).
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+/// `rtu.rs485:`: the kernel's RS485 mode (`TIOCSRS485`), for adapters whose driver switches
+/// the transceiver's direction with RTS. Off unless configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rs485Config {
+    pub enabled: bool,
+    /// RTS level while sending (`true` = logical 1).
+    pub rts_on_send: bool,
+    /// RTS level after sending.
+    pub rts_after_send: bool,
+    /// RTS asserted this long before the first bit (whole milliseconds, ≤ 100 ms).
+    pub delay_before_send: Duration,
+    /// RTS held this long after the last bit.
+    pub delay_after_send: Duration,
+}
+
+impl Default for Rs485Config {
+    fn default() -> Self {
+        Rs485Config {
+            enabled: false,
+            rts_on_send: true,
+            rts_after_send: false,
+            delay_before_send: Duration::ZERO,
+            delay_after_send: Duration::ZERO,
+        }
+    }
 }
 
 pub use crate::profile::Function;
@@ -78,6 +123,7 @@ impl RtuPollConfig {
             turnaround: Duration::ZERO,
             frame_timeout: Duration::from_millis(20),
             input_registers: true,
+            rs485: Rs485Config::default(),
         }
     }
 }
@@ -154,6 +200,8 @@ pub struct RtuConfig {
     pub frame_timeout: Duration,
     /// Also answer FC04 from the same image.
     pub input_registers: bool,
+    /// Kernel RS485 mode of the port.
+    pub rs485: Rs485Config,
 }
 
 impl RtuConfig {
@@ -382,6 +430,31 @@ struct RawConfig {
     tcp_server: Option<Spanned<RawTcpServer>>,
     #[serde(default)]
     writable: Option<Spanned<Vec<Spanned<WritableText>>>>,
+    #[serde(default)]
+    log: Option<Spanned<RawLog>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default)]
+    level: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRs485 {
+    /// Writing the section means wanting the mode: on unless said otherwise.
+    #[serde(default = "default_true")]
+    enabled: bool,
+    #[serde(default = "default_true")]
+    rts_on_send: bool,
+    #[serde(default)]
+    rts_after_send: bool,
+    #[serde(default)]
+    delay_before_send: Option<Spanned<DurationText>>,
+    #[serde(default)]
+    delay_after_send: Option<Spanned<DurationText>>,
 }
 
 #[derive(Deserialize)]
@@ -452,6 +525,8 @@ struct RawRtu {
     frame_timeout: Option<Spanned<DurationText>>,
     #[serde(default = "default_true")]
     input_registers: bool,
+    #[serde(default)]
+    rs485: Option<Spanned<RawRs485>>,
 }
 
 #[derive(Deserialize)]
@@ -692,6 +767,7 @@ impl Validator<'_> {
             }),
             None => None,
         };
+        let log = self.log(raw.log.as_ref())?;
         Ok(Config {
             rtu,
             push,
@@ -703,6 +779,61 @@ impl Validator<'_> {
             tcp_server,
             writable,
             region_lines,
+            log,
+        })
+    }
+
+    fn log(&mut self, raw: Option<&Spanned<RawLog>>) -> Result<LogConfig, ConfigError> {
+        let Some(level) = raw.and_then(|r| r.value.level.as_ref()) else {
+            return Ok(LogConfig::default());
+        };
+        crate::logging::parse_level(&level.value)
+            .map_err(|m| self.err(line(level), "log.level", m))?;
+        Ok(LogConfig {
+            level: level.value.trim().to_string(),
+        })
+    }
+
+    fn rs485(&mut self, raw: Option<&Spanned<RawRs485>>) -> Result<Rs485Config, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(Rs485Config::default());
+        };
+        let r = &raw.value;
+        if r.rts_on_send == r.rts_after_send {
+            return Err(self.err(
+                line(raw),
+                "rtu.rs485",
+                "rts_on_send and rts_after_send must differ: one is the RTS level while sending, the other after (usually rts_on_send: true, rts_after_send: false)",
+            ));
+        }
+        let delay =
+            |d: &Option<Spanned<DurationText>>, key: &str| -> Result<Duration, ConfigError> {
+                let Some(d) = d else {
+                    return Ok(Duration::ZERO);
+                };
+                let v = self.duration(d, key)?;
+                if v.subsec_nanos() % 1_000_000 != 0 {
+                    return Err(self.err(
+                        line(d),
+                        key,
+                        format!("{v:?}: the kernel takes whole milliseconds"),
+                    ));
+                }
+                if v > Duration::from_millis(100) {
+                    return Err(self.err(
+                        line(d),
+                        key,
+                        format!("{v:?}: the kernel allows at most 100ms"),
+                    ));
+                }
+                Ok(v)
+            };
+        Ok(Rs485Config {
+            enabled: r.enabled,
+            rts_on_send: r.rts_on_send,
+            rts_after_send: r.rts_after_send,
+            delay_before_send: delay(&r.delay_before_send, "rtu.rs485.delay_before_send")?,
+            delay_after_send: delay(&r.delay_after_send, "rtu.rs485.delay_after_send")?,
         })
     }
 
@@ -754,6 +885,7 @@ impl Validator<'_> {
             turnaround: Duration::ZERO,
             frame_timeout: Duration::ZERO,
             input_registers: r.input_registers,
+            rs485: self.rs485(r.rs485.as_ref())?,
         };
         let t35 = t35(cfg.baud, cfg.bits_per_char());
         cfg.turnaround = match &r.turnaround {
@@ -1388,6 +1520,7 @@ fn placeholder_rtu() -> RtuConfig {
         turnaround: t35(38_400, 11),
         frame_timeout: Duration::from_millis(20),
         input_registers: true,
+        rs485: Rs485Config::default(),
     }
 }
 
@@ -1487,6 +1620,20 @@ impl Config {
                 r.frame_timeout,
                 if r.input_registers { "on" } else { "off" }
             );
+        }
+        if self.rtu_slave && r.rs485.enabled {
+            let x = &r.rs485;
+            let _ = writeln!(
+                s,
+                "rtu.rs485: kernel RS485 on, RTS {} while sending, {} after, delays {:?} before / {:?} after",
+                u8::from(x.rts_on_send),
+                u8::from(x.rts_after_send),
+                x.delay_before_send,
+                x.delay_after_send
+            );
+        }
+        if self.log != LogConfig::default() {
+            let _ = writeln!(s, "log: level {}", self.log.level);
         }
         if let Some(p) = &self.push {
             let allow: Vec<String> = p.allow_from.iter().map(ToString::to_string).collect();

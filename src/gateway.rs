@@ -56,6 +56,8 @@ pub struct Handles {
     pub rtu: Arc<RtuStats>,
     pub rtu_poll: Arc<RtuPollStats>,
     pub tcp: Arc<TcpStats>,
+    /// The config in force; hot reload goes through it ([`crate::reload::apply`]).
+    pub live: Arc<crate::reload::Live>,
 }
 
 /// A running gateway.
@@ -94,12 +96,14 @@ impl Gateway {
             rtu: Arc::default(),
             rtu_poll: Arc::default(),
             tcp: Arc::default(),
+            live: Arc::new(crate::reload::Live::new(config.clone())),
         };
         let mut tasks = JoinSet::new();
         let mut push_addr = None;
         if let Some(push_cfg) = config.push.clone() {
             let server =
                 PushServer::bind(push_cfg, Arc::clone(&image), Arc::clone(&handles.push)).await?;
+            handles.live.attach_push(server.settings());
             let addr = server.local_addr()?;
             tracing::info!(%addr, "push server listening");
             push_addr = Some(addr);
@@ -110,6 +114,7 @@ impl Gateway {
             });
         }
         if let Some(poller) = Poller::new(&config, Arc::clone(&image), Arc::clone(&handles.poll)) {
+            let poller = poller.follow(handles.live.subscribe());
             let c = cancel.clone();
             tasks.spawn(async move {
                 poller.run(c).await;
@@ -139,6 +144,11 @@ impl Gateway {
                 });
             }
         }
+        let c = cancel.clone();
+        tasks.spawn(async move {
+            crate::logging::flush_task(c).await;
+            "log limiter"
+        });
         let c = cancel.clone();
         let img = Arc::clone(&image);
         tasks.spawn(async move {
@@ -300,7 +310,7 @@ async fn serve_device(config: Config, slave: RtuSlave, cancel: CancellationToken
         }
         tokio::select! {
             () = cancel.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
+            () = crate::systemd::sleep_beating(wait, &slave.stats().heartbeat) => {}
         }
     }
 }
@@ -338,7 +348,11 @@ async fn monitor(image: Arc<Image>, cancel: CancellationToken) {
             if is_stale != stale[i] {
                 stale[i] = is_stale;
                 if is_stale {
-                    tracing::warn!(region = %spec.name, max_age = ?spec.max_age, on_stale = spec.on_stale.as_str(), "region stale");
+                    let rule = image.freshness(i).unwrap_or(crate::image::Freshness {
+                        max_age: spec.max_age,
+                        on_stale: spec.on_stale,
+                    });
+                    tracing::warn!(region = %spec.name, max_age = ?rule.max_age, on_stale = rule.on_stale.as_str(), "region stale");
                 } else {
                     tracing::info!(region = %spec.name, "region fresh again");
                 }

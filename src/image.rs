@@ -35,6 +35,15 @@ impl RegionSpec {
     }
 }
 
+/// A region's freshness rule. The config's values at start; a hot reload replaces them
+/// (see [`Image::set_freshness`]), so read them with [`Image::freshness`] rather than from
+/// [`RegionSpec`], which keeps the values the image was created with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Freshness {
+    pub max_age: Duration,
+    pub on_stale: OnStale,
+}
+
 /// The contents of one region at one moment.
 #[derive(Debug, Clone)]
 pub struct RegionState {
@@ -87,6 +96,8 @@ pub struct Image {
     created: Instant,
     /// Flips to `true` once, when every region has been filled.
     warm: tokio::sync::watch::Sender<bool>,
+    /// Freshness rules in force, by region index (replaced whole by a reload).
+    rules: ArcSwap<Vec<Freshness>>,
 }
 
 impl Image {
@@ -126,7 +137,15 @@ impl Image {
             })
             .collect();
         let warm = states.iter().all(|s| s.written.is_some());
+        let rules = specs
+            .iter()
+            .map(|s| Freshness {
+                max_age: s.max_age,
+                on_stale: s.on_stale,
+            })
+            .collect();
         Image {
+            rules: ArcSwap::from_pointee(rules),
             specs,
             current: ArcSwap::from_pointee(Snapshot {
                 generation: 0,
@@ -316,12 +335,14 @@ impl Image {
             .covering_in(table, address, usize::from(count))
             .ok_or(ReadRefusal::OutsideRegions)?;
         let mut verdict = OnStale::Serve;
+        let rules = self.rules.load();
         for i in touched.clone() {
             if snap.regions.get(i).and_then(|r| r.written).is_none() {
                 return Err(ReadRefusal::WarmingUp);
             }
-            if self.is_stale(snap, i, now) {
-                verdict = verdict.max(self.specs[i].on_stale);
+            // The rules in force (hot reload), not the ones at start.
+            if let Some(rule) = Self::stale_by(&rules, snap, i, now) {
+                verdict = verdict.max(rule.on_stale);
             }
         }
         match verdict {
@@ -372,9 +393,10 @@ impl Image {
             return Err(ReadRefusal::WarmingUp);
         }
         let mut verdict = OnStale::Serve;
+        let rules = self.rules.load();
         for i in touched.clone() {
-            if self.is_stale(snap, i, now) {
-                verdict = verdict.max(self.specs[i].on_stale);
+            if let Some(rule) = Self::stale_by(&rules, snap, i, now) {
+                verdict = verdict.max(rule.on_stale);
             }
         }
         match verdict {
@@ -387,11 +409,44 @@ impl Image {
     pub fn is_stale(&self, snap: &Snapshot, i: usize, now: Instant) -> bool {
         match (
             snap.regions.get(i).and_then(|r| r.written),
-            self.specs.get(i),
+            self.rules.load().get(i),
         ) {
-            (Some(w), Some(spec)) => now.saturating_duration_since(w) > spec.max_age,
+            (Some(w), Some(rule)) => now.saturating_duration_since(w) > rule.max_age,
             _ => true,
         }
+    }
+
+    /// The rule of region `i` if the region is stale under it (or was never filled).
+    fn stale_by(rules: &[Freshness], snap: &Snapshot, i: usize, now: Instant) -> Option<Freshness> {
+        let rule = *rules.get(i)?;
+        match snap.regions.get(i).and_then(|r| r.written) {
+            Some(w) if now.saturating_duration_since(w) <= rule.max_age => None,
+            _ => Some(rule),
+        }
+    }
+
+    /// The freshness rule in force for region `i`.
+    pub fn freshness(&self, i: usize) -> Option<Freshness> {
+        self.rules.load().get(i).copied()
+    }
+
+    /// Replace the freshness rules (hot reload): each region of `regions` found here by
+    /// name gets its `max_age` and `on_stale`; others keep theirs. The next read uses them.
+    /// Returns how many regions were matched.
+    pub fn set_freshness(&self, regions: &[Region]) -> usize {
+        let mut rules: Vec<Freshness> = self.rules.load().as_ref().clone();
+        let mut matched = 0;
+        for r in regions {
+            if let Some(rule) = self.region_index(&r.name).and_then(|i| rules.get_mut(i)) {
+                *rule = Freshness {
+                    max_age: r.max_age,
+                    on_stale: r.on_stale,
+                };
+                matched += 1;
+            }
+        }
+        self.rules.store(Arc::new(rules));
+        matched
     }
 
     /// Age of region `i`, `None` if it was never filled.

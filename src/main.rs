@@ -1,7 +1,6 @@
 //! `airbridge`: the command line. A thin layer over the library: parse arguments, set up
 //! logging, call into `airbridge::*`, turn errors into exit codes.
 
-use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log line format on stderr: text, or json (one object per line, for log shippers).
+    #[arg(long, global = true, value_enum, default_value_t = airbridge::logging::LogFormat::Text)]
+    log_format: airbridge::logging::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -122,7 +124,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    airbridge::logging::init(cli.log_format);
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => block_on(run(config)),
@@ -204,16 +206,6 @@ fn report(e: anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-}
-
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     // Two workers: the RTU slave never waits behind a burst of push connections.
     Ok(tokio::runtime::Builder::new_multi_thread()
@@ -240,16 +232,40 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 async fn run(path: PathBuf) -> anyhow::Result<()> {
+    // Before anything else: SIGHUP's default action would end the process.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let loaded = config::load(&path)?;
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
+    apply_log_level(&loaded.config.log.level);
     let cancel = CancellationToken::new();
     let mut gateway = Gateway::start(loaded.config, RtuPort::Device, cancel.clone()).await?;
-    let failure = tokio::select! {
-        () = shutdown_signal() => None,
-        f = gateway.failed() => Some(f),
+    // The supervisor: stops on a signal or a failed task, reloads on SIGHUP, and tells
+    // systemd (ready, status, watchdog) on every tick.
+    let mut notifier = airbridge::systemd::Notifier::from_env();
+    if let Some(w) = notifier.watchdog() {
+        tracing::info!(interval = ?w, "systemd watchdog enabled");
+    }
+    let mut tick = tokio::time::interval(notifier.period());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let failure = loop {
+        tokio::select! {
+            () = &mut shutdown => break None,
+            f = gateway.failed() => break Some(f),
+            _ = hangup.recv() => {
+                let said = match airbridge::reload::reload_file(&gateway.handles, &path) {
+                    Ok(outcome) => outcome.to_string(),
+                    Err(e) => format!("reload rejected: {e}"),
+                };
+                notifier.reloaded(&said);
+            }
+            _ = tick.tick() => notifier.tick(&gateway.handles),
+        }
     };
+    notifier.stopping();
     tracing::info!("shutting down");
     cancel.cancel();
     gateway.join(Duration::from_secs(3)).await;
@@ -259,6 +275,17 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
             tracing::error!("{f}");
             anyhow::bail!("{f}")
         }
+    }
+}
+
+/// Apply the config's `log.level` (unless `RUST_LOG` is set).
+fn apply_log_level(level: &str) {
+    match airbridge::logging::set_level(level) {
+        Ok(airbridge::logging::LevelChange::OverriddenByEnv) if level != "info" => {
+            tracing::info!("RUST_LOG is set: log.level {level} is ignored");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("log.level: {e}"),
     }
 }
 
@@ -316,6 +343,7 @@ async fn simulate_inverter(
         turnaround: Duration::ZERO,
         frame_timeout: Duration::from_millis(20),
         input_registers: true,
+        rs485: Default::default(),
     };
     let stream = airbridge::serial::open(&rtu)?;
     let cancel = CancellationToken::new();
@@ -396,6 +424,7 @@ async fn simulate_device(
         turnaround: Duration::ZERO,
         frame_timeout: Duration::from_millis(20),
         input_registers: true,
+        rs485: Default::default(),
     };
     let stream = airbridge::serial::open(&line)?;
     let dev = Device::new(

@@ -90,6 +90,8 @@ pub struct Poller {
     tasks: Vec<Task>,
     image: Arc<Image>,
     stats: Arc<PollStats>,
+    /// Reloaded configs (see [`Poller::follow`]).
+    updates: Option<tokio::sync::watch::Receiver<Arc<Config>>>,
 }
 
 impl Poller {
@@ -126,7 +128,46 @@ impl Poller {
             tasks,
             image,
             stats,
+            updates: None,
         })
+    }
+
+    /// Follow reloaded configs: each new one sets the poll intervals (`every`,
+    /// `fallback_poll`), fallback `max_age` and `poll.timeout` from its next wake on, keeping
+    /// the connection. Host, unit and which regions are polled stay as started.
+    pub fn follow(mut self, updates: tokio::sync::watch::Receiver<Arc<Config>>) -> Self {
+        self.updates = Some(updates);
+        self
+    }
+
+    fn apply_update(&mut self) {
+        let Some(rx) = &mut self.updates else { return };
+        let cfg = Arc::clone(&rx.borrow_and_update());
+        if let Some(p) = &cfg.poll {
+            self.cfg.timeout = p.timeout;
+        }
+        for t in &mut self.tasks {
+            let Some(r) = cfg.regions.iter().find(|r| r.name == t.name) else {
+                continue;
+            };
+            let every = match t.kind {
+                Kind::Regular => r.every,
+                Kind::Fallback { .. } => r.fallback_poll,
+            };
+            if let Some(every) = every {
+                if every != t.every && !t.failing {
+                    // Re-time the next read from the last one.
+                    t.next = t
+                        .next
+                        .checked_sub(t.every)
+                        .map_or(t.next, |last| last + every);
+                }
+                t.every = every;
+            }
+            if let Kind::Fallback { max_age } = &mut t.kind {
+                *max_age = r.max_age;
+            }
+        }
     }
 
     /// When task `t` is next due, given the pushes seen so far.
@@ -172,6 +213,14 @@ impl Poller {
             tokio::select! {
                 () = cancel.cancelled() => return,
                 () = tokio::time::sleep_until(wake) => {}
+                more = config_changed(&mut self.updates) => {
+                    if more {
+                        self.apply_update();
+                    } else {
+                        self.updates = None;
+                    }
+                    continue;
+                }
             }
             if self.tasks.iter().all(|t| self.due(t) > Instant::now()) {
                 continue; // a push arrived meanwhile and postponed a fallback poll
@@ -285,6 +334,14 @@ impl Poller {
             stream,
             Slave(self.cfg.unit_id),
         ))
+    }
+}
+
+/// A new config arrived (`true`), or the sender is gone (`false`); never without updates.
+async fn config_changed(updates: &mut Option<tokio::sync::watch::Receiver<Arc<Config>>>) -> bool {
+    match updates {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
     }
 }
 

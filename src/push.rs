@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
@@ -50,7 +51,8 @@ pub struct PushStats {
 /// A bound push server, ready to run.
 pub struct PushServer {
     listener: TcpListener,
-    cfg: PushConfig,
+    /// The settings in force; see [`PushServer::settings`].
+    settings: Arc<ArcSwap<PushConfig>>,
     image: Arc<Image>,
     stats: Arc<PushStats>,
 }
@@ -67,7 +69,7 @@ impl PushServer {
             .map_err(|e| anyhow::anyhow!("push.listen {}: {e}", cfg.listen))?;
         Ok(PushServer {
             listener,
-            cfg,
+            settings: Arc::new(ArcSwap::from_pointee(cfg)),
             image,
             stats,
         })
@@ -77,6 +79,14 @@ impl PushServer {
         self.listener.local_addr()
     }
 
+    /// The live settings (hot reload): a new `PushConfig` stored here applies its allow
+    /// list, connection limit and idle timeout from the next accept on, and closes a
+    /// connection whose peer is no longer allowed at its next request. `listen` is not
+    /// re-read (a new address needs a restart).
+    pub fn settings(&self) -> Arc<ArcSwap<PushConfig>> {
+        Arc::clone(&self.settings)
+    }
+
     /// Serve until `cancel` fires. Accept errors (e.g. out of file descriptors) are logged and
     /// the server restarts after a pause. tokio-modbus's `Server::serve` returns on the first
     /// accept error and cancels its connections with it, so the KSEM reconnects after such an
@@ -84,17 +94,18 @@ impl PushServer {
     pub async fn run(self, cancel: CancellationToken) {
         let PushServer {
             listener,
-            cfg,
+            settings,
             image,
             stats,
         } = self;
         let server = Server::new(listener);
-        let cfg = Arc::new(cfg);
         let on_connected = |stream: TcpStream, peer: SocketAddr| {
+            let cfg = settings.load();
             let accepted = admit(&cfg, &stats, peer);
             let image = Arc::clone(&image);
             let stats = Arc::clone(&stats);
             let idle = cfg.idle_timeout;
+            let settings = Arc::clone(&settings);
             async move {
                 let Some(guard) = accepted else {
                     drop(stream); // closed at accept, not queued
@@ -107,7 +118,8 @@ impl PushServer {
                     peer,
                     _guard: guard,
                 };
-                Ok(Some((svc, IdleTimeout::new(stream, idle, stats))))
+                let stream = IdleTimeout::new(stream, idle, stats).allowed_while(settings, peer);
+                Ok(Some((svc, stream)))
             }
         };
         let on_error = |e: io::Error| tracing::debug!("push connection ended: {e}");
@@ -116,7 +128,9 @@ impl PushServer {
                 () = cancel.cancelled() => return,
                 r = server.serve(&on_connected, on_error) => {
                     if let Err(e) = r {
-                        tracing::warn!("push server: accept failed: {e}; retrying in 1s");
+                        if let Some(more) = crate::logging::limited(format!("push server: accept failed: {e}; retrying every 1s")) {
+                            tracing::warn!("push server: accept failed: {e}; retrying in 1s{more}");
+                        }
                     }
                 }
             }
@@ -132,14 +146,25 @@ impl PushServer {
 fn admit(cfg: &PushConfig, stats: &Arc<PushStats>, peer: SocketAddr) -> Option<ConnectionGuard> {
     if !cfg.allows(peer.ip()) {
         stats.refused_not_allowed.fetch_add(1, Relaxed);
-        tracing::warn!(%peer, "push connection refused: not in push.allow_from");
+        let ip = peer.ip();
+        if let Some(more) = crate::logging::limited(format!(
+            "push connection refused from {ip}: not in push.allow_from"
+        )) {
+            tracing::warn!(%peer, "push connection refused: not in push.allow_from{more}");
+        }
         return None;
     }
     let open = stats.open.fetch_add(1, Relaxed);
     if open >= cfg.max_connections {
         stats.open.fetch_sub(1, Relaxed);
         stats.refused_limit.fetch_add(1, Relaxed);
-        tracing::warn!(%peer, limit = cfg.max_connections, "push connection refused: push.max_connections reached");
+        if let Some(more) = crate::logging::limited(format!(
+            "push connection refused from {}: push.max_connections ({}) reached",
+            peer.ip(),
+            cfg.max_connections
+        )) {
+            tracing::warn!(%peer, limit = cfg.max_connections, "push connection refused: push.max_connections reached{more}");
+        }
         return None;
     }
     stats.connections_accepted.fetch_add(1, Relaxed);
@@ -244,6 +269,9 @@ struct IdleTimeout {
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
     stats: Arc<PushStats>,
+    /// Live settings and the peer: a request from a peer a reload removed from the allow
+    /// list closes the connection.
+    allow: Option<(Arc<ArcSwap<PushConfig>>, SocketAddr)>,
 }
 
 impl IdleTimeout {
@@ -253,6 +281,20 @@ impl IdleTimeout {
             idle,
             deadline: Box::pin(tokio::time::sleep(idle)),
             stats,
+            allow: None,
+        }
+    }
+
+    fn allowed_while(mut self, settings: Arc<ArcSwap<PushConfig>>, peer: SocketAddr) -> Self {
+        self.allow = Some((settings, peer));
+        self
+    }
+
+    /// The peer is still in the (possibly reloaded) allow list.
+    fn still_allowed(&self) -> bool {
+        match &self.allow {
+            Some((settings, peer)) => settings.load().allows(peer.ip()),
+            None => true,
         }
     }
 
@@ -286,6 +328,15 @@ impl AsyncRead for IdleTimeout {
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
                 if buf.filled().len() > before {
+                    if !self.still_allowed() {
+                        if let Some((_, peer)) = &self.allow {
+                            tracing::warn!(%peer, "push connection closed: no longer in push.allow_from");
+                        }
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::PermissionDenied,
+                            "peer no longer in push.allow_from",
+                        )));
+                    }
                     self.progress();
                 }
                 Poll::Ready(r)

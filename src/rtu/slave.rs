@@ -43,6 +43,9 @@ pub struct RtuStats {
     pub tx_bytes: AtomicU64,
     /// Our own replies echoed back by the adapter (and ignored).
     pub echoes: AtomicU64,
+    /// Beats of the serving loop (every [`crate::systemd::HEARTBEAT`], also while the bus is
+    /// idle) and of the device retry loop: the watchdog's proof that the loop runs.
+    pub heartbeat: AtomicU64,
 }
 
 impl RtuStats {
@@ -166,6 +169,10 @@ impl RtuSlave {
         let mut tx = [0u8; MAX_ADU];
         let mut replay = [0u8; MAX_ADU];
         let mut last_byte = Instant::now();
+        // A periodic branch so the loop beats while reads block on an idle bus; polled before
+        // the read, whose future is cancel-safe (no byte is lost when the beat wins).
+        let mut beat = tokio::time::interval(crate::systemd::HEARTBEAT);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // Wait for bytes; with a partial frame buffered, only until the line falls silent.
             let read = async {
@@ -183,6 +190,10 @@ impl RtuSlave {
             let n = tokio::select! {
                 biased;
                 () = cancel.cancelled() => return Ok(()),
+                _ = beat.tick() => {
+                    self.stats.heartbeat.fetch_add(1, Relaxed);
+                    continue;
+                }
                 r = read => r,
             };
             let n = match n {
