@@ -27,6 +27,14 @@ pub struct Config {
     pub regions: Vec<Region>,
     /// The register profile that gives the words meaning (status page, checks, writes).
     pub profile: Option<ProfileRef>,
+    /// The status HTTP endpoint (`/`, `/status`, `/metrics`, `/journal`); off when absent.
+    pub status: Option<StatusConfig>,
+}
+
+/// The status HTTP endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusConfig {
+    pub listen: SocketAddr,
 }
 
 /// Where the config names its register profile.
@@ -272,6 +280,14 @@ struct RawConfig {
     regions: Spanned<Vec<Spanned<RawRegion>>>,
     #[serde(default)]
     profile: Option<Spanned<String>>,
+    #[serde(default)]
+    status: Option<Spanned<RawStatus>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStatus {
+    listen: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -481,13 +497,56 @@ impl Validator<'_> {
             }),
             None => None,
         };
+        let status = raw
+            .status
+            .as_ref()
+            .map(|s| self.status(s, push.as_ref()))
+            .transpose()?;
         Ok(Config {
             rtu,
             push,
             poll,
             regions,
             profile,
+            status,
         })
+    }
+
+    fn status(
+        &mut self,
+        raw: &Spanned<RawStatus>,
+        push: Option<&PushConfig>,
+    ) -> Result<StatusConfig, ConfigError> {
+        let l = &raw.value.listen;
+        let listen: SocketAddr = l.value.trim().parse().map_err(|_| {
+            self.err(
+                line(l),
+                "status.listen",
+                format!("`{}` is not ADDRESS:PORT, e.g. 127.0.0.1:8080", l.value),
+            )
+        })?;
+        if let Some(p) = push {
+            if p.listen.port() == listen.port()
+                && listen.port() != 0
+                && (p.listen.ip() == listen.ip()
+                    || p.listen.ip().is_unspecified()
+                    || listen.ip().is_unspecified())
+            {
+                return Err(self.err(
+                    line(l),
+                    "status.listen",
+                    format!("{listen} collides with push.listen {}", p.listen),
+                ));
+            }
+        }
+        if !listen.ip().is_loopback() {
+            self.warn(
+                line(l),
+                "status.listen",
+                format_args!("{listen} is reachable from the network; the status page and /metrics have no authentication (read-only)"),
+            );
+        }
+        Ok(StatusConfig { listen })
     }
 
     fn rtu(&mut self, raw: &Spanned<RawRtu>) -> Result<RtuConfig, ConfigError> {
@@ -945,6 +1004,9 @@ impl Config {
                 "poll: {} unit {} timeout {:?}",
                 p.host, p.unit_id, p.timeout
             );
+        }
+        if let Some(st) = &self.status {
+            let _ = writeln!(s, "status: http://{}/", st.listen);
         }
         let _ = writeln!(s, "regions:");
         let _ = writeln!(

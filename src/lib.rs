@@ -23,3 +23,7 @@ pub mod rtu;
 pub mod serial;
 pub mod sim;
 pub mod util;
+
+// Operations: the status page, metrics and the frame journal.
+pub mod journal;
+pub mod status;
