@@ -52,6 +52,8 @@ pub enum DropReason {
 pub enum Action {
     /// Answered with data (RTU: reply bytes; push: write acknowledged / read answered).
     Answered { bytes: u16 },
+    /// A push write applied to the image and acknowledged.
+    Written,
     /// Answered with this exception code.
     Exception { code: u8 },
     /// No reply: a touched region was stale and its policy is silence.
@@ -288,6 +290,7 @@ fn encode(t_us: u64, r: &Record) -> [u64; 3] {
         Action::PollFailed(PollFailure::Timeout) => (7, 0),
         Action::PollFailed(PollFailure::Transport) => (8, 0),
         Action::PollFailed(PollFailure::Exception(code)) => (9, u64::from(code)),
+        Action::Written => (10, 0),
     };
     let latency = u64::try_from(r.latency.as_micros())
         .unwrap_or(u64::MAX)
@@ -326,6 +329,7 @@ fn decode([w0, w1, w2]: [u64; 3]) -> Option<Entry> {
         7 => Action::PollFailed(PollFailure::Timeout),
         8 => Action::PollFailed(PollFailure::Transport),
         9 => Action::PollFailed(PollFailure::Exception(arg as u8)),
+        10 => Action::Written,
         _ => return None,
     };
     Some(Entry {
@@ -377,6 +381,7 @@ impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Action::Answered { bytes } => write!(f, "answered, {bytes} bytes"),
+            Action::Written => f.write_str("written"),
             Action::Exception { code } => write!(f, "exception {code:02}"),
             Action::SilentStale => f.write_str("silent: stale"),
             Action::SilentWarmup => f.write_str("silent: warm-up"),
@@ -395,6 +400,7 @@ impl Action {
     pub fn kind(&self) -> &'static str {
         match self {
             Action::Answered { .. } => "answered",
+            Action::Written => "written",
             Action::Exception { .. } => "exception",
             Action::SilentStale => "silent_stale",
             Action::SilentWarmup => "silent_warmup",
@@ -476,6 +482,7 @@ mod tests {
     fn every_action_survives_the_round_trip() {
         let actions = [
             Action::Answered { bytes: 153 },
+            Action::Written,
             Action::Exception { code: 2 },
             Action::SilentStale,
             Action::SilentWarmup,

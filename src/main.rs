@@ -43,6 +43,9 @@ enum Command {
         /// Household seed of the simulated KSEM.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Serve the status page (/, /status, /metrics, /journal) here, e.g. 127.0.0.1:8080.
+        #[arg(long)]
+        status: Option<SocketAddr>,
     },
     /// Run a simulated device.
     #[command(subcommand)]
@@ -104,7 +107,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => block_on(run(config)),
-        Command::Demo { duration, seed } => block_on(demo(duration, seed)),
+        Command::Demo {
+            duration,
+            seed,
+            status,
+        } => block_on(demo(duration, seed, status)),
         Command::Simulate(Simulate::Ksem {
             listen,
             push_to,
@@ -239,11 +246,16 @@ async fn shutdown_signal() {
     }
 }
 
-async fn demo(duration: Option<Duration>, seed: u64) -> anyhow::Result<()> {
+async fn demo(
+    duration: Option<Duration>,
+    seed: u64,
+    status: Option<SocketAddr>,
+) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let opts = airbridge::demo::DemoOptions {
         duration,
         seed,
+        status,
         ..Default::default()
     };
     let run = airbridge::demo::run(opts, cancel.clone());

@@ -201,7 +201,7 @@ impl tokio_modbus::server::Service for PushService {
                         bytes: (w.len() * 2) as u16,
                     }
                 }
-                Ok(_) => journal::Action::Answered { bytes: 0 },
+                Ok(_) => journal::Action::Written,
                 Err(code) => journal::Action::Exception {
                     code: u8::from(*code),
                 },
