@@ -41,6 +41,14 @@ pub struct Config {
     pub region_lines: BTreeMap<String, u64>,
     /// Logging (`log:`).
     pub log: LogConfig,
+    /// The status HTTP endpoint (`/`, `/status`, `/metrics`, `/journal`); off when absent.
+    pub status: Option<StatusConfig>,
+}
+
+/// The status HTTP endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusConfig {
+    pub listen: SocketAddr,
 }
 
 /// `log:`: the level of the gateway's log; changes on SIGHUP. `RUST_LOG` wins if set.
@@ -432,6 +440,14 @@ struct RawConfig {
     writable: Option<Spanned<Vec<Spanned<WritableText>>>>,
     #[serde(default)]
     log: Option<Spanned<RawLog>>,
+    #[serde(default)]
+    status: Option<Spanned<RawStatus>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStatus {
+    listen: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -768,6 +784,11 @@ impl Validator<'_> {
             None => None,
         };
         let log = self.log(raw.log.as_ref())?;
+        let status = raw
+            .status
+            .as_ref()
+            .map(|s| self.status(s, push.as_ref()))
+            .transpose()?;
         Ok(Config {
             rtu,
             push,
@@ -780,7 +801,45 @@ impl Validator<'_> {
             writable,
             region_lines,
             log,
+            status,
         })
+    }
+
+    fn status(
+        &mut self,
+        raw: &Spanned<RawStatus>,
+        push: Option<&PushConfig>,
+    ) -> Result<StatusConfig, ConfigError> {
+        let l = &raw.value.listen;
+        let listen: SocketAddr = l.value.trim().parse().map_err(|_| {
+            self.err(
+                line(l),
+                "status.listen",
+                format!("`{}` is not ADDRESS:PORT, e.g. 127.0.0.1:8080", l.value),
+            )
+        })?;
+        if let Some(p) = push {
+            if p.listen.port() == listen.port()
+                && listen.port() != 0
+                && (p.listen.ip() == listen.ip()
+                    || p.listen.ip().is_unspecified()
+                    || listen.ip().is_unspecified())
+            {
+                return Err(self.err(
+                    line(l),
+                    "status.listen",
+                    format!("{listen} collides with push.listen {}", p.listen),
+                ));
+            }
+        }
+        if !listen.ip().is_loopback() {
+            self.warn(
+                line(l),
+                "status.listen",
+                format_args!("{listen} is reachable from the network; the status page and /metrics have no authentication (read-only)"),
+            );
+        }
+        Ok(StatusConfig { listen })
     }
 
     fn log(&mut self, raw: Option<&Spanned<RawLog>>) -> Result<LogConfig, ConfigError> {
@@ -1680,6 +1739,9 @@ impl Config {
         if !self.writable.is_empty() {
             let w: Vec<String> = self.writable.iter().map(|e| e.target.to_string()).collect();
             let _ = writeln!(s, "writable: [{}]", w.join(", "));
+        }
+        if let Some(st) = &self.status {
+            let _ = writeln!(s, "status: http://{}/", st.listen);
         }
         let _ = writeln!(s, "regions:");
         let _ = writeln!(

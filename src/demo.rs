@@ -28,6 +28,8 @@ pub struct DemoOptions {
     pub seed: u64,
     /// Print a status line every second.
     pub report: bool,
+    /// Serve the status page here (`127.0.0.1:0` picks a free port).
+    pub status: Option<std::net::SocketAddr>,
 }
 
 impl Default for DemoOptions {
@@ -38,6 +40,7 @@ impl Default for DemoOptions {
             poll_interval: Duration::from_millis(160),
             seed: 1,
             report: true,
+            status: None,
         }
     }
 }
@@ -80,13 +83,21 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
 
     let (inverter_end, gateway_end) = tokio_serial::SerialStream::pair()
         .map_err(|e| anyhow::anyhow!("cannot create a pseudo-terminal pair: {e}"))?;
-    let config = demo_config(ksem.slave_addr())?;
-    let gateway = Gateway::start(
+    let mut config = demo_config(ksem.slave_addr())?;
+    config.status = opts.status.map(|listen| config::StatusConfig { listen });
+    let start = crate::gateway::StartOptions {
+        profile: Some(builtin_ksem_profile()?),
+    };
+    let gateway = Gateway::start_with(
         config,
         RtuPort::Stream(Box::new(gateway_end)),
         cancel.clone(),
+        start,
     )
     .await?;
+    if let (Some(addr), true) = (gateway.status_addr, opts.report) {
+        println!("status page: http://{addr}/  (also /status, /metrics, /journal)");
+    }
     let push_addr = gateway
         .push_addr
         .ok_or_else(|| anyhow::anyhow!("demo gateway has no push listener"))?;
@@ -411,4 +422,13 @@ regions:
         );
     }
     Ok(summary)
+}
+
+/// The KSEM G2 profile built into the binary, so the demo's status page decodes values
+/// without any file.
+pub fn builtin_ksem_profile() -> anyhow::Result<crate::profile::Profile> {
+    Ok(crate::profile::parse(
+        include_str!("../profiles/ksem-g2.yaml"),
+        "profiles/ksem-g2.yaml (built in)",
+    )?)
 }

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::image::Image;
+use crate::journal::Journal;
 use crate::poll::{PollStats, Poller};
 use crate::push::{PushServer, PushStats};
 use crate::rtu::slave::{RtuSlave, RtuStats};
@@ -58,6 +59,16 @@ pub struct Handles {
     pub tcp: Arc<TcpStats>,
     /// The config in force; hot reload goes through it ([`crate::reload::apply`]).
     pub live: Arc<crate::reload::Live>,
+    /// The last frames seen on every link (`/journal`, SIGUSR1).
+    pub journal: Arc<Journal>,
+}
+
+/// Optional parts of a start.
+#[derive(Debug, Default)]
+pub struct StartOptions {
+    /// Decode the status page's key values with this profile instead of `config.profile`
+    /// (the demo's built-in KSEM profile).
+    pub profile: Option<crate::profile::Profile>,
 }
 
 /// A running gateway.
@@ -67,6 +78,8 @@ pub struct Gateway {
     pub push_addr: Option<SocketAddr>,
     /// Where the TCP server for LAN clients listens (resolved).
     pub tcp_addr: Option<SocketAddr>,
+    /// Where the status endpoint listens, when configured.
+    pub status_addr: Option<SocketAddr>,
     tasks: JoinSet<&'static str>,
 }
 
@@ -78,7 +91,7 @@ impl Gateway {
         port: RtuPort,
         cancel: CancellationToken,
     ) -> anyhow::Result<Gateway> {
-        Self::start_with_bus(config, port, BusPort::Device, cancel).await
+        Self::start_full(config, port, BusPort::Device, cancel, StartOptions::default()).await
     }
 
     /// [`Gateway::start`] with the RTU poller's bus given too.
@@ -87,6 +100,26 @@ impl Gateway {
         port: RtuPort,
         bus: BusPort,
         cancel: CancellationToken,
+    ) -> anyhow::Result<Gateway> {
+        Self::start_full(config, port, bus, cancel, StartOptions::default()).await
+    }
+
+    /// [`Gateway::start`] with [`StartOptions`].
+    pub async fn start_with(
+        config: Config,
+        port: RtuPort,
+        cancel: CancellationToken,
+        options: StartOptions,
+    ) -> anyhow::Result<Gateway> {
+        Self::start_full(config, port, BusPort::Device, cancel, options).await
+    }
+
+    async fn start_full(
+        config: Config,
+        port: RtuPort,
+        bus: BusPort,
+        cancel: CancellationToken,
+        options: StartOptions,
     ) -> anyhow::Result<Gateway> {
         let image = Arc::new(Image::new(&config.regions));
         let handles = Handles {
@@ -97,12 +130,15 @@ impl Gateway {
             rtu_poll: Arc::default(),
             tcp: Arc::default(),
             live: Arc::new(crate::reload::Live::new(config.clone())),
+            journal: Arc::default(),
         };
         let mut tasks = JoinSet::new();
         let mut push_addr = None;
         if let Some(push_cfg) = config.push.clone() {
             let server =
-                PushServer::bind(push_cfg, Arc::clone(&image), Arc::clone(&handles.push)).await?;
+                PushServer::bind(push_cfg, Arc::clone(&image), Arc::clone(&handles.push))
+                    .await?
+                    .with_journal(Arc::clone(&handles.journal));
             handles.live.attach_push(server.settings());
             let addr = server.local_addr()?;
             tracing::info!(%addr, "push server listening");
@@ -113,7 +149,9 @@ impl Gateway {
                 "push server"
             });
         }
-        if let Some(poller) = Poller::new(&config, Arc::clone(&image), Arc::clone(&handles.poll)) {
+        if let Some(poller) = Poller::new(&config, Arc::clone(&image), Arc::clone(&handles.poll))
+            .map(|p| p.with_journal(Arc::clone(&handles.journal)))
+        {
             let poller = poller.follow(handles.live.subscribe());
             let c = cancel.clone();
             tasks.spawn(async move {
@@ -122,7 +160,8 @@ impl Gateway {
             });
         }
         let tcp_addr = start_kstar(&config, &handles, bus, &mut tasks, &cancel).await?;
-        let slave = RtuSlave::new(&config.rtu, Arc::clone(&image), Arc::clone(&handles.rtu));
+        let slave = RtuSlave::new(&config.rtu, Arc::clone(&image), Arc::clone(&handles.rtu))
+            .with_journal(Arc::clone(&handles.journal));
         let port = if config.rtu_slave { port } else { RtuPort::Off };
         match port {
             RtuPort::Off => {}
@@ -155,10 +194,17 @@ impl Gateway {
             monitor(img, c).await;
             "monitor"
         });
+        let status_addr = start_status(&config, options, &handles, &cancel, &mut tasks).await?;
+        let (c, journal) = (cancel.clone(), Arc::clone(&handles.journal));
+        tasks.spawn(async move {
+            dump_journal_on_sigusr1(journal, c).await;
+            "journal dump"
+        });
         Ok(Gateway {
             handles,
             push_addr,
             tcp_addr,
+            status_addr,
             tasks,
         })
     }
@@ -358,5 +404,77 @@ async fn monitor(image: Arc<Image>, cancel: CancellationToken) {
                 }
             }
         }
+    }
+}
+
+/// Bind and start the status endpoint if the config has one. A busy port is fatal (as for
+/// the push server); a profile that does not load only costs the decoded values.
+async fn start_status(
+    config: &Config,
+    options: StartOptions,
+    handles: &Handles,
+    cancel: &CancellationToken,
+    tasks: &mut JoinSet<&'static str>,
+) -> anyhow::Result<Option<SocketAddr>> {
+    use crate::status::{StatusContext, StatusServer};
+    let Some(status) = &config.status else {
+        return Ok(None);
+    };
+    let profile = match (options.profile, &config.profile) {
+        (Some(p), _) => Ok(Some(p)),
+        (None, Some(r)) => crate::profile::load(&r.path).map(Some).map_err(|e| {
+            tracing::warn!("status page: {e}; key values will not be decoded");
+            e.to_string()
+        }),
+        (None, None) => Ok(None),
+    };
+    let ctx = Arc::new(StatusContext::new(
+        handles.clone(),
+        config.regions.clone(),
+        profile,
+    ));
+    let server = StatusServer::bind(status.listen, ctx).await?;
+    let addr = server.local_addr()?;
+    tracing::info!(%addr, "status page on http://{addr}/");
+    let c = cancel.clone();
+    tasks.spawn(async move {
+        server.run(c).await;
+        "status server"
+    });
+    Ok(Some(addr))
+}
+
+/// On SIGUSR1, write the frame journal to the log (oldest first).
+async fn dump_journal_on_sigusr1(journal: Arc<Journal>, cancel: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sig = match signal(SignalKind::user_defined1()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGUSR1 (journal dump): {e}");
+            cancel.cancelled().await;
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            s = sig.recv() => {
+                if s.is_none() {
+                    cancel.cancelled().await;
+                    return;
+                }
+            }
+        }
+        let entries = journal.entries();
+        tracing::info!(
+            entries = entries.len(),
+            recorded = journal.recorded(),
+            dropped = journal.dropped(),
+            "frame journal (SIGUSR1), oldest first"
+        );
+        for e in &entries {
+            tracing::info!(target: "airbridge::journal", "{e}");
+        }
+        tracing::info!("frame journal end");
     }
 }

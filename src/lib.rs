@@ -33,3 +33,7 @@ pub mod systemd;
 pub mod tcp_server;
 pub mod util;
 pub mod writes;
+
+// Operations: the status page, metrics and the frame journal.
+pub mod journal;
+pub mod status;

@@ -49,6 +49,10 @@ enum Command {
         /// gateway (RTU poller + TCP server) → TCP client.
         #[arg(long)]
         profile: Option<PathBuf>,
+        /// Serve the status page (/, /status, /metrics, /journal) here, e.g. 127.0.0.1:8080
+        /// (KSEM demo).
+        #[arg(long)]
+        status: Option<SocketAddr>,
     },
     /// Run a simulated device.
     #[command(subcommand)]
@@ -129,15 +133,25 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Run { config } => block_on(run(config)),
         Command::Demo {
+            profile: Some(_),
+            status: Some(_),
+            ..
+        } => {
+            eprintln!("error: --status goes with the KSEM demo; the --profile demo prints its values instead");
+            ExitCode::from(2)
+        }
+        Command::Demo {
             duration,
             seed,
             profile: Some(profile),
+            status: None,
         } => block_on(demo_profile(profile, duration, seed)),
         Command::Demo {
             duration,
             seed,
             profile: None,
-        } => block_on(demo(duration, seed)),
+            status,
+        } => block_on(demo(duration, seed, status)),
         Command::Simulate(Simulate::Device {
             profile,
             device,
@@ -305,11 +319,16 @@ async fn shutdown_signal() {
     }
 }
 
-async fn demo(duration: Option<Duration>, seed: u64) -> anyhow::Result<()> {
+async fn demo(
+    duration: Option<Duration>,
+    seed: u64,
+    status: Option<SocketAddr>,
+) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let opts = airbridge::demo::DemoOptions {
         duration,
         seed,
+        status,
         ..Default::default()
     };
     let run = airbridge::demo::run(opts, cancel.clone());

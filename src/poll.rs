@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, PollConfig, MAX_READ};
 use crate::image::Image;
+use crate::journal::{self, Journal};
 use crate::util::Backoff;
 
 /// Counters of the poll side.
@@ -38,6 +39,35 @@ pub struct PollStats {
     /// Region reads dropped because a push landed in the region while they ran.
     pub superseded: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// Per region (by name): reads by result and the last error (status page, metrics).
+    pub by_region: Mutex<std::collections::BTreeMap<String, RegionPollCounts>>,
+}
+
+/// Poll reads of one region by result.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RegionPollCounts {
+    pub ok: u64,
+    /// Discarded: a push landed in the region while the read ran.
+    pub superseded: u64,
+    pub timeout: u64,
+    pub exception: u64,
+    /// Connection or protocol errors.
+    pub transport: u64,
+    /// The last failure and when it happened.
+    pub last_error: Option<(String, std::time::SystemTime)>,
+}
+
+impl RegionPollCounts {
+    /// `(result label, count)` as in `/metrics`.
+    pub fn by_result(&self) -> [(&'static str, u64); 5] {
+        [
+            ("ok", self.ok),
+            ("superseded", self.superseded),
+            ("timeout", self.timeout),
+            ("exception", self.exception),
+            ("transport", self.transport),
+        ]
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +122,7 @@ pub struct Poller {
     stats: Arc<PollStats>,
     /// Reloaded configs (see [`Poller::follow`]).
     updates: Option<tokio::sync::watch::Receiver<Arc<Config>>>,
+    journal: Option<Arc<Journal>>,
 }
 
 impl Poller {
@@ -129,6 +160,7 @@ impl Poller {
             image,
             stats,
             updates: None,
+            journal: None,
         })
     }
 
@@ -167,6 +199,56 @@ impl Poller {
             if let Kind::Fallback { max_age } = &mut t.kind {
                 *max_age = r.max_age;
             }
+        }
+    }
+
+    /// Record every region read in `journal`.
+    pub fn with_journal(mut self, journal: Arc<Journal>) -> Self {
+        self.journal = Some(journal);
+        self
+    }
+
+    /// Count a region read by result and journal it.
+    fn note(&self, i: usize, started: Instant, done: Instant, result: Result<bool, &PollError>) {
+        let Some(t) = self.tasks.get(i) else { return };
+        let action = match result {
+            Ok(true) => journal::Action::Polled {
+                bytes: t.count.saturating_mul(2),
+            },
+            Ok(false) => journal::Action::Superseded,
+            Err(PollError::Timeout(_)) => {
+                journal::Action::PollFailed(journal::PollFailure::Timeout)
+            }
+            Err(PollError::Exception(c)) => {
+                journal::Action::PollFailed(journal::PollFailure::Exception(u8::from(*c)))
+            }
+            Err(_) => journal::Action::PollFailed(journal::PollFailure::Transport),
+        };
+        if let Ok(mut m) = self.stats.by_region.lock() {
+            let c = m.entry(t.name.clone()).or_default();
+            match action {
+                journal::Action::Polled { .. } => c.ok += 1,
+                journal::Action::Superseded => c.superseded += 1,
+                journal::Action::PollFailed(journal::PollFailure::Timeout) => c.timeout += 1,
+                journal::Action::PollFailed(journal::PollFailure::Exception(_)) => c.exception += 1,
+                _ => c.transport += 1,
+            }
+            if let Err(e) = result {
+                c.last_error = Some((e.to_string(), std::time::SystemTime::now()));
+            }
+        }
+        if let Some(j) = &self.journal {
+            j.record(&journal::Record {
+                at: started.into_std(),
+                link: journal::Link::Poll,
+                dir: journal::Dir::Out,
+                unit: self.cfg.unit_id,
+                function: 3,
+                address: t.start,
+                count: t.count,
+                action,
+                latency: done.saturating_duration_since(started),
+            });
         }
     }
 
@@ -266,6 +348,7 @@ impl Poller {
                             .commit_poll(self.tasks[i].region, &words, started, done)
                         {
                             Ok(true) => {
+                                self.note(i, started, done, Ok(true));
                                 self.stats.regions_ok.fetch_add(1, Relaxed);
                                 if matches!(self.tasks[i].kind, Kind::Fallback { .. }) {
                                     self.stats.fallback_polls.fetch_add(1, Relaxed);
@@ -273,6 +356,7 @@ impl Poller {
                             }
                             // A push landed meanwhile: it is newer than what we read.
                             Ok(false) => {
+                                self.note(i, started, done, Ok(false));
                                 self.stats.superseded.fetch_add(1, Relaxed);
                             }
                             // The region's length is fixed by the config; cannot happen.
@@ -294,6 +378,7 @@ impl Poller {
                         t.next = done + t.every;
                     }
                     Err(e) => {
+                        self.note(i, started, done, Err(&e));
                         self.stats.regions_failed.fetch_add(1, Relaxed);
                         let t = &mut self.tasks[i];
                         if !t.failing {

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{PushConfig, MAX_READ};
 use crate::image::Image;
+use crate::journal::{self, Journal};
 
 /// Counters of the push side.
 #[derive(Debug, Default)]
@@ -55,6 +56,7 @@ pub struct PushServer {
     settings: Arc<ArcSwap<PushConfig>>,
     image: Arc<Image>,
     stats: Arc<PushStats>,
+    journal: Option<Arc<Journal>>,
 }
 
 impl PushServer {
@@ -72,7 +74,14 @@ impl PushServer {
             settings: Arc::new(ArcSwap::from_pointee(cfg)),
             image,
             stats,
+            journal: None,
         })
+    }
+
+    /// Record every request and its answer in `journal`.
+    pub fn with_journal(mut self, journal: Arc<Journal>) -> Self {
+        self.journal = Some(journal);
+        self
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -97,6 +106,7 @@ impl PushServer {
             settings,
             image,
             stats,
+            journal,
         } = self;
         let server = Server::new(listener);
         let on_connected = |stream: TcpStream, peer: SocketAddr| {
@@ -104,6 +114,7 @@ impl PushServer {
             let accepted = admit(&cfg, &stats, peer);
             let image = Arc::clone(&image);
             let stats = Arc::clone(&stats);
+            let journal = journal.clone();
             let idle = cfg.idle_timeout;
             let settings = Arc::clone(&settings);
             async move {
@@ -116,6 +127,7 @@ impl PushServer {
                     image,
                     stats: Arc::clone(&stats),
                     peer,
+                    journal,
                     _guard: guard,
                 };
                 let stream = IdleTimeout::new(stream, idle, stats).allowed_while(settings, peer);
@@ -192,6 +204,7 @@ struct PushService {
     image: Arc<Image>,
     stats: Arc<PushStats>,
     peer: SocketAddr,
+    journal: Option<Arc<Journal>>,
     _guard: ConnectionGuard,
 }
 
@@ -202,7 +215,46 @@ impl tokio_modbus::server::Service for PushService {
     type Future = std::future::Ready<Result<Response, ExceptionCode>>;
 
     fn call(&self, req: Self::Request) -> Self::Future {
-        std::future::ready(self.handle(req.request))
+        let at = std::time::Instant::now();
+        let unit = req.slave;
+        let (function, address, count) = journal_fields(&req.request);
+        let result = self.handle(req.request);
+        if let Some(j) = &self.journal {
+            let action = match &result {
+                Ok(Response::ReadHoldingRegisters(w) | Response::ReadInputRegisters(w)) => {
+                    journal::Action::Answered {
+                        bytes: (w.len() * 2) as u16,
+                    }
+                }
+                Ok(_) => journal::Action::Written,
+                Err(code) => journal::Action::Exception {
+                    code: u8::from(*code),
+                },
+            };
+            j.record(&journal::Record {
+                at,
+                link: journal::Link::Push,
+                dir: journal::Dir::In,
+                unit,
+                function,
+                address,
+                count,
+                action,
+                latency: at.elapsed(),
+            });
+        }
+        std::future::ready(result)
+    }
+}
+
+/// Function code, address and register count of a request, for the journal.
+fn journal_fields(req: &Request<'_>) -> (u8, u16, u16) {
+    let fc = req.function_code().value();
+    match req {
+        Request::WriteMultipleRegisters(a, v) => (fc, *a, v.len() as u16),
+        Request::WriteSingleRegister(a, _) => (fc, *a, 1),
+        Request::ReadHoldingRegisters(a, n) | Request::ReadInputRegisters(a, n) => (fc, *a, *n),
+        _ => (fc, 0, 0),
     }
 }
 

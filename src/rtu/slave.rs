@@ -18,6 +18,8 @@ use super::frame::{Frame, Framer, FramerStats, MAX_ADU};
 use super::pdu::{self, Outcome, SlaveParams};
 use crate::config::RtuConfig;
 use crate::image::Image;
+use crate::journal::{self, Journal};
+use crate::status::stats::{FunctionCounters, LatencyHistogram};
 
 /// Counters of the RTU side, cumulative over reconnects of the serial port.
 #[derive(Debug, Default)]
@@ -46,6 +48,10 @@ pub struct RtuStats {
     /// Beats of the serving loop (every [`crate::systemd::HEARTBEAT`], also while the bus is
     /// idle) and of the device retry loop: the watchdog's proof that the loop runs.
     pub heartbeat: AtomicU64,
+    /// Request's last byte received → reply written, per reply.
+    pub latency: LatencyHistogram,
+    /// Requests for our unit by function code and result.
+    pub requests_by_function: FunctionCounters,
 }
 
 impl RtuStats {
@@ -97,6 +103,7 @@ pub struct RtuSlave {
     timing: SlaveTiming,
     image: Arc<Image>,
     stats: Arc<RtuStats>,
+    journal: Option<Arc<Journal>>,
 }
 
 impl RtuSlave {
@@ -116,11 +123,93 @@ impl RtuSlave {
             },
             image,
             stats,
+            journal: None,
         }
     }
 
     pub fn stats(&self) -> &Arc<RtuStats> {
         &self.stats
+    }
+
+    /// Record every frame (after its reply is written) in `journal`.
+    pub fn with_journal(mut self, journal: Arc<Journal>) -> Self {
+        self.journal = Some(journal);
+        self
+    }
+
+    /// Journal a frame received at `at`.
+    #[allow(clippy::too_many_arguments)]
+    fn journal(
+        &self,
+        at: Instant,
+        unit: u8,
+        function: u8,
+        address: u16,
+        count: u16,
+        action: journal::Action,
+        latency: Duration,
+    ) {
+        if let Some(j) = &self.journal {
+            j.record(&journal::Record {
+                at: at.into_std(),
+                link: journal::Link::Rtu,
+                dir: journal::Dir::In,
+                unit,
+                function,
+                address,
+                count,
+                action,
+                latency,
+            });
+        }
+    }
+
+    /// Count the framer's new counters and journal its drops (CRC, partial, garbage,
+    /// oversize; foreign and broadcast frames are journalled with their unit in `handle`).
+    fn note_framer(&self, now: FramerStats, last: &mut FramerStats, at: Instant) {
+        if self.journal.is_some() {
+            use journal::{Action::Dropped, DropReason};
+            let unit = self.params.unit;
+            for _ in 0..(now.crc_errors - last.crc_errors).min(8) {
+                self.journal(at, unit, 0, 0, 0, Dropped(DropReason::Crc), Duration::ZERO);
+            }
+            for _ in 0..(now.partial_discarded - last.partial_discarded).min(8) {
+                self.journal(
+                    at,
+                    unit,
+                    0,
+                    0,
+                    0,
+                    Dropped(DropReason::Partial),
+                    Duration::ZERO,
+                );
+            }
+            for _ in 0..(now.oversize - last.oversize).min(8) {
+                self.journal(
+                    at,
+                    unit,
+                    0,
+                    0,
+                    0,
+                    Dropped(DropReason::Oversize),
+                    Duration::ZERO,
+                );
+            }
+            let garbage = now.garbage_bytes - last.garbage_bytes;
+            if garbage > 0 {
+                let n = u16::try_from(garbage).unwrap_or(u16::MAX);
+                self.journal(
+                    at,
+                    unit,
+                    0,
+                    0,
+                    n,
+                    Dropped(DropReason::Garbage),
+                    Duration::ZERO,
+                );
+            }
+        }
+        self.stats.add_framer(now, last);
     }
 
     /// Use tokio's timer alone for the turnaround (millisecond granularity). Tests with a
@@ -200,7 +289,7 @@ impl RtuSlave {
                 None => {
                     // Silence: whatever is buffered is now delimited.
                     let f = framer.on_silence();
-                    self.stats.add_framer(framer.stats(), &mut last_stats);
+                    self.note_framer(framer.stats(), &mut last_stats, last_byte);
                     if let Some(f) = f {
                         self.handle(f, last_byte, &mut stream, &mut tx, &mut echo)
                             .await?;
@@ -229,7 +318,7 @@ impl RtuSlave {
                     }
                 }
             }
-            self.stats.add_framer(framer.stats(), &mut last_stats);
+            self.note_framer(framer.stats(), &mut last_stats, last_byte);
         }
     }
 
@@ -244,13 +333,48 @@ impl RtuSlave {
     where
         S: AsyncWrite + Unpin,
     {
-        let Frame::Request(req) = frame else {
-            return Ok(()); // foreign traffic and broadcasts are counted by the framer
+        use journal::{Action, DropReason};
+        // Foreign traffic and broadcasts are counted by the framer.
+        let req = match frame {
+            Frame::Request(req) => req,
+            Frame::Foreign { unit, function } => {
+                let drop = Action::Dropped(DropReason::ForeignUnit);
+                self.journal(request_end, unit, function, 0, 0, drop, Duration::ZERO);
+                return Ok(());
+            }
+            Frame::Broadcast { function } => {
+                let drop = Action::Dropped(DropReason::Broadcast);
+                self.journal(request_end, 0, function, 0, 0, drop, Duration::ZERO);
+                return Ok(());
+            }
         };
         let outcome = pdu::answer(self.params, req, &self.image, Instant::now(), tx);
         self.stats.count(outcome);
+        let (function, address, count) = match req {
+            super::frame::Request::Read {
+                function,
+                address,
+                count,
+            } => (function, address, count),
+            super::frame::Request::Other { function } => (function, 0, 0),
+        };
+        self.stats.requests_by_function.count(function, outcome);
+        let unit = self.params.unit;
         let Some(len) = outcome.reply_len() else {
             tracing::trace!(?req, ?outcome, "no reply");
+            let action = match outcome {
+                pdu::Outcome::SilentWarmup => Action::SilentWarmup,
+                _ => Action::SilentStale,
+            };
+            self.journal(
+                request_end,
+                unit,
+                function,
+                address,
+                count,
+                action,
+                Duration::ZERO,
+            );
             return Ok(());
         };
         self.wait_turnaround(request_end + self.timing.turnaround)
@@ -258,7 +382,16 @@ impl RtuSlave {
         // No flush: a tty has no user-space buffer, and its flush is a blocking tcdrain that
         // would hold a runtime worker for the reply's whole wire time.
         stream.write_all(&tx[..len]).await?;
+        let written = Instant::now();
+        let latency = written.saturating_duration_since(request_end);
+        self.stats.latency.record(latency);
         self.stats.tx_bytes.fetch_add(len as u64, Relaxed);
+        // Recorded after the reply is written: the journal costs the inverter nothing.
+        let action = match outcome {
+            pdu::Outcome::Exception { code } => Action::Exception { code },
+            _ => Action::Answered { bytes: len as u16 },
+        };
+        self.journal(request_end, unit, function, address, count, action, latency);
         // An adapter that echoes its transmission hands our reply back to us, within its
         // wire time plus the usual silence.
         let wire = self.timing.char_time.saturating_mul(len as u32);
