@@ -91,7 +91,14 @@ impl Gateway {
         port: RtuPort,
         cancel: CancellationToken,
     ) -> anyhow::Result<Gateway> {
-        Self::start_full(config, port, BusPort::Device, cancel, StartOptions::default()).await
+        Self::start_full(
+            config,
+            port,
+            BusPort::Device,
+            cancel,
+            StartOptions::default(),
+        )
+        .await
     }
 
     /// [`Gateway::start`] with the RTU poller's bus given too.
@@ -135,10 +142,9 @@ impl Gateway {
         let mut tasks = JoinSet::new();
         let mut push_addr = None;
         if let Some(push_cfg) = config.push.clone() {
-            let server =
-                PushServer::bind(push_cfg, Arc::clone(&image), Arc::clone(&handles.push))
-                    .await?
-                    .with_journal(Arc::clone(&handles.journal));
+            let server = PushServer::bind(push_cfg, Arc::clone(&image), Arc::clone(&handles.push))
+                .await?
+                .with_journal(Arc::clone(&handles.journal));
             handles.live.attach_push(server.settings());
             let addr = server.local_addr()?;
             tracing::info!(%addr, "push server listening");

@@ -136,12 +136,14 @@ pub fn render(ctx: &StatusContext) -> String {
         "gauge",
         "The region's max_age: older data is stale (static regions never age and are left out).",
     );
-    for spec in image.specs() {
-        if spec.max_age != Duration::MAX {
+    for (i, spec) in image.specs().iter().enumerate() {
+        // The rule in force (hot reload), not the one at start.
+        let max_age = image.freshness(i).map_or(spec.max_age, |f| f.max_age);
+        if max_age != Duration::MAX {
             o.sample(
                 "airbridge_region_max_age_seconds",
                 &[("region", &spec.name)],
-                spec.max_age.as_secs_f64(),
+                max_age.as_secs_f64(),
             );
         }
     }

@@ -201,14 +201,19 @@ pub fn status_json(ctx: &StatusContext) -> Json {
             let last_error = poll_regions.get(&spec.name).and_then(|c| c.last_error.as_ref()).map(|(m, at)| {
                 json!({"message": m, "ago_s": secs(wall.duration_since(*at).unwrap_or_default())})
             });
+            // The rules in force (a hot reload may have changed them since start).
+            let rule = image.freshness(i).unwrap_or(crate::image::Freshness {
+                max_age: spec.max_age,
+                on_stale: spec.on_stale,
+            });
             json!({
                 "name": spec.name,
                 "start": spec.start,
                 "count": spec.count,
                 "source": source,
                 "age_s": image.age(&snap, i, now).map(secs),
-                "max_age_s": (spec.max_age != Duration::MAX).then(|| secs(spec.max_age)),
-                "on_stale": spec.on_stale.as_str(),
+                "max_age_s": (rule.max_age != Duration::MAX).then(|| secs(rule.max_age)),
+                "on_stale": rule.on_stale.as_str(),
                 "stale": image.is_stale(&snap, i, now),
                 "last_error": last_error,
             })
