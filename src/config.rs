@@ -842,6 +842,33 @@ impl Validator<'_> {
         Ok(StatusConfig { listen })
     }
 
+    /// An `allow_from` list: IP addresses or CIDRs.
+    fn allow_list(&self, items: &[Spanned<String>], key: &str) -> Result<Vec<IpNet>, ConfigError> {
+        let mut allow_from = Vec::with_capacity(items.len());
+        for a in items {
+            let s = a.value.trim();
+            let net = s
+                .parse::<IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    self.err(
+                        line(a),
+                        key,
+                        format!("`{s}` is neither an IP address nor a CIDR like 192.168.178.0/24"),
+                    )
+                })?;
+            // `::ffff:a.b.c.d` means the IPv4 host; peers are compared in that form too.
+            let net = match net {
+                IpNet::V6(v6) if v6.prefix_len() == 128 => {
+                    IpNet::from(canonical_ip(IpAddr::V6(v6.addr())))
+                }
+                other => other,
+            };
+            allow_from.push(net);
+        }
+        Ok(allow_from)
+    }
+
     fn log(&mut self, raw: Option<&Spanned<RawLog>>) -> Result<LogConfig, ConfigError> {
         let Some(level) = raw.and_then(|r| r.value.level.as_ref()) else {
             return Ok(LogConfig::default());
@@ -995,28 +1022,7 @@ impl Validator<'_> {
                 ),
             )
         })?;
-        let mut allow_from = Vec::new();
-        for a in &p.allow_from {
-            let s = a.value.trim();
-            let net = s
-                .parse::<IpNet>()
-                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| {
-                    self.err(
-                        line(a),
-                        "push.allow_from",
-                        format!("`{s}` is neither an IP address nor a CIDR like 192.168.178.0/24"),
-                    )
-                })?;
-            // `::ffff:a.b.c.d` means the IPv4 host; peers are compared in that form too.
-            let net = match net {
-                IpNet::V6(v6) if v6.prefix_len() == 128 => {
-                    IpNet::from(canonical_ip(IpAddr::V6(v6.addr())))
-                }
-                other => other,
-            };
-            allow_from.push(net);
-        }
+        let allow_from = self.allow_list(&p.allow_from, "push.allow_from")?;
         if allow_from.is_empty() {
             self.warn(line(raw), "push.allow_from", "empty: any host on the network may write the registers the inverter is served; list the KSEM's address");
         }
@@ -1460,27 +1466,7 @@ impl Validator<'_> {
                 format!("`{}` is not ADDRESS:PORT, e.g. 0.0.0.0:502", t.listen.value),
             )
         })?;
-        let mut allow_from = Vec::new();
-        for a in &t.allow_from {
-            let s = a.value.trim();
-            let net = s
-                .parse::<IpNet>()
-                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| {
-                    self.err(
-                        line(a),
-                        "tcp_server.allow_from",
-                        format!("`{s}` is neither an IP address nor a CIDR like 192.168.178.0/24"),
-                    )
-                })?;
-            let net = match net {
-                IpNet::V6(v6) if v6.prefix_len() == 128 => {
-                    IpNet::from(canonical_ip(IpAddr::V6(v6.addr())))
-                }
-                other => other,
-            };
-            allow_from.push(net);
-        }
+        let allow_from = self.allow_list(&t.allow_from, "tcp_server.allow_from")?;
         if allow_from.is_empty() {
             self.warn(
                 line(raw),

@@ -378,26 +378,23 @@ async fn simulate_inverter(
         Arc::clone(&stats),
         cancel.clone(),
     ));
-    let start = tokio::time::Instant::now();
-    let mut tick = tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
-    let end = async {
-        match duration {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(end);
-    loop {
-        tokio::select! {
-            () = shutdown_signal() => break,
-            () = &mut end => break,
-            _ = tick.tick() => {
-                let c = stats.snapshot();
-                let view = stats.last_view().map_or_else(|| "no data yet".to_string(), |v| format!("grid {:+.1} W  L1 {:.1} V  L2 {:.1} V  L3 {:.1} V", v.grid_power_w, v.voltages_v[0], v.voltages_v[1], v.voltages_v[2]));
-                println!("{view}  | replies {} exceptions {} timeouts {} bad frames {}", c.replies, c.exceptions, c.timeouts, c.bad_frames);
-            }
-        }
-    }
+    every_second_until_stopped(duration, || {
+        let c = stats.snapshot();
+        let view = stats.last_view().map_or_else(
+            || "no data yet".to_string(),
+            |v| {
+                format!(
+                    "grid {:+.1} W  L1 {:.1} V  L2 {:.1} V  L3 {:.1} V",
+                    v.grid_power_w, v.voltages_v[0], v.voltages_v[1], v.voltages_v[2]
+                )
+            },
+        );
+        println!(
+            "{view}  | replies {} exceptions {} timeouts {} bad frames {}",
+            c.replies, c.exceptions, c.timeouts, c.bad_frames
+        );
+    })
+    .await;
     cancel.cancel();
     let _ = task.await;
     Ok(())
@@ -461,6 +458,26 @@ async fn simulate_device(
         std::sync::Arc::clone(&dev),
         cancel.clone(),
     ));
+    every_second_until_stopped(duration, || {
+        let s = &dev.stats;
+        println!(
+            "requests {} reads {} writes {} exceptions {}",
+            s.requests.load(Relaxed),
+            s.reads.load(Relaxed),
+            s.writes.load(Relaxed),
+            s.exceptions.load(Relaxed)
+        );
+    })
+    .await;
+    cancel.cancel();
+    match task.await {
+        Ok(r) => r.map_err(Into::into),
+        Err(e) => Err(anyhow::anyhow!("device task: {e}")),
+    }
+}
+
+/// Call `report` every second until SIGINT/SIGTERM or, if given, `duration` has passed.
+async fn every_second_until_stopped(duration: Option<Duration>, mut report: impl FnMut()) {
     let start = tokio::time::Instant::now();
     let mut tick = tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
     let end = async {
@@ -474,15 +491,7 @@ async fn simulate_device(
         tokio::select! {
             () = shutdown_signal() => break,
             () = &mut end => break,
-            _ = tick.tick() => {
-                let s = &dev.stats;
-                println!("requests {} reads {} writes {} exceptions {}", s.requests.load(Relaxed), s.reads.load(Relaxed), s.writes.load(Relaxed), s.exceptions.load(Relaxed));
-            }
+            _ = tick.tick() => report(),
         }
-    }
-    cancel.cancel();
-    match task.await {
-        Ok(r) => r.map_err(Into::into),
-        Err(e) => Err(anyhow::anyhow!("device task: {e}")),
     }
 }
