@@ -249,6 +249,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     // Before anything else: SIGHUP's default action would end the process.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let loaded = config::load(&path)?;
+    let rtu_slave = loaded.config.rtu_slave;
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
@@ -257,7 +258,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     let mut gateway = Gateway::start(loaded.config, RtuPort::Device, cancel.clone()).await?;
     // The supervisor: stops on a signal or a failed task, reloads on SIGHUP, and tells
     // systemd (ready, status, watchdog) on every tick.
-    let mut notifier = airbridge::systemd::Notifier::from_env();
+    let mut notifier = airbridge::systemd::Notifier::from_env().watch_rtu_slave(rtu_slave);
     if let Some(w) = notifier.watchdog() {
         tracing::info!(interval = ?w, "systemd watchdog enabled");
     }

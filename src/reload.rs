@@ -125,7 +125,9 @@ fn with_live_from(old: &Config, new: &Config) -> Config {
         for (o, n) in out.regions.iter_mut().zip(&new.regions) {
             o.max_age = n.max_age;
             o.on_stale = n.on_stale;
-            if o.every.is_some() && n.every.is_some() {
+            // The KSEM poller follows reloads; the RTU poller (KSTAR) does not yet, so a
+            // changed `every` of an rtu_poll region stays a "needs restart" difference.
+            if o.every.is_some() && n.every.is_some() && !o.source.rtu_poll {
                 o.every = n.every;
             }
             if o.fallback_poll.is_some() && n.fallback_poll.is_some() {
@@ -237,6 +239,19 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
             new.profile.as_ref().map(|p| &p.path)
         ));
     }
+    // The RTU poller (KSTAR) reads its intervals once, at start.
+    if la == lb {
+        for (a, b) in old.regions.iter().zip(&new.regions) {
+            if a.source.rtu_poll && a.every != b.every {
+                d.restart.push(format!(
+                    "regions.{}.every {} → {} (rtu_poll)",
+                    a.name,
+                    opt_dur(a.every),
+                    opt_dur(b.every)
+                ));
+            }
+        }
+    }
     // Anything else that differs (sections this module does not know by name).
     if d.restart.is_empty() && with_live_from(old, new) != *new {
         d.restart
@@ -257,7 +272,9 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
                 a.on_stale.as_str().into(),
                 b.on_stale.as_str().into(),
             );
-            line("every", opt_dur(a.every), opt_dur(b.every));
+            if !a.source.rtu_poll {
+                line("every", opt_dur(a.every), opt_dur(b.every));
+            }
             line(
                 "fallback_poll",
                 opt_dur(a.fallback_poll),

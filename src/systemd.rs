@@ -129,6 +129,9 @@ pub struct Notifier {
     watchdog: Option<Duration>,
     ready: bool,
     liveness: Liveness,
+    /// Withhold the watchdog ping when the RTU serving loop stops beating. Off for a
+    /// config without an RTU slave (KSTAR): there the supervisor's own tick is the proof.
+    watch_rtu_slave: bool,
     said_stalled: bool,
     said_error: bool,
 }
@@ -147,9 +150,18 @@ impl Notifier {
             watchdog,
             ready: false,
             liveness: Liveness::new(STALL_LIMIT, Instant::now()),
+            watch_rtu_slave: true,
             said_stalled: false,
             said_error: false,
         }
+    }
+
+    /// Whether the watchdog follows the RTU serving loop's heartbeat (default: yes). Turn it
+    /// off when the config runs no RTU slave, or the watchdog would restart a healthy
+    /// gateway every `WatchdogSec`.
+    pub fn watch_rtu_slave(mut self, on: bool) -> Self {
+        self.watch_rtu_slave = on;
+        self
     }
 
     /// Under systemd (`NOTIFY_SOCKET` set).
@@ -193,9 +205,7 @@ impl Notifier {
         } else {
             self.send(&[NotifyState::Status(&status)]);
         }
-        let alive = self
-            .liveness
-            .observe(handles.rtu.heartbeat.load(Relaxed), now);
+        let alive = self.alive(handles.rtu.heartbeat.load(Relaxed), now);
         if alive {
             if self.said_stalled {
                 tracing::info!("RTU serving loop runs again; watchdog pings resume");
@@ -211,6 +221,11 @@ impl Notifier {
                 "the RTU serving loop is stuck; withholding the watchdog ping so that systemd restarts the gateway"
             );
         }
+    }
+
+    /// Whether the watchdog may be pinged, given the RTU loop's heartbeat counter.
+    fn alive(&mut self, heartbeat: u64, now: Instant) -> bool {
+        !self.watch_rtu_slave || self.liveness.observe(heartbeat, now)
     }
 
     /// Tell systemd the reload is done (after SIGHUP).
@@ -233,6 +248,24 @@ impl Notifier {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn without_an_rtu_slave_the_watchdog_does_not_wait_for_its_heartbeat() {
+        let t0 = Instant::now();
+        let mut with = Notifier::from_env();
+        let mut without = Notifier::from_env().watch_rtu_slave(false);
+        for n in [with.alive(0, t0), without.alive(0, t0)] {
+            assert!(n, "alive at start");
+        }
+        // The heartbeat never moves (a KSTAR config runs no RTU slave loop).
+        let later = t0 + STALL_LIMIT * 2;
+        assert!(
+            !with.alive(0, later),
+            "a silent RTU loop withholds the ping"
+        );
+        assert!(without.alive(0, later), "no RTU slave: nothing to wait for");
+    }
+
     use super::*;
 
     #[test]

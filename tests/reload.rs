@@ -500,3 +500,29 @@ regions:
     assert!(!child.log().contains("panicked"), "{}", child.log());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The RTU poller (KSTAR) does not follow reloads: a changed `every` of an rtu_poll region
+/// must be reported as "needs restart", never as applied while nothing changes.
+#[test]
+fn rtu_poll_interval_change_needs_a_restart() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/kstar-ksg.yaml"
+    ))
+    .expect("deploy/kstar-ksg.yaml");
+    let old = parse(&text);
+    let new = parse(&text.replace("every: 5s", "every: 7s"));
+    let d = reload::diff(&old, &new);
+    assert!(d.live.is_empty(), "{d:?}");
+    assert!(
+        d.restart
+            .iter()
+            .any(|s| s.contains("live") && s.contains("every")),
+        "{d:?}"
+    );
+    // max_age of the same region stays live: the image applies it.
+    let new = parse(&text.replace("max_age: 30s", "max_age: 40s"));
+    let d = reload::diff(&old, &new);
+    assert!(d.restart.is_empty(), "{d:?}");
+    assert_eq!(d.live.len(), 1, "{d:?}");
+}
