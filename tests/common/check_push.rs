@@ -60,6 +60,8 @@ pub struct Harness {
     image: Arc<Image>,
     stats: Arc<PushStats>,
     cancel: CancellationToken,
+    /// One check at a time: the model assumes it is the only client.
+    serial: std::sync::Mutex<()>,
 }
 
 impl Drop for Harness {
@@ -72,11 +74,22 @@ impl Drop for Harness {
 #[derive(Debug)]
 enum Expect {
     /// A write of these words; acknowledged (with this echo) iff inside the push regions.
-    Write { fc: u8, addr: u16, values: Vec<u16>, echo: [u8; 4] },
-    Read { fc: u8, addr: u16, count: u16 },
+    Write {
+        fc: u8,
+        addr: u16,
+        values: Vec<u16>,
+        echo: [u8; 4],
+    },
+    Read {
+        fc: u8,
+        addr: u16,
+        count: u16,
+    },
     /// A function the service does not handle: exception 01 if tokio-modbus decodes it,
     /// otherwise the connection closes.
-    Other { fc: u8 },
+    Other {
+        fc: u8,
+    },
 }
 
 #[derive(Debug)]
@@ -156,7 +169,10 @@ fn replies(data: &[u8]) -> Vec<([u8; 2], u8, &[u8])> {
         assert!(rest.len() >= 9, "truncated reply {rest:02X?}");
         assert_eq!(rest[2..4], [0, 0], "reply protocol id");
         let len = usize::from(u16::from_be_bytes([rest[4], rest[5]]));
-        assert!(len >= 3 && rest.len() >= 6 + len, "reply length {len}: {rest:02X?}");
+        assert!(
+            len >= 3 && rest.len() >= 6 + len,
+            "reply length {len}: {rest:02X?}"
+        );
         out.push(([rest[0], rest[1]], rest[6], &rest[7..6 + len]));
         rest = &rest[6 + len..];
     }
@@ -175,7 +191,9 @@ struct Counts {
 impl Harness {
     /// Bind and run a push server on 127.0.0.1 with the KSEM's region layout.
     pub fn start() -> Harness {
-        let cfg = config::parse(YAML, "harness").expect("harness config").config;
+        let cfg = config::parse(YAML, "harness")
+            .expect("harness config")
+            .config;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -186,7 +204,11 @@ impl Harness {
         let cancel = CancellationToken::new();
         let push = cfg.push.clone().expect("push section");
         let server = rt
-            .block_on(PushServer::bind(push, Arc::clone(&image), Arc::clone(&stats)))
+            .block_on(PushServer::bind(
+                push,
+                Arc::clone(&image),
+                Arc::clone(&stats),
+            ))
             .expect("bind");
         let addr = server.local_addr().expect("addr");
         rt.spawn(server.run(cancel.clone()));
@@ -196,7 +218,13 @@ impl Harness {
             image,
             stats,
             cancel,
+            serial: std::sync::Mutex::new(()),
         }
+    }
+
+    /// The server's counters.
+    pub fn stats(&self) -> &PushStats {
+        &self.stats
     }
 
     fn counts(&self) -> Counts {
@@ -218,8 +246,15 @@ impl Harness {
             let mut a = s;
             while a < e {
                 let n = (e - a).min(125) as u16;
-                let w = self.image.read_words(&snap, a as u16, n).expect("span readable");
-                out.extend(w.into_iter().enumerate().map(|(i, v)| (a as u16 + i as u16, v)));
+                let w = self
+                    .image
+                    .read_words(&snap, a as u16, n)
+                    .expect("span readable");
+                out.extend(
+                    w.into_iter()
+                        .enumerate()
+                        .map(|(i, v)| (a as u16 + i as u16, v)),
+                );
                 a += u32::from(n);
             }
         }
@@ -262,6 +297,7 @@ impl Harness {
 
     /// Run one input and check it against the model; panics on any difference.
     pub fn check(&self, data: &[u8]) {
+        let _one = self.serial.lock().unwrap_or_else(|p| p.into_inner());
         let before = self.counts();
         let gen_before = self.image.load().generation;
         let mut model = vec![0u16; 65_536];
@@ -300,7 +336,11 @@ impl Harness {
                         want.writes_ok += 1;
                         acked += 1;
                     } else {
-                        assert_eq!(pdu, &[fc | 0x80, 2], "write outside the push regions: {f:?}");
+                        assert_eq!(
+                            pdu,
+                            &[fc | 0x80, 2],
+                            "write outside the push regions: {f:?}"
+                        );
                         want.writes_refused += 1;
                     }
                 }
@@ -337,7 +377,10 @@ impl Harness {
         // The slot is freed once the connection is gone.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while self.stats.open.load(Relaxed) != 0 {
-            assert!(std::time::Instant::now() < deadline, "connection slot never freed");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "connection slot never freed"
+            );
             std::thread::yield_now();
         }
         assert_eq!(self.counts(), want, "counters");
