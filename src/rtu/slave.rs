@@ -43,6 +43,10 @@ pub struct RtuStats {
     pub tx_bytes: AtomicU64,
     /// Our own replies echoed back by the adapter (and ignored).
     pub echoes: AtomicU64,
+    /// Times the serial device was opened (`rtu.device`; not counted for test streams).
+    pub device_opens: AtomicU64,
+    /// Times the device could not be opened, or an open device failed or vanished.
+    pub device_failures: AtomicU64,
 }
 
 impl RtuStats {

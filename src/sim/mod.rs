@@ -2,5 +2,6 @@
 //! `airbridge demo` and the integration tests. They share nothing with the
 //! gateway but the CRC and the wire.
 
+pub mod fault;
 pub mod inverter;
 pub mod ksem;

@@ -39,14 +39,20 @@ pub fn check_text(text: &str) {
         }
         Err(e) => {
             let msg = e.to_string();
-            assert!(msg.contains(ORIGIN), "error does not name its origin: {msg}");
+            assert!(
+                msg.contains(ORIGIN),
+                "error does not name its origin: {msg}"
+            );
         }
     }
     match profile::parse(text, ORIGIN) {
         Ok(p) => check_profile(&p),
         Err(e) => {
             let msg = e.to_string();
-            assert!(msg.contains(ORIGIN), "error does not name its origin: {msg}");
+            assert!(
+                msg.contains(ORIGIN),
+                "error does not name its origin: {msg}"
+            );
         }
     }
 }
@@ -62,12 +68,28 @@ pub fn check_config(c: &Config) {
         let s = r.source;
         assert!(s.push || s.poll || s.fixed, "{}: no source", r.name);
         assert!(!(s.fixed && (s.push || s.poll)), "{}: static mixed", r.name);
-        assert!(!s.push || c.push.is_some(), "{}: push without push:", r.name);
-        assert!(!s.poll || c.poll.is_some(), "{}: poll without poll:", r.name);
+        assert!(
+            !s.push || c.push.is_some(),
+            "{}: push without push:",
+            r.name
+        );
+        assert!(
+            !s.poll || c.poll.is_some(),
+            "{}: poll without poll:",
+            r.name
+        );
         if s.poll {
-            assert!(r.every.is_some_and(|e| !e.is_zero()), "{}: polled without every", r.name);
+            assert!(
+                r.every.is_some_and(|e| !e.is_zero()),
+                "{}: polled without every",
+                r.name
+            );
         }
-        assert!(r.fallback_poll.is_none() || (s.push && !s.poll), "{}: fallback", r.name);
+        assert!(
+            r.fallback_poll.is_none() || (s.push && !s.poll),
+            "{}: fallback",
+            r.name
+        );
         for &a in r.values.keys() {
             assert!(r.contains(a), "{}: static value at {a} outside", r.name);
         }
@@ -75,7 +97,12 @@ pub fn check_config(c: &Config) {
     }
     spans.sort();
     for w in spans.windows(2) {
-        assert!(w[0].1 <= w[1].0, "regions {} and {} overlap", w[0].2, w[1].2);
+        assert!(
+            w[0].1 <= w[1].0,
+            "regions {} and {} overlap",
+            w[0].2,
+            w[1].2
+        );
         assert_ne!(w[0].2, w[1].2, "duplicate region name");
     }
     if let Some(p) = &c.push {
@@ -85,7 +112,10 @@ pub fn check_config(c: &Config) {
     if let Some(p) = &c.poll {
         assert!(!p.timeout.is_zero(), "poll timeout 0");
     }
-    assert!(c.rtu.frame_timeout <= Duration::from_secs(1), "frame_timeout > 1s");
+    assert!(
+        c.rtu.frame_timeout <= Duration::from_secs(1),
+        "frame_timeout > 1s"
+    );
     assert!(c.rtu.baud > 0, "baud 0");
     // The gateway builds its image from the regions: every word is readable, statics
     // carry their values.
@@ -102,7 +132,12 @@ pub fn check_config(c: &Config) {
             a += u32::from(n);
         }
         for (&a, &v) in &r.values {
-            assert_eq!(image.read_words(&snap, a, 1), Some(vec![v]), "{}: static", r.name);
+            assert_eq!(
+                image.read_words(&snap, a, 1),
+                Some(vec![v]),
+                "{}: static",
+                r.name
+            );
         }
     }
 }
@@ -111,11 +146,18 @@ pub fn check_profile(p: &profile::Profile) {
     for r in &p.registers {
         assert!(r.words >= 1, "{}: 0 words", r.name);
         assert!(r.end() <= 65_536, "{}: past 65535", r.name);
-        assert_eq!(p.get(&r.name).map(|g| &g.name), Some(&r.name), "get({})", r.name);
+        assert_eq!(
+            p.get(&r.name).map(|g| &g.name),
+            Some(&r.name),
+            "get({})",
+            r.name
+        );
         if r.access.readable() {
             let at = p.at(r.function, r.address).map(|g| &g.name);
             assert_eq!(at, Some(&r.name), "at({:?}, {})", r.function, r.address);
-            assert!(p.overlapping(r.function, r.address, r.words).any(|g| g.name == r.name));
+            assert!(p
+                .overlapping(r.function, r.address, r.words)
+                .any(|g| g.name == r.name));
         }
         // Decoding any words never panics.
         let _ = r.decode(&vec![0xFFFF; usize::from(r.words)]);

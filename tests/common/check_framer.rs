@@ -68,7 +68,8 @@ pub fn with_crc(mut body: Vec<u8>) -> Vec<u8> {
 pub fn decode(data: &[u8]) -> Case {
     let byte = |i: usize| data.get(i).copied().unwrap_or(0);
     let unit = byte(0);
-    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ u64::from(u16::from_le_bytes([byte(1), byte(2)])));
+    let mut rng =
+        XorShift(0x9E37_79B9_7F4A_7C15 ^ u64::from(u16::from_le_bytes([byte(1), byte(2)])));
     let address = u16::from_be_bytes([byte(3), byte(4)]);
     let stream = data.get(5..).unwrap_or(&[]);
     let mut ops = Vec::new();
@@ -124,7 +125,11 @@ impl Run {
             assert!(n <= rest.len(), "push took {n} of {}", rest.len());
             self.stream.extend_from_slice(&rest[..n]);
             rest = &rest[n..];
-            assert!(self.f.buffered() <= MAX_ADU, "buffered {}", self.f.buffered());
+            assert!(
+                self.f.buffered() <= MAX_ADU,
+                "buffered {}",
+                self.f.buffered()
+            );
             while let Some(fr) = self.f.next_frame() {
                 assert!(self.f.buffered() <= MAX_ADU);
                 let end = self.stream.len() - self.f.buffered();
@@ -132,7 +137,10 @@ impl Run {
                 out.push(fr);
             }
             stuck = if n == 0 { stuck + 1 } else { 0 };
-            assert!(stuck < 2, "push takes nothing even after draining: buffer stuck");
+            assert!(
+                stuck < 2,
+                "push takes nothing even after draining: buffer stuck"
+            );
         }
         out
     }
@@ -168,7 +176,10 @@ impl Run {
         };
         match fr {
             Frame::Request(req) => {
-                assert!(ours != 0, "a request yielded by a framer for unit 0: {fr:?}");
+                assert!(
+                    ours != 0,
+                    "a request yielded by a framer for unit 0: {fr:?}"
+                );
                 match req {
                     Request::Read {
                         function,
@@ -184,17 +195,26 @@ impl Run {
                         );
                     }
                     Request::Other { function } => {
-                        assert!(found(ours, function, None), "{fr:?}: no CRC-valid frame ends at {end}");
+                        assert!(
+                            found(ours, function, None),
+                            "{fr:?}: no CRC-valid frame ends at {end}"
+                        );
                     }
                 }
                 self.seen.requests += 1;
             }
             Frame::Foreign { unit, function } => {
-                assert!(found(unit, function, None), "{fr:?}: no CRC-valid frame ends at {end}");
+                assert!(
+                    found(unit, function, None),
+                    "{fr:?}: no CRC-valid frame ends at {end}"
+                );
                 self.seen.foreign += 1;
             }
             Frame::Broadcast { function } => {
-                assert!(found(0, function, None), "{fr:?}: no CRC-valid frame ends at {end}");
+                assert!(
+                    found(0, function, None),
+                    "{fr:?}: no CRC-valid frame ends at {end}"
+                );
                 self.seen.broadcast += 1;
             }
         }
@@ -252,7 +272,11 @@ pub fn check(case: &Case) -> Seen {
             count,
         })
     };
-    assert_eq!(got, vec![want], "the request after the silence was not recognised");
+    assert_eq!(
+        got,
+        vec![want],
+        "the request after the silence was not recognised"
+    );
     assert_eq!(run.f.buffered(), 0, "bytes left over after the request");
     run.seen.stats = run.f.stats();
     run.seen
