@@ -301,10 +301,14 @@ pub struct FaultyPusherStats {
     pub garbage_bytes: AtomicU64,
 }
 
+/// When each recent push was sent: (sequence number, time its first write was sent).
+type SentLog = Arc<Mutex<std::collections::VecDeque<(u32, tokio::time::Instant)>>>;
+
 /// A KSEM push client with switchable faults. Dropping it stops it.
 pub struct FaultyPusher {
     fault: Arc<Mutex<PushFault>>,
     stats: Arc<FaultyPusherStats>,
+    sent: SentLog,
     cancel: CancellationToken,
 }
 
@@ -320,16 +324,33 @@ impl FaultyPusher {
         let fault = Arc::new(Mutex::new(PushFault::None));
         let stats = Arc::new(FaultyPusherStats::default());
         let cancel = CancellationToken::new();
-        let (f, s, c) = (Arc::clone(&fault), Arc::clone(&stats), cancel.clone());
+        let sent = SentLog::default();
+        let (f, s, c, l) = (
+            Arc::clone(&fault),
+            Arc::clone(&stats),
+            cancel.clone(),
+            Arc::clone(&sent),
+        );
         tokio::spawn(async move {
-            c.run_until_cancelled(push_loop(target, interval, f, s, seed))
+            c.run_until_cancelled(push_loop(target, interval, f, s, l, seed))
                 .await;
         });
         FaultyPusher {
             fault,
             stats,
+            sent,
             cancel,
         }
+    }
+
+    /// When the most recent push whose sequence number ends in `seq16` was sent (the last
+    /// 4096 pushes are remembered).
+    pub fn sent_at(&self, seq16: u16) -> Option<tokio::time::Instant> {
+        let log = self.sent.lock().ok()?;
+        log.iter()
+            .rev()
+            .find(|(s, _)| *s as u16 == seq16)
+            .map(|(_, t)| *t)
     }
 
     pub fn set(&self, fault: PushFault) {
@@ -383,6 +404,7 @@ async fn push_loop(
     interval: Duration,
     fault: Arc<Mutex<PushFault>>,
     stats: Arc<FaultyPusherStats>,
+    sent: SentLog,
     seed: u64,
 ) {
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -433,6 +455,12 @@ async fn push_loop(
                 }
                 PushFault::None => {
                     seq = seq.wrapping_add(1);
+                    if let Ok(mut log) = sent.lock() {
+                        if log.len() >= 4096 {
+                            log.pop_front();
+                        }
+                        log.push_back((seq, tokio::time::Instant::now()));
+                    }
                     let mut all = true;
                     for (start, count) in PUSH_GROUPS {
                         let words: Vec<u16> =
