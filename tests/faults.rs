@@ -501,3 +501,39 @@ async fn serial_device_disappears_and_comes_back() {
     gw.join(Duration::from_secs(2)).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A config whose `rtu.device` names a regular file: the gateway refuses it as a serial port
+/// (retrying with backoff) and never writes to it, so the config cannot make it write files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regular_file_as_the_serial_device_is_never_written() {
+    let dir = std::env::temp_dir().join(format!("airbridge-file-dev-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("not-a-tty");
+    std::fs::write(&file, b"precious").expect("file");
+    let yaml = format!(
+        "rtu: {{device: '{}'}}\nregions:\n{IDENTITY}",
+        file.display()
+    );
+    let cfg = airbridge::config::parse(&yaml, "test")
+        .expect("config")
+        .config;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let mut gw = Gateway::start(cfg, airbridge::gateway::RtuPort::Device, cancel.clone())
+        .await
+        .expect("start");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw.handles.rtu.device_failures.load(Relaxed) < 2 {
+        assert!(Instant::now() < deadline, "never retried");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        gw.handles.rtu.device_opens.load(Relaxed),
+        0,
+        "a file is no serial port"
+    );
+    assert_alive(&mut gw).await;
+    assert_eq!(std::fs::read(&file).expect("read"), b"precious");
+    cancel.cancel();
+    gw.join(Duration::from_secs(2)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

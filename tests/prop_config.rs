@@ -128,3 +128,40 @@ proptest! {
         check_config::check_text(&apply(SHIPPED[which], &edits));
     }
 }
+
+/// Security review of the shipped defaults (SECURITY.md): the push listener only admits the
+/// KSEM, limits and times out connections, takes writes only into the instantaneous and energy
+/// regions, and the service runs unprivileged.
+#[test]
+fn the_shipped_defaults_are_locked_down() {
+    let loaded = airbridge::config::parse(SHIPPED[0], "gateway.yaml").expect("shipped config");
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let c = loaded.config;
+    let push = c.push.as_ref().expect("push section");
+    assert!(!push.allow_from.is_empty(), "allow list on");
+    for net in &push.allow_from {
+        assert!(net.prefix_len() >= 24, "allow list too wide: {net}");
+    }
+    assert!(push.max_connections <= 4, "connection limit");
+    assert!(push.idle_timeout <= std::time::Duration::from_secs(300));
+    assert!(push.listen.port() >= 1024, "no privileged port needed");
+    let writable: Vec<(u16, u16)> = c
+        .regions
+        .iter()
+        .filter(|r| r.source.push)
+        .map(|r| (r.start, r.count))
+        .collect();
+    assert_eq!(
+        writable,
+        vec![(0, 40), (40, 108), (512, 280)],
+        "push regions"
+    );
+    let unit = include_str!("../deploy/airbridge.service");
+    assert!(unit.contains("NoNewPrivileges=yes"));
+    assert!(unit.contains("ProtectSystem=strict"));
+    assert!(
+        (unit.contains("DynamicUser=yes") || unit.contains("\nUser="))
+            && !unit.contains("User=root"),
+        "runs as an unprivileged user"
+    );
+}
