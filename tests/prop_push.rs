@@ -151,3 +151,27 @@ fn an_fc16_quantity_that_overflows_only_closes_the_connection() {
     h.check(&mbap(8, 1, &[16, 0, 0, 0x80, 0x01, 0x02, 0, 1]));
     h.check(&mbap(9, 1, &[6, 0, 1, 0, 9]));
 }
+
+/// tokio-modbus 0.17 decodes FC15 by indexing `quantity` bits into `byte count` bytes without
+/// checking one against the other: a panic (index out of bounds) in release builds too, found
+/// by `fuzz/fuzz_targets/push_server.rs`. It ends only that connection's task.
+#[test]
+fn an_fc15_with_more_coils_than_bytes_only_closes_the_connection() {
+    let h = harness();
+    h.check(&mbap(10, 1, &[15, 0, 0, 0, 100, 1, 0xFF]));
+    h.check(&mbap(11, 1, &[3, 0, 0, 0, 10]));
+}
+
+/// That containment relies on unwinding: with `panic = "abort"` a KSEM (or anyone it lets in)
+/// could kill the gateway with one frame. Keep the release profile unwinding.
+#[test]
+fn the_release_profile_unwinds() {
+    let manifest = include_str!("../Cargo.toml");
+    assert!(
+        !manifest.lines().any(|l| {
+            let l = l.split('#').next().unwrap_or("").replace(' ', "");
+            l == "panic=\"abort\""
+        }),
+        "panic = \"abort\" would turn tokio-modbus decoder panics into a remote crash"
+    );
+}
