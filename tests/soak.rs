@@ -72,6 +72,8 @@ struct Tally {
     poll_ok: u64,
     silent: u64,
     exceptions: u64,
+    /// Replies that missed the master's timeout where a reply was due (machine load).
+    late: u64,
     outages: u64,
     recoveries: Vec<(String, Duration)>,
     worst_push_age: Duration,
@@ -243,7 +245,7 @@ regions:
         }
     }
     eprintln!(
-        "SOAK {}s seed {seed}: {} phases, {} outages, {} recoveries; reads {} (push ok {}, poll ok {}, silent {}, exceptions {}); worst push data age {:?} (bound {:?}); worst poll lag {:?} (bound {:?}); RSS after warm-up {base} KiB, end {rss_end} KiB, peak {rss_peak} KiB",
+        "SOAK {}s seed {seed}: {} phases, {} outages, {} recoveries; reads {} (push ok {}, poll ok {}, silent {}, exceptions {}, late {}); worst push data age {:?} (bound {:?}); worst poll lag {:?} (bound {:?}); RSS after warm-up {base} KiB, end {rss_end} KiB, peak {rss_peak} KiB",
         start.elapsed().as_secs(),
         phase_no,
         t.outages,
@@ -253,6 +255,7 @@ regions:
         t.poll_ok,
         t.silent,
         t.exceptions,
+        t.late,
         t.worst_push_age,
         PUSH_MAX_AGE + PUSH_INTERVAL,
         t.worst_poll_lag,
@@ -348,7 +351,7 @@ async fn check_once(
                 fresh.0 = true;
             }
             Err(ReplyError::Timeout) => t.silent += 1,
-            Err(e) => panic!("push region read: {e:?}"),
+            Err(e) => panic!("push region read in {phase:?}: {e:?}"),
         }
     }
     let sent = Instant::now();
@@ -380,9 +383,20 @@ async fn check_once(
             t.poll_ok += 1;
         }
         Err(ReplyError::Exception(4)) => t.exceptions += 1,
-        Err(e) => panic!("polled region read: {e:?}"),
+        // Stale polled data is an exception here, never silence: a timeout is a late reply.
+        Err(ReplyError::Timeout) => t.late += 1,
+        Err(e) => panic!("polled region read in {phase:?}: {e:?}"),
     }
-    let id = inv.read(1, 3, 8244, 1).await;
-    assert!(matches!(id.as_deref(), Ok([200])), "static region: {id:?}");
+    // The static region is always answered. A loaded machine may delay one reply past the
+    // master's timeout: that is counted; two in a row fail the run.
+    let mut id = inv.read(1, 3, 8244, 1).await;
+    if matches!(id, Err(ReplyError::Timeout)) {
+        t.late += 1;
+        id = inv.read(1, 3, 8244, 1).await;
+    }
+    assert!(
+        matches!(id.as_deref(), Ok([200])),
+        "static region in {phase:?}: {id:?}"
+    );
     (fresh.0, fresh.1)
 }
