@@ -23,9 +23,9 @@ fn harness() -> &'static check_push::Harness {
     HARNESS.get_or_init(|| {
         let abort = std::panic::take_hook(); // libFuzzer's: report and abort
         std::panic::set_hook(Box::new(move |info| {
-            let upstream = info
-                .location()
-                .is_some_and(|l| l.file().contains("tokio-modbus") && l.file().ends_with("codec/mod.rs"));
+            let upstream = info.location().is_some_and(|l| {
+                l.file().contains("tokio-modbus") && l.file().ends_with("codec/mod.rs")
+            });
             if upstream {
                 let n = CONTAINED.fetch_add(1, Relaxed) + 1;
                 if n.is_power_of_two() {
