@@ -7,6 +7,7 @@
 //! meet in the [`Image`].
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -335,6 +336,7 @@ async fn serve_device(config: Config, slave: RtuSlave, cancel: CancellationToken
     loop {
         let outcome = match crate::serial::open(&config.rtu) {
             Ok(stream) => {
+                slave.stats().device_opens.fetch_add(1, Relaxed);
                 tracing::info!(device = %config.rtu.device, "serial device open, serving the inverter");
                 failing = false;
                 backoff.reset();
@@ -353,6 +355,7 @@ async fn serve_device(config: Config, slave: RtuSlave, cancel: CancellationToken
             }
             Err(e) => format!("{e:#}"),
         };
+        slave.stats().device_failures.fetch_add(1, Relaxed);
         let wait = backoff.next_delay();
         if failing {
             tracing::debug!(?wait, "serial device still unavailable: {outcome}");

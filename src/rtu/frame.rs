@@ -355,12 +355,25 @@ impl Framer {
             }
             Len::Never => None,
         };
-        let req = valid(request_len(f, b));
+        let req_len = request_len(f, b);
+        let req_pending = match req_len {
+            Len::Known(l) => l > b.len(),
+            Len::NeedMore => true,
+            Len::Never => false,
+        };
+        let req = valid(req_len);
         if let Some(l) = req {
             if self.is_ours(unit) {
                 // Preferred over any response interpretation: no need to check it.
                 return Head::Frame(l, Kind::Request);
             }
+        }
+        if self.is_ours(unit) && req_pending {
+            // A request for us that has not fully arrived wins over a shorter response
+            // that happens to pass its CRC (found by fuzzing: `0B 03 02 00 00 20 ..` split
+            // after 7 bytes reads as a CRC-valid FC03 response). A real response from our
+            // unit is still delimited: by the bytes after it, or by the silence.
+            return Head::Wait;
         }
         let resp = valid(response_len(f, b));
         match (req, resp) {
@@ -577,6 +590,39 @@ mod tests {
         assert_eq!(read_req(1, 4, 3000, 1), GOLDEN_FC04);
     }
 
+    /// Found by `fuzz/fuzz_targets/rtu_framer.rs`: the first 7 bytes of this request to
+    /// unit 11 are a CRC-valid FC03 response with byte count 2. Split after them, the
+    /// request must still be recognised, and a real 7-byte response still delimited.
+    #[test]
+    fn a_request_split_where_its_prefix_is_a_valid_response() {
+        let req = read_req(11, 3, 512, 32);
+        assert!(
+            frame_crc_ok(&req[..7]),
+            "the coincidence this test is about"
+        );
+        let mut f = Framer::new(11);
+        let mut got = Vec::new();
+        feed(&mut f, &req[..7], &mut got);
+        assert_eq!(got, vec![], "waits for the 8th byte");
+        feed(&mut f, &req[7..], &mut got);
+        assert_eq!(got, vec![read(3, 512, 32)]);
+        // The same 7 bytes alone are a response from our unit: delimited by the silence,
+        // or by the next frame.
+        let mut f = Framer::new(11);
+        let mut got = Vec::new();
+        feed(&mut f, &req[..7], &mut got);
+        got.extend(f.on_silence());
+        let echo = Frame::Foreign {
+            unit: 11,
+            function: 3,
+        };
+        assert_eq!(got, vec![echo]);
+        let mut got = Vec::new();
+        feed(&mut f, &req[..7], &mut got);
+        feed(&mut f, &read_req(11, 4, 1, 2), &mut got);
+        assert_eq!(got, vec![echo, read(4, 1, 2)]);
+    }
+
     #[test]
     fn table() {
         let r = read_req(1, 3, 100, 10);
@@ -644,14 +690,16 @@ mod tests {
              vec![Frame::Foreign { unit: 5, function: 3 }, Frame::Foreign { unit: 5, function: 3 },
                   read(3, 100, 10)],
              stats(1, 2, 0)),
+            // A 7-byte response from our unit could be the start of a request for us: it is
+            // delimited by what follows or by the silence.
             ("our own fc03 response (echo)", 1,
              vec![Bytes(read_resp(1, 3, 10)), Bytes(GOLDEN_FC03_RESP.to_vec()),
-                  Bytes(GOLDEN_FC04_RESP.to_vec())],
+                  Bytes(GOLDEN_FC04_RESP.to_vec()), Silence],
              vec![Frame::Foreign { unit: 1, function: 3 }, Frame::Foreign { unit: 1, function: 3 },
                   Frame::Foreign { unit: 1, function: 4 }],
              stats(0, 3, 0)),
             ("request, then our echo, in one chunk", 1,
-             vec![Bytes(cat(&[GOLDEN_FC03, GOLDEN_FC03_RESP]))],
+             vec![Bytes(cat(&[GOLDEN_FC03, GOLDEN_FC03_RESP])), Silence],
              vec![read(3, 3200, 1), Frame::Foreign { unit: 1, function: 3 }],
              stats(1, 1, 0)),
             ("exception responses", 1,
@@ -666,7 +714,7 @@ mod tests {
              vec![Bytes(write_multiple(1, 0x0200, &[7, 8, 9])), Bytes(GOLDEN_FC16.to_vec())],
              vec![other(16), other(16)], stats(2, 0, 0)),
             ("fc16 response from our unit (echo)", 1,
-             vec![Bytes(GOLDEN_FC16_RESP.to_vec())],
+             vec![Bytes(GOLDEN_FC16_RESP.to_vec()), Silence],
              vec![Frame::Foreign { unit: 1, function: 16 }], stats(0, 1, 0)),
             ("misprinted fc16 response: nothing", 1,
              vec![Bytes(MISPRINTED_FC16_RESP.to_vec()), Silence],

@@ -52,6 +52,10 @@ pub struct RtuStats {
     pub latency: LatencyHistogram,
     /// Requests for our unit by function code and result.
     pub requests_by_function: FunctionCounters,
+    /// Times the serial device was opened (`rtu.device`; not counted for test streams).
+    pub device_opens: AtomicU64,
+    /// Times the device could not be opened, or an open device failed or vanished.
+    pub device_failures: AtomicU64,
 }
 
 impl RtuStats {
