@@ -2,6 +2,7 @@
 //! cleanly on SIGTERM; `airbridge demo` runs with no hardware and reports replies.
 
 mod common;
+use common::{wait_exit, Child};
 
 use std::io::Read as _;
 use std::process::{Command, Stdio};
@@ -11,26 +12,6 @@ use airbridge::rtu::master::RtuMaster;
 use tokio_serial::{SerialPort as _, SerialStream};
 
 const BIN: &str = env!("CARGO_BIN_EXE_airbridge");
-
-/// Kills the child if a test fails half-way.
-struct Child(std::process::Child);
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.0.try_wait() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_serves_a_pty_and_stops_cleanly_on_sigterm() {

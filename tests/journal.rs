@@ -3,6 +3,7 @@
 //! gateway records for each kind of RTU frame, and the SIGUSR1 dump of the real binary.
 
 mod common;
+use common::Child;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -269,15 +270,6 @@ async fn a_running_gateway_journals_each_kind_of_rtu_frame() {
         .filter(|e| matches!(e.action, Action::Answered { .. }))
         .count() as u64;
     assert_eq!(answered, stats.replies.load(Ordering::Relaxed));
-}
-
-/// Kills the child if a test fails half-way.
-struct Child(std::process::Child);
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]

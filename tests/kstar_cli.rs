@@ -13,26 +13,10 @@ use tokio_modbus::client::{Reader as _, Writer as _};
 use tokio_serial::{SerialPort as _, SerialStream};
 use tokio_util::sync::CancellationToken;
 
+mod common;
+use common::{wait_exit, Child};
+
 const BIN: &str = env!("CARGO_BIN_EXE_airbridge");
-
-struct Child(std::process::Child);
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.0.try_wait() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
 
 fn manifest(rel: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)

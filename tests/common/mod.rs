@@ -146,3 +146,24 @@ pub async fn rtu_read_eventually(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A child process (the real binary) that is killed and reaped if a test fails half-way.
+pub struct Child(pub std::process::Child);
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The child's exit status, or `None` if it is still running after `within`.
+pub fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(status)) = child.0.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
