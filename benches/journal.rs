@@ -4,7 +4,7 @@
 //! - `journal`: one [`Journal::record`] alone, and while another thread reads the whole
 //!   ring in a loop (as `/journal` or the page would, far more often than they do);
 //! - `histogram`: one latency observation; one count by function code and result;
-//! - `reply_hooks`: [`pdu::answer`] for a 74-register FC03 read, bare and followed by
+//! - `reply_hooks`: [`answer::answer`] for a 74-register FC03 read, bare and followed by
 //!   everything the slave now does after writing the reply (clock read, latency
 //!   histogram, function counter, journal record) — the difference is the added cost.
 //!
@@ -17,10 +17,11 @@ use std::time::Duration;
 
 use airbridge::config;
 use airbridge::image::Image;
-use airbridge::journal::{Action, Dir, Journal, Link, Record};
-use airbridge::rtu::frame::{Request, MAX_ADU};
-use airbridge::rtu::pdu::{self, Outcome, SlaveParams};
-use airbridge::status::stats::{FunctionCounters, LatencyHistogram};
+use airbridge::modbus::rtu_frame::{Request, MAX_ADU};
+use airbridge::model::Outcome;
+use airbridge::ops::journal::{Action, Dir, Journal, Link, Record};
+use airbridge::ops::stats::{FunctionCounters, LatencyHistogram};
+use airbridge::servers::rtu_slave::answer::{self, SlaveParams};
 use criterion::{criterion_group, criterion_main, Criterion};
 use tokio::time::Instant;
 
@@ -96,7 +97,7 @@ fn reply_hooks(c: &mut Criterion) {
     let mut out = [0u8; MAX_ADU];
     let mut g = c.benchmark_group("reply_hooks");
     g.bench_function("answer_fc03_74", |b| {
-        b.iter(|| pdu::answer(PARAMS, black_box(req), &image, Instant::now(), &mut out))
+        b.iter(|| answer::answer(PARAMS, black_box(req), &image, Instant::now(), &mut out))
     });
     let (h, f, j) = (
         LatencyHistogram::default(),
@@ -106,7 +107,7 @@ fn reply_hooks(c: &mut Criterion) {
     g.bench_function("answer_fc03_74_with_hooks", |b| {
         b.iter(|| {
             let request_end = Instant::now();
-            let outcome = pdu::answer(PARAMS, black_box(req), &image, request_end, &mut out);
+            let outcome = answer::answer(PARAMS, black_box(req), &image, request_end, &mut out);
             f.count(3, outcome);
             let written = Instant::now();
             let latency = written.saturating_duration_since(request_end);

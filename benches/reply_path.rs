@@ -3,7 +3,7 @@
 //! Groups:
 //! - `framing`: an 8-byte FC03 request through the [`Framer`] (one chunk, two chunks, and
 //!   after 32 bytes of garbage);
-//! - `reply`: [`pdu::answer`] for FC03 reads from a warm image;
+//! - `reply`: [`answer::answer`] for FC03 reads from a warm image;
 //! - `image_commit`: the writers' cost (`write_push` of the KSEM's push groups,
 //!   `commit_poll` of the energy region);
 //! - `request_to_reply`: request bytes → framer → answer → reply bytes;
@@ -19,9 +19,10 @@ use std::time::Duration;
 
 use airbridge::config;
 use airbridge::image::Image;
-use airbridge::rtu::crc::append_crc;
-use airbridge::rtu::frame::{Frame, Framer, Request, MAX_ADU};
-use airbridge::rtu::pdu::{self, Outcome, SlaveParams};
+use airbridge::modbus::crc::append_crc;
+use airbridge::modbus::rtu_frame::{Frame, Framer, Request, MAX_ADU};
+use airbridge::model::Outcome;
+use airbridge::servers::rtu_slave::answer::{self, SlaveParams};
 use criterion::{criterion_group, criterion_main, Criterion};
 use tokio::time::Instant;
 
@@ -119,7 +120,7 @@ fn request_to_reply(
         data = &data[taken..];
         while let Some(frame) = framer.next_frame() {
             if let Frame::Request(req) = frame {
-                if let Some(len) = pdu::answer(PARAMS, req, image, now, tx).reply_len() {
+                if let Some(len) = answer::answer(PARAMS, req, image, now, tx).reply_len() {
                     sent += black_box(&tx[..len]).len();
                 }
             }
@@ -176,14 +177,14 @@ fn reply(c: &mut Criterion) {
     let mut g = c.benchmark_group("reply");
     for (name, address, count) in READS.into_iter().chain([SPAN]) {
         assert_eq!(
-            pdu::answer(PARAMS, read(address, count), &image, now, &mut out),
+            answer::answer(PARAMS, read(address, count), &image, now, &mut out),
             Outcome::Data {
                 len: 5 + 2 * usize::from(count)
             }
         );
         g.bench_function(name, |b| {
             b.iter(|| {
-                pdu::answer(
+                answer::answer(
                     PARAMS,
                     black_box(read(address, count)),
                     &image,
@@ -263,7 +264,7 @@ fn snapshot_under_writes(c: &mut Criterion) {
     for (name, address, count) in READS.into_iter().chain([SPAN]) {
         g.bench_function(name, |b| {
             b.iter(|| {
-                pdu::answer(
+                answer::answer(
                     PARAMS,
                     black_box(read(address, count)),
                     &image,

@@ -13,7 +13,7 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, Guard};
 use tokio::time::Instant;
 
-use crate::config::{Function, OnStale, Region};
+use crate::model::{Function, OnStale, Region};
 
 /// The fixed shape of one region (from the config).
 #[derive(Debug, Clone)]

@@ -1,39 +1,38 @@
 //! airbridge: a Modbus gateway appliance.
 //!
-//! Data flows one way: **sources → image → servers**.
+//! Data flows one way: **sources → image → servers**, and the tree says so:
 //!
-//! - sources: [`push`] (Modbus TCP server the KSEM writes to) and [`poll`]
-//!   (Modbus TCP client polling the KSEM's slave);
-//! - [`image`]: one lock-free register image, snapshot per reader, age per region;
-//! - servers: [`rtu::slave`] answers the inverter on RS485 from the image only.
+//! ```text
+//! sources/   push (the KSEM writes to us) · ksem_poll (we read the KSEM) · rtu_poll (we read a KSTAR bus)
+//!    ↓
+//! image      one lock-free register image: a snapshot per reader, an age per region
+//!    ↓
+//! servers/   rtu_slave (the inverter on RS485) · modbus_tcp (LAN clients)
+//! ```
 //!
-//! KSTAR devices run the same engine the other way round: [`rtu_poll`] (RTU master on the
-//! device's bus) → image → [`tcp_server`] (Modbus TCP for LAN clients), with control writes
-//! checked by [`writes`] against the [`profile`] and executed by the poller between polls.
+//! Beneath them: [`model`] (domain types), [`modbus`] (the pure codec: bytes in, frames
+//! out), [`link`] (the I/O edges: serial ports, the TCP front, the reopen loop, the RTU
+//! master), [`config`] (what the user wrote, validated), [`control`] (register profiles and
+//! the write policy), [`ops`] (journal, logging, counters). Above them: [`app`] wires a
+//! gateway together, supervises it, reloads it and reports it (systemd, status page);
+//! [`tools`] holds the simulators, the demo and the bench. `src/main.rs` is the CLI.
 //!
-//! [`config`] describes all of it, [`gateway`] wires it together and supervises it,
-//! [`sim`] holds the simulated KSEM and inverter that [`demo`] and the tests run against.
-//! The binary (`src/main.rs`) is a thin CLI over this library.
+//! Lower layers never import higher ones: `model`, `modbus` and `image` import nothing
+//! above themselves.
 
-pub mod bench;
+// Beneath the data path.
 pub mod config;
-pub mod demo;
-pub mod gateway;
-pub mod image;
-pub mod logging;
-pub mod poll;
-pub mod profile;
-pub mod push;
-pub mod reload;
-pub mod rtu;
-pub mod rtu_poll;
-pub mod serial;
-pub mod sim;
-pub mod systemd;
-pub mod tcp_server;
-pub mod util;
-pub mod writes;
+pub mod control;
+pub mod link;
+pub mod modbus;
+pub mod model;
+pub mod ops;
 
-// Operations: the status page, metrics and the frame journal.
-pub mod journal;
-pub mod status;
+// The data path.
+pub mod image;
+pub mod servers;
+pub mod sources;
+
+// Above it.
+pub mod app;
+pub mod tools;

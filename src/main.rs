@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use airbridge::app::supervisor::shutdown_signal;
 use airbridge::config;
-use airbridge::gateway::{Gateway, RtuPort};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -21,8 +21,8 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Log line format on stderr: text, or json (one object per line, for log shippers).
-    #[arg(long, global = true, value_enum, default_value_t = airbridge::logging::LogFormat::Text)]
-    log_format: airbridge::logging::LogFormat,
+    #[arg(long, global = true, value_enum, default_value_t = airbridge::ops::logging::LogFormat::Text)]
+    log_format: airbridge::ops::logging::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -62,7 +62,7 @@ enum Command {
     Profile(ProfileCmd),
     /// Measure latency, throughput, data age and resources (see README).
     #[command(subcommand)]
-    Bench(airbridge::bench::BenchCmd),
+    Bench(airbridge::tools::bench::BenchCmd),
 }
 
 #[derive(Subcommand)]
@@ -128,10 +128,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    airbridge::logging::init(cli.log_format);
+    airbridge::ops::logging::init(cli.log_format);
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Run { config } => block_on(run(config)),
+        Command::Run { config } => block_on(airbridge::app::supervisor::run(config)),
         Command::Demo {
             profile: Some(_),
             status: Some(_),
@@ -166,7 +166,7 @@ fn main() -> ExitCode {
             interval,
             seed,
         }) => {
-            let opts = airbridge::sim::ksem::KsemSimOptions {
+            let opts = airbridge::tools::sim::ksem::KsemSimOptions {
                 listen,
                 push_to,
                 interval,
@@ -174,7 +174,7 @@ fn main() -> ExitCode {
             };
             block_on(async move {
                 let cancel = CancellationToken::new();
-                let sim = airbridge::sim::ksem::start(opts, cancel.clone()).await?;
+                let sim = airbridge::tools::sim::ksem::start(opts, cancel.clone()).await?;
                 println!(
                     "simulated KSEM: Modbus TCP slave on {}{}",
                     sim.slave_addr(),
@@ -195,17 +195,19 @@ fn main() -> ExitCode {
             baud,
             duration,
         }) => block_on(simulate_inverter(device, unit, interval, baud, duration)),
-        Command::Bench(cmd) => block_on(airbridge::bench::run(cmd)),
-        Command::Profile(ProfileCmd::Show { file }) => match airbridge::profile::load(&file) {
-            Ok(p) => {
-                print!("{}", p.show());
-                ExitCode::SUCCESS
+        Command::Bench(cmd) => block_on(airbridge::tools::bench::run(cmd)),
+        Command::Profile(ProfileCmd::Show { file }) => {
+            match airbridge::control::profile::load(&file) {
+                Ok(p) => {
+                    print!("{}", p.show());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
     }
 }
 
@@ -245,94 +247,19 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-async fn run(path: PathBuf) -> anyhow::Result<()> {
-    // Before anything else: SIGHUP's default action would end the process.
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let loaded = config::load(&path)?;
-    let rtu_slave = loaded.config.rtu_slave;
-    for w in &loaded.warnings {
-        tracing::warn!("{w}");
-    }
-    apply_log_level(&loaded.config.log.level);
-    let cancel = CancellationToken::new();
-    let mut gateway = Gateway::start(loaded.config, RtuPort::Device, cancel.clone()).await?;
-    // The supervisor: stops on a signal or a failed task, reloads on SIGHUP, and tells
-    // systemd (ready, status, watchdog) on every tick.
-    let mut notifier = airbridge::systemd::Notifier::from_env().watch_rtu_slave(rtu_slave);
-    if let Some(w) = notifier.watchdog() {
-        tracing::info!(interval = ?w, "systemd watchdog enabled");
-    }
-    let mut tick = tokio::time::interval(notifier.period());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-    let failure = loop {
-        tokio::select! {
-            () = &mut shutdown => break None,
-            f = gateway.failed() => break Some(f),
-            _ = hangup.recv() => {
-                let said = match airbridge::reload::reload_file(&gateway.handles, &path) {
-                    Ok(outcome) => outcome.to_string(),
-                    Err(e) => format!("reload rejected: {e}"),
-                };
-                notifier.reloaded(&said);
-            }
-            _ = tick.tick() => notifier.tick(&gateway.handles),
-        }
-    };
-    notifier.stopping();
-    tracing::info!("shutting down");
-    cancel.cancel();
-    gateway.join(Duration::from_secs(3)).await;
-    match failure {
-        None => Ok(()),
-        Some(f) => {
-            tracing::error!("{f}");
-            anyhow::bail!("{f}")
-        }
-    }
-}
-
-/// Apply the config's `log.level` (unless `RUST_LOG` is set).
-fn apply_log_level(level: &str) {
-    match airbridge::logging::set_level(level) {
-        Ok(airbridge::logging::LevelChange::OverriddenByEnv) if level != "info" => {
-            tracing::info!("RUST_LOG is set: log.level {level} is ignored");
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!("log.level: {e}"),
-    }
-}
-
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 async fn demo(
     duration: Option<Duration>,
     seed: u64,
     status: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
-    let opts = airbridge::demo::DemoOptions {
+    let opts = airbridge::tools::demo::DemoOptions {
         duration,
         seed,
         status,
         ..Default::default()
     };
-    let run = airbridge::demo::run(opts, cancel.clone());
+    let run = airbridge::tools::demo::run(opts, cancel.clone());
     tokio::pin!(run);
     let summary = tokio::select! {
         r = &mut run => r?,
@@ -351,7 +278,7 @@ async fn simulate_inverter(
     baud: u32,
     duration: Option<Duration>,
 ) -> anyhow::Result<()> {
-    use airbridge::sim::inverter::{self, InverterOptions, InverterStats};
+    use airbridge::tools::sim::inverter::{self, InverterOptions, InverterStats};
     use std::sync::Arc;
     let rtu = config::RtuConfig {
         device,
@@ -365,7 +292,7 @@ async fn simulate_inverter(
         input_registers: true,
         rs485: Default::default(),
     };
-    let stream = airbridge::serial::open(&rtu)?;
+    let stream = airbridge::link::serial::open(&rtu)?;
     let cancel = CancellationToken::new();
     let stats = Arc::new(InverterStats::default());
     let opts = InverterOptions {
@@ -407,7 +334,7 @@ async fn demo_profile(
     seed: u64,
 ) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
-    let run = airbridge::demo::run_kstar(&profile, duration, seed, true, cancel.clone());
+    let run = airbridge::tools::demo::run_kstar(&profile, duration, seed, true, cancel.clone());
     tokio::pin!(run);
     let summary = tokio::select! {
         r = &mut run => r?,
@@ -427,9 +354,9 @@ async fn simulate_device(
     seed: u64,
     duration: Option<Duration>,
 ) -> anyhow::Result<()> {
-    use airbridge::sim::device::{self, Device, DeviceOptions};
+    use airbridge::tools::sim::device::{self, Device, DeviceOptions};
     use std::sync::atomic::Ordering::Relaxed;
-    let prof = airbridge::profile::load(&profile)?;
+    let prof = airbridge::control::profile::load(&profile)?;
     let name = prof.name.clone();
     let line = config::RtuConfig {
         device: device.clone(),
@@ -443,7 +370,7 @@ async fn simulate_device(
         input_registers: true,
         rs485: Default::default(),
     };
-    let stream = airbridge::serial::open(&line)?;
+    let stream = airbridge::link::serial::open(&line)?;
     let dev = Device::new(
         prof,
         DeviceOptions {

@@ -1,5 +1,5 @@
 //! The RTU reply path never touches the heap once the image is warm: request bytes →
-//! [`Framer`] → [`pdu::answer`] → reply bytes, for data replies, exceptions and silence.
+//! [`Framer`] → [`answer::answer`] → reply bytes, for data replies, exceptions and silence.
 //!
 //! A counting global allocator counts allocations per thread, so the other tests of this
 //! file (run in parallel threads by cargo) do not disturb a measurement.
@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use airbridge::config;
 use airbridge::image::Image;
-use airbridge::rtu::crc::append_crc;
-use airbridge::rtu::frame::{Frame, Framer, Request, MAX_ADU};
-use airbridge::rtu::pdu::{self, exception, Outcome, SlaveParams};
+use airbridge::modbus::crc::append_crc;
+use airbridge::modbus::rtu_frame::{Frame, Framer, Request, MAX_ADU};
+use airbridge::servers::rtu_slave::answer::{self, exception, Outcome, SlaveParams};
 use tokio::time::Instant;
 
 struct Counting;
@@ -129,7 +129,7 @@ fn serve(
         while let Some(frame) = framer.next_frame() {
             let Frame::Request(req) = frame else { continue };
             let now = now.unwrap_or_else(Instant::now);
-            let outcome = pdu::answer(PARAMS, req, image, now, &mut tx);
+            let outcome = answer::answer(PARAMS, req, image, now, &mut tx);
             served.outcome = Some(outcome);
             if let Some(len) = outcome.reply_len() {
                 sent[..len].copy_from_slice(&tx[..len]);

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use airbridge::bench::{
+use airbridge::tools::bench::{
     age_analysis, bench_rtu, e2e_markdown, fmt_us, parse_ranges, rtu_table, with_crc, E2eReport,
     LatencyHist, Percentiles, RegRange, RtuBenchOptions, RtuBenchReport, RtuRangeReport,
 };
@@ -307,8 +307,8 @@ async fn bench_rtu_counts_outcomes() {
 /// its `/dev/pts/N` path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtu_age_push_subcommands_json() {
-    use airbridge::gateway::{Gateway, RtuPort};
-    use airbridge::sim::ksem;
+    use airbridge::app::gateway::{Gateway, RtuPort};
+    use airbridge::tools::sim::ksem;
     use tokio_serial::SerialPort as _;
     use tokio_util::sync::CancellationToken;
 
@@ -319,7 +319,7 @@ async fn rtu_age_push_subcommands_json() {
         .expect("KSEM sim");
     let (gw_end, inv_end) = tokio_serial::SerialStream::pair().expect("pty pair");
     let device = inv_end.name().expect("the pty's slave end has a path");
-    let cfg = airbridge::bench::e2e_config(sim.slave_addr(), 8).expect("config");
+    let cfg = airbridge::tools::bench::e2e_config(sim.slave_addr(), 8).expect("config");
     let gateway = Gateway::start(cfg, RtuPort::Stream(Box::new(gw_end)), cancel.clone())
         .await
         .expect("gateway");
@@ -413,7 +413,7 @@ async fn rtu_age_push_subcommands_json() {
 /// Every subcommand's arguments parse into their types (clap checks these only at run time).
 #[test]
 fn cli_arguments_parse() {
-    use airbridge::bench::{BenchCmd, PushRate};
+    use airbridge::tools::bench::{BenchCmd, PushRate};
     use clap::{CommandFactory as _, Parser};
     #[derive(Parser)]
     struct Cli {

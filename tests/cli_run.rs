@@ -8,7 +8,7 @@ use std::io::Read as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use airbridge::rtu::master::RtuMaster;
+use airbridge::link::rtu_master::RtuMaster;
 use tokio_serial::{SerialPort as _, SerialStream};
 
 const BIN: &str = env!("CARGO_BIN_EXE_airbridge");

@@ -11,8 +11,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airbridge::rtu::slave::{RtuSlave, RtuStats};
-use airbridge::systemd::Liveness;
+use airbridge::ops::heartbeat::Liveness;
+use airbridge::servers::rtu_slave::{RtuSlave, RtuStats};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_serial::{SerialPort as _, SerialStream};
 use tokio_util::sync::CancellationToken;
@@ -299,13 +299,13 @@ regions:
     let task = tokio::spawn(async move { slave.serve(port, &c).await });
 
     let t0 = tokio::time::Instant::now();
-    let mut live = Liveness::new(airbridge::systemd::STALL_LIMIT, t0);
+    let mut live = Liveness::new(airbridge::ops::heartbeat::STALL_LIMIT, t0);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let idle_beats = stats.heartbeat.load(Relaxed);
     assert!(idle_beats >= 5, "beats while idle: {idle_beats}");
     assert!(live.observe(idle_beats, tokio::time::Instant::now()));
 
-    let req = airbridge::rtu::master::encode_read(1, 3, 0, 125);
+    let req = airbridge::modbus::master::encode_read(1, 3, 0, 125);
     master.write_all(&req).await.expect("request");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let stuck_at = stats.heartbeat.load(Relaxed);

@@ -6,7 +6,7 @@ mod common;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use airbridge::rtu::master::ReplyError;
+use airbridge::link::rtu_master::ReplyError;
 use common::*;
 
 const PUSH_REGIONS: &str = "  - {name: totals, start: 0, count: 40, source: push}
@@ -49,7 +49,7 @@ async fn inverter_reads_exactly_what_the_ksem_pushed_and_what_was_polled() {
 
     let model = ksem.model();
     let (energy, pnp) = {
-        let m = airbridge::sim::ksem::lock_model(&model);
+        let m = airbridge::tools::sim::ksem::lock_model(&model);
         (m.energy_block(), m.pnp_block())
     };
     assert_eq!(
@@ -119,7 +119,7 @@ async fn fallback_polling_serves_push_regions_while_pushes_are_missing() {
         .await
         .expect("served from fallback polls");
     // Sampled after the read: the frozen model takes its one step when the simulator starts.
-    let expected = airbridge::sim::ksem::lock_model(&ksem.model()).instantaneous_block();
+    let expected = airbridge::tools::sim::ksem::lock_model(&ksem.model()).instantaneous_block();
     assert_eq!(got, expected.to_vec());
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(
@@ -338,9 +338,9 @@ async fn a_task_that_ends_on_its_own_is_reported_as_a_failure() {
     .config;
     let (master, port) = tokio::io::duplex(64);
     let cancel = tokio_util::sync::CancellationToken::new();
-    let mut gw = airbridge::gateway::Gateway::start(
+    let mut gw = airbridge::app::gateway::Gateway::start(
         cfg,
-        airbridge::gateway::RtuPort::Stream(Box::new(port)),
+        airbridge::app::gateway::RtuPort::Stream(Box::new(port)),
         cancel.clone(),
     )
     .await

@@ -6,9 +6,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use airbridge::profile;
-use airbridge::rtu::master::{ReplyError, RtuMaster};
-use airbridge::sim::device::{self, Device, DeviceOptions};
+use airbridge::control::profile;
+use airbridge::link::rtu_master::{ReplyError, RtuMaster};
+use airbridge::tools::sim::device::{self, Device, DeviceOptions};
 use tokio_modbus::client::{Reader as _, Writer as _};
 use tokio_serial::{SerialPort as _, SerialStream};
 use tokio_util::sync::CancellationToken;
@@ -165,7 +165,7 @@ async fn simulate_device_answers_as_the_profile_says() {
     ));
     // 126 registers: the master would refuse to ask, so send the frame by hand.
     let tx = m
-        .transact(&airbridge::rtu::master::encode_read(1, 4, 3000, 126), 5)
+        .transact(&airbridge::modbus::master::encode_read(1, 4, 3000, 126), 5)
         .await
         .expect("an exception reply");
     assert!(tx.is_exception());

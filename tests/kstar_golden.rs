@@ -7,12 +7,12 @@
 
 use std::path::PathBuf;
 
-use airbridge::profile::{self, Function, Value};
-use airbridge::rtu::crc::frame_crc_ok;
-use airbridge::rtu::master::{
+use airbridge::control::profile::{self, Function, Value};
+use airbridge::modbus::crc::frame_crc_ok;
+use airbridge::modbus::master::{
     encode_read, encode_write_multiple, encode_write_single, parse_read_reply,
 };
-use airbridge::sim::device::{Device, DeviceOptions};
+use airbridge::tools::sim::device::{Device, DeviceOptions};
 
 fn hex(s: &str) -> Vec<u8> {
     s.split_whitespace()

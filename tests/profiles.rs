@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use airbridge::profile::{self, Function, Value};
+use airbridge::control::profile::{self, Function, Value};
 
 fn load(name: &str) -> profile::Profile {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))

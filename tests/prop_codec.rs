@@ -1,5 +1,5 @@
 //! Encode/decode round trips across the crate's own codecs: the RTU master's request
-//! encoder → the slave's framer; the slave's reply encoder (`pdu::answer`, from a real image)
+//! encoder → the slave's framer; the slave's reply encoder (`answer::answer`, from a real image)
 //! → the master's reply parser; exception replies; the CRC.
 
 use std::collections::BTreeMap;
@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use airbridge::config::{OnStale, Region, Sources};
 use airbridge::image::Image;
-use airbridge::rtu::crc::{append_crc, frame_crc_ok};
-use airbridge::rtu::frame::{Frame, Framer, Request, MAX_ADU};
-use airbridge::rtu::master::{encode_read, encode_write_single, parse_read_reply, ReplyError};
-use airbridge::rtu::pdu::{self, Outcome, SlaveParams};
+use airbridge::modbus::crc::{append_crc, frame_crc_ok};
+use airbridge::modbus::master::{encode_read, encode_write_single, parse_read_reply, ReplyError};
+use airbridge::modbus::rtu_frame::{Frame, Framer, Request, MAX_ADU};
+use airbridge::model::Outcome;
+use airbridge::servers::rtu_slave::answer::{self, SlaveParams};
 use proptest::prelude::*;
 use tokio::time::Instant;
 
@@ -75,7 +76,7 @@ proptest! {
         let params = SlaveParams { unit, input_registers: true };
         let req = Request::Read { function: f, address: 100 + off as u16, count };
         let mut out = [0u8; MAX_ADU];
-        let o = pdu::answer(params, req, &img, Instant::now(), &mut out);
+        let o = answer::answer(params, req, &img, Instant::now(), &mut out);
         let Outcome::Data { len } = o else { panic!("{o:?}") };
         let got = parse_read_reply(unit, f, count, &out[..len]).expect("parses");
         prop_assert_eq!(&got[..], &words[off..off + usize::from(count)]);
@@ -84,7 +85,7 @@ proptest! {
     #[test]
     fn exceptions_round_trip(unit in 1u8..=247, f in 1u8..0x80, code in 1u8..=4) {
         let mut out = [0u8; MAX_ADU];
-        prop_assert_eq!(pdu::exception_reply(unit, f, code, &mut out), Outcome::Exception { code });
+        prop_assert_eq!(answer::exception_reply(unit, f, code, &mut out), Outcome::Exception { code });
         let e = parse_read_reply(unit, f, 1, &out[..5]);
         prop_assert!(matches!(e, Err(ReplyError::Exception(c)) if c == code), "{:?}", e);
         // And the framer sees it as a response, never as a request.

@@ -111,7 +111,8 @@ fn the_shipped_files_pass_the_checker() {
     }
     let gw = airbridge::config::parse(SHIPPED[0], "gateway.yaml").expect("shipped config");
     check_config::check_config(&gw.config);
-    let p = airbridge::profile::parse(SHIPPED[1], "ksem-g2.yaml").expect("shipped profile");
+    let p =
+        airbridge::control::profile::parse(SHIPPED[1], "ksem-g2.yaml").expect("shipped profile");
     check_config::check_profile(&p);
 }
 

@@ -12,9 +12,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use airbridge::app::reload::{self, Outcome};
 use airbridge::config::{self, Config, OnStale};
-use airbridge::reload::{self, Outcome};
-use airbridge::rtu::master::{ReplyError, RtuMaster};
+use airbridge::link::rtu_master::{ReplyError, RtuMaster};
 use tokio_serial::{SerialPort as _, SerialStream};
 
 const PUSH_ONLY: &str =

@@ -15,8 +15,8 @@
 use std::time::Duration;
 
 use airbridge::config::{self, Config};
+use airbridge::control::profile::{self, Function};
 use airbridge::image::Image;
-use airbridge::profile::{self, Function};
 
 const ORIGIN: &str = "fuzz.yaml";
 

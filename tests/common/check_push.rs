@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use airbridge::config;
 use airbridge::image::Image;
-use airbridge::push::{PushServer, PushStats};
+use airbridge::sources::push::{PushServer, PushStats};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 

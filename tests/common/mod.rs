@@ -6,10 +6,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use airbridge::app::gateway::{Gateway, RtuPort};
 use airbridge::config;
-use airbridge::gateway::{Gateway, RtuPort};
-use airbridge::rtu::master::{ReplyError, RtuMaster};
-use airbridge::sim::ksem;
+use airbridge::link::rtu_master::{ReplyError, RtuMaster};
+use airbridge::tools::sim::ksem;
 use tokio_modbus::client::{Context, Writer};
 use tokio_modbus::Slave;
 use tokio_serial::SerialStream;

@@ -1,0 +1,431 @@
+//! The gateway: wires sources → image → servers and supervises them.
+//!
+//! Owns the tasks and the shutdown: the push server, the poller, the RTU slave (re-opening
+//! its serial device with backoff when it cannot be opened or disappears) and a monitor that
+//! logs state changes (ready, region stale/fresh). Everything is stopped by one
+//! [`CancellationToken`]. It reads the config and hands each role its part; the roles only
+//! meet in the [`Image`].
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::handles::Handles;
+use crate::config::Config;
+use crate::control::writes::{WritePolicy, QUEUE_DEPTH};
+use crate::image::Image;
+use crate::link::reopen::Backoff;
+use crate::ops::journal::Journal;
+use crate::servers::modbus_tcp::TcpServer;
+use crate::servers::rtu_slave::RtuSlave;
+use crate::sources::ksem_poll::Poller;
+use crate::sources::push::PushServer;
+use crate::sources::rtu_poll::RtuPoller;
+
+/// A byte stream the RTU slave can serve (a serial port, a pseudo-terminal, a test pipe).
+pub trait RtuStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> RtuStream for T {}
+
+/// Where the RTU slave gets its stream.
+pub enum RtuPort {
+    /// Open `rtu.device` from the config; re-open with backoff if it fails or disappears.
+    Device,
+    /// Serve this stream until it ends (demo, tests).
+    Stream(Box<dyn RtuStream>),
+    /// No RTU slave (the config has no `rtu:` section).
+    Off,
+}
+
+/// Where the RTU poller (`rtu_poll:`) gets its bus.
+pub enum BusPort {
+    /// Open `rtu_poll.device`; re-open with backoff if it fails or disappears.
+    Device,
+    /// Poll the device on this stream until it ends (demo, tests).
+    Stream(Box<dyn RtuStream>),
+}
+
+/// Optional parts of a start.
+#[derive(Debug, Default)]
+pub struct StartOptions {
+    /// Decode the status page's key values with this profile instead of `config.profile`
+    /// (the demo's built-in KSEM profile).
+    pub profile: Option<crate::control::profile::Profile>,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    pub handles: Handles,
+    /// Where the push server listens (resolved, so port 0 shows the real port).
+    pub push_addr: Option<SocketAddr>,
+    /// Where the TCP server for LAN clients listens (resolved).
+    pub tcp_addr: Option<SocketAddr>,
+    /// Where the status endpoint listens, when configured.
+    pub status_addr: Option<SocketAddr>,
+    tasks: JoinSet<&'static str>,
+}
+
+impl Gateway {
+    /// Bind the push server and start every task. Errors here (a busy port) are fatal;
+    /// everything after start-up is retried instead.
+    pub async fn start(
+        config: Config,
+        port: RtuPort,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<Gateway> {
+        Self::start_full(
+            config,
+            port,
+            BusPort::Device,
+            cancel,
+            StartOptions::default(),
+        )
+        .await
+    }
+
+    /// [`Gateway::start`] with the RTU poller's bus given too.
+    pub async fn start_with_bus(
+        config: Config,
+        port: RtuPort,
+        bus: BusPort,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<Gateway> {
+        Self::start_full(config, port, bus, cancel, StartOptions::default()).await
+    }
+
+    /// [`Gateway::start`] with [`StartOptions`].
+    pub async fn start_with(
+        config: Config,
+        port: RtuPort,
+        cancel: CancellationToken,
+        options: StartOptions,
+    ) -> anyhow::Result<Gateway> {
+        Self::start_full(config, port, BusPort::Device, cancel, options).await
+    }
+
+    async fn start_full(
+        config: Config,
+        port: RtuPort,
+        bus: BusPort,
+        cancel: CancellationToken,
+        options: StartOptions,
+    ) -> anyhow::Result<Gateway> {
+        let image = Arc::new(Image::new(&config.regions));
+        let handles = Handles {
+            image: Arc::clone(&image),
+            push: Arc::default(),
+            poll: Arc::default(),
+            rtu: Arc::default(),
+            rtu_poll: Arc::default(),
+            tcp: Arc::default(),
+            live: Arc::new(crate::app::handles::Live::new(config.clone())),
+            journal: Arc::default(),
+        };
+        let mut tasks = JoinSet::new();
+        let mut push_addr = None;
+        if let Some(push_cfg) = config.push.clone() {
+            let server = PushServer::bind(push_cfg, Arc::clone(&image), Arc::clone(&handles.push))
+                .await?
+                .with_journal(Arc::clone(&handles.journal));
+            handles.live.attach_push(server.settings());
+            let addr = server.local_addr()?;
+            tracing::info!(%addr, "push server listening");
+            push_addr = Some(addr);
+            let c = cancel.clone();
+            tasks.spawn(async move {
+                server.run(c).await;
+                "push server"
+            });
+        }
+        if let Some(poller) = Poller::new(&config, Arc::clone(&image), Arc::clone(&handles.poll))
+            .map(|p| p.with_journal(Arc::clone(&handles.journal)))
+        {
+            let poller = poller.follow(handles.live.subscribe());
+            let c = cancel.clone();
+            tasks.spawn(async move {
+                poller.run(c).await;
+                "poller"
+            });
+        }
+        let tcp_addr = start_kstar(&config, &handles, bus, &mut tasks, &cancel).await?;
+        let slave = RtuSlave::new(&config.rtu, Arc::clone(&image), Arc::clone(&handles.rtu))
+            .with_journal(Arc::clone(&handles.journal));
+        let port = if config.rtu_slave { port } else { RtuPort::Off };
+        match port {
+            RtuPort::Off => {}
+            RtuPort::Stream(stream) => {
+                let cancel = cancel.clone();
+                tasks.spawn(async move {
+                    if let Err(e) = slave.serve(stream, &cancel).await {
+                        tracing::error!("RTU stream failed: {e}");
+                    }
+                    "RTU slave"
+                });
+            }
+            RtuPort::Device => {
+                let c = cancel.clone();
+                let config = config.clone();
+                tasks.spawn(async move {
+                    serve_device(config, slave, c).await;
+                    "RTU slave"
+                });
+            }
+        }
+        let c = cancel.clone();
+        tasks.spawn(async move {
+            crate::ops::logging::flush_task(c).await;
+            "log limiter"
+        });
+        let c = cancel.clone();
+        let img = Arc::clone(&image);
+        tasks.spawn(async move {
+            crate::app::monitor::monitor(img, c).await;
+            "monitor"
+        });
+        let status_addr = start_status(&config, options, &handles, &cancel, &mut tasks).await?;
+        let (c, journal) = (cancel.clone(), Arc::clone(&handles.journal));
+        tasks.spawn(async move {
+            dump_journal_on_sigusr1(journal, c).await;
+            "journal dump"
+        });
+        Ok(Gateway {
+            handles,
+            push_addr,
+            tcp_addr,
+            status_addr,
+            tasks,
+        })
+    }
+
+    /// Resolves when a task ended although nobody cancelled it: a bug (a panic, or a loop
+    /// that gave up). The caller should stop the gateway and exit non-zero, so that the
+    /// service manager restarts it, rather than run on with a part missing.
+    pub async fn failed(&mut self) -> String {
+        match self.tasks.join_next().await {
+            Some(Ok(name)) => format!("the {name} task ended unexpectedly"),
+            Some(Err(e)) if e.is_panic() => format!("a task panicked: {e}"),
+            Some(Err(e)) => format!("a task was aborted: {e}"),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Wait for every task to end (after the cancel token fired), at most `grace`.
+    pub async fn join(mut self, grace: Duration) {
+        let all = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!("tasks did not stop within {grace:?}; aborting them");
+            self.tasks.abort_all();
+        }
+    }
+}
+
+/// Start the RTU poller (`rtu_poll:`) and the TCP server for LAN clients (`tcp_server:`),
+/// joined by the write queue. Returns where the TCP server listens.
+async fn start_kstar(
+    config: &Config,
+    handles: &Handles,
+    bus: BusPort,
+    tasks: &mut JoinSet<&'static str>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<SocketAddr>> {
+    let (queue, jobs) = tokio::sync::mpsc::channel(QUEUE_DEPTH);
+    let policy = match (&config.profile, config.writable.is_empty()) {
+        (Some(p), false) => {
+            let profile = crate::control::profile::load(&p.path)?;
+            let policy = WritePolicy::new(profile, &config.writable)
+                .map_err(|(line, m)| anyhow::anyhow!("writable (line {line}): {m}"))?;
+            Some(Arc::new(policy))
+        }
+        _ => None,
+    };
+    let mut tcp_addr = None;
+    if let Some(tcp_cfg) = config.tcp_server.clone() {
+        let writes = match (&policy, &config.rtu_poll) {
+            (Some(p), Some(_)) => Some((Arc::clone(p), queue.clone())),
+            _ => None,
+        };
+        let server = TcpServer::bind(
+            tcp_cfg,
+            Arc::clone(&handles.image),
+            Arc::clone(&handles.tcp),
+            writes,
+            write_deadline(config),
+        )
+        .await?;
+        let addr = server.local_addr()?;
+        tracing::info!(%addr, "tcp server listening");
+        tcp_addr = Some(addr);
+        let c = cancel.clone();
+        tasks.spawn(async move {
+            server.run(c).await;
+            "tcp server"
+        });
+    }
+    drop(queue);
+    if let Some(mut poller) = RtuPoller::new(
+        config,
+        Arc::clone(&handles.image),
+        Arc::clone(&handles.rtu_poll),
+        jobs,
+    ) {
+        let c = cancel.clone();
+        match bus {
+            BusPort::Device => {
+                tasks.spawn(async move {
+                    poller.run_device(c).await;
+                    "RTU poller"
+                });
+            }
+            BusPort::Stream(stream) => {
+                tasks.spawn(async move {
+                    if let Err(e) = poller.serve(stream, &c).await {
+                        tracing::error!("RTU bus stream failed: {e}");
+                    }
+                    c.cancelled().await;
+                    "RTU poller"
+                });
+            }
+        }
+    }
+    Ok(tcp_addr)
+}
+
+/// How long a LAN client's write may wait for the bus: the writes queued before it and one
+/// region poll in progress, each at worst a timeout plus the gap.
+fn write_deadline(config: &Config) -> Duration {
+    let Some(p) = &config.rtu_poll else {
+        return Duration::from_secs(5);
+    };
+    let per_request = p.timeout + p.gap;
+    let longest_region = config
+        .regions
+        .iter()
+        .filter(|r| r.source.rtu_poll)
+        .map(|r| u32::from(r.count.div_ceil(crate::config::MAX_READ)))
+        .max()
+        .unwrap_or(1);
+    let requests = QUEUE_DEPTH as u32 + longest_region * (p.retries + 1) + 1;
+    per_request
+        .saturating_mul(requests)
+        .max(Duration::from_secs(5))
+}
+
+/// Open the serial device and serve it; on failure or disappearance retry with backoff.
+async fn serve_device(config: Config, slave: RtuSlave, cancel: CancellationToken) {
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+    let mut failing = false;
+    loop {
+        let outcome = match crate::link::serial::open(&config.rtu) {
+            Ok(stream) => {
+                slave.stats().device_opens.fetch_add(1, Relaxed);
+                tracing::info!(device = %config.rtu.device, "serial device open, serving the inverter");
+                failing = false;
+                backoff.reset();
+                let opened = Instant::now();
+                let r = slave.serve(stream, &cancel).await;
+                if cancel.is_cancelled() {
+                    return;
+                }
+                if opened.elapsed() > Duration::from_secs(10) {
+                    backoff.reset();
+                }
+                match r {
+                    Ok(()) => "the device closed (end of stream)".to_string(),
+                    Err(e) => format!("{e}"),
+                }
+            }
+            Err(e) => format!("{e:#}"),
+        };
+        slave.stats().device_failures.fetch_add(1, Relaxed);
+        let wait = backoff.next_delay();
+        if failing {
+            tracing::debug!(?wait, "serial device still unavailable: {outcome}");
+        } else {
+            tracing::error!(device = %config.rtu.device, "serial device unavailable: {outcome}; retrying with backoff up to 10s");
+            failing = true;
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = crate::ops::heartbeat::sleep_beating(wait, &slave.stats().heartbeat) => {}
+        }
+    }
+}
+
+/// Bind and start the status endpoint if the config has one. A busy port is fatal (as for
+/// the push server); a profile that does not load only costs the decoded values.
+async fn start_status(
+    config: &Config,
+    options: StartOptions,
+    handles: &Handles,
+    cancel: &CancellationToken,
+    tasks: &mut JoinSet<&'static str>,
+) -> anyhow::Result<Option<SocketAddr>> {
+    use crate::app::status::{StatusContext, StatusServer};
+    let Some(status) = &config.status else {
+        return Ok(None);
+    };
+    let profile = match (options.profile, &config.profile) {
+        (Some(p), _) => Ok(Some(p)),
+        (None, Some(r)) => crate::control::profile::load(&r.path)
+            .map(Some)
+            .map_err(|e| {
+                tracing::warn!("status page: {e}; key values will not be decoded");
+                e.to_string()
+            }),
+        (None, None) => Ok(None),
+    };
+    let ctx = Arc::new(StatusContext::new(
+        handles.clone(),
+        config.regions.clone(),
+        profile,
+    ));
+    let server = StatusServer::bind(status.listen, ctx).await?;
+    let addr = server.local_addr()?;
+    tracing::info!(%addr, "status page on http://{addr}/");
+    let c = cancel.clone();
+    tasks.spawn(async move {
+        server.run(c).await;
+        "status server"
+    });
+    Ok(Some(addr))
+}
+
+/// On SIGUSR1, write the frame journal to the log (oldest first).
+async fn dump_journal_on_sigusr1(journal: Arc<Journal>, cancel: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sig = match signal(SignalKind::user_defined1()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGUSR1 (journal dump): {e}");
+            cancel.cancelled().await;
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            s = sig.recv() => {
+                if s.is_none() {
+                    cancel.cancelled().await;
+                    return;
+                }
+            }
+        }
+        let entries = journal.entries();
+        tracing::info!(
+            entries = entries.len(),
+            recorded = journal.recorded(),
+            dropped = journal.dropped(),
+            "frame journal (SIGUSR1), oldest first"
+        );
+        for e in &entries {
+            tracing::info!(target: "airbridge::ops::journal", "{e}");
+        }
+        tracing::info!("frame journal end");
+    }
+}

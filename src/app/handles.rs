@@ -1,0 +1,64 @@
+//! The shared state of a running gateway: the image and the counters of every source and
+//! server, the config in force, and the frame journal. Everything that observes the gateway
+//! (status page, systemd, reload, tests) reads it through [`Handles`]; nothing here runs.
+
+use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::config::{Config, PushConfig};
+use crate::image::Image;
+use crate::ops::journal::Journal;
+use crate::servers::modbus_tcp::TcpStats;
+use crate::servers::rtu_slave::RtuStats;
+use crate::sources::ksem_poll::PollStats;
+use crate::sources::push::PushStats;
+use crate::sources::rtu_poll::RtuPollStats;
+
+/// Shared handles on a running gateway.
+#[derive(Clone)]
+pub struct Handles {
+    pub image: Arc<Image>,
+    pub push: Arc<PushStats>,
+    pub poll: Arc<PollStats>,
+    pub rtu: Arc<RtuStats>,
+    pub rtu_poll: Arc<RtuPollStats>,
+    pub tcp: Arc<TcpStats>,
+    /// The config in force; hot reload goes through it ([`crate::app::reload::apply`]).
+    pub live: Arc<Live>,
+    /// The last frames seen on every link (`/journal`, SIGUSR1).
+    pub journal: Arc<Journal>,
+}
+
+/// The config in force, and where its live parts are read.
+#[derive(Debug)]
+pub struct Live {
+    pub(crate) config: watch::Sender<Arc<Config>>,
+    /// The push server's live settings, once it runs.
+    pub(crate) push: OnceLock<Arc<ArcSwap<PushConfig>>>,
+}
+
+impl Live {
+    pub fn new(config: Config) -> Self {
+        Live {
+            config: watch::Sender::new(Arc::new(config)),
+            push: OnceLock::new(),
+        }
+    }
+
+    /// Where the push server reads its settings (see `PushServer::settings`).
+    pub fn attach_push(&self, settings: Arc<ArcSwap<PushConfig>>) {
+        let _ = self.push.set(settings);
+    }
+
+    /// The config in force (as started, plus reloads applied since).
+    pub fn current(&self) -> Arc<Config> {
+        Arc::clone(&self.config.borrow())
+    }
+
+    /// A receiver that sees every applied reload (the poller follows one).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Config>> {
+        self.config.subscribe()
+    }
+}

@@ -1,0 +1,359 @@
+//! `/metrics`: the Prometheus text exposition format (version 0.0.4), rendered by hand from
+//! the atomic counters every role already keeps.
+//!
+//! Owns the metric names, their HELP texts and label escaping. Reads only.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, UNIX_EPOCH};
+
+use tokio::time::Instant;
+
+use super::StatusContext;
+use crate::ops::stats::RESULTS;
+
+/// Escape a label value: backslash, double quote and newline.
+pub fn escape_label(v: &str) -> String {
+    let mut s = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '"' => s.push_str("\\\""),
+            '\n' => s.push_str("\\n"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+/// A metric family being written: `# HELP` and `# TYPE` once, then samples.
+struct Out {
+    s: String,
+}
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.s, "# HELP {name} {help}");
+        let _ = writeln!(self.s, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.s.push_str(name);
+        if !labels.is_empty() {
+            self.s.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.s.push(',');
+                }
+                let _ = write!(self.s, "{k}=\"{}\"", escape_label(v));
+            }
+            self.s.push('}');
+        }
+        let _ = writeln!(self.s, " {}", number(value));
+    }
+
+    fn one(&mut self, name: &str, kind: &str, help: &str, value: f64) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+}
+
+fn number(v: f64) -> String {
+    if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.to_string()
+    } else if v.is_nan() {
+        "NaN".to_string()
+    } else {
+        format!("{v}")
+    }
+}
+
+fn b(v: bool) -> f64 {
+    if v {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// Render every metric.
+pub fn render(ctx: &StatusContext) -> String {
+    let h = &ctx.handles;
+    let mut o = Out {
+        s: String::with_capacity(8 * 1024),
+    };
+
+    o.family(
+        "airbridge_build_info",
+        "gauge",
+        "Version of the running gateway (value 1).",
+    );
+    o.sample(
+        "airbridge_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1.0,
+    );
+    let start = ctx.started.duration_since(UNIX_EPOCH).unwrap_or_default();
+    o.one(
+        "airbridge_start_time_seconds",
+        "gauge",
+        "Unix time the gateway started.",
+        start.as_secs_f64().floor(),
+    );
+
+    // Image.
+    let image = &h.image;
+    let snap = image.load_full();
+    let now = Instant::now();
+    o.one(
+        "airbridge_ready",
+        "gauge",
+        "1 once every region has been filled once (the RTU slave answers only then).",
+        b(snap.warm),
+    );
+    let source = |name: &str| {
+        ctx.regions
+            .iter()
+            .find(|r| r.name == name)
+            .map_or_else(|| "?".to_string(), |r| r.source.to_string())
+    };
+    o.family(
+        "airbridge_region_age_seconds",
+        "gauge",
+        "Time since the region was last written completely; absent until it was filled once.",
+    );
+    for (i, spec) in image.specs().iter().enumerate() {
+        if let Some(age) = image.age(&snap, i, now) {
+            o.sample(
+                "airbridge_region_age_seconds",
+                &[("region", &spec.name), ("source", &source(&spec.name))],
+                age.as_secs_f64(),
+            );
+        }
+    }
+    o.family(
+        "airbridge_region_max_age_seconds",
+        "gauge",
+        "The region's max_age: older data is stale (static regions never age and are left out).",
+    );
+    for (i, spec) in image.specs().iter().enumerate() {
+        // The rule in force (hot reload), not the one at start.
+        let max_age = image.freshness(i).map_or(spec.max_age, |f| f.max_age);
+        if max_age != Duration::MAX {
+            o.sample(
+                "airbridge_region_max_age_seconds",
+                &[("region", &spec.name)],
+                max_age.as_secs_f64(),
+            );
+        }
+    }
+    o.family(
+        "airbridge_region_stale",
+        "gauge",
+        "1 while the region is older than its max_age or was never filled.",
+    );
+    for (i, spec) in image.specs().iter().enumerate() {
+        o.sample(
+            "airbridge_region_stale",
+            &[("region", &spec.name)],
+            b(image.is_stale(&snap, i, now)),
+        );
+    }
+
+    // Push.
+    let p = &h.push;
+    o.family("airbridge_push_writes_total", "counter", "Push writes (FC06/FC16) by result: ok = applied, refused = exception 02 (outside the push regions).");
+    o.sample(
+        "airbridge_push_writes_total",
+        &[("result", "ok")],
+        p.writes_ok.load(Relaxed) as f64,
+    );
+    o.sample(
+        "airbridge_push_writes_total",
+        &[("result", "refused")],
+        p.writes_refused.load(Relaxed) as f64,
+    );
+    o.one(
+        "airbridge_push_reads_total",
+        "counter",
+        "Diagnostic reads (FC03/FC04) answered by the push server.",
+        p.reads.load(Relaxed) as f64,
+    );
+    o.one(
+        "airbridge_push_bad_requests_total",
+        "counter",
+        "Push requests with an unsupported function (exception 01) or count (exception 03).",
+        p.bad_requests.load(Relaxed) as f64,
+    );
+    o.family(
+        "airbridge_push_connections_total",
+        "counter",
+        "Push connections by what happened at accept.",
+    );
+    o.sample(
+        "airbridge_push_connections_total",
+        &[("result", "accepted")],
+        p.connections_accepted.load(Relaxed) as f64,
+    );
+    o.sample(
+        "airbridge_push_connections_total",
+        &[("result", "not_allowed")],
+        p.refused_not_allowed.load(Relaxed) as f64,
+    );
+    o.sample(
+        "airbridge_push_connections_total",
+        &[("result", "limit")],
+        p.refused_limit.load(Relaxed) as f64,
+    );
+    o.one(
+        "airbridge_push_idle_timeouts_total",
+        "counter",
+        "Push connections closed for idleness.",
+        p.idle_timeouts.load(Relaxed) as f64,
+    );
+    o.one(
+        "airbridge_push_connections",
+        "gauge",
+        "Push connections open now (upstream connection state of the push side).",
+        p.open.load(Relaxed) as f64,
+    );
+
+    // Poll.
+    let q = &h.poll;
+    o.one(
+        "airbridge_poll_connected",
+        "gauge",
+        "1 while the poller's connection to the KSEM's Modbus TCP slave is up.",
+        b(q.connected.load(Relaxed)),
+    );
+    o.family(
+        "airbridge_poll_connects_total",
+        "counter",
+        "Poller connection attempts by result.",
+    );
+    o.sample(
+        "airbridge_poll_connects_total",
+        &[("result", "ok")],
+        q.connects.load(Relaxed) as f64,
+    );
+    o.sample(
+        "airbridge_poll_connects_total",
+        &[("result", "failed")],
+        q.connect_failures.load(Relaxed) as f64,
+    );
+    o.family("airbridge_poll_requests_total", "counter", "Region reads by the poller, by region and result (superseded = discarded, a newer push landed).");
+    if let Ok(m) = q.by_region.lock() {
+        for (region, c) in m.iter() {
+            for (result, n) in c.by_result() {
+                o.sample(
+                    "airbridge_poll_requests_total",
+                    &[("region", region), ("result", result)],
+                    n as f64,
+                );
+            }
+        }
+    }
+    o.one(
+        "airbridge_poll_fallback_total",
+        "counter",
+        "Region reads done as fallback for a push region whose pushes are missing.",
+        q.fallback_polls.load(Relaxed) as f64,
+    );
+
+    // RTU.
+    let r = &h.rtu;
+    o.family("airbridge_rtu_requests_total", "counter", "RTU requests for our unit by function code and result (exceptions by name; silent_* = no reply).");
+    let mut fcs = r.requests_by_function.seen();
+    for fc in [3u8, 4] {
+        if !fcs.contains(&fc) {
+            fcs.push(fc);
+        }
+    }
+    fcs.sort_unstable();
+    for fc in fcs {
+        let counts = r.requests_by_function.of(fc);
+        let f = fc.to_string();
+        for (result, n) in RESULTS.iter().zip(counts) {
+            o.sample(
+                "airbridge_rtu_requests_total",
+                &[("function", &f), ("result", result)],
+                n as f64,
+            );
+        }
+    }
+    o.family("airbridge_rtu_frames_dropped_total", "counter", "RTU frames not answered, by reason: crc, foreign_unit (other units' requests and all responses), broadcast, partial (incomplete at silence), oversize.");
+    for (reason, n) in [
+        ("crc", r.crc_errors.load(Relaxed)),
+        ("foreign_unit", r.foreign.load(Relaxed)),
+        ("broadcast", r.broadcast.load(Relaxed)),
+        ("partial", r.partial_discarded.load(Relaxed)),
+        ("oversize", r.oversize.load(Relaxed)),
+    ] {
+        o.sample(
+            "airbridge_rtu_frames_dropped_total",
+            &[("reason", reason)],
+            n as f64,
+        );
+    }
+    o.one(
+        "airbridge_rtu_garbage_bytes_total",
+        "counter",
+        "Bytes discarded while hunting for a frame (line noise, wrong baud rate).",
+        r.garbage_bytes.load(Relaxed) as f64,
+    );
+    o.one(
+        "airbridge_rtu_echoes_total",
+        "counter",
+        "Own replies echoed back by the RS485 adapter (ignored).",
+        r.echoes.load(Relaxed) as f64,
+    );
+    o.one(
+        "airbridge_rtu_reply_bytes_total",
+        "counter",
+        "Bytes sent as RTU replies.",
+        r.tx_bytes.load(Relaxed) as f64,
+    );
+    let lat = r.latency.snapshot();
+    let name = "airbridge_rtu_reply_latency_seconds";
+    o.family(name, "histogram", "Request's last byte received to reply written, per RTU reply (includes the configured turnaround).");
+    for (le, n) in &lat.buckets {
+        let le = number(*le);
+        o.sample(&format!("{name}_bucket"), &[("le", &le)], *n as f64);
+    }
+    o.sample(
+        &format!("{name}_bucket"),
+        &[("le", "+Inf")],
+        lat.count as f64,
+    );
+    o.sample(&format!("{name}_sum"), &[], lat.sum_seconds);
+    o.sample(&format!("{name}_count"), &[], lat.count as f64);
+
+    // Journal.
+    let j = &h.journal;
+    o.one(
+        "airbridge_journal_entries_total",
+        "counter",
+        "Frames recorded in the frame journal.",
+        j.recorded() as f64,
+    );
+    o.one(
+        "airbridge_journal_dropped_total",
+        "counter",
+        "Journal entries dropped because their slot was being written concurrently.",
+        j.dropped() as f64,
+    );
+    o.s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape_label("x\ny"), "x\\ny");
+        assert_eq!(number(f64::INFINITY), "+Inf");
+        assert_eq!(number(0.00005), "0.00005");
+    }
+}

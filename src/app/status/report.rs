@@ -1,0 +1,348 @@
+//! `/status` and `/journal`: what the gateway knows, as JSON (and the journal as text).
+//!
+//! Owns the list of "key values" (by register name in the profile) and their decoding from
+//! one image snapshot through the configured register profile. Reads only.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, SystemTime};
+
+use serde_json::{json, Value as Json};
+use tokio::time::Instant;
+
+use super::{unix_ms, StatusContext};
+use crate::control::profile::{self, Profile, Value};
+use crate::image::{Image, Snapshot};
+use crate::ops::journal::Journal;
+
+/// One value shown on the status page: a register of the profile, or the difference of
+/// two (import minus export).
+#[derive(Debug, Clone, Copy)]
+pub struct KeyValue {
+    pub id: &'static str,
+    pub label: &'static str,
+    /// Register name in the profile.
+    pub register: &'static str,
+    /// Register subtracted from it, if any.
+    pub minus: Option<&'static str>,
+}
+
+const fn kv(
+    id: &'static str,
+    label: &'static str,
+    register: &'static str,
+    minus: Option<&'static str>,
+) -> KeyValue {
+    KeyValue {
+        id,
+        label,
+        register,
+        minus,
+    }
+}
+
+/// The key values, by profile register name. A profile without some of them shows those
+/// as unavailable; nothing else depends on them.
+pub const KEY_VALUES: &[KeyValue] = &[
+    kv(
+        "grid_power",
+        "Grid power (import − export)",
+        "active_power_import",
+        Some("active_power_export"),
+    ),
+    kv(
+        "power_l1",
+        "Power L1",
+        "active_power_import_l1",
+        Some("active_power_export_l1"),
+    ),
+    kv(
+        "power_l2",
+        "Power L2",
+        "active_power_import_l2",
+        Some("active_power_export_l2"),
+    ),
+    kv(
+        "power_l3",
+        "Power L3",
+        "active_power_import_l3",
+        Some("active_power_export_l3"),
+    ),
+    kv("voltage_l1", "Voltage L1", "voltage_l1", None),
+    kv("voltage_l2", "Voltage L2", "voltage_l2", None),
+    kv("voltage_l3", "Voltage L3", "voltage_l3", None),
+    kv("current_l1", "Current L1", "current_l1", None),
+    kv("current_l2", "Current L2", "current_l2", None),
+    kv("current_l3", "Current L3", "current_l3", None),
+    kv("frequency", "Frequency", "frequency", None),
+    kv(
+        "energy_import",
+        "Energy imported",
+        "active_energy_import",
+        None,
+    ),
+    kv(
+        "energy_export",
+        "Energy exported",
+        "active_energy_export",
+        None,
+    ),
+];
+
+/// A decoded key value, or why there is none.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    pub value: Result<f64, String>,
+    pub unit: Option<String>,
+    /// A region holding it is older than its `max_age`.
+    pub stale: bool,
+}
+
+/// Decode one register of the profile from `snap`.
+fn register(
+    profile: &Profile,
+    image: &Image,
+    snap: &Snapshot,
+    name: &str,
+    now: Instant,
+) -> Result<(f64, Option<String>, bool), String> {
+    let reg = profile
+        .get(name)
+        .ok_or_else(|| format!("`{name}` is not in the profile"))?;
+    let touched = image
+        .covering(reg.address, usize::from(reg.words))
+        .ok_or_else(|| format!("no region serves {name} ({}..{})", reg.address, reg.end()))?;
+    if touched
+        .clone()
+        .any(|i| snap.regions.get(i).is_none_or(|r| r.written.is_none()))
+    {
+        return Err("no data yet".into());
+    }
+    let stale = touched.clone().any(|i| image.is_stale(snap, i, now));
+    let words = image
+        .read_words(snap, reg.address, reg.words)
+        .ok_or_else(|| format!("no region serves {name}"))?;
+    match reg.decode(&words) {
+        Value::Number(v) => Ok((v, reg.unit.clone(), stale)),
+        other => Err(format!("{name} is not a number ({other})")),
+    }
+}
+
+/// Decode `kv` through `profile` from one snapshot.
+pub fn decode(
+    kv: &KeyValue,
+    profile: &Profile,
+    image: &Image,
+    snap: &Snapshot,
+    now: Instant,
+) -> Decoded {
+    let plus = register(profile, image, snap, kv.register, now);
+    let minus = kv.minus.map(|m| register(profile, image, snap, m, now));
+    match (plus, minus) {
+        (Ok((a, unit, s1)), None) => Decoded {
+            value: Ok(profile::round(a)),
+            unit,
+            stale: s1,
+        },
+        (Ok((a, unit, s1)), Some(Ok((b, _, s2)))) => Decoded {
+            value: Ok(profile::round(a - b)),
+            unit,
+            stale: s1 || s2,
+        },
+        (Err(e), _) | (_, Some(Err(e))) => Decoded {
+            value: Err(e),
+            unit: None,
+            stale: false,
+        },
+    }
+}
+
+fn profile_of(ctx: &StatusContext) -> Option<&Profile> {
+    ctx.profile.as_ref().ok().and_then(Option::as_ref)
+}
+
+/// Grid power now, if the profile has it and its data is fresh.
+pub fn grid_power_now(ctx: &StatusContext) -> Option<f64> {
+    let profile = profile_of(ctx)?;
+    let kv = KEY_VALUES.first()?;
+    let image = &ctx.handles.image;
+    let snap = image.load_full();
+    let d = decode(kv, profile, image, &snap, Instant::now());
+    d.value.ok().filter(|_| !d.stale)
+}
+
+fn secs(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e3).round() / 1e3
+}
+
+/// The `/status` document.
+pub fn status_json(ctx: &StatusContext) -> Json {
+    let h = &ctx.handles;
+    let image = &h.image;
+    let snap = image.load_full();
+    let now = Instant::now();
+    let wall = SystemTime::now();
+    let poll_regions = h
+        .poll
+        .by_region
+        .lock()
+        .map(|m| m.clone())
+        .unwrap_or_default();
+
+    let regions: Vec<Json> = image
+        .specs()
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let source = ctx
+                .regions
+                .iter()
+                .find(|r| r.name == spec.name)
+                .map_or_else(|| "?".to_string(), |r| r.source.to_string());
+            let last_error = poll_regions.get(&spec.name).and_then(|c| c.last_error.as_ref()).map(|(m, at)| {
+                json!({"message": m, "ago_s": secs(wall.duration_since(*at).unwrap_or_default())})
+            });
+            // The rules in force (a hot reload may have changed them since start).
+            let rule = image.freshness(i).unwrap_or(crate::image::Freshness {
+                max_age: spec.max_age,
+                on_stale: spec.on_stale,
+            });
+            json!({
+                "name": spec.name,
+                "start": spec.start,
+                "count": spec.count,
+                "source": source,
+                "age_s": image.age(&snap, i, now).map(secs),
+                "max_age_s": (rule.max_age != Duration::MAX).then(|| secs(rule.max_age)),
+                "on_stale": rule.on_stale.as_str(),
+                "stale": image.is_stale(&snap, i, now),
+                "last_error": last_error,
+            })
+        })
+        .collect();
+
+    let values: Vec<Json> = KEY_VALUES
+        .iter()
+        .map(|kv| {
+            let d = match &ctx.profile {
+                Ok(Some(p)) => decode(kv, p, image, &snap, now),
+                Ok(None) => Decoded { value: Err("no profile configured".into()), unit: None, stale: false },
+                Err(e) => Decoded { value: Err(format!("profile failed to load: {e}")), unit: None, stale: false },
+            };
+            let (value, why) = match d.value {
+                Ok(v) => (Some(v), None),
+                Err(e) => (None, Some(e)),
+            };
+            json!({"id": kv.id, "label": kv.label, "value": value, "unit": d.unit, "stale": d.stale, "why": why})
+        })
+        .collect();
+
+    let rtu = &h.rtu;
+    let lat = rtu.latency.snapshot();
+    let history: Vec<Json> = ctx
+        .history
+        .lock()
+        .map(|hist| hist.iter().map(|(t, v)| json!([t, v])).collect())
+        .unwrap_or_default();
+    let profile = match &ctx.profile {
+        Ok(Some(p)) => json!({"name": p.name, "error": null}),
+        Ok(None) => json!({"name": null, "error": "no profile configured"}),
+        Err(e) => json!({"name": null, "error": e}),
+    };
+    let poll_error = h.poll.last_error.lock().ok().and_then(|g| g.clone());
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "time_ms": unix_ms(wall),
+        "uptime_s": secs(wall.duration_since(ctx.started).unwrap_or_default()),
+        "ready": snap.warm,
+        "profile": profile,
+        "values": values,
+        "regions": regions,
+        "upstream": {
+            "push_connections": h.push.open.load(Relaxed),
+            "poll_connected": h.poll.connected.load(Relaxed),
+            "poll_last_error": poll_error,
+        },
+        "counters": {
+            "rtu": {
+                "replies": rtu.replies.load(Relaxed),
+                "exceptions": rtu.exceptions.load(Relaxed),
+                "silent_stale": rtu.silent_stale.load(Relaxed),
+                "silent_warmup": rtu.silent_warmup.load(Relaxed),
+                "crc_errors": rtu.crc_errors.load(Relaxed),
+                "foreign": rtu.foreign.load(Relaxed),
+                "broadcast": rtu.broadcast.load(Relaxed),
+                "partial_discarded": rtu.partial_discarded.load(Relaxed),
+                "oversize": rtu.oversize.load(Relaxed),
+                "garbage_bytes": rtu.garbage_bytes.load(Relaxed),
+                "echoes": rtu.echoes.load(Relaxed),
+            },
+            "push": {
+                "writes_ok": h.push.writes_ok.load(Relaxed),
+                "writes_refused": h.push.writes_refused.load(Relaxed),
+                "reads": h.push.reads.load(Relaxed),
+                "bad_requests": h.push.bad_requests.load(Relaxed),
+                "connections_accepted": h.push.connections_accepted.load(Relaxed),
+                "refused_not_allowed": h.push.refused_not_allowed.load(Relaxed),
+                "refused_limit": h.push.refused_limit.load(Relaxed),
+            },
+            "poll": {
+                "regions_ok": h.poll.regions_ok.load(Relaxed),
+                "regions_failed": h.poll.regions_failed.load(Relaxed),
+                "fallback_polls": h.poll.fallback_polls.load(Relaxed),
+                "superseded": h.poll.superseded.load(Relaxed),
+                "connect_failures": h.poll.connect_failures.load(Relaxed),
+            },
+            "journal": {
+                "recorded": h.journal.recorded(),
+                "dropped": h.journal.dropped(),
+                "capacity": h.journal.capacity(),
+            },
+        },
+        "latency": {
+            "buckets": lat.buckets,
+            "count": lat.count,
+            "sum_s": lat.sum_seconds,
+        },
+        "history": {"interval_s": 1, "grid_power": history},
+    })
+}
+
+/// The `/journal` document: the newest `n` entries, oldest first.
+pub fn journal_json(journal: &Journal, n: usize) -> Json {
+    let entries: Vec<Json> = journal
+        .last(n)
+        .iter()
+        .map(|e| {
+            json!({
+                "t_us": e.t_us,
+                "time": e.time(),
+                "link": e.link.as_str(),
+                "dir": e.dir.as_str(),
+                "unit": e.unit,
+                "function": e.function,
+                "address": e.address,
+                "count": e.count,
+                "frame": e.frame(),
+                "action": e.action.kind(),
+                "result": e.action.to_string(),
+                "latency_us": e.latency_us,
+            })
+        })
+        .collect();
+    json!({
+        "capacity": journal.capacity(),
+        "recorded": journal.recorded(),
+        "dropped": journal.dropped(),
+        "entries": entries,
+    })
+}
+
+/// The journal as text, one entry per line, oldest first.
+pub fn journal_text(journal: &Journal, n: usize) -> String {
+    let mut s = String::new();
+    for e in journal.last(n) {
+        s.push_str(&e.to_string());
+        s.push('\n');
+    }
+    s
+}

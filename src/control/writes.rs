@@ -1,0 +1,196 @@
+//! Control writes from LAN clients to a device on the RTU bus.
+//!
+//! Owns the write policy (a register may be written only if the profile marks it writable for
+//! that function code **and** the config lists it under `writable:`; values in the profile's
+//! range) and the job type that carries an accepted write to the RTU poller, which executes it
+//! between polls and hands back the device's real outcome. Pure apart from the channel: it
+//! touches neither the bus nor the image.
+
+use std::collections::BTreeSet;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{WritableEntry, WritableTarget};
+use crate::control::profile::{Profile, Register, WriteRefusal};
+
+/// Function code: write single register.
+pub const FC_WRITE_SINGLE: u8 = 0x06;
+/// Function code: write multiple registers.
+pub const FC_WRITE_MULTIPLE: u8 = 0x10;
+
+/// Which registers LAN clients may write.
+#[derive(Debug, Clone)]
+pub struct WritePolicy {
+    profile: Profile,
+    /// Names of the allowed profile registers.
+    allowed: BTreeSet<String>,
+}
+
+/// Why a write is refused before it reaches the bus.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    #[error("function code {0} does not write registers")]
+    Function(u8),
+    #[error("{0}")]
+    Profile(WriteRefusal),
+    #[error("{0} is not listed under `writable:`")]
+    NotListed(String),
+    #[error("no register is written with function code {fc} at {address}")]
+    Unknown { fc: u8, address: u16 },
+}
+
+impl Refusal {
+    /// The Modbus exception code for the client: 03 for a value out of range, 02 otherwise.
+    pub fn exception(&self) -> u8 {
+        match self {
+            Refusal::Profile(WriteRefusal::OutOfRange { .. } | WriteRefusal::NotInEnum { .. }) => {
+                0x03
+            }
+            Refusal::Function(_) => 0x01,
+            _ => 0x02,
+        }
+    }
+}
+
+impl WritePolicy {
+    /// Resolve `writable:` entries against the profile: the register names they allow, or the
+    /// line and text of the first entry that is not writable in the profile.
+    pub fn resolve(
+        profile: &Profile,
+        entries: &[WritableEntry],
+    ) -> Result<BTreeSet<String>, (u64, String)> {
+        let mut names = BTreeSet::new();
+        for e in entries {
+            let reg = resolve_one(profile, &e.target).map_err(|m| (e.line, m))?;
+            names.insert(reg.name.clone());
+        }
+        Ok(names)
+    }
+
+    /// The policy for `entries` (see [`WritePolicy::resolve`]).
+    pub fn new(profile: Profile, entries: &[WritableEntry]) -> Result<Self, (u64, String)> {
+        let allowed = Self::resolve(&profile, entries)?;
+        Ok(WritePolicy { profile, allowed })
+    }
+
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    /// The allowed registers, by name.
+    pub fn allowed(&self) -> &BTreeSet<String> {
+        &self.allowed
+    }
+
+    /// Check a client's write. `Ok` lists the registers it writes, all allowed, in range.
+    /// What a write means is decided by its function code (see [`Profile::check_write`]).
+    pub fn check(&self, fc: u8, address: u16, values: &[u16]) -> Result<Vec<&Register>, Refusal> {
+        if fc != FC_WRITE_SINGLE && fc != FC_WRITE_MULTIPLE {
+            return Err(Refusal::Function(fc));
+        }
+        if values.is_empty() {
+            return Err(Refusal::Unknown { fc, address });
+        }
+        // First: is every word inside an allowed register written with this code? (02)
+        let end = u32::from(address) + values.len() as u32;
+        let mut a = u32::from(address);
+        while a < end {
+            let addr = a as u16;
+            let reg = self
+                .profile
+                .written_by(fc, addr)
+                .ok_or(Refusal::Unknown { fc, address: addr })?;
+            if !self.allowed.contains(&reg.name) {
+                return Err(Refusal::NotListed(reg.name.clone()));
+            }
+            a = reg.end();
+        }
+        // Then: whole registers, values in range (03 for a bad value).
+        self.profile
+            .check_write(fc, address, values)
+            .map_err(Refusal::Profile)
+    }
+}
+
+fn resolve_one<'p>(profile: &'p Profile, target: &WritableTarget) -> Result<&'p Register, String> {
+    match target {
+        WritableTarget::Name(n) => {
+            let r = profile
+                .get(n)
+                .ok_or_else(|| format!("the profile has no register named `{n}`"))?;
+            if !r.access.writable() {
+                return Err(format!("{n} is read-only in the profile"));
+            }
+            Ok(r)
+        }
+        WritableTarget::Address(a) => {
+            if let Some(r) = profile.written_by(FC_WRITE_SINGLE, *a) {
+                return Ok(r);
+            }
+            if let Some(r) = profile.written_by(FC_WRITE_MULTIPLE, *a) {
+                if r.address == *a {
+                    return Ok(r);
+                }
+                return Err(format!(
+                    "{a} lies inside {} ({}..{}), which is written whole with FC16; list {} or `{}`",
+                    r.name,
+                    r.address,
+                    r.end() - 1,
+                    r.address,
+                    r.name
+                ));
+            }
+            let ro = [
+                crate::control::profile::Function::Input,
+                crate::control::profile::Function::Holding,
+            ]
+            .into_iter()
+            .find_map(|f| profile.at(f, *a));
+            Err(match ro {
+                Some(r) => format!("{a} ({}) is read-only in the profile", r.name),
+                None => format!("{a} is not a register of the profile"),
+            })
+        }
+    }
+}
+
+/// A write the RTU poller executes on the bus.
+#[derive(Debug)]
+pub struct WriteJob {
+    /// 6 or 16.
+    pub fc: u8,
+    pub address: u16,
+    pub values: Vec<u16>,
+    /// The device's outcome.
+    pub reply: oneshot::Sender<WriteOutcome>,
+}
+
+/// What became of a write on the bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The device confirmed it (FC06 echo, FC16 address/count).
+    Done,
+    /// The device answered with this exception code.
+    Exception(u8),
+    /// No valid reply within the timeout (or a garbled one).
+    NoReply,
+    /// The device is offline; nothing was sent.
+    Offline,
+}
+
+impl WriteOutcome {
+    /// The Modbus exception a TCP client gets, `None` for success.
+    pub fn exception(self) -> Option<u8> {
+        match self {
+            WriteOutcome::Done => None,
+            WriteOutcome::Exception(c) => Some(c),
+            WriteOutcome::NoReply | WriteOutcome::Offline => Some(0x0B),
+        }
+    }
+}
+
+/// The sending side of the write queue.
+pub type WriteQueue = mpsc::Sender<WriteJob>;
+
+/// Accepted writes waiting for the bus (more are refused with exception 06, busy).
+pub const QUEUE_DEPTH: usize = 16;

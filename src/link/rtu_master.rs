@@ -1,0 +1,571 @@
+//! Modbus RTU master (client) side, generic over any byte stream.
+//!
+//! Owns the stream side of a master: recognising where a reply ends (expected length, or
+//! a 5-byte CRC-valid exception), per-request timeouts, and discarding stale input so a
+//! late reply is never taken as the answer to the next request. Encoding and the reply
+//! parser are the pure [`crate::modbus::master`]. Used by the KSTAR poller
+//! ([`crate::sources::rtu_poll`]), the simulated inverter and the bench tool (which
+//! measures turnaround with [`RtuMaster::transact`]).
+//!
+//! May touch: [`crate::modbus`] and the stream it is given. Nothing else: no serial-port
+//! setup, no gateway state.
+//!
+//! Unit 0 (broadcast) is not supported: a broadcast gets no reply, so a
+//! transaction on it would always time out.
+
+use std::io;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::{timeout, timeout_at, Instant};
+
+use crate::modbus::crc::frame_crc_ok;
+use crate::modbus::master::{
+    encode_read, encode_write_multiple, encode_write_single, expected_reply_len, parse_read_reply,
+    EXCEPTION_LEN, MAX_FRAME_LEN,
+};
+
+/// The master's error type (defined with the reply parser that produces most of them).
+pub use crate::modbus::master::ReplyError;
+
+/// Default quiet window used to discard stale input after a timeout or a bad frame.
+pub const DEFAULT_DRAIN_WINDOW: Duration = Duration::from_millis(5);
+/// Upper bound on bytes discarded in one drain, so a babbling line cannot stall us.
+const MAX_DRAIN_BYTES: usize = 64 * 1024;
+
+/// One request/reply exchange as seen on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    /// The raw reply: either the expected normal length or a 5-byte exception frame.
+    /// Its CRC has been checked; its content has not.
+    pub reply: Vec<u8>,
+    /// After the request was written.
+    pub sent_at: Instant,
+    /// When the read returning the first reply byte completed.
+    pub first_byte_at: Instant,
+    /// When the read returning the last reply byte completed.
+    pub last_byte_at: Instant,
+}
+
+impl Transaction {
+    /// Turnaround: request written → first reply byte.
+    pub fn turnaround(&self) -> Duration {
+        self.first_byte_at.saturating_duration_since(self.sent_at)
+    }
+
+    /// Whole exchange: request written → last reply byte.
+    pub fn total(&self) -> Duration {
+        self.last_byte_at.saturating_duration_since(self.sent_at)
+    }
+
+    /// True when the reply is an exception frame.
+    pub fn is_exception(&self) -> bool {
+        self.reply.len() == EXCEPTION_LEN && self.reply.get(1).is_some_and(|f| f & 0x80 != 0)
+    }
+}
+
+/// Modbus RTU master over any byte stream (serial port, pty, `tokio::io::duplex`).
+///
+/// One request at a time; every request has a timeout. After a timeout, a bad
+/// frame or an I/O error the master is "dirty" and, before its next request,
+/// discards input until the line has been quiet for the drain window. Before
+/// every request it also discards whatever is already buffered, at no wait.
+#[derive(Debug)]
+pub struct RtuMaster<S> {
+    stream: S,
+    timeout: Duration,
+    drain_window: Duration,
+    dirty: bool,
+    discarded: u64,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> RtuMaster<S> {
+    /// A master with the given reply timeout and the default drain window.
+    pub fn new(stream: S, timeout: Duration) -> Self {
+        Self {
+            stream,
+            timeout,
+            drain_window: DEFAULT_DRAIN_WINDOW,
+            dirty: false,
+            discarded: 0,
+        }
+    }
+
+    /// Change the quiet window used to discard stale input after trouble.
+    pub fn with_drain_window(mut self, window: Duration) -> Self {
+        self.drain_window = window;
+        self
+    }
+
+    /// The reply timeout (request written → complete reply).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Change the reply timeout.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// Total stale bytes discarded so far.
+    pub fn discarded_bytes(&self) -> u64 {
+        self.discarded
+    }
+
+    /// The underlying stream.
+    pub fn get_ref(&self) -> &S {
+        &self.stream
+    }
+
+    /// The underlying stream, mutably (careful: bypasses the framing).
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
+
+    /// Give the stream back.
+    pub fn into_inner(self) -> S {
+        self.stream
+    }
+
+    /// Send `request` as is and collect its reply: `expected_len` bytes, or a
+    /// 5-byte CRC-valid exception frame (function byte = request function | 0x80).
+    ///
+    /// The reply's CRC is checked ([`ReplyError::BadCrc`]); its content is not.
+    /// An exception frame is returned as `Ok` here (see [`Transaction::is_exception`]).
+    pub async fn transact(
+        &mut self,
+        request: &[u8],
+        expected_len: usize,
+    ) -> Result<Transaction, ReplyError> {
+        if request.len() < 4 {
+            return Err(ReplyError::BadFrame(format!(
+                "request of {} bytes is too short",
+                request.len()
+            )));
+        }
+        if !(EXCEPTION_LEN..=MAX_FRAME_LEN).contains(&expected_len) {
+            return Err(ReplyError::BadFrame(format!(
+                "expected reply length {expected_len} outside {EXCEPTION_LEN}..={MAX_FRAME_LEN}"
+            )));
+        }
+        let exception_fc = request[1] | 0x80;
+
+        self.discard_stale().await?;
+
+        // Dirty until a reply has been taken off the line completely; this also
+        // covers a caller dropping this future half-way (e.g. on cancellation).
+        self.dirty = true;
+        self.send(request).await?;
+        let sent_at = Instant::now();
+        let deadline = sent_at + self.timeout;
+
+        let mut buf = vec![0u8; expected_len];
+        let mut len = 0usize;
+        let mut first_byte_at = None;
+        loop {
+            let n = match timeout_at(deadline, self.stream.read(&mut buf[len..])).await {
+                Err(_) => {
+                    if len > 0 {
+                        tracing::debug!(len, expected_len, "RTU reply incomplete at timeout");
+                    }
+                    return Err(ReplyError::Timeout);
+                }
+                Ok(Err(e)) => return Err(e.into()),
+                Ok(Ok(0)) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "stream closed while waiting for a reply",
+                    )
+                    .into());
+                }
+                Ok(Ok(n)) => n,
+            };
+            let now = Instant::now();
+            let first = *first_byte_at.get_or_insert(now);
+            len += n;
+
+            if len >= EXCEPTION_LEN && buf[1] == exception_fc {
+                // Normal replies never carry the 0x80 bit, so this can only be an exception.
+                if len > EXCEPTION_LEN {
+                    return Err(ReplyError::BadFrame(format!(
+                        "exception function byte in a {len}-byte reply"
+                    )));
+                }
+                buf.truncate(EXCEPTION_LEN);
+                if !frame_crc_ok(&buf) {
+                    return Err(ReplyError::BadCrc);
+                }
+                self.dirty = false;
+                return Ok(Transaction {
+                    reply: buf,
+                    sent_at,
+                    first_byte_at: first,
+                    last_byte_at: now,
+                });
+            }
+            if len == expected_len {
+                if !frame_crc_ok(&buf) {
+                    return Err(ReplyError::BadCrc);
+                }
+                self.dirty = false;
+                return Ok(Transaction {
+                    reply: buf,
+                    sent_at,
+                    first_byte_at: first,
+                    last_byte_at: now,
+                });
+            }
+        }
+    }
+
+    /// Read `count` registers (FC03/FC04) from `unit` starting at `address`.
+    ///
+    /// A `count` whose reply would exceed 256 bytes (more than 125 registers) is
+    /// refused locally with [`ReplyError::BadFrame`]; otherwise `count` is sent as
+    /// is, and a slave's exception comes back as [`ReplyError::Exception`].
+    pub async fn read(
+        &mut self,
+        unit: u8,
+        function: u8,
+        address: u16,
+        count: u16,
+    ) -> Result<Vec<u16>, ReplyError> {
+        let request = encode_read(unit, function, address, count);
+        let tx = self
+            .transact(&request, expected_reply_len(function, count))
+            .await?;
+        let parsed = parse_read_reply(unit, function, count, &tx.reply);
+        if matches!(parsed, Err(ReplyError::BadFrame(_) | ReplyError::BadCrc)) {
+            self.dirty = true;
+        }
+        parsed
+    }
+
+    /// Write one register (FC06); the slave must echo the request.
+    pub async fn write_single(
+        &mut self,
+        unit: u8,
+        address: u16,
+        value: u16,
+    ) -> Result<(), ReplyError> {
+        let request = encode_write_single(unit, address, value);
+        let tx = self.transact(&request, request.len()).await?;
+        if tx.is_exception() {
+            return Err(ReplyError::Exception(tx.reply[2]));
+        }
+        if tx.reply != request {
+            self.dirty = true;
+            return Err(ReplyError::BadFrame(format!(
+                "FC06 echo {:02X?} differs from request {:02X?}",
+                tx.reply, request
+            )));
+        }
+        Ok(())
+    }
+
+    /// Write registers (FC16); the slave must confirm address and count.
+    pub async fn write_multiple(
+        &mut self,
+        unit: u8,
+        address: u16,
+        values: &[u16],
+    ) -> Result<(), ReplyError> {
+        let request = encode_write_multiple(unit, address, values)
+            .ok_or_else(|| ReplyError::BadFrame(format!("FC16 of {} registers", values.len())))?;
+        let tx = self.transact(&request, 8).await?;
+        if tx.is_exception() {
+            return Err(ReplyError::Exception(tx.reply[2]));
+        }
+        if tx.reply.get(..6) != request.get(..6) {
+            self.dirty = true;
+            return Err(ReplyError::BadFrame(format!(
+                "FC16 reply {:02X?} does not confirm the request",
+                tx.reply
+            )));
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, request: &[u8]) -> io::Result<()> {
+        // No flush: a tty has no user-space buffer, and its flush is a blocking tcdrain that
+        // would hold a runtime worker until the request is on the wire.
+        self.stream.write_all(request).await
+    }
+
+    /// Discard input that is not an answer to the request about to be sent:
+    /// always whatever is already buffered; after trouble, everything until the
+    /// line has been quiet for the drain window.
+    async fn discard_stale(&mut self) -> Result<(), ReplyError> {
+        let window = if self.dirty {
+            self.drain_window
+        } else {
+            Duration::ZERO
+        };
+        let mut scratch = [0u8; MAX_FRAME_LEN];
+        let mut total = 0usize;
+        while total < MAX_DRAIN_BYTES {
+            match timeout(window, self.stream.read(&mut scratch)).await {
+                Err(_) | Ok(Ok(0)) => break,
+                Ok(Ok(n)) => total += n,
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        }
+        if total > 0 {
+            tracing::debug!(bytes = total, "RTU master discarded stale input");
+            self.discarded += total as u64;
+        }
+        self.dirty = false;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::modbus::crc::append_crc;
+    use tokio::io::{duplex, DuplexStream};
+    use tokio::time::sleep;
+
+    /// Build a normal FC03/FC04 reply for `words`.
+    fn reply(unit: u8, function: u8, words: &[u16]) -> Vec<u8> {
+        let mut out = vec![unit, function, (words.len() * 2) as u8];
+        for w in words {
+            out.extend_from_slice(&w.to_be_bytes());
+        }
+        out.extend_from_slice(&[0, 0]);
+        let len = out.len() - 2;
+        append_crc(&mut out, len);
+        out
+    }
+
+    fn exception(unit: u8, function: u8, code: u8) -> Vec<u8> {
+        let mut out = vec![unit, function | 0x80, code, 0, 0];
+        append_crc(&mut out, 3);
+        out
+    }
+
+    /// Read one 8-byte request from the responder side.
+    async fn next_request(s: &mut DuplexStream) -> Option<[u8; 8]> {
+        let mut req = [0u8; 8];
+        s.read_exact(&mut req).await.ok()?;
+        Some(req)
+    }
+
+    fn req_address(req: &[u8; 8]) -> u16 {
+        u16::from_be_bytes([req[2], req[3]])
+    }
+
+    fn req_count(req: &[u8; 8]) -> u16 {
+        u16::from_be_bytes([req[4], req[5]])
+    }
+
+    /// Responder answering FC03 with word = address + i.
+    async fn echo_responder(mut s: DuplexStream) {
+        while let Some(req) = next_request(&mut s).await {
+            assert!(frame_crc_ok(&req));
+            let a = req_address(&req);
+            let words: Vec<u16> = (0..req_count(&req)).map(|i| a.wrapping_add(i)).collect();
+            if s.write_all(&reply(req[0], req[1], &words)).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    const LIMIT: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn good_reply() {
+        let (a, b) = duplex(1024);
+        let responder = tokio::spawn(echo_responder(b));
+        let mut m = RtuMaster::new(a, Duration::from_millis(500));
+        let words = tokio::time::timeout(LIMIT, m.read(1, 3, 100, 4))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(words, vec![100, 101, 102, 103]);
+
+        let tx = tokio::time::timeout(LIMIT, m.transact(&encode_read(1, 3, 7, 1), 7))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(tx.reply, reply(1, 3, &[7]));
+        assert!(tx.sent_at <= tx.first_byte_at && tx.first_byte_at <= tx.last_byte_at);
+        assert!(!tx.is_exception());
+        drop(m);
+        responder.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn exception_reply() {
+        let (a, mut b) = duplex(1024);
+        let responder = tokio::spawn(async move {
+            let req = next_request(&mut b).await.unwrap();
+            b.write_all(&exception(req[0], req[1], 0x02)).await.unwrap();
+            b
+        });
+        let mut m = RtuMaster::new(a, Duration::from_millis(500));
+        let r = tokio::time::timeout(LIMIT, m.read(1, 3, 300, 10))
+            .await
+            .unwrap();
+        assert!(matches!(r, Err(ReplyError::Exception(2))), "{r:?}");
+        let _b = responder.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_times_out() {
+        let (a, b) = duplex(1024);
+        let mut m = RtuMaster::new(a, Duration::from_millis(100));
+        let start = Instant::now();
+        let r = tokio::time::timeout(LIMIT, m.read(1, 3, 0, 10))
+            .await
+            .unwrap();
+        assert!(matches!(r, Err(ReplyError::Timeout)), "{r:?}");
+        assert!(start.elapsed() >= Duration::from_millis(100));
+        assert!(start.elapsed() < Duration::from_millis(200));
+        drop(b);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bad_crc_then_recovers() {
+        let (a, mut b) = duplex(1024);
+        let responder = tokio::spawn(async move {
+            let req = next_request(&mut b).await.unwrap();
+            let mut r = reply(req[0], req[1], &[1, 2]);
+            let last = r.len() - 1;
+            r[last] ^= 0xFF;
+            b.write_all(&r).await.unwrap();
+            // Second request gets a good answer.
+            let req = next_request(&mut b).await.unwrap();
+            b.write_all(&reply(req[0], req[1], &[3, 4])).await.unwrap();
+            b
+        });
+        let mut m = RtuMaster::new(a, Duration::from_millis(100));
+        let r = tokio::time::timeout(LIMIT, m.read(1, 3, 0, 2))
+            .await
+            .unwrap();
+        assert!(matches!(r, Err(ReplyError::BadCrc)), "{r:?}");
+        let r = tokio::time::timeout(LIMIT, m.read(1, 3, 0, 2))
+            .await
+            .unwrap();
+        assert_eq!(r.unwrap(), vec![3, 4]);
+        let _b = responder.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reply_in_chunks() {
+        let (a, mut b) = duplex(1024);
+        let responder = tokio::spawn(async move {
+            let req = next_request(&mut b).await.unwrap();
+            let words: Vec<u16> = (0..74).collect();
+            let r = reply(req[0], req[1], &words);
+            for chunk in r.chunks(17) {
+                b.write_all(chunk).await.unwrap();
+                b.flush().await.unwrap();
+                sleep(Duration::from_millis(3)).await;
+            }
+            b
+        });
+        let mut m = RtuMaster::new(a, Duration::from_millis(100));
+        let tx = tokio::time::timeout(LIMIT, m.transact(&encode_read(1, 3, 0, 74), 153))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(tx.reply.len(), 153);
+        assert!(tx.total() >= Duration::from_millis(24), "{:?}", tx.total());
+        let words = parse_read_reply(1, 3, 74, &tx.reply).unwrap();
+        assert_eq!(words, (0..74).collect::<Vec<u16>>());
+        let _b = responder.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn late_reply_is_discarded() {
+        let (a, mut b) = duplex(1024);
+        let responder = tokio::spawn(async move {
+            // First request: answer after the master has given up.
+            let req = next_request(&mut b).await.unwrap();
+            sleep(Duration::from_millis(150)).await;
+            b.write_all(&reply(req[0], req[1], &[0x1111]))
+                .await
+                .unwrap();
+            // Second request: answer promptly.
+            let req = next_request(&mut b).await.unwrap();
+            b.write_all(&reply(req[0], req[1], &[0x2222]))
+                .await
+                .unwrap();
+            b
+        });
+        let mut m = RtuMaster::new(a, Duration::from_millis(100));
+        let r = tokio::time::timeout(LIMIT, m.read(1, 3, 1, 1))
+            .await
+            .unwrap();
+        assert!(matches!(r, Err(ReplyError::Timeout)), "{r:?}");
+        // The poll interval passes; the late reply lands in the meantime.
+        sleep(Duration::from_millis(100)).await;
+        let r = tokio::time::timeout(LIMIT, m.read(1, 3, 2, 1))
+            .await
+            .unwrap();
+        assert_eq!(r.unwrap(), vec![0x2222]);
+        assert_eq!(m.discarded_bytes(), 7);
+        let _b = responder.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropped_transaction_leaves_master_draining() {
+        let (a, mut b) = duplex(1024);
+        let responder = tokio::spawn(async move {
+            let req = next_request(&mut b).await.unwrap();
+            sleep(Duration::from_millis(52)).await;
+            b.write_all(&reply(req[0], req[1], &[0x1111]))
+                .await
+                .unwrap();
+            let req = next_request(&mut b).await.unwrap();
+            b.write_all(&reply(req[0], req[1], &[0x2222]))
+                .await
+                .unwrap();
+            b
+        });
+        let mut m = RtuMaster::new(a, Duration::from_secs(1));
+        // The caller gives up after 50 ms (e.g. cancellation) and retries at once;
+        // the first answer lands within the drain window and must not be taken.
+        let dropped = tokio::time::timeout(Duration::from_millis(50), m.read(1, 3, 1, 1)).await;
+        assert!(dropped.is_err());
+        let r = tokio::time::timeout(LIMIT, m.read(1, 3, 2, 1))
+            .await
+            .unwrap();
+        assert_eq!(r.unwrap(), vec![0x2222]);
+        let _b = responder.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn write_single_echo_and_exception() {
+        let (a, mut b) = duplex(1024);
+        let responder = tokio::spawn(async move {
+            let req = next_request(&mut b).await.unwrap();
+            b.write_all(&req).await.unwrap();
+            let req = next_request(&mut b).await.unwrap();
+            b.write_all(&exception(req[0], req[1], 3)).await.unwrap();
+            b
+        });
+        let mut m = RtuMaster::new(a, Duration::from_millis(100));
+        tokio::time::timeout(LIMIT, m.write_single(1, 4004, 85))
+            .await
+            .unwrap()
+            .unwrap();
+        let r = tokio::time::timeout(LIMIT, m.write_single(1, 4004, 200))
+            .await
+            .unwrap();
+        assert!(matches!(r, Err(ReplyError::Exception(3))), "{r:?}");
+        let _b = responder.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn closed_stream_is_io_error() {
+        let (a, b) = duplex(64);
+        drop(b);
+        let mut m = RtuMaster::new(a, Duration::from_millis(100));
+        let r = tokio::time::timeout(LIMIT, m.read(1, 3, 0, 1))
+            .await
+            .unwrap();
+        assert!(matches!(r, Err(ReplyError::Io(_))), "{r:?}");
+    }
+}

@@ -1,0 +1,465 @@
+//! The poller: reads slow data (and fallback copies of push regions) from the KSEM's
+//! Modbus TCP slave into the image.
+//!
+//! Owns one persistent upstream connection (tokio-modbus TCP client) and the schedule of
+//! every polled region. A region is read in chunks of at most 125 registers and committed to
+//! the [`Image`] only when every chunk arrived, so a counter across a chunk boundary is never
+//! torn. Every request has a timeout; a broken connection is re-established with jittered
+//! exponential backoff (1 s … 30 s). It runs in its own task and only writes the image, so it
+//! can never delay the push server or the RTU slave.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_modbus::client::{Client, Context};
+use tokio_modbus::Slave;
+use tokio_modbus::{Request, Response};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, PollConfig, MAX_READ};
+use crate::image::Image;
+use crate::link::reopen::Backoff;
+use crate::ops::journal::{self, Journal};
+
+/// Counters of the poll side.
+#[derive(Debug, Default)]
+pub struct PollStats {
+    pub connected: AtomicBool,
+    pub connects: AtomicU64,
+    pub connect_failures: AtomicU64,
+    /// Regions read completely and committed.
+    pub regions_ok: AtomicU64,
+    /// Region reads that failed (timeout, I/O, exception, malformed reply).
+    pub regions_failed: AtomicU64,
+    /// Region reads done as fallback for a push region.
+    pub fallback_polls: AtomicU64,
+    /// Region reads dropped because a push landed in the region while they ran.
+    pub superseded: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+    /// Per region (by name): reads by result and the last error (status page, metrics).
+    pub by_region: Mutex<std::collections::BTreeMap<String, RegionPollCounts>>,
+}
+
+/// Poll reads of one region by result.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RegionPollCounts {
+    pub ok: u64,
+    /// Discarded: a push landed in the region while the read ran.
+    pub superseded: u64,
+    pub timeout: u64,
+    pub exception: u64,
+    /// Connection or protocol errors.
+    pub transport: u64,
+    /// The last failure and when it happened.
+    pub last_error: Option<(String, std::time::SystemTime)>,
+}
+
+impl RegionPollCounts {
+    /// `(result label, count)` as in `/metrics`.
+    pub fn by_result(&self) -> [(&'static str, u64); 5] {
+        [
+            ("ok", self.ok),
+            ("superseded", self.superseded),
+            ("timeout", self.timeout),
+            ("exception", self.exception),
+            ("transport", self.transport),
+        ]
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A polled region: every `every`.
+    Regular,
+    /// A push region's fallback: every `every`, but only while no push arrived for `max_age`.
+    Fallback { max_age: Duration },
+}
+
+#[derive(Debug)]
+struct Task {
+    region: usize,
+    name: String,
+    start: u16,
+    count: u16,
+    every: Duration,
+    kind: Kind,
+    /// Earliest time of the next read (after a success: last + every; after a failure: a retry).
+    next: Instant,
+    retry: Backoff,
+    failing: bool,
+}
+
+/// Why a region read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Transport(#[from] tokio_modbus::Error),
+    #[error("exception {0}")]
+    Exception(tokio_modbus::ExceptionCode),
+    #[error("reply has {got} registers, asked for {want}")]
+    Length { got: usize, want: u16 },
+    #[error("reply of another kind than the request")]
+    Unexpected,
+}
+
+impl PollError {
+    /// The connection can no longer be trusted (a late reply could be taken for the next).
+    fn breaks_connection(&self) -> bool {
+        !matches!(self, PollError::Exception(_))
+    }
+}
+
+/// The upstream poller.
+pub struct Poller {
+    cfg: PollConfig,
+    tasks: Vec<Task>,
+    image: Arc<Image>,
+    stats: Arc<PollStats>,
+    /// Reloaded configs (see [`Poller::follow`]).
+    updates: Option<tokio::sync::watch::Receiver<Arc<Config>>>,
+    journal: Option<Arc<Journal>>,
+}
+
+impl Poller {
+    /// Poll tasks for every polled region and every push region with `fallback_poll`.
+    /// `None` when the config has no `poll:` section.
+    pub fn new(config: &Config, image: Arc<Image>, stats: Arc<PollStats>) -> Option<Self> {
+        let cfg = config.poll.clone()?;
+        let now = Instant::now();
+        let tasks = config
+            .regions
+            .iter()
+            .filter_map(|r| {
+                let region = image.region_index(&r.name)?;
+                let (every, kind) = match (r.every, r.fallback_poll) {
+                    (Some(e), _) if r.source.poll => (e, Kind::Regular),
+                    (_, Some(f)) => (f, Kind::Fallback { max_age: r.max_age }),
+                    _ => return None,
+                };
+                Some(Task {
+                    region,
+                    name: r.name.clone(),
+                    start: r.start,
+                    count: r.count,
+                    every,
+                    kind,
+                    next: now,
+                    retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
+                    failing: false,
+                })
+            })
+            .collect();
+        Some(Poller {
+            cfg,
+            tasks,
+            image,
+            stats,
+            updates: None,
+            journal: None,
+        })
+    }
+
+    /// Follow reloaded configs: each new one sets the poll intervals (`every`,
+    /// `fallback_poll`), fallback `max_age` and `poll.timeout` from its next wake on, keeping
+    /// the connection. Host, unit and which regions are polled stay as started.
+    pub fn follow(mut self, updates: tokio::sync::watch::Receiver<Arc<Config>>) -> Self {
+        self.updates = Some(updates);
+        self
+    }
+
+    fn apply_update(&mut self) {
+        let Some(rx) = &mut self.updates else { return };
+        let cfg = Arc::clone(&rx.borrow_and_update());
+        if let Some(p) = &cfg.poll {
+            self.cfg.timeout = p.timeout;
+        }
+        for t in &mut self.tasks {
+            let Some(r) = cfg.regions.iter().find(|r| r.name == t.name) else {
+                continue;
+            };
+            let every = match t.kind {
+                Kind::Regular => r.every,
+                Kind::Fallback { .. } => r.fallback_poll,
+            };
+            if let Some(every) = every {
+                if every != t.every && !t.failing {
+                    // Re-time the next read from the last one.
+                    t.next = t
+                        .next
+                        .checked_sub(t.every)
+                        .map_or(t.next, |last| last + every);
+                }
+                t.every = every;
+            }
+            if let Kind::Fallback { max_age } = &mut t.kind {
+                *max_age = r.max_age;
+            }
+        }
+    }
+
+    /// Record every region read in `journal`.
+    pub fn with_journal(mut self, journal: Arc<Journal>) -> Self {
+        self.journal = Some(journal);
+        self
+    }
+
+    /// Count a region read by result and journal it.
+    fn note(&self, i: usize, started: Instant, done: Instant, result: Result<bool, &PollError>) {
+        let Some(t) = self.tasks.get(i) else { return };
+        let action = match result {
+            Ok(true) => journal::Action::Polled {
+                bytes: t.count.saturating_mul(2),
+            },
+            Ok(false) => journal::Action::Superseded,
+            Err(PollError::Timeout(_)) => {
+                journal::Action::PollFailed(journal::PollFailure::Timeout)
+            }
+            Err(PollError::Exception(c)) => {
+                journal::Action::PollFailed(journal::PollFailure::Exception(u8::from(*c)))
+            }
+            Err(_) => journal::Action::PollFailed(journal::PollFailure::Transport),
+        };
+        if let Ok(mut m) = self.stats.by_region.lock() {
+            let c = m.entry(t.name.clone()).or_default();
+            match action {
+                journal::Action::Polled { .. } => c.ok += 1,
+                journal::Action::Superseded => c.superseded += 1,
+                journal::Action::PollFailed(journal::PollFailure::Timeout) => c.timeout += 1,
+                journal::Action::PollFailed(journal::PollFailure::Exception(_)) => c.exception += 1,
+                _ => c.transport += 1,
+            }
+            if let Err(e) = result {
+                c.last_error = Some((e.to_string(), std::time::SystemTime::now()));
+            }
+        }
+        if let Some(j) = &self.journal {
+            j.record(&journal::Record {
+                at: started.into_std(),
+                link: journal::Link::Poll,
+                dir: journal::Dir::Out,
+                unit: self.cfg.unit_id,
+                function: 3,
+                address: t.start,
+                count: t.count,
+                action,
+                latency: done.saturating_duration_since(started),
+            });
+        }
+    }
+
+    /// When task `t` is next due, given the pushes seen so far.
+    fn due(&self, t: &Task) -> Instant {
+        match t.kind {
+            Kind::Regular => t.next,
+            Kind::Fallback { max_age } => {
+                let snap = self.image.load();
+                let pushed = snap
+                    .regions
+                    .get(t.region)
+                    .and_then(|r| r.pushed)
+                    .unwrap_or(self.image.created());
+                // Due once pushes have been missing for longer than max_age.
+                t.next.max(pushed + max_age + Duration::from_millis(1))
+            }
+        }
+    }
+
+    /// Run until `cancel` fires.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        if self.tasks.is_empty() {
+            cancel.cancelled().await;
+            return;
+        }
+        let mut conn: Option<Context> = None;
+        // Connection backoff: grows with every failed connect or broken connection, and is
+        // reset only once a region was read, so a KSEM that accepts and then fails is not
+        // hammered with reconnects.
+        let mut backoff = Backoff::upstream();
+        let mut reconnect_at = Instant::now();
+        // Logged state: `Some(true)` up, `Some(false)` down, `None` not said yet.
+        let mut said_up: Option<bool> = None;
+        loop {
+            let Some(due) = self.tasks.iter().map(|t| self.due(t)).min() else {
+                return;
+            };
+            let wake = if conn.is_none() {
+                due.max(reconnect_at)
+            } else {
+                due
+            };
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep_until(wake) => {}
+                more = config_changed(&mut self.updates) => {
+                    if more {
+                        self.apply_update();
+                    } else {
+                        self.updates = None;
+                    }
+                    continue;
+                }
+            }
+            if self.tasks.iter().all(|t| self.due(t) > Instant::now()) {
+                continue; // a push arrived meanwhile and postponed a fallback poll
+            }
+            if conn.is_none() {
+                match self.connect().await {
+                    Ok(c) => {
+                        conn = Some(c);
+                        self.stats.connected.store(true, Relaxed);
+                        self.stats.connects.fetch_add(1, Relaxed);
+                        tracing::debug!(host = %self.cfg.host, "poller connected");
+                    }
+                    Err(e) => {
+                        self.stats.connect_failures.fetch_add(1, Relaxed);
+                        let wait = backoff.next_delay();
+                        reconnect_at = Instant::now() + wait;
+                        if said_up != Some(false) {
+                            tracing::warn!(host = %self.cfg.host, "poller cannot connect: {e}; retrying with backoff up to 30s");
+                            said_up = Some(false);
+                        }
+                        self.set_error(format!("connect {}: {e}", self.cfg.host));
+                        continue;
+                    }
+                }
+            }
+            let now = Instant::now();
+            for i in 0..self.tasks.len() {
+                let Some(ctx) = conn.as_mut() else { break };
+                if self.due(&self.tasks[i]) > now {
+                    continue;
+                }
+                let t = &self.tasks[i];
+                let started = Instant::now();
+                let result = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    r = read_region(ctx, t.start, t.count, self.cfg.timeout) => r,
+                };
+                let done = Instant::now();
+                match result {
+                    Ok(words) => {
+                        match self
+                            .image
+                            .commit_poll(self.tasks[i].region, &words, started, done)
+                        {
+                            Ok(true) => {
+                                self.note(i, started, done, Ok(true));
+                                self.stats.regions_ok.fetch_add(1, Relaxed);
+                                if matches!(self.tasks[i].kind, Kind::Fallback { .. }) {
+                                    self.stats.fallback_polls.fetch_add(1, Relaxed);
+                                }
+                            }
+                            // A push landed meanwhile: it is newer than what we read.
+                            Ok(false) => {
+                                self.note(i, started, done, Ok(false));
+                                self.stats.superseded.fetch_add(1, Relaxed);
+                            }
+                            // The region's length is fixed by the config; cannot happen.
+                            Err(e) => {
+                                tracing::error!(region = %self.tasks[i].name, "poll commit: {e}")
+                            }
+                        }
+                        backoff.reset();
+                        if said_up != Some(true) {
+                            tracing::info!(host = %self.cfg.host, "poller connected, reading regions");
+                            said_up = Some(true);
+                        }
+                        let t = &mut self.tasks[i];
+                        if t.failing {
+                            tracing::info!(region = %t.name, "poll of region recovered");
+                        }
+                        t.failing = false;
+                        t.retry.reset();
+                        t.next = done + t.every;
+                    }
+                    Err(e) => {
+                        self.note(i, started, done, Err(&e));
+                        self.stats.regions_failed.fetch_add(1, Relaxed);
+                        let t = &mut self.tasks[i];
+                        if !t.failing {
+                            tracing::warn!(region = %t.name, start = t.start, count = t.count, "poll failed: {e}");
+                        }
+                        t.failing = true;
+                        t.next = done + t.retry.next_delay().min(t.every);
+                        let msg = format!("region {}: {e}", t.name);
+                        let broken = e.breaks_connection();
+                        self.set_error(msg);
+                        if broken {
+                            if said_up != Some(false) {
+                                tracing::warn!(host = %self.cfg.host, "poller lost the connection: {e}; reconnecting with backoff up to 30s");
+                                said_up = Some(false);
+                            }
+                            conn = None;
+                            reconnect_at = done + backoff.next_delay();
+                            self.stats.connected.store(false, Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn set_error(&self, msg: String) {
+        if let Ok(mut g) = self.stats.last_error.lock() {
+            *g = Some(msg);
+        }
+    }
+
+    async fn connect(&self) -> anyhow::Result<Context> {
+        let stream = tokio::time::timeout(self.cfg.timeout, TcpStream::connect(&self.cfg.host))
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out after {:?}", self.cfg.timeout))??;
+        let _ = stream.set_nodelay(true);
+        Ok(tokio_modbus::client::tcp::attach_slave(
+            stream,
+            Slave(self.cfg.unit_id),
+        ))
+    }
+}
+
+/// A new config arrived (`true`), or the sender is gone (`false`); never without updates.
+async fn config_changed(updates: &mut Option<tokio::sync::watch::Receiver<Arc<Config>>>) -> bool {
+    match updates {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// Read `count` holding registers at `start` in chunks of at most 125; all or nothing.
+pub async fn read_region(
+    ctx: &mut Context,
+    start: u16,
+    count: u16,
+    timeout: Duration,
+) -> Result<Vec<u16>, PollError> {
+    let mut words = Vec::with_capacity(usize::from(count));
+    let mut addr = u32::from(start);
+    let end = addr + u32::from(count);
+    while addr < end {
+        let n = (end - addr).min(u32::from(MAX_READ)) as u16;
+        let a = addr as u16;
+        // `call` rather than `read_holding_registers`: the latter only debug-asserts the
+        // length, which would panic the task on a short reply in debug builds.
+        let response = tokio::time::timeout(timeout, ctx.call(Request::ReadHoldingRegisters(a, n)))
+            .await
+            .map_err(|_| PollError::Timeout(timeout))??
+            .map_err(PollError::Exception)?;
+        let Response::ReadHoldingRegisters(chunk) = response else {
+            return Err(PollError::Unexpected);
+        };
+        if chunk.len() != usize::from(n) {
+            return Err(PollError::Length {
+                got: chunk.len(),
+                want: n,
+            });
+        }
+        words.extend_from_slice(&chunk);
+        addr += u32::from(n);
+    }
+    Ok(words)
+}

@@ -1,0 +1,534 @@
+//! The RTU poll source: an RTU master on a device's serial bus (KSTAR inverters).
+//!
+//! Owns the bus: one task, one request in flight, a configured silence (`gap`) between any
+//! two requests. It reads every `rtu_poll` region with its function code (FC04 input, FC03
+//! holding) in requests of at most 125 registers, commits a region to the [`Image`] only when
+//! every chunk arrived, retries reads that got no valid reply, and after `offline_after`
+//! failed reads in a row declares the device offline: regular polls stop and a single probe
+//! is sent with backoff (1 s … `probe_max`) until the device answers again. Control writes
+//! ([`WriteJob`]) are taken from a queue between polls, one at a time, and their real outcome
+//! goes back to the client. It touches the serial stream, the image and its own counters.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Function, RtuPollConfig, MAX_READ};
+use crate::control::writes::{WriteJob, WriteOutcome, FC_WRITE_SINGLE};
+use crate::image::Image;
+use crate::link::reopen::Backoff;
+use crate::link::rtu_master::{ReplyError, RtuMaster};
+
+/// Counters of the RTU poll side.
+#[derive(Debug, Default)]
+pub struct RtuPollStats {
+    /// The device answers (false before the first answer and while offline).
+    pub online: AtomicBool,
+    /// Requests put on the bus (reads, writes, probes).
+    pub requests: AtomicU64,
+    pub timeouts: AtomicU64,
+    /// Exception replies (the device answered, but refused).
+    pub exceptions: AtomicU64,
+    /// Replies with a bad CRC or of the wrong shape.
+    pub bad_frames: AtomicU64,
+    /// Reads repeated after a timeout or bad frame.
+    pub retries: AtomicU64,
+    /// Regions read completely and committed.
+    pub regions_ok: AtomicU64,
+    pub regions_failed: AtomicU64,
+    /// Writes the device confirmed.
+    pub writes_ok: AtomicU64,
+    /// Writes the device refused (exception) or did not answer, or refused while offline.
+    pub writes_failed: AtomicU64,
+    /// Writes whose client had gone before the bus was free: not sent.
+    pub writes_abandoned: AtomicU64,
+    /// Probes of an offline device.
+    pub probes: AtomicU64,
+    /// Times the device went offline.
+    pub went_offline: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+#[derive(Debug)]
+struct Task {
+    region: usize,
+    name: String,
+    start: u16,
+    count: u16,
+    fc: u8,
+    every: Duration,
+    next: Instant,
+    failing: bool,
+}
+
+/// Bus state.
+#[derive(Debug)]
+enum Link {
+    /// Answering; consecutive failed reads so far.
+    Online { failures: u32 },
+    /// Silent: only probes, at `next_probe`.
+    Offline { next_probe: Instant },
+}
+
+/// The RTU poller. Keeps its schedule and write queue across re-opens of the port.
+pub struct RtuPoller {
+    cfg: RtuPollConfig,
+    tasks: Vec<Task>,
+    image: Arc<Image>,
+    stats: Arc<RtuPollStats>,
+    writes: mpsc::Receiver<WriteJob>,
+    link: Link,
+    probe: Backoff,
+    /// When the bus last went quiet (end of the last reply or timeout).
+    quiet_since: Option<Instant>,
+    /// Logged `online`; `None` before the first verdict.
+    said_online: Option<bool>,
+}
+
+impl RtuPoller {
+    /// A poller for every `rtu_poll` region; `None` without an `rtu_poll:` section.
+    pub fn new(
+        config: &Config,
+        image: Arc<Image>,
+        stats: Arc<RtuPollStats>,
+        writes: mpsc::Receiver<WriteJob>,
+    ) -> Option<Self> {
+        let cfg = config.rtu_poll.clone()?;
+        let now = Instant::now();
+        let tasks = config
+            .regions
+            .iter()
+            .filter(|r| r.source.rtu_poll)
+            .filter_map(|r| {
+                Some(Task {
+                    region: image.region_index(&r.name)?,
+                    name: r.name.clone(),
+                    start: r.start,
+                    count: r.count,
+                    fc: r.function.unwrap_or(Function::Holding).read_code(),
+                    every: r.every?,
+                    next: now,
+                    failing: false,
+                })
+            })
+            .collect();
+        let probe = Backoff::new(Duration::from_secs(1), cfg.probe_max);
+        Some(RtuPoller {
+            cfg,
+            tasks,
+            image,
+            stats,
+            writes,
+            link: Link::Online { failures: 0 },
+            probe,
+            quiet_since: None,
+            said_online: None,
+        })
+    }
+
+    /// Open the configured serial device and poll it; re-open with backoff when it cannot be
+    /// opened or fails. Runs until `cancel` fires.
+    pub async fn run_device(mut self, cancel: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+        let mut failing = false;
+        loop {
+            let outcome = match crate::link::serial::open(&self.cfg.line()) {
+                Ok(stream) => {
+                    tracing::info!(device = %self.cfg.device, baud = self.cfg.baud, "RTU bus open, polling the device");
+                    failing = false;
+                    backoff.reset();
+                    let r = self.serve(stream, &cancel).await;
+                    if cancel.is_cancelled() {
+                        return;
+                    }
+                    match r {
+                        Ok(()) => "the device closed (end of stream)".to_string(),
+                        Err(e) => e.to_string(),
+                    }
+                }
+                Err(e) => format!("{e:#}"),
+            };
+            self.set_offline_now();
+            let wait = backoff.next_delay();
+            if failing {
+                tracing::debug!(?wait, "RTU bus still unavailable: {outcome}");
+            } else {
+                tracing::error!(device = %self.cfg.device, "RTU bus unavailable: {outcome}; retrying with backoff up to 10s");
+                failing = true;
+            }
+            let until = Instant::now() + wait;
+            // Writes queued meanwhile get 0B at once instead of waiting for the port.
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep_until(until) => break,
+                    job = self.writes.recv() => match job {
+                        Some(job) => self.refuse_offline(job),
+                        None => { cancel.cancelled().await; return; }
+                    },
+                }
+            }
+        }
+    }
+
+    /// Poll the device on `stream` until `cancel` fires (`Ok`) or the stream fails (`Err`).
+    pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        stream: S,
+        cancel: &CancellationToken,
+    ) -> io::Result<()> {
+        let mut master = RtuMaster::new(stream, self.cfg.timeout);
+        let mut writes_open = true;
+        loop {
+            // Writes first: they wait at most one region poll.
+            while let Ok(job) = self.writes.try_recv() {
+                self.write(&mut master, job, cancel).await?;
+                if cancel.is_cancelled() {
+                    return Ok(());
+                }
+            }
+            let now = Instant::now();
+            match self.link {
+                Link::Offline { next_probe } if next_probe <= now => {
+                    self.probe(&mut master, cancel).await?;
+                    continue;
+                }
+                Link::Online { .. } => {
+                    if let Some(i) = self.due_task(now) {
+                        self.poll_task(&mut master, i, cancel).await?;
+                        continue;
+                    }
+                }
+                Link::Offline { .. } => {}
+            }
+            let wake = match self.link {
+                Link::Offline { next_probe } => next_probe,
+                Link::Online { .. } => self
+                    .tasks
+                    .iter()
+                    .map(|t| t.next)
+                    .min()
+                    .unwrap_or(now + Duration::from_secs(3600)),
+            };
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                () = tokio::time::sleep_until(wake) => {}
+                job = self.writes.recv(), if writes_open => match job {
+                    Some(job) => self.write(&mut master, job, cancel).await?,
+                    None => writes_open = false,
+                },
+            }
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn due_task(&self, now: Instant) -> Option<usize> {
+        self.tasks
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.next <= now)
+            .min_by_key(|(_, t)| t.next)
+            .map(|(i, _)| i)
+    }
+
+    /// Keep the configured silence since the bus last went quiet.
+    async fn wait_gap(&self, cancel: &CancellationToken) {
+        if let Some(q) = self.quiet_since {
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                () = tokio::time::sleep_until(q + self.cfg.gap) => {}
+            }
+        }
+    }
+
+    /// One request with the gap before it; counts the outcome.
+    async fn read_once<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        master: &mut RtuMaster<S>,
+        fc: u8,
+        address: u16,
+        count: u16,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<u16>, ReplyError> {
+        self.wait_gap(cancel).await;
+        self.stats.requests.fetch_add(1, Relaxed);
+        let r = master.read(self.cfg.unit_id, fc, address, count).await;
+        self.quiet_since = Some(Instant::now());
+        self.count_reply(&r);
+        r
+    }
+
+    fn count_reply<T>(&self, r: &Result<T, ReplyError>) {
+        match r {
+            Ok(_) | Err(ReplyError::Io(_)) => {}
+            Err(ReplyError::Timeout) => {
+                self.stats.timeouts.fetch_add(1, Relaxed);
+            }
+            Err(ReplyError::Exception(_)) => {
+                self.stats.exceptions.fetch_add(1, Relaxed);
+            }
+            Err(ReplyError::BadCrc | ReplyError::BadFrame(_)) => {
+                self.stats.bad_frames.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// A read with retries: exceptions (the device answered) and I/O errors are not retried.
+    async fn read_retrying<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        master: &mut RtuMaster<S>,
+        fc: u8,
+        address: u16,
+        count: u16,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<u16>, ReplyError> {
+        let mut attempt = 0;
+        loop {
+            let r = self.read_once(master, fc, address, count, cancel).await;
+            match r {
+                Err(ReplyError::Timeout | ReplyError::BadCrc | ReplyError::BadFrame(_))
+                    if attempt < self.cfg.retries && !cancel.is_cancelled() =>
+                {
+                    attempt += 1;
+                    self.stats.retries.fetch_add(1, Relaxed);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn poll_task<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        master: &mut RtuMaster<S>,
+        i: usize,
+        cancel: &CancellationToken,
+    ) -> io::Result<()> {
+        let Some(t) = self.tasks.get(i) else {
+            return Ok(());
+        };
+        let (start, count, fc) = (t.start, t.count, t.fc);
+        let started = Instant::now();
+        let mut words = Vec::with_capacity(usize::from(count));
+        let mut addr = u32::from(start);
+        let end = addr + u32::from(count);
+        let mut result = Ok(());
+        while addr < end {
+            let n = (end - addr).min(u32::from(MAX_READ)) as u16;
+            match self.read_retrying(master, fc, addr as u16, n, cancel).await {
+                Ok(chunk) => words.extend_from_slice(&chunk),
+                Err(ReplyError::Io(e)) => return Err(e),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+            addr += u32::from(n);
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+        }
+        let done = Instant::now();
+        match result {
+            Ok(()) => {
+                if let Some(t) = self.tasks.get(i) {
+                    if let Err(e) = self.image.commit_poll(t.region, &words, started, done) {
+                        tracing::error!(region = %t.name, "RTU poll commit: {e}");
+                    }
+                }
+                self.stats.regions_ok.fetch_add(1, Relaxed);
+                self.answered();
+                if let Some(t) = self.tasks.get_mut(i) {
+                    if t.failing {
+                        tracing::info!(region = %t.name, "RTU poll of region recovered");
+                    }
+                    t.failing = false;
+                    t.next = done + t.every;
+                }
+            }
+            Err(e) => {
+                self.stats.regions_failed.fetch_add(1, Relaxed);
+                let silent = !matches!(e, ReplyError::Exception(_));
+                if let Some(t) = self.tasks.get_mut(i) {
+                    if !t.failing {
+                        tracing::warn!(region = %t.name, start = t.start, count = t.count, fc = t.fc, "RTU poll failed: {e}");
+                    }
+                    t.failing = true;
+                    t.next = done + t.every;
+                    let msg = format!("region {}: {e}", t.name);
+                    self.set_error(msg);
+                }
+                if silent {
+                    self.failed_read(done);
+                } else {
+                    self.answered();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A probe of an offline device: one register of the first region.
+    async fn probe<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        master: &mut RtuMaster<S>,
+        cancel: &CancellationToken,
+    ) -> io::Result<()> {
+        let Some((fc, start)) = self.tasks.first().map(|t| (t.fc, t.start)) else {
+            self.link = Link::Online { failures: 0 };
+            return Ok(());
+        };
+        self.stats.probes.fetch_add(1, Relaxed);
+        let r = self.read_once(master, fc, start, 1, cancel).await;
+        match r {
+            // An exception is an answer too: the device is back.
+            Ok(_) | Err(ReplyError::Exception(_)) => {
+                self.answered();
+                let now = Instant::now();
+                for t in &mut self.tasks {
+                    t.next = now;
+                }
+            }
+            Err(ReplyError::Io(e)) => return Err(e),
+            Err(_) => {
+                self.link = Link::Offline {
+                    next_probe: Instant::now() + self.probe.next_delay(),
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// The device answered something: it is online.
+    fn answered(&mut self) {
+        self.link = Link::Online { failures: 0 };
+        self.probe.reset();
+        self.stats.online.store(true, Relaxed);
+        if self.said_online != Some(true) {
+            tracing::info!(device = %self.cfg.device, unit = self.cfg.unit_id, "RTU device online");
+            self.said_online = Some(true);
+        }
+    }
+
+    /// A read got no valid reply (after its retries).
+    fn failed_read(&mut self, now: Instant) {
+        let failures = match self.link {
+            Link::Online { failures } => failures + 1,
+            Link::Offline { .. } => return,
+        };
+        if failures >= self.cfg.offline_after {
+            self.go_offline(now, failures);
+        } else {
+            self.link = Link::Online { failures };
+        }
+    }
+
+    fn go_offline(&mut self, now: Instant, failures: u32) {
+        self.stats.went_offline.fetch_add(1, Relaxed);
+        self.stats.online.store(false, Relaxed);
+        let wait = self.probe.next_delay();
+        self.link = Link::Offline {
+            next_probe: now + wait,
+        };
+        if self.said_online != Some(false) {
+            tracing::warn!(device = %self.cfg.device, unit = self.cfg.unit_id, failures, probe_max = ?self.cfg.probe_max, "RTU device offline: no valid reply; probing with backoff");
+            self.said_online = Some(false);
+        }
+    }
+
+    /// The port is gone: offline until it is open again and the device answers.
+    fn set_offline_now(&mut self) {
+        self.stats.online.store(false, Relaxed);
+        self.link = Link::Online { failures: 0 };
+        self.probe.reset();
+        let now = Instant::now();
+        for t in &mut self.tasks {
+            t.next = now;
+        }
+        self.quiet_since = None;
+        self.said_online = Some(false);
+    }
+
+    fn refuse_offline(&self, job: WriteJob) {
+        self.stats.writes_failed.fetch_add(1, Relaxed);
+        let _ = job.reply.send(WriteOutcome::Offline);
+    }
+
+    /// Execute one write on the bus (never retried: the client decides).
+    async fn write<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        master: &mut RtuMaster<S>,
+        job: WriteJob,
+        cancel: &CancellationToken,
+    ) -> io::Result<()> {
+        if job.reply.is_closed() {
+            self.stats.writes_abandoned.fetch_add(1, Relaxed);
+            tracing::info!(
+                address = job.address,
+                "write not sent: the client gave up waiting"
+            );
+            return Ok(());
+        }
+        if matches!(self.link, Link::Offline { .. }) {
+            self.refuse_offline(job);
+            return Ok(());
+        }
+        self.wait_gap(cancel).await;
+        self.stats.requests.fetch_add(1, Relaxed);
+        let unit = self.cfg.unit_id;
+        let r = match (job.fc, job.values.as_slice()) {
+            (FC_WRITE_SINGLE, [v]) => master.write_single(unit, job.address, *v).await,
+            (FC_WRITE_SINGLE, _) => Err(ReplyError::BadFrame("FC06 writes one value".into())),
+            (_, values) => master.write_multiple(unit, job.address, values).await,
+        };
+        let now = Instant::now();
+        self.quiet_since = Some(now);
+        self.count_reply(&r);
+        let outcome = match r {
+            Ok(()) => {
+                self.stats.writes_ok.fetch_add(1, Relaxed);
+                self.answered();
+                // Read the written registers back at the next chance.
+                let end = u32::from(job.address) + job.values.len() as u32;
+                for t in &mut self.tasks {
+                    if u32::from(t.start) < end
+                        && u32::from(job.address) < u32::from(t.start) + u32::from(t.count)
+                    {
+                        t.next = now;
+                    }
+                }
+                WriteOutcome::Done
+            }
+            Err(ReplyError::Exception(c)) => {
+                self.stats.writes_failed.fetch_add(1, Relaxed);
+                self.answered();
+                WriteOutcome::Exception(c)
+            }
+            Err(ReplyError::Io(e)) => {
+                self.stats.writes_failed.fetch_add(1, Relaxed);
+                let _ = job.reply.send(WriteOutcome::NoReply);
+                return Err(e);
+            }
+            Err(_) => {
+                self.stats.writes_failed.fetch_add(1, Relaxed);
+                self.failed_read(now);
+                WriteOutcome::NoReply
+            }
+        };
+        let _ = job.reply.send(outcome);
+        Ok(())
+    }
+
+    fn set_error(&self, msg: String) {
+        if let Ok(mut g) = self.stats.last_error.lock() {
+            *g = Some(msg);
+        }
+    }
+}
