@@ -91,6 +91,7 @@ impl Default for Rs485Config {
     }
 }
 
+pub use crate::control::writes::{WritableEntry, WritableTarget};
 pub use crate::model::{Function, OnStale, Region, Sources, MAX_READ};
 
 /// The RTU master on a device's bus (`rtu_poll:`).
@@ -153,23 +154,6 @@ impl TcpServerConfig {
         let ip = canonical_ip(ip);
         self.allow_from.is_empty() || self.allow_from.iter().any(|n| n.contains(&ip))
     }
-}
-
-/// One `writable:` entry: a register address or a profile register name.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WritableEntry {
-    pub target: WritableTarget,
-    pub line: u64,
-}
-
-/// How a `writable:` entry names its register.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WritableTarget {
-    /// The register written at this address: the single-register (FC06) one if the profile
-    /// has one there, else the multi-register (FC16) one that starts there.
-    Address(u16),
-    /// The profile register of this name.
-    Name(String),
 }
 
 /// Where the config names its register profile.
@@ -1462,15 +1446,6 @@ impl Validator<'_> {
             });
         }
         Ok(out)
-    }
-}
-
-impl fmt::Display for WritableTarget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            WritableTarget::Address(a) => write!(f, "{a}"),
-            WritableTarget::Name(n) => f.write_str(n),
-        }
     }
 }
 

@@ -7,16 +7,41 @@
 //! touches neither the bus nor the image.
 
 use std::collections::BTreeSet;
+use std::fmt;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{WritableEntry, WritableTarget};
 use crate::control::profile::{Profile, Register, WriteRefusal};
 
-/// Function code: write single register.
-pub const FC_WRITE_SINGLE: u8 = 0x06;
-/// Function code: write multiple registers.
-pub const FC_WRITE_MULTIPLE: u8 = 0x10;
+/// One `writable:` entry: a register address or a profile register name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WritableEntry {
+    /// Which register the entry names.
+    pub target: WritableTarget,
+    /// The line of the entry in the config file, for messages.
+    pub line: u64,
+}
+
+/// How a `writable:` entry names its register.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WritableTarget {
+    /// The register written at this address: the single-register (FC06) one if the profile
+    /// has one there, else the multi-register (FC16) one that starts there.
+    Address(u16),
+    /// The profile register of this name.
+    Name(String),
+}
+
+impl fmt::Display for WritableTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WritableTarget::Address(a) => write!(f, "{a}"),
+            WritableTarget::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+pub use crate::modbus::master::{FC_WRITE_MULTIPLE, FC_WRITE_SINGLE};
 
 /// Which registers LAN clients may write.
 #[derive(Debug, Clone)]
