@@ -60,6 +60,7 @@ pub struct StartOptions {
 
 /// A running gateway.
 pub struct Gateway {
+    /// What the supervisor, reload and the status page observe.
     pub handles: Handles,
     /// Where the push server listens (resolved, so port 0 shows the real port).
     pub push_addr: Option<SocketAddr>,
@@ -67,6 +68,7 @@ pub struct Gateway {
     pub tcp_addr: Option<SocketAddr>,
     /// Where the status endpoint listens, when configured.
     pub status_addr: Option<SocketAddr>,
+    /// Every task of the gateway, named, so a task that ends unexpectedly is reported.
     tasks: JoinSet<&'static str>,
 }
 

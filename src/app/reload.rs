@@ -62,7 +62,9 @@ impl std::fmt::Display for Outcome {
 /// The differences between two configs: what can change live and what needs a restart.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Diff {
+    /// Changes a running gateway can take, one line each (`key old → new`).
     pub live: Vec<String>,
+    /// Changes that need a restart, one line each.
     pub restart: Vec<String>,
 }
 

@@ -46,6 +46,7 @@ pub use crate::modbus::master::{FC_WRITE_MULTIPLE, FC_WRITE_SINGLE};
 /// Which registers LAN clients may write.
 #[derive(Debug, Clone)]
 pub struct WritePolicy {
+    /// What each register is: its write codes, range and enum.
     profile: Profile,
     /// Names of the allowed profile registers.
     allowed: BTreeSet<String>,
@@ -184,7 +185,9 @@ fn resolve_one<'p>(profile: &'p Profile, target: &WritableTarget) -> Result<&'p 
 pub struct WriteJob {
     /// 6 or 16.
     pub fc: u8,
+    /// First register written.
     pub address: u16,
+    /// The words to write (one for FC06).
     pub values: Vec<u16>,
     /// The device's outcome.
     pub reply: oneshot::Sender<WriteOutcome>,

@@ -28,6 +28,7 @@ pub fn escape_label(v: &str) -> String {
 
 /// A metric family being written: `# HELP` and `# TYPE` once, then samples.
 struct Out {
+    /// The exposition text being written.
     s: String,
 }
 
