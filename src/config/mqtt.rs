@@ -443,3 +443,88 @@ mod tests {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
     }
 }
+
+#[cfg(test)]
+mod config_tests {
+    use crate::config::{parse, ConfigError};
+
+    const BASE: &str = "profile: p.yaml
+rtu: {device: /dev/null}
+regions:
+  - {name: a, start: 0, count: 2, source: static, values: {0: 1}}
+";
+
+    fn with(mqtt: &str) -> Result<crate::config::Config, ConfigError> {
+        parse(&format!("{BASE}mqtt:\n{mqtt}"), "gw.yaml").map(|l| l.config)
+    }
+
+    fn error(mqtt: &str) -> String {
+        match with(mqtt) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("accepted:\n{mqtt}"),
+        }
+    }
+
+    #[test]
+    fn a_full_section_is_read_and_described_without_the_password() {
+        let c = with(
+            "  broker: mqtts://broker.lan:8884
+  client_id: gw1
+  username: airbridge
+  password_file: /etc/airbridge/mqtt.secret
+  ca_file: /etc/airbridge/ca.pem
+  topic: home/gw
+  interval: 500ms
+  discovery: ha
+",
+        )
+        .unwrap();
+        let m = c.mqtt.clone().unwrap();
+        assert_eq!((m.host.as_str(), m.port, m.tls), ("broker.lan", 8884, true));
+        assert_eq!(m.interval, std::time::Duration::from_millis(500));
+        assert_eq!(m.discovery.as_deref(), Some("ha"));
+        let d = c.describe();
+        assert!(d.contains("mqtt: mqtts://broker.lan:8884"), "{d}");
+        assert!(!d.contains("secret"), "{d}");
+    }
+
+    #[test]
+    fn defaults_and_discovery_off() {
+        let m = with("  broker: mqtt://10.0.0.1\n  discovery: false\n")
+            .unwrap()
+            .mqtt
+            .unwrap();
+        assert_eq!(m.port, 1883);
+        assert_eq!(m.topic, "airbridge");
+        assert!(m.client_id.starts_with("airbridge-"));
+        assert_eq!(m.discovery, None);
+        assert!(!m.commands);
+    }
+
+    #[test]
+    fn errors_carry_file_line_and_key() {
+        let e = error("  broker: mqtt://h\n  topic: a/#\n");
+        assert!(e.starts_with("gw.yaml:7: mqtt.topic:"), "{e}");
+        let e = error("  broker: http://h\n");
+        assert!(e.starts_with("gw.yaml:6: mqtt.broker:"), "{e}");
+        let e = error("  broker: mqtt://h\n  interval: 5\n");
+        assert!(e.contains("mqtt.interval") && e.contains("no unit"), "{e}");
+        let e = error("  broker: mqtt://h\n  password_file: /x\n");
+        assert!(e.contains("needs a `username`"), "{e}");
+        let e = error("  broker: mqtt://h\n  ca_file: /x\n");
+        assert!(e.contains("mqtts://"), "{e}");
+        let e = error("  broker: mqtt://h\n  commands: true\n");
+        assert!(e.contains("writable"), "{e}");
+        let e = error("  broker: mqtt://h\n  colour: blue\n");
+        assert!(e.contains("colour"), "{e}");
+        let no_profile = BASE.replace("profile: p.yaml\n", "");
+        let e = parse(
+            &format!("{no_profile}mqtt: {{broker: 'mqtt://h'}}\n"),
+            "gw.yaml",
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(e.contains("mqtt.profile"), "{e}");
+    }
+}

@@ -262,7 +262,7 @@ impl MqttServer {
             self.topics.gateway(),
             "online",
             true,
-            QoS::AtLeastOnce,
+            QoS::AtMostOnce,
         );
         if let Some(t) = self.topics.ha_status() {
             let _ = client.try_subscribe(t, QoS::AtLeastOnce);
@@ -352,7 +352,7 @@ impl MqttServer {
             if !live {
                 if s.online[k] != Some(false) {
                     let t = self.topics.availability(&r.name);
-                    if self.send(client, t, "offline", true, QoS::AtLeastOnce) {
+                    if self.send(client, t, "offline", true, QoS::AtMostOnce) {
                         s.online[k] = Some(false);
                     }
                 }
@@ -382,7 +382,7 @@ impl MqttServer {
             }
             if going_online {
                 let t = self.topics.availability(&r.name);
-                if self.send(client, t, "online", true, QoS::AtLeastOnce) {
+                if self.send(client, t, "online", true, QoS::AtMostOnce) {
                     s.online[k] = Some(true);
                 }
             }
@@ -399,7 +399,7 @@ impl MqttServer {
         for r in &self.plan {
             for f in &r.fields {
                 if let Some((topic, cfg)) = discovery::sensor(&self.topics, device, r, f) {
-                    all &= self.send(client, topic, cfg.to_string(), true, QoS::AtLeastOnce);
+                    all &= self.send(client, topic, cfg.to_string(), true, QoS::AtMostOnce);
                     n += 1;
                 }
             }
@@ -410,7 +410,7 @@ impl MqttServer {
                 .iter()
                 .find_map(|r| r.field(&reg.name).map(|f| (r, f)));
             if let Some((topic, cfg)) = discovery::command(&self.topics, device, reg, state) {
-                all &= self.send(client, topic, cfg.to_string(), true, QoS::AtLeastOnce);
+                all &= self.send(client, topic, cfg.to_string(), true, QoS::AtMostOnce);
                 n += 1;
             }
         }
@@ -418,7 +418,10 @@ impl MqttServer {
         all
     }
 
-    /// Hand one message to the client without waiting; false if its queue is full.
+    /// Hand one message to the client without waiting; false if its queue is full. Every
+    /// publish is QoS 0: over one TCP connection nothing is lost short of losing the
+    /// connection, after which everything is published afresh; and no acknowledgements to
+    /// wait for means no in-flight window that a slow broker could fill.
     fn send(
         &self,
         client: &AsyncClient,
@@ -435,7 +438,7 @@ impl MqttServer {
     }
 
     fn send_json(&self, client: &AsyncClient, topic: String, body: &Json) {
-        if !self.send(client, topic, body.to_string(), false, QoS::AtLeastOnce) {
+        if !self.send(client, topic, body.to_string(), false, QoS::AtMostOnce) {
             tracing::warn!(
                 "mqtt: a command result could not be published (not connected or queue full)"
             );
@@ -444,7 +447,7 @@ impl MqttServer {
 
     /// A clean stop: `offline` (retained), then disconnect, within about a second.
     async fn goodbye(&self, client: &AsyncClient, events: &mut EventLoop) {
-        let _ = client.try_publish(self.topics.gateway(), QoS::AtLeastOnce, true, "offline");
+        let _ = client.try_publish(self.topics.gateway(), QoS::AtMostOnce, true, "offline");
         let _ = client.try_disconnect();
         let flush = async {
             loop {
