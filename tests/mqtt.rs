@@ -184,6 +184,8 @@ fn wait_listening(port: u16) {
 struct Sub {
     _child: Child,
     rx: mpsc::UnboundedReceiver<String>,
+    /// Lines that arrived while waiting for the sentinel (retained messages come first).
+    early: std::collections::VecDeque<String>,
     port: u16,
 }
 
@@ -228,15 +230,26 @@ impl Sub {
         let mut sub = Sub {
             _child: child,
             rx,
+            early: Default::default(),
             port,
         };
+        let mut early = Vec::new();
         for _ in 0..50 {
             publish(port, READY, "1", false);
-            if sub
-                .wait(|l| l.starts_with(READY), Duration::from_millis(200))
-                .await
-                .is_some()
-            {
+            let ready = sub
+                .wait(
+                    |l| {
+                        if l.starts_with(READY) {
+                            return true;
+                        }
+                        early.push(l.to_string());
+                        false
+                    },
+                    Duration::from_millis(200),
+                )
+                .await;
+            if ready.is_some() {
+                sub.early = early.into();
                 return sub;
             }
         }
@@ -249,6 +262,11 @@ impl Sub {
         mut pred: impl FnMut(&str) -> bool,
         within: Duration,
     ) -> Option<String> {
+        while let Some(line) = self.early.pop_front() {
+            if pred(&line) {
+                return Some(line);
+            }
+        }
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let line = tokio::time::timeout_at(deadline, self.rx.recv())
@@ -337,6 +355,7 @@ push: {{listen: '127.0.0.1:0', allow_from: [127.0.0.1]}}
 poll: {{host: '{}', timeout: 500ms}}
 profile: '{}'
 mqtt: {{{mqtt}}}
+status: {{listen: '127.0.0.1:0'}}
 regions:
   - {{name: totals,   start: 0,    count: 40,  source: push, max_age: 1s}}
   - {{name: phases,   start: 40,   count: 108, source: push, max_age: 1s}}
@@ -562,6 +581,36 @@ async fn broker_restart_brings_state_and_status_back() {
         .connects
         .load(std::sync::atomic::Ordering::Relaxed);
     assert!(after > connects, "the gateway reconnected");
+    // /metrics shows the connection and the counters.
+    let metrics = http_get(rig.gateway.status_addr.expect("status"), "/metrics").await;
+    assert!(
+        metrics.contains("\nairbridge_mqtt_connected 1\n"),
+        "{metrics}"
+    );
+    let ok = format!("airbridge_mqtt_connects_total{{result=\"ok\"}} {after}\n");
+    assert!(metrics.contains(&ok), "{metrics}");
+    assert!(
+        !metrics.contains("airbridge_mqtt_published_total 0\n"),
+        "{metrics}"
+    );
+}
+
+/// A plain HTTP/1.0 GET on loopback; the whole reply.
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let connect = tokio::net::TcpStream::connect(addr);
+    let mut s = tokio::time::timeout(Duration::from_secs(5), connect)
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let req = format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("request");
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .expect("reply in time")
+        .expect("reply");
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

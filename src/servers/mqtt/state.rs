@@ -84,7 +84,8 @@ fn byte(b: u8, spec: Option<&crate::control::profile::Byte>) -> Json {
 
 /// A JSON number, integral when the value is (1234 rather than 1234.0); `null` if not finite.
 fn number(v: f64) -> Json {
-    let v = round(v);
+    // `round` works at 1e-6: beyond 1e9 it would add float noise (a u64 of milliseconds).
+    let v = if v.abs() < 1e9 { round(v) } else { v };
     if v.fract() == 0.0 && v.abs() < 9.0e15 {
         Json::from(v as i64)
     } else {
@@ -268,6 +269,10 @@ mod tests {
     fn numbers_are_integral_when_whole_and_null_when_not_finite() {
         assert_eq!(number(1234.0), serde_json::json!(1234));
         assert_eq!(number(0.1 * 3.0), serde_json::json!(0.3));
+        assert_eq!(
+            number(1_796_134_730_566.0),
+            serde_json::json!(1_796_134_730_566i64)
+        );
         assert_eq!(number(f64::NAN), Json::Null);
         assert_eq!(number(f64::INFINITY), Json::Null);
     }
