@@ -53,6 +53,10 @@ enum Command {
         /// (KSEM demo).
         #[arg(long)]
         status: Option<SocketAddr>,
+        /// Publish the simulated meter to this MQTT broker, e.g. 127.0.0.1:1883 (KSEM demo;
+        /// topic airbridge-demo, Home Assistant discovery on).
+        #[arg(long, value_name = "HOST:PORT")]
+        mqtt: Option<String>,
     },
     /// Run a simulated device.
     #[command(subcommand)]
@@ -143,17 +147,27 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Command::Demo {
+            profile: Some(_),
+            mqtt: Some(_),
+            ..
+        } => {
+            eprintln!("error: --mqtt goes with the KSEM demo, not with --profile");
+            ExitCode::from(2)
+        }
+        Command::Demo {
             duration,
             seed,
             profile: Some(profile),
             status: None,
+            mqtt: None,
         } => block_on(demo_profile(profile, duration, seed)),
         Command::Demo {
             duration,
             seed,
             profile: None,
             status,
-        } => block_on(demo(duration, seed, status)),
+            mqtt,
+        } => block_on(demo(duration, seed, status, mqtt)),
         Command::Simulate(Simulate::Device {
             profile,
             device,
@@ -253,12 +267,14 @@ async fn demo(
     duration: Option<Duration>,
     seed: u64,
     status: Option<SocketAddr>,
+    mqtt: Option<String>,
 ) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let opts = airbridge::tools::demo::DemoOptions {
         duration,
         seed,
         status,
+        mqtt,
         ..Default::default()
     };
     let run = airbridge::tools::demo::run(opts, cancel.clone());

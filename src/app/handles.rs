@@ -11,6 +11,7 @@ use crate::config::{Config, PushConfig};
 use crate::image::Image;
 use crate::ops::journal::Journal;
 use crate::servers::modbus_tcp::TcpStats;
+use crate::servers::mqtt::MqttStats;
 use crate::servers::rtu_slave::RtuStats;
 use crate::sources::ksem_poll::PollStats;
 use crate::sources::push::PushStats;
@@ -31,6 +32,8 @@ pub struct Handles {
     pub rtu_poll: Arc<RtuPollStats>,
     /// The Modbus TCP server's counters (LAN clients).
     pub tcp: Arc<TcpStats>,
+    /// The MQTT publisher's connection state and counters (idle without `mqtt:`).
+    pub mqtt: Arc<MqttStats>,
     /// The config in force; hot reload goes through it ([`crate::app::reload::apply`]).
     pub live: Arc<Live>,
     /// The last frames seen on every link (`/journal`, SIGUSR1).

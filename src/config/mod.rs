@@ -15,6 +15,9 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+pub mod mqtt;
+pub use mqtt::MqttConfig;
+
 /// A configuration that is known to be usable.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -40,6 +43,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The status HTTP endpoint (`/`, `/status`, `/metrics`, `/journal`); off when absent.
     pub status: Option<StatusConfig>,
+    /// Publishing to an MQTT broker (Home Assistant); off when absent.
+    pub mqtt: Option<MqttConfig>,
 }
 
 /// The status HTTP endpoint.
@@ -347,6 +352,8 @@ struct RawConfig {
     log: Option<Spanned<RawLog>>,
     #[serde(default)]
     status: Option<Spanned<RawStatus>>,
+    #[serde(default)]
+    mqtt: Option<Spanned<mqtt::RawMqtt>>,
 }
 
 #[derive(Deserialize)]
@@ -694,7 +701,14 @@ impl Validator<'_> {
             .as_ref()
             .map(|s| self.status(s, push.as_ref()))
             .transpose()?;
+        let writes = rtu_poll.is_some() && !writable.is_empty();
+        let mqtt = raw
+            .mqtt
+            .as_ref()
+            .map(|m| mqtt::validate(m, self.origin, raw.profile.is_some(), writes))
+            .transpose()?;
         Ok(Config {
+            mqtt,
             rtu,
             push,
             poll,
@@ -1624,6 +1638,9 @@ impl Config {
         }
         if let Some(st) = &self.status {
             let _ = writeln!(s, "status: http://{}/", st.listen);
+        }
+        if let Some(m) = &self.mqtt {
+            let _ = writeln!(s, "{}", m.describe());
         }
         let _ = writeln!(s, "regions:");
         let _ = writeln!(
