@@ -374,6 +374,7 @@ regions:
             tcp: Arc::default(),
             live: Arc::new(Live::new(cfg.clone())),
             journal: Arc::default(),
+            mqtt: Arc::default(),
         }
     }
 

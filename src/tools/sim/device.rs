@@ -552,12 +552,22 @@ registers:
         let mut m = RtuMaster::new(a, Duration::from_millis(200));
         assert_eq!(m.read(1, 4, 3000, 1).await.expect("unit 1"), [111]);
         assert_eq!(m.read(2, 4, 3000, 1).await.expect("unit 2"), [222]);
-        assert!(matches!(m.read(3, 4, 3000, 1).await, Err(ReplyError::Timeout)));
+        assert!(matches!(
+            m.read(3, 4, 3000, 1).await,
+            Err(ReplyError::Timeout)
+        ));
         two.set_silent(true);
-        assert!(matches!(m.read(2, 4, 3000, 1).await, Err(ReplyError::Timeout)));
+        assert!(matches!(
+            m.read(2, 4, 3000, 1).await,
+            Err(ReplyError::Timeout)
+        ));
         assert_eq!(m.read(1, 4, 3000, 1).await.expect("unit 1 still"), [111]);
         assert_eq!(one.received().len(), 2);
-        assert_eq!(two.received().len(), 2, "the silent device still heard its request");
+        assert_eq!(
+            two.received().len(),
+            2,
+            "the silent device still heard its request"
+        );
         cancel.cancel();
         task.await.expect("task").expect("served");
     }
