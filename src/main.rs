@@ -280,18 +280,7 @@ async fn simulate_inverter(
 ) -> anyhow::Result<()> {
     use airbridge::tools::sim::inverter::{self, InverterOptions, InverterStats};
     use std::sync::Arc;
-    let rtu = config::RtuConfig {
-        device,
-        baud,
-        data_bits: 8,
-        parity: config::Parity::None,
-        stop_bits: 2,
-        unit_id: unit,
-        turnaround: Duration::ZERO,
-        frame_timeout: Duration::from_millis(20),
-        input_registers: true,
-        rs485: Default::default(),
-    };
+    let rtu = config::RtuConfig::master_line(device, baud, 8, config::Parity::None, 2, unit);
     let stream = airbridge::link::serial::open(&rtu)?;
     let cancel = CancellationToken::new();
     let stats = Arc::new(InverterStats::default());
@@ -358,18 +347,8 @@ async fn simulate_device(
     use std::sync::atomic::Ordering::Relaxed;
     let prof = airbridge::control::profile::load(&profile)?;
     let name = prof.name.clone();
-    let line = config::RtuConfig {
-        device: device.clone(),
-        baud,
-        data_bits: 8,
-        parity: config::Parity::None,
-        stop_bits: 1,
-        unit_id: unit,
-        turnaround: Duration::ZERO,
-        frame_timeout: Duration::from_millis(20),
-        input_registers: true,
-        rs485: Default::default(),
-    };
+    let line =
+        config::RtuConfig::master_line(device.clone(), baud, 8, config::Parity::None, 1, unit);
     let stream = airbridge::link::serial::open(&line)?;
     let dev = Device::new(
         prof,

@@ -143,18 +143,14 @@ pub struct RtuPollConfig {
 impl RtuPollConfig {
     /// The same line settings as an [`RtuConfig`], for [`crate::link::serial::open`].
     pub fn line(&self) -> RtuConfig {
-        RtuConfig {
-            device: self.device.clone(),
-            baud: self.baud,
-            data_bits: self.data_bits,
-            parity: self.parity,
-            stop_bits: self.stop_bits,
-            unit_id: self.unit_id,
-            turnaround: Duration::ZERO,
-            frame_timeout: Duration::from_millis(20),
-            input_registers: true,
-            rs485: Rs485Config::default(),
-        }
+        RtuConfig::master_line(
+            self.device.clone(),
+            self.baud,
+            self.data_bits,
+            self.parity,
+            self.stop_bits,
+            self.unit_id,
+        )
     }
 }
 
@@ -248,6 +244,30 @@ pub struct RtuConfig {
 }
 
 impl RtuConfig {
+    /// A line as a master or a tool opens it (for [`crate::link::serial::open`]): no
+    /// turnaround, a 20 ms frame timeout, no RS485 mode.
+    pub fn master_line(
+        device: String,
+        baud: u32,
+        data_bits: u8,
+        parity: Parity,
+        stop_bits: u8,
+        unit_id: u8,
+    ) -> RtuConfig {
+        RtuConfig {
+            device,
+            baud,
+            data_bits,
+            parity,
+            stop_bits,
+            unit_id,
+            turnaround: Duration::ZERO,
+            frame_timeout: Duration::from_millis(20),
+            input_registers: true,
+            rs485: Rs485Config::default(),
+        }
+    }
+
     /// Bits on the wire per character: start + data + parity + stop.
     pub fn bits_per_char(&self) -> u32 {
         1 + u32::from(self.data_bits)

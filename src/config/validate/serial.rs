@@ -148,15 +148,7 @@ impl Validator<'_> {
 /// The `rtu` of a config without an `rtu:` section (no RTU slave runs).
 pub(super) fn placeholder_rtu() -> RtuConfig {
     RtuConfig {
-        device: String::new(),
-        baud: 38_400,
-        data_bits: 8,
-        parity: Parity::None,
-        stop_bits: 2,
-        unit_id: 1,
         turnaround: t35(38_400, 11),
-        frame_timeout: Duration::from_millis(20),
-        input_registers: true,
-        rs485: Rs485Config::default(),
+        ..RtuConfig::master_line(String::new(), 38_400, 8, Parity::None, 2, 1)
     }
 }

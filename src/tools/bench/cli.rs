@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde::Serialize;
 
+use crate::config::{Parity, RtuConfig};
+
 use super::age::{bench_age, AgeBenchOptions};
 use super::e2e::{bench_e2e, E2eOptions};
 use super::hist::fmt_us;
@@ -173,18 +175,14 @@ async fn resolve(target: &str) -> anyhow::Result<SocketAddr> {
 }
 
 fn open_serial(device: &str, baud: u32, unit: u8) -> anyhow::Result<tokio_serial::SerialStream> {
-    crate::link::serial::open(&crate::config::RtuConfig {
-        device: device.to_string(),
+    crate::link::serial::open(&RtuConfig::master_line(
+        device.to_string(),
         baud,
-        data_bits: 8,
-        parity: crate::config::Parity::None,
-        stop_bits: 2,
-        unit_id: unit,
-        turnaround: Duration::ZERO,
-        frame_timeout: Duration::from_millis(20),
-        input_registers: true,
-        rs485: Default::default(),
-    })
+        8,
+        Parity::None,
+        2,
+        unit,
+    ))
 }
 
 fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
