@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
     about = "Modbus gateway: KSEM G2 on Ethernet → Plenticore on RS485"
 )]
 struct Cli {
+    // What to do (a plain comment: a doc here would change --help).
     #[command(subcommand)]
     command: Command,
     /// Log line format on stderr: text, or json (one object per line, for log shippers).

@@ -74,10 +74,15 @@ impl Transaction {
 /// every request it also discards whatever is already buffered, at no wait.
 #[derive(Debug)]
 pub struct RtuMaster<S> {
+    /// The line (serial port, pty, in-memory pipe).
     stream: S,
+    /// Request written → complete reply, per request.
     timeout: Duration,
+    /// Quiet time that ends a drain after trouble.
     drain_window: Duration,
+    /// The last exchange went wrong (or was dropped): drain before the next request.
     dirty: bool,
+    /// Stale bytes thrown away so far (for counters and tests).
     discarded: u64,
 }
 
