@@ -1,7 +1,10 @@
 //! The validator: every rule that can be checked before start-up, from the `Raw*` types
 //! of [`super::schema`] to a [`super::Config`], with the file, line and key in every
-//! message. The region rules are in `regions`, the KSTAR sections (`rtu_poll:`,
-//! `tcp_server:`) in `kstar`. Touches nothing but what it is given.
+//! message. This file: the entry point, the helpers every rule uses (errors, warnings,
+//! durations) and the small sections (`push:`, `poll:`, `status:`, `log:`). The serial
+//! line (`rtu:`, `rs485:`) is in `serial`, the region rules in `regions`, the KSTAR
+//! sections (`rtu_poll:`, `tcp_server:`) in `kstar`, `writable:` and the checks against
+//! the loaded profile in `profile`. Touches nothing but what it is given.
 
 mod kstar;
 mod profile;
