@@ -18,10 +18,15 @@ use crate::model::{Function, OnStale, Region};
 /// The fixed shape of one region (from the config).
 #[derive(Debug, Clone)]
 pub struct RegionSpec {
+    /// The config's name, for logs, `/status` and metrics.
     pub name: String,
+    /// First register address.
     pub start: u16,
+    /// Registers in the region (its words are exactly this many).
     pub count: u16,
+    /// Freshness limit as configured at start (see [`Freshness`] for the one in force).
     pub max_age: Duration,
+    /// What a stale read gets, as configured at start.
     pub on_stale: OnStale,
     /// Push writes may land here.
     pub accepts_push: bool,
@@ -40,13 +45,16 @@ impl RegionSpec {
 /// [`RegionSpec`], which keeps the values the image was created with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Freshness {
+    /// Older than this since its last write, the region is stale.
     pub max_age: Duration,
+    /// What a read of the region gets while it is stale.
     pub on_stale: OnStale,
 }
 
 /// The contents of one region at one moment.
 #[derive(Debug, Clone)]
 pub struct RegionState {
+    /// The region's words; shared between snapshots until the region is written again.
     pub words: Arc<[u16]>,
     /// Last complete write of any kind; `None` until the region was filled once.
     pub written: Option<Instant>,
@@ -61,6 +69,7 @@ pub struct Snapshot {
     pub generation: u64,
     /// Every region has been filled at least once.
     pub warm: bool,
+    /// Each region's contents, in the order of [`Image::specs`].
     pub regions: Box<[RegionState]>,
 }
 
@@ -89,10 +98,13 @@ pub enum ReadRefusal {
 /// The register image shared by sources and servers.
 #[derive(Debug)]
 pub struct Image {
+    /// The regions' fixed shape, by index (never changes after start).
     specs: Box<[RegionSpec]>,
+    /// The snapshot readers load; writers replace it whole with one pointer swap.
     current: ArcSwap<Snapshot>,
     /// Serialises writers; readers never take it.
     writer: Mutex<()>,
+    /// When the image was made: start-to-ready is measured from here.
     created: Instant,
     /// Flips to `true` once, when every region has been filled.
     warm: tokio::sync::watch::Sender<bool>,

@@ -54,6 +54,10 @@ enum Command {
         /// (KSEM demo).
         #[arg(long)]
         status: Option<SocketAddr>,
+        /// Publish the simulated meter to this MQTT broker, e.g. 127.0.0.1:1883 (KSEM demo;
+        /// topic airbridge-demo, Home Assistant discovery on).
+        #[arg(long, value_name = "HOST:PORT")]
+        mqtt: Option<String>,
     },
     /// Run a simulated device.
     #[command(subcommand)]
@@ -96,8 +100,10 @@ enum Simulate {
         /// Serial device (or pseudo-terminal) to answer on.
         #[arg(long)]
         device: String,
-        #[arg(long, default_value_t = 1)]
-        unit: u8,
+        /// RS485 address(es) to answer: one device per address on the same bus, e.g.
+        /// `--unit 1,2` (1..247, each once).
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        unit: Vec<u8>,
         #[arg(long, default_value_t = 9600)]
         baud: u32,
         #[arg(long, default_value_t = 1)]
@@ -142,17 +148,27 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Command::Demo {
+            profile: Some(_),
+            mqtt: Some(_),
+            ..
+        } => {
+            eprintln!("error: --mqtt goes with the KSEM demo, not with --profile");
+            ExitCode::from(2)
+        }
+        Command::Demo {
             duration,
             seed,
             profile: Some(profile),
             status: None,
+            mqtt: None,
         } => block_on(demo_profile(profile, duration, seed)),
         Command::Demo {
             duration,
             seed,
             profile: None,
             status,
-        } => block_on(demo(duration, seed, status)),
+            mqtt,
+        } => block_on(demo(duration, seed, status, mqtt)),
         Command::Simulate(Simulate::Device {
             profile,
             device,
@@ -252,12 +268,14 @@ async fn demo(
     duration: Option<Duration>,
     seed: u64,
     status: Option<SocketAddr>,
+    mqtt: Option<String>,
 ) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let opts = airbridge::tools::demo::DemoOptions {
         duration,
         seed,
         status,
+        mqtt,
         ..Default::default()
     };
     let run = airbridge::tools::demo::run(opts, cancel.clone());
@@ -339,42 +357,79 @@ async fn demo_profile(
 async fn simulate_device(
     profile: PathBuf,
     device: String,
-    unit: u8,
+    units: Vec<u8>,
     baud: u32,
     seed: u64,
     duration: Option<Duration>,
 ) -> anyhow::Result<()> {
     use airbridge::tools::sim::device::{self, Device, DeviceOptions};
     use std::sync::atomic::Ordering::Relaxed;
+    let mut seen = std::collections::BTreeSet::new();
+    for &u in &units {
+        if !(1..=247).contains(&u) || !seen.insert(u) {
+            anyhow::bail!("--unit {u}: each RS485 address must be 1..247 and given once");
+        }
+    }
     let prof = airbridge::control::profile::load(&profile)?;
     let name = prof.name.clone();
-    let line =
-        config::RtuConfig::master_line(device.clone(), baud, 8, config::Parity::None, 1, unit);
-    let stream = airbridge::link::serial::open(&line)?;
-    let dev = Device::new(
-        prof,
-        DeviceOptions {
-            unit,
-            seed,
-            ..Default::default()
-        },
+    let line = config::RtuConfig::master_line(
+        device.clone(),
+        baud,
+        8,
+        config::Parity::None,
+        1,
+        units.first().copied().unwrap_or(1),
     );
-    println!("simulated {name}: unit {unit} on {device} at {baud} 8N1");
+    let stream = airbridge::link::serial::open(&line)?;
+    let devices: Vec<_> = units
+        .iter()
+        .zip(seed..)
+        .map(|(&unit, seed)| {
+            Device::new(
+                prof.clone(),
+                DeviceOptions {
+                    unit,
+                    seed,
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    let list: Vec<String> = units.iter().map(ToString::to_string).collect();
+    let which = if units.len() == 1 { "unit" } else { "units" };
+    println!(
+        "simulated {name}: {which} {} on {device} at {baud} 8N1",
+        list.join(", ")
+    );
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(device::serve(
-        stream,
-        std::sync::Arc::clone(&dev),
-        cancel.clone(),
-    ));
+    let bus = devices.clone();
+    let c = cancel.clone();
+    let task = tokio::spawn(async move { device::serve_bus(stream, &bus, c).await });
     every_second_until_stopped(duration, || {
-        let s = &dev.stats;
-        println!(
-            "requests {} reads {} writes {} exceptions {}",
-            s.requests.load(Relaxed),
-            s.reads.load(Relaxed),
-            s.writes.load(Relaxed),
-            s.exceptions.load(Relaxed)
-        );
+        let lines: Vec<String> = devices
+            .iter()
+            .map(|d| {
+                let s = &d.stats;
+                format!(
+                    "requests {} reads {} writes {} exceptions {}",
+                    s.requests.load(Relaxed),
+                    s.reads.load(Relaxed),
+                    s.writes.load(Relaxed),
+                    s.exceptions.load(Relaxed)
+                )
+            })
+            .collect();
+        match lines.as_slice() {
+            [one] => println!("{one}"),
+            many => {
+                let per: Vec<String> = units
+                    .iter()
+                    .zip(many)
+                    .map(|(u, l)| format!("unit {u}: {l}"))
+                    .collect();
+                println!("{}", per.join(" | "));
+            }
+        }
     })
     .await;
     cancel.cancel();

@@ -63,8 +63,11 @@ impl OnStale {
 /// Where a region's data comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Sources {
+    /// Written by the KSEM's push (the push server accepts writes here).
     pub push: bool,
+    /// Read from the KSEM's Modbus TCP slave by the poller.
     pub poll: bool,
+    /// Static words from the config (`values:`), filled once at start.
     pub fixed: bool,
     /// Polled over RTU by the `rtu_poll` master.
     pub rtu_poll: bool,
@@ -87,13 +90,19 @@ impl fmt::Display for Sources {
 /// One block of consecutive registers served from the image.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Region {
+    /// Unique name, used in logs, `/status`, metrics and reload messages.
     pub name: String,
+    /// First register address.
     pub start: u16,
+    /// Number of registers.
     pub count: u16,
+    /// Where its data comes from.
     pub source: Sources,
     /// Poll interval (poll sources).
     pub every: Option<Duration>,
+    /// Older than this since its last write, the region is stale.
     pub max_age: Duration,
+    /// What a read of the region gets while it is stale.
     pub on_stale: OnStale,
     /// Poll a push region at this interval while pushes have stopped.
     pub fallback_poll: Option<Duration>,

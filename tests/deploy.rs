@@ -34,7 +34,7 @@ fn unit_text() -> String {
 #[test]
 fn unit_passes_systemd_analyze_verify() {
     let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {
-        println!("SKIPPED: systemd-analyze is not installed (apt-get install systemd)");
+        common::tool::missing("systemd-analyze", "apt-get install systemd");
         return;
     };
     assert!(out.status.success());

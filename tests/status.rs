@@ -783,7 +783,7 @@ fn promtool_check(text: &str) {
         .stderr(Stdio::piped())
         .spawn()
     else {
-        println!("skipped promtool check: promtool is not installed (Debian package prometheus)");
+        common::tool::missing("promtool", "apt-get install prometheus");
         return;
     };
     child
@@ -977,7 +977,7 @@ fn chromium_run(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_renders_live_values_in_headless_chromium() {
     let Some(bin) = chromium() else {
-        println!("skipped: chromium is not installed (Debian: apt-get install chromium)");
+        common::tool::missing("chromium", "apt-get install chromium");
         return;
     };
     let rig = rig(Some(repo().join("profiles/ksem-g2.yaml"))).await;

@@ -60,6 +60,7 @@ pub struct StartOptions {
 
 /// A running gateway.
 pub struct Gateway {
+    /// What the supervisor, reload and the status page observe.
     pub handles: Handles,
     /// Where the push server listens (resolved, so port 0 shows the real port).
     pub push_addr: Option<SocketAddr>,
@@ -67,6 +68,7 @@ pub struct Gateway {
     pub tcp_addr: Option<SocketAddr>,
     /// Where the status endpoint listens, when configured.
     pub status_addr: Option<SocketAddr>,
+    /// Every task of the gateway, named, so a task that ends unexpectedly is reported.
     tasks: JoinSet<&'static str>,
 }
 
@@ -123,6 +125,7 @@ impl Gateway {
             rtu: Arc::default(),
             rtu_poll: Arc::default(),
             tcp: Arc::default(),
+            mqtt: Arc::default(),
             live: Arc::new(crate::app::handles::Live::new(config.clone())),
             journal: Arc::default(),
         };
@@ -152,7 +155,17 @@ impl Gateway {
                 "poller"
             });
         }
-        let tcp_addr = start_kstar(&config, &handles, bus, &mut tasks, &cancel).await?;
+        let mut writes = None;
+        let tcp_addr =
+            start_kstar(&config, &handles, bus, &mut tasks, &cancel, &mut writes).await?;
+        start_mqtt(
+            &config,
+            options.profile.as_ref(),
+            &handles,
+            writes,
+            &mut tasks,
+            &cancel,
+        );
         let slave = RtuSlave::new(&config.rtu, Arc::clone(&image), Arc::clone(&handles.rtu))
             .with_journal(Arc::clone(&handles.journal));
         let port = if config.rtu_slave { port } else { RtuPort::Off };
@@ -232,6 +245,7 @@ async fn start_kstar(
     bus: BusPort,
     tasks: &mut JoinSet<&'static str>,
     cancel: &CancellationToken,
+    mqtt_writes: &mut Option<MqttWrites>,
 ) -> anyhow::Result<Option<SocketAddr>> {
     let (queue, jobs) = tokio::sync::mpsc::channel(QUEUE_DEPTH);
     let policy = match (&config.profile, config.writable.is_empty()) {
@@ -266,6 +280,9 @@ async fn start_kstar(
             "tcp server"
         });
     }
+    if let (Some(p), Some(_)) = (&policy, &config.rtu_poll) {
+        *mqtt_writes = Some((Arc::clone(p), queue.clone()));
+    }
     drop(queue);
     if let Some(mut poller) = RtuPoller::new(
         config,
@@ -293,6 +310,54 @@ async fn start_kstar(
         }
     }
     Ok(tcp_addr)
+}
+
+/// What MQTT commands need from the KSTAR side: the write policy and the write queue.
+type MqttWrites = (Arc<WritePolicy>, crate::control::writes::WriteQueue);
+
+/// Start the MQTT publisher if the config has `mqtt:`. It never fails the start: a profile
+/// that does not load is logged and MQTT stays off (the Modbus side runs on).
+fn start_mqtt(
+    config: &Config,
+    profile: Option<&crate::control::profile::Profile>,
+    handles: &Handles,
+    writes: Option<MqttWrites>,
+    tasks: &mut JoinSet<&'static str>,
+    cancel: &CancellationToken,
+) {
+    use crate::servers::mqtt::{commands::Commands, MqttServer};
+    let Some(mqtt) = &config.mqtt else { return };
+    let profile = match (profile, &config.profile) {
+        (Some(p), _) => p.clone(),
+        (None, Some(r)) => match crate::control::profile::load(&r.path) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!("mqtt: {e}; MQTT stays off");
+                return;
+            }
+        },
+        (None, None) => {
+            tracing::error!("mqtt: no register profile; MQTT stays off");
+            return;
+        }
+    };
+    let commands = writes.map(|(policy, queue)| Commands {
+        policy,
+        queue,
+        deadline: write_deadline(config),
+    });
+    let server = MqttServer::new(
+        mqtt.clone(),
+        Arc::clone(&handles.image),
+        &profile,
+        commands,
+        Arc::clone(&handles.mqtt),
+    );
+    let c = cancel.clone();
+    tasks.spawn(async move {
+        server.run(c).await;
+        "mqtt"
+    });
 }
 
 /// How long a LAN client's write may wait for the bus: the writes queued before it and one

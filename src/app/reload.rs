@@ -62,7 +62,9 @@ impl std::fmt::Display for Outcome {
 /// The differences between two configs: what can change live and what needs a restart.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Diff {
+    /// Changes a running gateway can take, one line each (`key old → new`).
     pub live: Vec<String>,
+    /// Changes that need a restart, one line each.
     pub restart: Vec<String>,
 }
 
@@ -340,4 +342,115 @@ pub fn reload_file(handles: &Handles, path: &Path) -> Result<Outcome, config::Co
         Outcome::NeedsRestart { .. } => tracing::warn!("{outcome}"),
     }
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::handles::Live;
+    use crate::image::Image;
+    use arc_swap::ArcSwap;
+    use std::time::Duration;
+
+    const BASE: &str = "rtu: {device: /dev/ttyUSB0}
+push: {listen: '127.0.0.1:0', allow_from: [127.0.0.1], max_connections: 2}
+poll: {host: '127.0.0.1:5021', timeout: 500ms}
+regions:
+  - {name: totals, start: 0, count: 2, source: push, max_age: 600ms, on_stale: silence}
+  - {name: energy, start: 512, count: 2, source: poll, every: 1s, max_age: 5s}
+";
+
+    fn config(text: &str) -> Config {
+        config::parse(text, "test").expect("config").config
+    }
+
+    fn handles(cfg: &Config) -> Handles {
+        Handles {
+            image: Arc::new(Image::new(&cfg.regions)),
+            push: Arc::default(),
+            poll: Arc::default(),
+            rtu: Arc::default(),
+            rtu_poll: Arc::default(),
+            tcp: Arc::default(),
+            live: Arc::new(Live::new(cfg.clone())),
+            journal: Arc::default(),
+            mqtt: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn live_settings_are_applied_and_named() {
+        let old = config(BASE);
+        let h = handles(&old);
+        let settings = Arc::new(ArcSwap::from_pointee(old.push.clone().expect("push")));
+        h.live.attach_push(Arc::clone(&settings));
+        let text = BASE
+            .replace("max_age: 600ms", "max_age: 900ms")
+            .replace("max_connections: 2", "max_connections: 3")
+            .replace("every: 1s", "every: 2s");
+        let Outcome::Applied { changes, .. } = apply(&h, config(&text)) else {
+            panic!("expected applied");
+        };
+        let all = changes.join("; ");
+        assert!(all.contains("totals.max_age"), "{all}");
+        assert!(all.contains("every"), "{all}");
+        assert!(all.contains("max_connections"), "{all}");
+        assert_eq!(settings.load().max_connections, 3, "push settings follow");
+        assert_eq!(
+            h.image.freshness(0).expect("rule").max_age,
+            Duration::from_millis(900),
+            "the image's freshness rule follows"
+        );
+        assert_eq!(
+            h.live.current().regions[0].max_age,
+            Duration::from_millis(900)
+        );
+    }
+
+    #[test]
+    fn a_restart_setting_holds_back_the_whole_file() {
+        let old = config(BASE);
+        let h = handles(&old);
+        let text = BASE
+            .replace("/dev/ttyUSB0", "/dev/ttyUSB1")
+            .replace("max_age: 600ms", "max_age: 900ms");
+        let outcome = apply(&h, config(&text));
+        let Outcome::NeedsRestart { settings, also } = &outcome else {
+            panic!("expected needs restart, got {outcome:?}");
+        };
+        assert!(
+            settings.iter().any(|s| s.starts_with("rtu.device")),
+            "{settings:?}"
+        );
+        assert!(also.iter().any(|s| s.contains("max_age")), "{also:?}");
+        assert!(outcome.to_string().contains("systemctl restart airbridge"));
+        // Nothing of it applied.
+        assert_eq!(
+            h.image.freshness(0).expect("rule").max_age,
+            Duration::from_millis(600)
+        );
+        assert_eq!(*h.live.current(), old);
+    }
+
+    #[test]
+    fn the_same_file_again_changes_nothing() {
+        let old = config(BASE);
+        let h = handles(&old);
+        assert_eq!(apply(&h, config(BASE)), Outcome::Unchanged);
+        assert!(diff(&old, &config(BASE)).live.is_empty());
+    }
+
+    #[test]
+    fn a_file_that_does_not_load_is_rejected_and_the_config_stays() {
+        let old = config(BASE);
+        let h = handles(&old);
+        let dir = std::env::temp_dir().join(format!("airbridge-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("gateway.yaml");
+        std::fs::write(&path, "regions: [").expect("write");
+        let err = reload_file(&h, &path).expect_err("rejected");
+        assert!(err.to_string().contains("gateway.yaml"), "{err}");
+        assert_eq!(*h.live.current(), old);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -96,6 +96,9 @@ impl Config {
         if let Some(st) = &self.status {
             let _ = writeln!(s, "status: http://{}/", st.listen);
         }
+        if let Some(m) = &self.mqtt {
+            let _ = writeln!(s, "{}", m.describe());
+        }
         let _ = writeln!(s, "regions:");
         let _ = writeln!(
             s,

@@ -13,7 +13,6 @@
 //! section adds a field to [`Config`] and to `schema::RawConfig`, and its own file.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,6 +27,9 @@ mod validate;
 pub use validate::check_against_profile;
 
 use schema::RawConfig;
+
+pub mod mqtt;
+pub use mqtt::MqttConfig;
 
 /// A configuration that is known to be usable.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,6 +60,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The status HTTP endpoint (`/`, `/status`, `/metrics`, `/journal`); off when absent.
     pub status: Option<StatusConfig>,
+    /// Publishing to an MQTT broker (Home Assistant); off when absent.
+    pub mqtt: Option<MqttConfig>,
 }
 
 /// The status HTTP endpoint.
@@ -111,6 +115,7 @@ impl Default for Rs485Config {
     }
 }
 
+pub use crate::control::writes::{WritableEntry, WritableTarget};
 pub use crate::model::{Function, OnStale, Region, Sources, MAX_READ};
 
 /// The RTU master on a device's bus (`rtu_poll:`).
@@ -176,25 +181,6 @@ impl TcpServerConfig {
         let ip = canonical_ip(ip);
         self.allow_from.is_empty() || self.allow_from.iter().any(|n| n.contains(&ip))
     }
-}
-
-/// One `writable:` entry: a register address or a profile register name.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WritableEntry {
-    /// The register the entry names.
-    pub target: WritableTarget,
-    /// Line of the entry, for messages of checks against the profile.
-    pub line: u64,
-}
-
-/// How a `writable:` entry names its register.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WritableTarget {
-    /// The register written at this address: the single-register (FC06) one if the profile
-    /// has one there, else the multi-register (FC16) one that starts there.
-    Address(u16),
-    /// The profile register of this name.
-    Name(String),
 }
 
 /// Where the config names its register profile.
@@ -414,13 +400,4 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     humantime::parse_duration(t)
         .map_err(|e| format!("`{t}` is not a duration ({e}); write e.g. 1750us, 200ms, 2s, 5m, 1h"))
-}
-
-impl fmt::Display for WritableTarget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            WritableTarget::Address(a) => write!(f, "{a}"),
-            WritableTarget::Name(n) => f.write_str(n),
-        }
-    }
 }

@@ -42,6 +42,9 @@ pub(super) struct RawConfig {
     /// `status:`, the HTTP endpoint.
     #[serde(default)]
     pub(super) status: Option<Spanned<RawStatus>>,
+    /// `mqtt:`, publishing to a broker (Home Assistant).
+    #[serde(default)]
+    pub(super) mqtt: Option<Spanned<super::mqtt::RawMqtt>>,
 }
 
 /// `status:` as written.

@@ -7,20 +7,46 @@
 //! touches neither the bus nor the image.
 
 use std::collections::BTreeSet;
+use std::fmt;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{WritableEntry, WritableTarget};
 use crate::control::profile::{Profile, Register, WriteRefusal};
 
-/// Function code: write single register.
-pub const FC_WRITE_SINGLE: u8 = 0x06;
-/// Function code: write multiple registers.
-pub const FC_WRITE_MULTIPLE: u8 = 0x10;
+/// One `writable:` entry: a register address or a profile register name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WritableEntry {
+    /// Which register the entry names.
+    pub target: WritableTarget,
+    /// The line of the entry in the config file, for messages.
+    pub line: u64,
+}
+
+/// How a `writable:` entry names its register.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WritableTarget {
+    /// The register written at this address: the single-register (FC06) one if the profile
+    /// has one there, else the multi-register (FC16) one that starts there.
+    Address(u16),
+    /// The profile register of this name.
+    Name(String),
+}
+
+impl fmt::Display for WritableTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WritableTarget::Address(a) => write!(f, "{a}"),
+            WritableTarget::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+pub use crate::modbus::master::{FC_WRITE_MULTIPLE, FC_WRITE_SINGLE};
 
 /// Which registers LAN clients may write.
 #[derive(Debug, Clone)]
 pub struct WritePolicy {
+    /// What each register is: its write codes, range and enum.
     profile: Profile,
     /// Names of the allowed profile registers.
     allowed: BTreeSet<String>,
@@ -159,7 +185,9 @@ fn resolve_one<'p>(profile: &'p Profile, target: &WritableTarget) -> Result<&'p 
 pub struct WriteJob {
     /// 6 or 16.
     pub fc: u8,
+    /// First register written.
     pub address: u16,
+    /// The words to write (one for FC06).
     pub values: Vec<u16>,
     /// The device's outcome.
     pub reply: oneshot::Sender<WriteOutcome>,
@@ -194,3 +222,99 @@ pub type WriteQueue = mpsc::Sender<WriteJob>;
 
 /// Accepted writes waiting for the bus (more are refused with exception 06, busy).
 pub const QUEUE_DEPTH: usize = 16;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::profile;
+
+    /// A small profile with the register kinds the policy tells apart.
+    const PROFILE: &str = "name: test
+registers:
+  - {name: mode, address: 3044, function: input, type: u16, access: rw, writes: [6], enum: {0: a, 1: b, 2: c}}
+  - {name: limit, address: 3200, function: input, type: u16, access: rw, writes: [6], range: [0, 100]}
+  - {name: model_name, address: 3200, function: holding, type: ascii, words: 8, access: rw, writes: [16]}
+  - {name: clock_set, address: 3239, function: holding, type: ascii, words: 7, access: w, writes: [16]}
+  - {name: power, address: 3010, function: input, type: u16, unit: W}
+";
+
+    fn entries(targets: &[WritableTarget]) -> Vec<WritableEntry> {
+        targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| WritableEntry {
+                target: t.clone(),
+                line: 10 + i as u64,
+            })
+            .collect()
+    }
+
+    fn policy(targets: &[WritableTarget]) -> WritePolicy {
+        let p = profile::parse(PROFILE, "test profile").expect("profile parses");
+        WritePolicy::new(p, &entries(targets)).expect("policy")
+    }
+
+    #[test]
+    fn an_address_resolves_to_the_single_register_write_first() {
+        let p = policy(&[WritableTarget::Address(3200)]);
+        let allowed: Vec<_> = p.allowed().iter().cloned().collect();
+        assert_eq!(allowed, ["limit"]);
+        let p = policy(&[WritableTarget::Name("model_name".into())]);
+        assert!(p.allowed().contains("model_name"));
+    }
+
+    #[test]
+    fn resolving_names_the_line_of_a_bad_entry() {
+        let p = profile::parse(PROFILE, "test profile").expect("profile parses");
+        let cases = [
+            (
+                WritableTarget::Name("nope".into()),
+                "no register named `nope`",
+            ),
+            (WritableTarget::Name("power".into()), "read-only"),
+            (WritableTarget::Address(3010), "3010 (power) is read-only"),
+            (WritableTarget::Address(3241), "lies inside clock_set"),
+            (
+                WritableTarget::Address(999),
+                "not a register of the profile",
+            ),
+        ];
+        for (target, want) in cases {
+            let e = entries(&[WritableTarget::Address(3044), target.clone()]);
+            let (line, msg) = WritePolicy::resolve(&p, &e).expect_err("refused");
+            assert_eq!(line, 11, "{target}: the second entry's line");
+            assert!(msg.contains(want), "{target}: {msg}");
+        }
+    }
+
+    #[test]
+    fn check_refuses_with_the_exception_a_client_should_get() {
+        let p = policy(&[WritableTarget::Address(3044), WritableTarget::Address(3200)]);
+        assert_eq!(p.check(6, 3044, &[2]).expect("in the enum").len(), 1);
+        assert_eq!(p.check(6, 3200, &[100]).expect("in range")[0].name, "limit");
+        let refused = |fc, addr, values: &[u16]| p.check(fc, addr, values).expect_err("refused");
+        // Out of range or not in the enum: 03.
+        assert_eq!(refused(6, 3200, &[101]).exception(), 0x03);
+        assert_eq!(refused(6, 3044, &[3]).exception(), 0x03);
+        // Not listed, unknown, or a register not written with that code: 02.
+        let r = refused(16, 3239, &[0; 7]);
+        assert_eq!(r, Refusal::NotListed("clock_set".into()));
+        assert_eq!(r.exception(), 0x02);
+        assert_eq!(refused(6, 3045, &[0]).exception(), 0x02);
+        assert_eq!(refused(6, 3044, &[]).exception(), 0x02);
+        // Not a write function at all: 01.
+        assert_eq!(refused(3, 3044, &[0]), Refusal::Function(3));
+        assert_eq!(refused(3, 3044, &[0]).exception(), 0x01);
+    }
+
+    #[test]
+    fn a_write_spilling_past_an_allowed_register_is_refused_whole() {
+        let p = policy(&[WritableTarget::Name("model_name".into())]);
+        assert!(p.check(16, 3200, &[0x4B53; 8]).is_ok());
+        // Nine words: the ninth lies outside every FC16 register.
+        assert!(matches!(
+            p.check(16, 3200, &[0x4B53; 9]),
+            Err(Refusal::Unknown { address: 3208, .. })
+        ));
+    }
+}

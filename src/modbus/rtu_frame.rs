@@ -182,9 +182,13 @@ fn crc_scan(b: &[u8]) -> Option<usize> {
 pub struct Framer {
     /// Buffered bytes are `buf[start..end]`.
     buf: [u8; MAX_ADU],
+    /// First byte of the unframed input in `buf`.
     start: usize,
+    /// One past the last byte received.
     end: usize,
+    /// The unit id this slave answers for.
     unit: u8,
+    /// What the framer saw and dropped.
     stats: FramerStats,
 }
 

@@ -18,8 +18,11 @@ pub const STALL_LIMIT: Duration = Duration::from_secs(10);
 /// within `limit`. The clock is passed in.
 #[derive(Debug)]
 pub struct Liveness {
+    /// The counter as last observed.
     beats: u64,
+    /// When the counter last moved.
     changed: Instant,
+    /// How long the counter may stand still before the loop counts as stalled.
     limit: Duration,
 }
 

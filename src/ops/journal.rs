@@ -85,13 +85,19 @@ pub enum PollFailure {
 pub struct Entry {
     /// Microseconds since the Unix epoch (wall clock) of the frame's arrival / sending.
     pub t_us: u64,
+    /// Which link the frame was on.
     pub link: Link,
+    /// Received or sent.
     pub dir: Dir,
+    /// The unit id it was addressed to.
     pub unit: u8,
+    /// The function code.
     pub function: u8,
+    /// First register address.
     pub address: u16,
     /// Registers (reads, writes); for `Dropped(Garbage)` the bytes dropped.
     pub count: u16,
+    /// What the gateway did with it.
     pub action: Action,
     /// Frame received → reply written (RTU), request → response (poll); µs, saturating.
     pub latency_us: u32,
@@ -102,29 +108,42 @@ pub struct Entry {
 pub struct Record {
     /// When the frame arrived (or the request was sent).
     pub at: Instant,
+    /// See [`Entry::link`].
     pub link: Link,
+    /// See [`Entry::dir`].
     pub dir: Dir,
+    /// See [`Entry::unit`].
     pub unit: u8,
+    /// See [`Entry::function`].
     pub function: u8,
+    /// See [`Entry::address`].
     pub address: u16,
+    /// See [`Entry::count`].
     pub count: u16,
+    /// See [`Entry::action`].
     pub action: Action,
+    /// Frame received → reply written (see [`Entry::latency_us`]).
     pub latency: Duration,
 }
 
 struct Slot {
     /// `2·(ticket+1)` once entry `ticket` is complete; odd while being written.
     seq: AtomicU64,
+    /// The entry packed into three words, so a slot is written without a lock.
     words: [AtomicU64; 3],
 }
 
 /// A bounded, lock-free ring of [`Entry`]s.
 pub struct Journal {
+    /// The ring; a ticket picks slot `ticket % len`.
     slots: Box<[Slot]>,
     /// Tickets handed out (= entries ever recorded or dropped).
     head: AtomicU64,
+    /// Entries lost because a reader or a slower writer held their slot.
     dropped: AtomicU64,
+    /// Monotonic reference of the wall-clock times below.
     epoch: Instant,
+    /// Wall-clock time of `epoch`, µs since the Unix epoch.
     epoch_unix_us: u64,
 }
 

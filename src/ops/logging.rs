@@ -30,6 +30,7 @@ pub enum LogFormat {
 }
 
 struct LevelControl {
+    /// Swaps the filter of the installed subscriber (`log.level`, SIGHUP).
     handle: reload::Handle<EnvFilter, Registry>,
     /// `RUST_LOG` was set: it wins over the config's `log.level`.
     from_env: bool,
@@ -153,7 +154,9 @@ fn stderr_is_journal() -> bool {
 /// or as nothing when there were none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct More {
+    /// Repeats suppressed since the last line that was let through.
     pub count: u64,
+    /// The window they were counted in.
     pub window: Duration,
 }
 
@@ -197,8 +200,11 @@ struct Entry {
 /// `capacity` keys are tracked; a key beyond that is always said (never silently dropped).
 #[derive(Debug)]
 pub struct Repeats<K> {
+    /// A message is let through at most once per window.
     window: Duration,
+    /// Most distinct messages tracked (a flood of distinct ones cannot grow the map).
     capacity: usize,
+    /// Per message: when it was last let through and the repeats since.
     entries: HashMap<K, Entry>,
 }
 

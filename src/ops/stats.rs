@@ -23,6 +23,7 @@ pub const BUCKETS_US: [u64; 13] = [
 pub struct LatencyHistogram {
     /// Non-cumulative counts; the last one is above every bound.
     buckets: [AtomicU64; BUCKETS_US.len() + 1],
+    /// Sum of every observation (Prometheus `_sum`), nanoseconds.
     sum_ns: AtomicU64,
 }
 
@@ -42,6 +43,7 @@ pub struct HistogramSnapshot {
     pub buckets: Vec<(f64, u64)>,
     /// All observations (the +Inf bucket).
     pub count: u64,
+    /// Sum of every observation, seconds.
     pub sum_seconds: f64,
 }
 
@@ -103,6 +105,7 @@ pub fn result_index(outcome: Outcome) -> usize {
 /// RTU requests for our unit by function code and result.
 #[derive(Debug)]
 pub struct FunctionCounters {
+    /// Count per function code and result ([`RESULTS`]), boxed: 256 × 7 counters.
     by_fc: Box<[[AtomicU64; RESULTS.len()]; 256]>,
 }
 

@@ -30,6 +30,8 @@ pub struct DemoOptions {
     pub report: bool,
     /// Serve the status page here (`127.0.0.1:0` picks a free port).
     pub status: Option<std::net::SocketAddr>,
+    /// Publish to this MQTT broker (`HOST:PORT`), under the topic `airbridge-demo`.
+    pub mqtt: Option<String>,
 }
 
 impl Default for DemoOptions {
@@ -41,6 +43,7 @@ impl Default for DemoOptions {
             seed: 1,
             report: true,
             status: None,
+            mqtt: None,
         }
     }
 }
@@ -85,6 +88,17 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
         .map_err(|e| anyhow::anyhow!("cannot create a pseudo-terminal pair: {e}"))?;
     let mut config = demo_config(ksem.slave_addr())?;
     config.status = opts.status.map(|listen| config::StatusConfig { listen });
+    if let Some(broker) = &opts.mqtt {
+        let m = config::MqttConfig::for_broker(&format!("mqtt://{broker}"), "airbridge-demo")
+            .map_err(|e| anyhow::anyhow!("--mqtt {broker}: {e}"))?;
+        if opts.report {
+            println!(
+                "mqtt: publishing to {broker} under {}/… (discovery under homeassistant/)",
+                m.topic
+            );
+        }
+        config.mqtt = Some(m);
+    }
     let start = crate::app::gateway::StartOptions {
         profile: Some(builtin_ksem_profile()?),
     };

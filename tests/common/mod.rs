@@ -167,3 +167,6 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::Ex
     }
     None
 }
+
+/// Outside tools a test needs.
+pub mod tool;

@@ -28,6 +28,7 @@ pub fn escape_label(v: &str) -> String {
 
 /// A metric family being written: `# HELP` and `# TYPE` once, then samples.
 struct Out {
+    /// The exposition text being written.
     s: String,
 }
 
@@ -341,6 +342,47 @@ pub fn render(ctx: &StatusContext) -> String {
         "counter",
         "Journal entries dropped because their slot was being written concurrently.",
         j.dropped() as f64,
+    );
+    // MQTT (all 0 without an `mqtt:` section).
+    let m = &h.mqtt;
+    o.one(
+        "airbridge_mqtt_connected",
+        "gauge",
+        "1 while connected to the MQTT broker.",
+        m.connected.load(Relaxed) as f64,
+    );
+    o.family(
+        "airbridge_mqtt_connects_total",
+        "counter",
+        "MQTT connection attempts by result (failed includes dropped connections).",
+    );
+    o.sample(
+        "airbridge_mqtt_connects_total",
+        &[("result", "ok")],
+        m.connects.load(Relaxed) as f64,
+    );
+    o.sample(
+        "airbridge_mqtt_connects_total",
+        &[("result", "failed")],
+        m.failures.load(Relaxed) as f64,
+    );
+    o.one(
+        "airbridge_mqtt_published_total",
+        "counter",
+        "MQTT messages handed to the client (state, availability, discovery, results).",
+        m.published.load(Relaxed) as f64,
+    );
+    o.one(
+        "airbridge_mqtt_dropped_total",
+        "counter",
+        "MQTT state messages dropped because the client's queue was full (slow broker; the next tick sends the newest).",
+        m.dropped.load(Relaxed) as f64,
+    );
+    o.one(
+        "airbridge_mqtt_commands_total",
+        "counter",
+        "MQTT commands received (any outcome).",
+        m.commands.load(Relaxed) as f64,
     );
     o.s
 }

@@ -39,6 +39,7 @@ const PAGE: &str = include_str!("page.html");
 
 /// Everything the endpoint reads.
 pub struct StatusContext {
+    /// The counters and the image the pages report.
     pub handles: Handles,
     /// The configured regions (for their sources), in config order.
     pub regions: Vec<Region>,
@@ -47,6 +48,7 @@ pub struct StatusContext {
     pub profile: Result<Option<Profile>, String>,
     /// `(unix ms, grid power W)`, oldest first; `None` when not available or stale.
     pub history: Mutex<VecDeque<(u64, Option<f64>)>>,
+    /// When the gateway started (uptime on the page).
     pub started: SystemTime,
 }
 
@@ -84,7 +86,9 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 
 /// A bound status endpoint, ready to run.
 pub struct StatusServer {
+    /// The bound HTTP listener.
     listener: TcpListener,
+    /// What every request reads.
     ctx: Arc<StatusContext>,
 }
 

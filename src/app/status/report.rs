@@ -18,7 +18,9 @@ use crate::ops::journal::Journal;
 /// two (import minus export).
 #[derive(Debug, Clone, Copy)]
 pub struct KeyValue {
+    /// Stable id in `/status` JSON and on the page.
     pub id: &'static str,
+    /// Human label on the page.
     pub label: &'static str,
     /// Register name in the profile.
     pub register: &'static str,
@@ -91,7 +93,9 @@ pub const KEY_VALUES: &[KeyValue] = &[
 /// A decoded key value, or why there is none.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decoded {
+    /// The physical value, or why it could not be decoded.
     pub value: Result<f64, String>,
+    /// Its unit from the profile.
     pub unit: Option<String>,
     /// A region holding it is older than its `max_age`.
     pub stale: bool,

@@ -22,8 +22,8 @@ use serde_saphyr::Spanned;
 
 use crate::config::schema::{DurationText, RawConfig, RawLog, RawPoll, RawPush, RawStatus};
 use crate::config::{
-    canonical_ip, parse_duration, Config, ConfigError, Loaded, LogConfig, PollConfig, ProfileRef,
-    PushConfig, StatusConfig,
+    canonical_ip, mqtt, parse_duration, Config, ConfigError, Loaded, LogConfig, PollConfig,
+    ProfileRef, PushConfig, StatusConfig,
 };
 
 pub use profile::check_against_profile;
@@ -179,7 +179,14 @@ impl Validator<'_> {
             .as_ref()
             .map(|s| self.status(s, push.as_ref()))
             .transpose()?;
+        let writes = rtu_poll.is_some() && !writable.is_empty();
+        let mqtt = raw
+            .mqtt
+            .as_ref()
+            .map(|m| mqtt::validate(m, self.origin, raw.profile.is_some(), writes))
+            .transpose()?;
         Ok(Config {
+            mqtt,
             rtu,
             push,
             poll,

@@ -429,19 +429,36 @@ fn request_len(buf: &[u8]) -> Result<Option<usize>, ()> {
 
 /// Serve the device on `stream` until `cancel` fires or the stream ends.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
+    stream: S,
     device: Arc<Device>,
     cancel: CancellationToken,
 ) -> io::Result<()> {
+    serve_bus(stream, &[device], cancel).await
+}
+
+/// Serve several devices on one bus (one `stream`), each answering its own unit id, as
+/// RS485 devices sharing a line do. A broadcast (unit 0) reaches every device; none
+/// answers it. Values move with the first device's tick.
+pub async fn serve_bus<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    devices: &[Arc<Device>],
+    cancel: CancellationToken,
+) -> io::Result<()> {
+    let Some(first) = devices.first() else {
+        cancel.cancelled().await;
+        return Ok(());
+    };
     let mut buf: Vec<u8> = Vec::with_capacity(512);
     let mut chunk = [0u8; 256];
-    let mut tick = tokio::time::interval(device.opts.tick);
+    let mut tick = tokio::time::interval(first.opts.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
-            _ = tick.tick(), if !device.opts.frozen => {
-                device.update(device.started.elapsed().as_secs_f64());
+            _ = tick.tick() => {
+                for d in devices.iter().filter(|d| !d.opts.frozen) {
+                    d.update(d.started.elapsed().as_secs_f64());
+                }
                 continue;
             }
             r = tokio::time::timeout(Duration::from_millis(50), stream.read(&mut chunk)) => match r {
@@ -477,27 +494,81 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             }
             let frame: Vec<u8> = buf.drain(..len).collect();
             let unit = frame.first().copied().unwrap_or(0xFF);
-            if unit != device.opts.unit && unit != 0 {
-                continue;
-            }
-            device
-                .received
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(frame.clone());
-            if device.silent.load(Relaxed) {
-                device.stats.ignored.fetch_add(1, Relaxed);
-                continue;
-            }
-            if let Some(reply) = device.answer(&frame) {
-                if !device.opts.reply_delay.is_zero() {
-                    tokio::time::sleep(device.opts.reply_delay).await;
+            for device in devices.iter().filter(|d| unit == 0 || d.opts.unit == unit) {
+                device
+                    .received
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(frame.clone());
+                if device.silent.load(Relaxed) {
+                    device.stats.ignored.fetch_add(1, Relaxed);
+                    continue;
                 }
-                stream.write_all(&reply).await?;
+                if let Some(reply) = device.answer(&frame) {
+                    if !device.opts.reply_delay.is_zero() {
+                        tokio::time::sleep(device.opts.reply_delay).await;
+                    }
+                    stream.write_all(&reply).await?;
+                }
             }
         }
         if buf.len() > 1024 {
             buf.clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::rtu_master::{ReplyError, RtuMaster};
+
+    const PROFILE: &str = "name: test
+registers:
+  - {name: power, address: 3000, function: input, type: u16, unit: W}
+";
+
+    fn device(unit: u8) -> Arc<Device> {
+        let p = crate::control::profile::parse(PROFILE, "test").expect("profile");
+        Device::new(
+            p,
+            DeviceOptions {
+                unit,
+                frozen: true,
+                ..Default::default()
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn several_devices_share_one_bus_each_answering_its_own_unit() {
+        let (a, b) = tokio::io::duplex(1024);
+        let (one, two) = (device(1), device(2));
+        assert!(one.set("power", &[111]) && two.set("power", &[222]));
+        let cancel = CancellationToken::new();
+        let bus = vec![Arc::clone(&one), Arc::clone(&two)];
+        let c = cancel.clone();
+        let task = tokio::spawn(async move { serve_bus(b, &bus, c).await });
+        let mut m = RtuMaster::new(a, Duration::from_millis(200));
+        assert_eq!(m.read(1, 4, 3000, 1).await.expect("unit 1"), [111]);
+        assert_eq!(m.read(2, 4, 3000, 1).await.expect("unit 2"), [222]);
+        assert!(matches!(
+            m.read(3, 4, 3000, 1).await,
+            Err(ReplyError::Timeout)
+        ));
+        two.set_silent(true);
+        assert!(matches!(
+            m.read(2, 4, 3000, 1).await,
+            Err(ReplyError::Timeout)
+        ));
+        assert_eq!(m.read(1, 4, 3000, 1).await.expect("unit 1 still"), [111]);
+        assert_eq!(one.received().len(), 2);
+        assert_eq!(
+            two.received().len(),
+            2,
+            "the silent device still heard its request"
+        );
+        cancel.cancel();
+        task.await.expect("task").expect("served");
     }
 }

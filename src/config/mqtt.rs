@@ -1,0 +1,530 @@
+//! The `mqtt:` section: its schema as written, its validated form and its checks.
+//!
+//! Owns everything about the MQTT settings that can be known before start-up: the broker
+//! URL (`mqtt://` or `mqtts://`), topic rules (no `+`/`#`), the publish interval, the
+//! discovery prefix and whether commands are accepted. Pure: it reads no files (the password
+//! file is read by the MQTT server at connect time, so the secret never sits in a
+//! [`crate::config::Config`], a log line or `/status`). It touches only [`ConfigError`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::ConfigError;
+
+/// A validated `mqtt:` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttConfig {
+    /// Broker host name or IP address (without brackets for IPv6).
+    pub host: String,
+    /// Broker port (1883 for `mqtt://`, 8883 for `mqtts://` unless given).
+    pub port: u16,
+    /// `mqtts://`: connect with TLS.
+    pub tls: bool,
+    /// MQTT client id; the broker allows one session per id.
+    pub client_id: String,
+    /// User name for the broker, if it wants one.
+    pub username: Option<String>,
+    /// File holding the password (read at each connect; never logged).
+    pub password_file: Option<PathBuf>,
+    /// PEM file of the CA that signed the broker's certificate (private CA); without it the
+    /// system's roots are used.
+    pub ca_file: Option<PathBuf>,
+    /// Base topic; every topic of the gateway starts with it.
+    pub topic: String,
+    /// At most one state message per region per interval.
+    pub interval: Duration,
+    /// Home Assistant discovery prefix; `None` turns discovery off.
+    pub discovery: Option<String>,
+    /// Accept writes on command topics (KSTAR; goes through the `writable:` policy).
+    pub commands: bool,
+}
+
+impl MqttConfig {
+    /// The gateway's availability topic (`online`/`offline`, retained; the will).
+    pub fn status_topic(&self) -> String {
+        format!("{}/status", self.topic)
+    }
+
+    /// Defaults for `broker` (`mqtt://HOST:PORT`), as if the section named only it; for the
+    /// demo and tests.
+    pub fn for_broker(broker: &str, topic: &str) -> Result<MqttConfig, String> {
+        let (host, port, tls) = parse_broker(broker)?;
+        check_topic(topic)?;
+        Ok(MqttConfig {
+            host,
+            port,
+            tls,
+            client_id: format!("{}-{}", sanitize_id(topic), hostname()),
+            username: None,
+            password_file: None,
+            ca_file: None,
+            topic: topic.to_string(),
+            interval: Duration::from_secs(1),
+            discovery: Some("homeassistant".into()),
+            commands: false,
+        })
+    }
+
+    /// One line for `airbridge check` (never the password).
+    pub fn describe(&self) -> String {
+        format!(
+            "mqtt: {}://{}:{} client_id {} user {} tls_ca {} topic {} interval {} discovery {} commands {}",
+            if self.tls { "mqtts" } else { "mqtt" },
+            self.host,
+            self.port,
+            self.client_id,
+            self.username.as_deref().unwrap_or("-"),
+            self.ca_file
+                .as_ref()
+                .map_or_else(|| "system".to_string(), |p| p.display().to_string()),
+            self.topic,
+            humantime::format_duration(self.interval),
+            self.discovery.as_deref().unwrap_or("off"),
+            if self.commands { "on" } else { "off" },
+        )
+    }
+}
+
+/// The section as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMqtt {
+    broker: Spanned<String>,
+    #[serde(default)]
+    client_id: Option<Spanned<String>>,
+    #[serde(default)]
+    username: Option<Spanned<String>>,
+    #[serde(default)]
+    password_file: Option<Spanned<String>>,
+    #[serde(default)]
+    ca_file: Option<Spanned<String>>,
+    #[serde(default)]
+    topic: Option<Spanned<String>>,
+    #[serde(default)]
+    interval: Option<Spanned<IntervalText>>,
+    #[serde(default)]
+    discovery: Option<Spanned<DiscoveryText>>,
+    #[serde(default)]
+    commands: Option<Spanned<bool>>,
+}
+
+/// `interval:` as written (`1s`, `500ms`; a bare number is an error with a hint).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IntervalText {
+    Number(i64),
+    Float(f64),
+    Text(String),
+}
+
+/// `discovery:` as written: a prefix, or `false` (`true` means the default prefix).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DiscoveryText {
+    On(bool),
+    Prefix(String),
+}
+
+fn line<T>(s: &Spanned<T>) -> u64 {
+    s.referenced.line()
+}
+
+/// Validate the section. `profile`: the config names a profile (the values' names come from
+/// it). `writes`: the config has `rtu_poll:` and a `writable:` list, the only setting where
+/// commands have somewhere to go.
+pub(super) fn validate(
+    raw: &Spanned<RawMqtt>,
+    origin: &str,
+    profile: bool,
+    writes: bool,
+) -> Result<MqttConfig, ConfigError> {
+    let err = |l: u64, key: &str, message: String| ConfigError::Invalid {
+        path: origin.to_string(),
+        line: l,
+        key: format!("mqtt.{key}"),
+        message,
+    };
+    let r = &raw.value;
+    if !profile {
+        return Err(err(
+            line(raw),
+            "profile",
+            "MQTT publishes the values a register profile names: add `profile:` (e.g. profiles/ksem-g2.yaml)".into(),
+        ));
+    }
+    let (host, port, tls) =
+        parse_broker(&r.broker.value).map_err(|m| err(line(&r.broker), "broker", m))?;
+    let client_id = match &r.client_id {
+        Some(c) => {
+            let id = c.value.trim();
+            if id.is_empty() || id.len() > 256 || id.chars().any(|ch| ch.is_control()) {
+                return Err(err(
+                    line(c),
+                    "client_id",
+                    "must be 1..256 printable characters".into(),
+                ));
+            }
+            id.to_string()
+        }
+        None => format!("airbridge-{}", hostname()),
+    };
+    let text = |s: &Option<Spanned<String>>, key: &str| -> Result<Option<String>, ConfigError> {
+        match s {
+            Some(v) if v.value.trim().is_empty() => {
+                Err(err(line(v), key, "must not be empty".into()))
+            }
+            Some(v) => Ok(Some(v.value.trim().to_string())),
+            None => Ok(None),
+        }
+    };
+    let username = text(&r.username, "username")?;
+    let password_file = text(&r.password_file, "password_file")?.map(PathBuf::from);
+    if let (Some(p), None) = (&r.password_file, &username) {
+        return Err(err(
+            line(p),
+            "password_file",
+            "a password needs a `username`".into(),
+        ));
+    }
+    let ca_file = text(&r.ca_file, "ca_file")?.map(PathBuf::from);
+    if let (Some(c), false) = (&r.ca_file, tls) {
+        return Err(err(
+            line(c),
+            "ca_file",
+            "only for a TLS broker: write the broker as mqtts://HOST:PORT".into(),
+        ));
+    }
+    let topic = match &r.topic {
+        Some(t) => {
+            check_topic(&t.value).map_err(|m| err(line(t), "topic", m))?;
+            t.value.trim().to_string()
+        }
+        None => "airbridge".to_string(),
+    };
+    let interval = match &r.interval {
+        None => Duration::from_secs(1),
+        Some(i) => {
+            let v = match &i.value {
+                IntervalText::Text(t) => {
+                    super::parse_duration(t).map_err(|m| err(line(i), "interval", m))?
+                }
+                IntervalText::Number(n) => {
+                    return Err(err(
+                        line(i),
+                        "interval",
+                        format!("`{n}` has no unit; write e.g. {n}s"),
+                    ))
+                }
+                IntervalText::Float(f) => {
+                    return Err(err(
+                        line(i),
+                        "interval",
+                        format!("`{f}` is not a duration; write e.g. 1500ms"),
+                    ))
+                }
+            };
+            if v < Duration::from_millis(100) || v > Duration::from_secs(3600) {
+                return Err(err(
+                    line(i),
+                    "interval",
+                    format!("{v:?}: must be 100ms..1h"),
+                ));
+            }
+            v
+        }
+    };
+    let discovery = match &r.discovery {
+        None
+        | Some(Spanned {
+            value: DiscoveryText::On(true),
+            ..
+        }) => Some("homeassistant".to_string()),
+        Some(Spanned {
+            value: DiscoveryText::On(false),
+            ..
+        }) => None,
+        Some(
+            d @ Spanned {
+                value: DiscoveryText::Prefix(p),
+                ..
+            },
+        ) => {
+            check_topic(p).map_err(|m| err(line(d), "discovery", m))?;
+            Some(p.trim().to_string())
+        }
+    };
+    let commands = r.commands.as_ref().is_some_and(|c| c.value);
+    if let (Some(c), true, false) = (&r.commands, commands, writes) {
+        return Err(err(
+            line(c),
+            "commands",
+            "commands need an `rtu_poll:` device and a `writable:` list (they go through the same policy as Modbus TCP writes)".into(),
+        ));
+    }
+    Ok(MqttConfig {
+        host,
+        port,
+        tls,
+        client_id,
+        username,
+        password_file,
+        ca_file,
+        topic,
+        interval,
+        discovery,
+        commands,
+    })
+}
+
+/// `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]` → host, port, TLS.
+fn parse_broker(text: &str) -> Result<(String, u16, bool), String> {
+    let t = text.trim();
+    let hint = "write mqtt://HOST:PORT or mqtts://HOST:PORT, e.g. mqtt://192.168.178.10:1883";
+    let (rest, tls) = if let Some(r) = t.strip_prefix("mqtts://") {
+        (r, true)
+    } else if let Some(r) = t.strip_prefix("mqtt://") {
+        (r, false)
+    } else {
+        return Err(format!("`{t}`: unknown scheme; {hint}"));
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains('/') || rest.contains('@') || rest.contains('?') {
+        return Err(format!(
+            "`{t}`: only a host and a port (credentials go in username/password_file); {hint}"
+        ));
+    }
+    let default_port = if tls { 8883 } else { 1883 };
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("`{t}`: unclosed `[`; {hint}"))?;
+        match after {
+            "" => (h, None),
+            p => (
+                h,
+                Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| format!("`{t}`: {hint}"))?,
+                ),
+            ),
+        }
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, _)) if h.contains(':') => {
+                return Err(format!(
+                    "`{t}`: write an IPv6 address in brackets, e.g. mqtt://[fd00::1]:1883"
+                ))
+            }
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("`{t}`: no host; {hint}"));
+    }
+    let port = match port {
+        None => default_port,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 => n,
+            _ => return Err(format!("`{t}`: `{p}` is not a port (1..65535)")),
+        },
+    };
+    Ok((host.to_string(), port, tls))
+}
+
+/// A topic the gateway publishes under: no wildcards, no empty levels at the ends.
+fn check_topic(text: &str) -> Result<(), String> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if t.contains(['+', '#']) {
+        return Err(format!(
+            "`{t}` contains a wildcard (+ or #); a topic to publish under cannot"
+        ));
+    }
+    if t.starts_with('/') || t.ends_with('/') || t.contains("//") {
+        return Err(format!(
+            "`{t}` has an empty level (leading, trailing or double /)"
+        ));
+    }
+    if t.chars().any(|c| c.is_control()) || t.contains(char::is_whitespace) {
+        return Err(format!("`{t}` contains spaces or control characters"));
+    }
+    if t.len() > 128 {
+        return Err("longer than 128 characters".into());
+    }
+    Ok(())
+}
+
+fn sanitize_id(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect()
+}
+
+/// This machine's host name, for the default client id (`airbridge-<hostname>`).
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is valid for `buf.len()` bytes; gethostname writes at most that many.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let name = if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        String::new()
+    };
+    let clean: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect();
+    if clean.is_empty() {
+        "gateway".into()
+    } else {
+        clean
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls() {
+        assert_eq!(
+            parse_broker("mqtt://192.168.178.10:1883").unwrap(),
+            ("192.168.178.10".into(), 1883, false)
+        );
+        assert_eq!(
+            parse_broker("mqtts://broker.lan").unwrap(),
+            ("broker.lan".into(), 8883, true)
+        );
+        assert_eq!(
+            parse_broker("mqtt://[fd00::1]:1884").unwrap(),
+            ("fd00::1".into(), 1884, false)
+        );
+        assert_eq!(
+            parse_broker("mqtt://h/").unwrap(),
+            ("h".into(), 1883, false)
+        );
+        for bad in [
+            "tcp://h:1883",
+            "192.168.1.1:1883",
+            "mqtt://",
+            "mqtt://h:0",
+            "mqtt://h:99999",
+            "mqtt://u:p@h:1883",
+            "mqtt://h:1883/x",
+            "mqtt://fd00::1",
+            "mqtt://[fd00::1",
+        ] {
+            assert!(parse_broker(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn topics() {
+        assert!(check_topic("airbridge").is_ok());
+        assert!(check_topic("home/meter").is_ok());
+        for bad in ["", "a/+/b", "a/#", "/a", "a/", "a//b", "a b"] {
+            assert!(check_topic(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn hostname_is_usable_in_a_client_id() {
+        let h = hostname();
+        assert!(!h.is_empty());
+        assert!(h
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use crate::config::{parse, ConfigError};
+
+    const BASE: &str = "profile: p.yaml
+rtu: {device: /dev/null}
+regions:
+  - {name: a, start: 0, count: 2, source: static, values: {0: 1}}
+";
+
+    fn with(mqtt: &str) -> Result<crate::config::Config, ConfigError> {
+        parse(&format!("{BASE}mqtt:\n{mqtt}"), "gw.yaml").map(|l| l.config)
+    }
+
+    fn error(mqtt: &str) -> String {
+        match with(mqtt) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("accepted:\n{mqtt}"),
+        }
+    }
+
+    #[test]
+    fn a_full_section_is_read_and_described_without_the_password() {
+        let c = with(
+            "  broker: mqtts://broker.lan:8884
+  client_id: gw1
+  username: airbridge
+  password_file: /etc/airbridge/mqtt.secret
+  ca_file: /etc/airbridge/ca.pem
+  topic: home/gw
+  interval: 500ms
+  discovery: ha
+",
+        )
+        .unwrap();
+        let m = c.mqtt.clone().unwrap();
+        assert_eq!((m.host.as_str(), m.port, m.tls), ("broker.lan", 8884, true));
+        assert_eq!(m.interval, std::time::Duration::from_millis(500));
+        assert_eq!(m.discovery.as_deref(), Some("ha"));
+        let d = c.describe();
+        assert!(d.contains("mqtt: mqtts://broker.lan:8884"), "{d}");
+        assert!(!d.contains("secret"), "{d}");
+    }
+
+    #[test]
+    fn defaults_and_discovery_off() {
+        let m = with("  broker: mqtt://10.0.0.1\n  discovery: false\n")
+            .unwrap()
+            .mqtt
+            .unwrap();
+        assert_eq!(m.port, 1883);
+        assert_eq!(m.topic, "airbridge");
+        assert!(m.client_id.starts_with("airbridge-"));
+        assert_eq!(m.discovery, None);
+        assert!(!m.commands);
+    }
+
+    #[test]
+    fn errors_carry_file_line_and_key() {
+        let e = error("  broker: mqtt://h\n  topic: a/#\n");
+        assert!(e.starts_with("gw.yaml:7: mqtt.topic:"), "{e}");
+        let e = error("  broker: http://h\n");
+        assert!(e.starts_with("gw.yaml:6: mqtt.broker:"), "{e}");
+        let e = error("  broker: mqtt://h\n  interval: 5\n");
+        assert!(e.contains("mqtt.interval") && e.contains("no unit"), "{e}");
+        let e = error("  broker: mqtt://h\n  password_file: /x\n");
+        assert!(e.contains("needs a `username`"), "{e}");
+        let e = error("  broker: mqtt://h\n  ca_file: /x\n");
+        assert!(e.contains("mqtts://"), "{e}");
+        let e = error("  broker: mqtt://h\n  commands: true\n");
+        assert!(e.contains("writable"), "{e}");
+        let e = error("  broker: mqtt://h\n  colour: blue\n");
+        assert!(e.contains("colour"), "{e}");
+        let no_profile = BASE.replace("profile: p.yaml\n", "");
+        let e = parse(
+            &format!("{no_profile}mqtt: {{broker: 'mqtt://h'}}\n"),
+            "gw.yaml",
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(e.contains("mqtt.profile"), "{e}");
+    }
+}
