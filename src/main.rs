@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
     about = "Modbus gateway: KSEM G2 on Ethernet → Plenticore on RS485"
 )]
 struct Cli {
+    // What to do (a plain comment: a doc here would change --help).
     #[command(subcommand)]
     command: Command,
     /// Log line format on stderr: text, or json (one object per line, for log shippers).
@@ -298,18 +299,7 @@ async fn simulate_inverter(
 ) -> anyhow::Result<()> {
     use airbridge::tools::sim::inverter::{self, InverterOptions, InverterStats};
     use std::sync::Arc;
-    let rtu = config::RtuConfig {
-        device,
-        baud,
-        data_bits: 8,
-        parity: config::Parity::None,
-        stop_bits: 2,
-        unit_id: unit,
-        turnaround: Duration::ZERO,
-        frame_timeout: Duration::from_millis(20),
-        input_registers: true,
-        rs485: Default::default(),
-    };
+    let rtu = config::RtuConfig::master_line(device, baud, 8, config::Parity::None, 2, unit);
     let stream = airbridge::link::serial::open(&rtu)?;
     let cancel = CancellationToken::new();
     let stats = Arc::new(InverterStats::default());
@@ -382,18 +372,14 @@ async fn simulate_device(
     }
     let prof = airbridge::control::profile::load(&profile)?;
     let name = prof.name.clone();
-    let line = config::RtuConfig {
-        device: device.clone(),
+    let line = config::RtuConfig::master_line(
+        device.clone(),
         baud,
-        data_bits: 8,
-        parity: config::Parity::None,
-        stop_bits: 1,
-        unit_id: units.first().copied().unwrap_or(1),
-        turnaround: Duration::ZERO,
-        frame_timeout: Duration::from_millis(20),
-        input_registers: true,
-        rs485: Default::default(),
-    };
+        8,
+        config::Parity::None,
+        1,
+        units.first().copied().unwrap_or(1),
+    );
     let stream = airbridge::link::serial::open(&line)?;
     let devices: Vec<_> = units
         .iter()

@@ -1,5 +1,7 @@
 //! The RTU reply path never touches the heap once the image is warm: request bytes →
 //! [`Framer`] → [`answer::answer`] → reply bytes, for data replies, exceptions and silence.
+//! The bench's RTU loop (`bench_rtu`) does not allocate per request either, so what it
+//! measures is not the allocator.
 //!
 //! A counting global allocator counts allocations per thread, so the other tests of this
 //! file (run in parallel threads by cargo) do not disturb a measurement.
@@ -384,4 +386,60 @@ fn first_reply_on_a_thread_allocates_at_most_once() {
         .expect("thread")
     });
     assert!(first <= 1, "first reply on a thread: {first} allocations");
+}
+
+/// The bench's RTU loop: allocations of a whole `bench_rtu` run against a slave that
+/// answers every request, for `requests` requests, on a current-thread runtime (the
+/// slave task runs on this thread too, so its allocations would count: it has none).
+fn bench_rtu_allocations(requests: u64) -> u64 {
+    use airbridge::tools::bench::{bench_rtu, RegRange, RtuBenchOptions};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let (master, mut slave) = tokio::io::duplex(1024);
+    let mut reply = vec![UNIT, 0x03, 20];
+    reply.extend_from_slice(&[0u8; 20]);
+    reply.extend_from_slice(&[0, 0]);
+    append_crc(&mut reply, 23);
+    let opts = RtuBenchOptions {
+        unit: UNIT,
+        ranges: vec![RegRange {
+            start: 0,
+            count: 10,
+        }],
+        count: requests,
+        ..Default::default()
+    };
+    let (n, report) = allocations(|| {
+        rt.block_on(async {
+            let answering = tokio::spawn(async move {
+                let mut req = [0u8; 8];
+                while slave.read_exact(&mut req).await.is_ok() {
+                    if slave.write_all(&reply).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let report = bench_rtu(master, &opts).await;
+            answering.abort();
+            report
+        })
+    });
+    let report = report.expect("bench_rtu runs");
+    assert_eq!(report.all.ok, requests, "{:?}", report.all);
+    n
+}
+
+#[test]
+fn the_bench_rtu_loop_does_not_allocate_per_request() {
+    // Setup and report allocate; the loop must not: 10× the requests, the same count.
+    let few = bench_rtu_allocations(50);
+    let many = bench_rtu_allocations(500);
+    assert_eq!(
+        few, many,
+        "{few} allocations for 50 requests, {many} for 500"
+    );
 }

@@ -14,9 +14,11 @@
 //! transaction on it would always time out.
 
 use std::io;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{timeout, timeout_at, Instant};
 
 use crate::modbus::crc::frame_crc_ok;
@@ -72,10 +74,15 @@ impl Transaction {
 /// every request it also discards whatever is already buffered, at no wait.
 #[derive(Debug)]
 pub struct RtuMaster<S> {
+    /// The line (serial port, pty, in-memory pipe).
     stream: S,
+    /// Request written → complete reply, per request.
     timeout: Duration,
+    /// Quiet time that ends a drain after trouble.
     drain_window: Duration,
+    /// The last exchange went wrong (or was dropped): drain before the next request.
     dirty: bool,
+    /// Stale bytes thrown away so far (for counters and tests).
     discarded: u64,
 }
 
@@ -302,14 +309,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtuMaster<S> {
             Duration::ZERO
         };
         let mut scratch = [0u8; MAX_FRAME_LEN];
-        let mut total = 0usize;
-        while total < MAX_DRAIN_BYTES {
-            match timeout(window, self.stream.read(&mut scratch)).await {
-                Err(_) | Ok(Ok(0)) => break,
-                Ok(Ok(n)) => total += n,
-                Ok(Err(e)) => return Err(e.into()),
-            }
-        }
+        let total = drain_quiet(&mut self.stream, &mut scratch, window).await?;
         if total > 0 {
             tracing::debug!(bytes = total, "RTU master discarded stale input");
             self.discarded += total as u64;
@@ -317,6 +317,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtuMaster<S> {
         self.dirty = false;
         Ok(())
     }
+}
+
+/// Discard input from `stream` (through `scratch`) and return how many bytes went.
+///
+/// With a zero `window`: only what is already buffered, one poll per read, no timer. With
+/// a window: everything until the line has been quiet that long. At most
+/// 64 KiB either way, so a babbling line cannot stall the caller. The one drain of every
+/// master ([`RtuMaster`] and the bench).
+pub async fn drain_quiet<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    scratch: &mut [u8],
+    window: Duration,
+) -> io::Result<usize> {
+    let mut total = 0usize;
+    while total < MAX_DRAIN_BYTES {
+        let n = if window.is_zero() {
+            std::future::poll_fn(|cx| {
+                let mut rb = ReadBuf::new(scratch);
+                match Pin::new(&mut *stream).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) => Poll::Ready(Ok(rb.filled().len())),
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Pending => Poll::Ready(Ok(0)),
+                }
+            })
+            .await?
+        } else {
+            match timeout(window, stream.read(scratch)).await {
+                Err(_) => 0,
+                Ok(r) => r?,
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    Ok(total)
 }
 
 #[cfg(test)]
@@ -567,5 +604,35 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(r, Err(ReplyError::Io(_))), "{r:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_zero_window_takes_only_what_is_buffered() {
+        let (mut a, mut b) = duplex(1024);
+        b.write_all(&[0xAA; 10]).await.unwrap();
+        let mut scratch = [0u8; 4];
+        let start = Instant::now();
+        assert_eq!(
+            drain_quiet(&mut a, &mut scratch, Duration::ZERO)
+                .await
+                .unwrap(),
+            10
+        );
+        assert_eq!(
+            drain_quiet(&mut a, &mut scratch, Duration::ZERO)
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(start.elapsed(), Duration::ZERO, "a zero window never waits");
+        // With a window, bytes arriving inside it are taken too.
+        let late = tokio::spawn(async move {
+            sleep(Duration::from_millis(3)).await;
+            b.write_all(&[0x55; 6]).await.unwrap();
+            b
+        });
+        let window = Duration::from_millis(5);
+        assert_eq!(drain_quiet(&mut a, &mut scratch, window).await.unwrap(), 6);
+        let _b = late.await.unwrap();
     }
 }

@@ -95,61 +95,142 @@ pub fn expected_reply_len(function: u8, count: u16) -> usize {
     }
 }
 
-/// Validate a complete reply to a register read and decode its words.
+/// What is wrong with a reply to a register read, as [`validate_read_reply`] finds it:
+/// plain data, no allocation, so a measuring loop can count faults per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFault {
+    /// Fewer bytes than the shortest reply (an exception frame).
+    Short {
+        /// Bytes received.
+        len: usize,
+    },
+    /// The CRC does not match.
+    BadCrc,
+    /// Another unit answered.
+    Unit {
+        /// The unit in the reply.
+        got: u8,
+        /// The unit asked.
+        want: u8,
+    },
+    /// A well-formed exception reply with this code.
+    Exception(u8),
+    /// The exception function byte, but not the 5-byte exception length.
+    ExceptionLength {
+        /// Bytes received.
+        len: usize,
+    },
+    /// The reply is to another function.
+    Function {
+        /// The function in the reply.
+        got: u8,
+        /// The function asked.
+        want: u8,
+    },
+    /// The byte count field does not match the registers asked.
+    ByteCount {
+        /// The byte count in the reply.
+        got: u8,
+        /// Two bytes per register asked.
+        want: usize,
+    },
+    /// The frame length does not match its byte count.
+    Length {
+        /// Bytes received.
+        got: usize,
+        /// 5 + the byte count.
+        want: usize,
+    },
+}
+
+impl From<ReadFault> for ReplyError {
+    fn from(fault: ReadFault) -> Self {
+        match fault {
+            ReadFault::Short { len } => {
+                ReplyError::BadFrame(format!("{len} bytes is shorter than any reply"))
+            }
+            ReadFault::BadCrc => ReplyError::BadCrc,
+            ReadFault::Unit { got, want } => {
+                ReplyError::BadFrame(format!("unit {got} answered, expected {want}"))
+            }
+            ReadFault::Exception(code) => ReplyError::Exception(code),
+            ReadFault::ExceptionLength { len } => {
+                ReplyError::BadFrame(format!("exception frame of {len} bytes"))
+            }
+            ReadFault::Function { got, want } => ReplyError::BadFrame(format!(
+                "function {got:#04x} answered, expected {want:#04x}"
+            )),
+            ReadFault::ByteCount { got, want } => {
+                ReplyError::BadFrame(format!("byte count {got}, expected {want}"))
+            }
+            ReadFault::Length { got, want } => {
+                ReplyError::BadFrame(format!("frame length {got}, expected {want}"))
+            }
+        }
+    }
+}
+
+/// Validate a complete reply to a register read, without allocating; `Ok` carries the
+/// data bytes (2 per register, big-endian).
 ///
-/// Checks, in order: CRC, unit, exception (`function | 0x80` → [`ReplyError::Exception`]),
-/// function, byte count and frame length.
+/// Checks, in order: length, CRC, unit, exception (`function | 0x80` →
+/// [`ReadFault::Exception`]), function, byte count and frame length.
+pub fn validate_read_reply(
+    unit: u8,
+    function: u8,
+    count: u16,
+    frame: &[u8],
+) -> Result<&[u8], ReadFault> {
+    if frame.len() < EXCEPTION_LEN {
+        return Err(ReadFault::Short { len: frame.len() });
+    }
+    if !frame_crc_ok(frame) {
+        return Err(ReadFault::BadCrc);
+    }
+    if frame[0] != unit {
+        return Err(ReadFault::Unit {
+            got: frame[0],
+            want: unit,
+        });
+    }
+    if frame[1] == function | 0x80 {
+        if frame.len() == EXCEPTION_LEN {
+            return Err(ReadFault::Exception(frame[2]));
+        }
+        return Err(ReadFault::ExceptionLength { len: frame.len() });
+    }
+    if frame[1] != function {
+        return Err(ReadFault::Function {
+            got: frame[1],
+            want: function,
+        });
+    }
+    let want = 2 * usize::from(count);
+    if usize::from(frame[2]) != want {
+        return Err(ReadFault::ByteCount {
+            got: frame[2],
+            want,
+        });
+    }
+    if frame.len() != 5 + want {
+        return Err(ReadFault::Length {
+            got: frame.len(),
+            want: 5 + want,
+        });
+    }
+    Ok(&frame[3..3 + want])
+}
+
+/// Validate a complete reply to a register read ([`validate_read_reply`]) and decode its
+/// words.
 pub fn parse_read_reply(
     unit: u8,
     function: u8,
     count: u16,
     frame: &[u8],
 ) -> Result<Vec<u16>, ReplyError> {
-    if frame.len() < EXCEPTION_LEN {
-        return Err(ReplyError::BadFrame(format!(
-            "{} bytes is shorter than any reply",
-            frame.len()
-        )));
-    }
-    if !frame_crc_ok(frame) {
-        return Err(ReplyError::BadCrc);
-    }
-    if frame[0] != unit {
-        return Err(ReplyError::BadFrame(format!(
-            "unit {} answered, expected {unit}",
-            frame[0]
-        )));
-    }
-    if frame[1] == function | 0x80 {
-        if frame.len() == EXCEPTION_LEN {
-            return Err(ReplyError::Exception(frame[2]));
-        }
-        return Err(ReplyError::BadFrame(format!(
-            "exception frame of {} bytes",
-            frame.len()
-        )));
-    }
-    if frame[1] != function {
-        return Err(ReplyError::BadFrame(format!(
-            "function {:#04x} answered, expected {function:#04x}",
-            frame[1]
-        )));
-    }
-    let want = 2 * usize::from(count);
-    if usize::from(frame[2]) != want {
-        return Err(ReplyError::BadFrame(format!(
-            "byte count {}, expected {want}",
-            frame[2]
-        )));
-    }
-    if frame.len() != 5 + want {
-        return Err(ReplyError::BadFrame(format!(
-            "frame length {}, expected {}",
-            frame.len(),
-            5 + want
-        )));
-    }
-    Ok(frame[3..3 + want]
+    let data = validate_read_reply(unit, function, count, frame)?;
+    Ok(data
         .chunks_exact(2)
         .map(|w| u16::from_be_bytes([w[0], w[1]]))
         .collect())
@@ -239,5 +320,30 @@ mod tests {
             parse_read_reply(1, 3, 1, &golden[..3]),
             Err(ReplyError::BadFrame(_))
         ));
+    }
+
+    #[test]
+    fn validate_returns_data_or_fault() {
+        let golden = [0x01, 0x03, 0x02, 0x4B, 0x53, 0xCE, 0x89];
+        assert_eq!(validate_read_reply(1, 3, 1, &golden), Ok(&golden[3..5]));
+        assert_eq!(
+            validate_read_reply(2, 3, 1, &golden),
+            Err(ReadFault::Unit { got: 1, want: 2 })
+        );
+        assert_eq!(
+            validate_read_reply(1, 3, 2, &golden),
+            Err(ReadFault::ByteCount { got: 2, want: 4 })
+        );
+        assert_eq!(
+            validate_read_reply(1, 3, 1, &golden[..4]),
+            Err(ReadFault::Short { len: 4 })
+        );
+        assert_eq!(
+            validate_read_reply(1, 3, 1, &exception(1, 3, 4)),
+            Err(ReadFault::Exception(4))
+        );
+        // The parser's messages are unchanged.
+        let e = parse_read_reply(2, 3, 1, &golden).unwrap_err().to_string();
+        assert_eq!(e, "bad reply frame: unit 1 answered, expected 2");
     }
 }

@@ -1,5 +1,9 @@
 //! Register profiles: what the words of a device mean.
 //!
+//! The files: this one holds the types ([`Profile`], [`Register`], [`Value`], …) and the
+//! profile-wide queries and write checks; `register` what one register's words mean
+//! (decode, write checks of values); `load` the file as written and its validation.
+//!
 //! Owns the profile schema (`profiles/*.yaml`), its loader and validator, value decoding
 //! and write validation. Pure: no I/O except [`load`] reading the file. Used by the
 //! status page (decoding), `airbridge profile show`, `airbridge check` and the control-write
@@ -18,22 +22,30 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::path::Path;
 
 use serde::Deserialize;
-use serde_saphyr::Spanned;
+
+mod load;
+mod register;
 
 pub use crate::model::Function;
+pub use load::{load, parse};
+pub use register::round;
 
 /// How the words of a register encode its value. Multi-word numbers are big-endian,
 /// high word first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
+    /// Unsigned 16-bit.
     U16,
+    /// Signed 16-bit (two's complement).
     S16,
+    /// Unsigned 32-bit.
     U32,
+    /// Signed 32-bit.
     S32,
+    /// Unsigned 64-bit.
     U64,
     /// Two characters per word, high byte first; NULs and trailing spaces trimmed.
     Ascii,
@@ -62,19 +74,25 @@ impl Kind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Access {
+    /// Read-only (the default).
     #[default]
     R,
+    /// Read and write.
     Rw,
+    /// Write-only.
     W,
 }
 
 impl Access {
+    /// Rw or W.
     pub fn writable(self) -> bool {
         matches!(self, Access::Rw | Access::W)
     }
+    /// R or Rw.
     pub fn readable(self) -> bool {
         matches!(self, Access::R | Access::Rw)
     }
+    /// As written in a profile (`r`, `rw`, `w`).
     pub fn as_str(self) -> &'static str {
         match self {
             Access::R => "r",
@@ -87,23 +105,36 @@ impl Access {
 /// One byte of a `u8pair` register.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Byte {
+    /// What the byte means.
     pub name: String,
+    /// Multiplier from raw to unit.
     pub scale: f64,
+    /// Unit of the scaled value.
     pub unit: Option<String>,
+    /// Free text shown with it.
     pub note: Option<String>,
 }
 
 /// One register (or multi-word value) of a profile.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Register {
+    /// Unique name, used in lookups, `writable:` entries and the status page.
     pub name: String,
+    /// Human label, if the name is not enough.
     pub label: Option<String>,
+    /// First word's address.
     pub address: u16,
+    /// The table it is in (input = FC04, holding = FC03).
     pub function: Function,
+    /// How its words encode the value.
     pub kind: Kind,
+    /// Words it spans.
     pub words: u16,
+    /// Multiplier from raw to unit (1 when not given).
     pub scale: f64,
+    /// Unit of the scaled value.
     pub unit: Option<String>,
+    /// Who may read and write it.
     pub access: Access,
     /// Function codes that write it (6, 16); empty for read-only registers.
     pub writes: Vec<u8>,
@@ -113,138 +144,12 @@ pub struct Register {
     pub enumeration: Option<BTreeMap<u64, String>>,
     /// Bit number → meaning (bit 0 = least significant).
     pub bits: Option<BTreeMap<u32, String>>,
+    /// The high byte of a `u8pair`.
     pub hi: Option<Byte>,
+    /// The low byte of a `u8pair`.
     pub lo: Option<Byte>,
+    /// Free text shown with it.
     pub note: Option<String>,
-}
-
-impl Register {
-    /// One past the last address.
-    pub fn end(&self) -> u32 {
-        u32::from(self.address) + u32::from(self.words)
-    }
-
-    /// Whether `address` is one of this register's words.
-    pub fn contains(&self, address: u16) -> bool {
-        address >= self.address && u32::from(address) < self.end()
-    }
-
-    /// The raw integer of a numeric register (`words.len()` must equal `self.words`).
-    pub fn raw(&self, words: &[u16]) -> Option<i128> {
-        if words.len() != usize::from(self.words) {
-            return None;
-        }
-        let unsigned = words
-            .iter()
-            .fold(0u128, |acc, &w| (acc << 16) | u128::from(w));
-        Some(match self.kind {
-            Kind::U16 | Kind::U32 | Kind::U64 | Kind::U8pair => unsigned as i128,
-            Kind::S16 => i128::from(words[0] as i16),
-            Kind::S32 => i128::from(unsigned as u32 as i32),
-            Kind::Bcd => {
-                let mut v: i128 = 0;
-                for &w in words {
-                    for shift in [12, 8, 4, 0] {
-                        let digit = (w >> shift) & 0xF;
-                        if digit > 9 {
-                            return None;
-                        }
-                        v = v * 10 + i128::from(digit);
-                    }
-                }
-                v
-            }
-            Kind::Ascii => return None,
-        })
-    }
-
-    /// Decode the register's words (exactly `self.words` of them).
-    pub fn decode(&self, words: &[u16]) -> Value {
-        if words.len() != usize::from(self.words) {
-            return Value::Invalid;
-        }
-        match self.kind {
-            Kind::Ascii => {
-                let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
-                let text: String = bytes
-                    .iter()
-                    .take_while(|&&b| b != 0)
-                    .map(|&b| {
-                        if b.is_ascii_graphic() || b == b' ' {
-                            b as char
-                        } else {
-                            '?'
-                        }
-                    })
-                    .collect();
-                Value::Text(text.trim_end().to_string())
-            }
-            Kind::U8pair => {
-                let [hi, lo] = words[0].to_be_bytes();
-                Value::Pair(hi, lo)
-            }
-            _ => {
-                let Some(raw) = self.raw(words) else {
-                    return Value::Invalid;
-                };
-                if let Some(table) = &self.enumeration {
-                    let label = u64::try_from(raw).ok().and_then(|r| table.get(&r)).cloned();
-                    return Value::Enum { raw, label };
-                }
-                if let Some(table) = &self.bits {
-                    let set = (0..64u32)
-                        .filter(|b| raw >> b & 1 == 1)
-                        .map(|b| table.get(&b).cloned().unwrap_or_else(|| format!("bit {b}")))
-                        .collect();
-                    return Value::Bits { raw, set };
-                }
-                // Rounded: 4998 × 0.01 is 49.98, not 49.980000000000004.
-                Value::Number(round(raw as f64 * self.scale))
-            }
-        }
-    }
-
-    /// Check a write of `values` starting at `address` with function code `fc` against
-    /// this register: it must be writable with that code, cover whole values, and be in
-    /// range. Only the part of the write inside this register is looked at.
-    pub fn check_write(&self, fc: u8, address: u16, values: &[u16]) -> Result<(), WriteRefusal> {
-        if !self.access.writable() {
-            return Err(WriteRefusal::ReadOnly(self.name.clone()));
-        }
-        if !self.writes.contains(&fc) {
-            return Err(WriteRefusal::WrongFunction {
-                name: self.name.clone(),
-                fc,
-            });
-        }
-        let end = u32::from(address) + values.len() as u32;
-        if address > self.address || end < self.end() {
-            return Err(WriteRefusal::Partial(self.name.clone()));
-        }
-        let offset = usize::from(self.address - address);
-        let mine = &values[offset..offset + usize::from(self.words)];
-        if let (Some((lo, hi)), Some(raw)) = (self.range, self.raw(mine)) {
-            if raw < i128::from(lo) || raw > i128::from(hi) {
-                return Err(WriteRefusal::OutOfRange {
-                    name: self.name.clone(),
-                    raw,
-                    lo,
-                    hi,
-                });
-            }
-        }
-        if let Some(table) = &self.enumeration {
-            if let Some(raw) = self.raw(mine) {
-                if u64::try_from(raw).map_or(true, |r| !table.contains_key(&r)) {
-                    return Err(WriteRefusal::NotInEnum {
-                        name: self.name.clone(),
-                        raw,
-                    });
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 /// A decoded value.
@@ -252,72 +157,80 @@ impl Register {
 pub enum Value {
     /// `raw * scale`, in the register's unit.
     Number(f64),
+    /// An `ascii` register's text.
     Text(String),
+    /// An enumerated value and its meaning, if documented.
     Enum {
+        /// The raw integer.
         raw: i128,
+        /// Its meaning; `None` when the profile does not list it.
         label: Option<String>,
     },
+    /// A bit field and the names of its set bits.
     Bits {
+        /// The raw integer.
         raw: i128,
+        /// Names of the set bits the profile knows.
         set: Vec<String>,
     },
+    /// The two bytes of a `u8pair` (hi, lo).
     Pair(u8, u8),
     /// The words do not encode a value of this type (bad BCD digit, wrong length).
     Invalid,
 }
 
-impl std::fmt::Display for Value {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Value::Number(v) => write!(f, "{}", round(*v)),
-            Value::Text(t) => write!(f, "{t:?}"),
-            Value::Enum {
-                raw,
-                label: Some(l),
-            } => write!(f, "{raw} ({l})"),
-            Value::Enum { raw, label: None } => write!(f, "{raw} (unknown)"),
-            Value::Bits { raw, set } if set.is_empty() => write!(f, "{raw:#x}"),
-            Value::Bits { raw, set } => write!(f, "{raw:#x} ({})", set.join(", ")),
-            Value::Pair(hi, lo) => write!(f, "{hi}/{lo}"),
-            Value::Invalid => f.write_str("invalid"),
-        }
-    }
-}
-
-/// Round away float noise from scaling (0.1 * 3 = 0.30000000000000004).
-pub fn round(v: f64) -> f64 {
-    (v * 1e6).round() / 1e6
-}
-
 /// Why a write is refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum WriteRefusal {
+    /// No register at that address.
     #[error("register {0} is not in the profile")]
     Unknown(u16),
+    /// The register is read-only.
     #[error("{0} is read-only")]
     ReadOnly(String),
+    /// The register is written with other function codes.
     #[error("{name} is not written with function code {fc}")]
-    WrongFunction { name: String, fc: u8 },
+    WrongFunction {
+        /// The register.
+        name: String,
+        /// The function code tried.
+        fc: u8,
+    },
+    /// The write does not cover the whole register.
     #[error("the write covers only part of {0}")]
     Partial(String),
+    /// The value is outside the register's `range`.
     #[error("{name}: {raw} is outside {lo}..={hi}")]
     OutOfRange {
+        /// The register.
         name: String,
+        /// The value tried.
         raw: i128,
+        /// Lowest allowed raw value.
         lo: i64,
+        /// Highest allowed raw value.
         hi: i64,
     },
+    /// The value is not one of the register's enum values.
     #[error("{name}: {raw} is not one of its documented values")]
-    NotInEnum { name: String, raw: i128 },
+    NotInEnum {
+        /// The register.
+        name: String,
+        /// The value tried.
+        raw: i128,
+    },
 }
 
 /// A loaded, validated profile.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Profile {
+    /// The device the profile describes.
     pub name: String,
+    /// Where its facts come from (document, version).
     pub source: Option<String>,
     /// Sorted by (function, address).
     pub registers: Vec<Register>,
+    /// Register index by name.
     by_name: HashMap<String, usize>,
     /// Indices of readable registers (r, rw), sorted by (function, address).
     readable: Vec<usize>,
@@ -328,39 +241,32 @@ pub struct Profile {
 /// A profile error, with where it is and what is wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
+    /// The file cannot be read.
     #[error("{path}: cannot read: {source}")]
     Read {
+        /// The file.
         path: String,
+        /// Why it cannot be read.
         source: std::io::Error,
     },
+    /// The text is not YAML of the schema.
     #[error("{path}: {message}")]
-    Parse { path: String, message: String },
-    #[error("{path}:{line}: {message}")]
-    Invalid {
+    Parse {
+        /// The file (or origin) of the text.
         path: String,
-        line: u64,
+        /// The parser's message with the offending snippet.
         message: String,
     },
-}
-
-/// Read and validate a profile file.
-pub fn load(path: &Path) -> Result<Profile, ProfileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
-    parse(&text, &path.display().to_string())
-}
-
-/// Validate a profile given as text; `origin` names it in messages.
-pub fn parse(text: &str, origin: &str) -> Result<Profile, ProfileError> {
-    let raw: RawProfile = serde_saphyr::from_str(text).map_err(|e| ProfileError::Parse {
-        path: origin.to_string(),
-        message: e.render_with_options(serde_saphyr::render_options! {
-            source_name: Some(origin),
-        }),
-    })?;
-    build(raw, origin)
+    /// A rule is broken at `line`.
+    #[error("{path}:{line}: {message}")]
+    Invalid {
+        /// The file (or origin) of the text.
+        path: String,
+        /// 1-based line of the offending entry.
+        line: u64,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 impl Profile {
@@ -504,267 +410,6 @@ impl Profile {
         let _ = writeln!(out, "{} registers", self.registers.len());
         out
     }
-}
-
-// ---------------------------------------------------------------------------------------
-// The file as written.
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawProfile {
-    name: String,
-    #[serde(default)]
-    source: Option<String>,
-    /// Free text about the profile (not used by the gateway).
-    #[serde(default)]
-    #[allow(dead_code)]
-    note: Option<String>,
-    /// Named value tables referenced by `enum: NAME`.
-    #[serde(default)]
-    enums: BTreeMap<String, BTreeMap<u64, String>>,
-    /// Named bit tables referenced by `bits: NAME`.
-    #[serde(default)]
-    bits: BTreeMap<String, BTreeMap<u32, String>>,
-    registers: Vec<Spanned<RawRegister>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRegister {
-    name: String,
-    #[serde(default)]
-    label: Option<String>,
-    address: u16,
-    function: Function,
-    #[serde(rename = "type")]
-    kind: Kind,
-    #[serde(default)]
-    words: Option<u16>,
-    #[serde(default)]
-    scale: Option<f64>,
-    #[serde(default)]
-    unit: Option<String>,
-    #[serde(default)]
-    access: Access,
-    #[serde(default)]
-    writes: Option<Vec<u8>>,
-    #[serde(default)]
-    range: Option<(i64, i64)>,
-    #[serde(default, rename = "enum")]
-    enumeration: Option<Table<u64>>,
-    #[serde(default)]
-    bits: Option<Table<u32>>,
-    #[serde(default)]
-    hi: Option<RawByte>,
-    #[serde(default)]
-    lo: Option<RawByte>,
-    #[serde(default)]
-    note: Option<String>,
-}
-
-/// An inline table or the name of a shared one.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Table<K: Ord> {
-    Named(String),
-    Inline(BTreeMap<K, String>),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawByte {
-    name: String,
-    #[serde(default)]
-    scale: Option<f64>,
-    #[serde(default)]
-    unit: Option<String>,
-    #[serde(default)]
-    note: Option<String>,
-}
-
-fn build(raw: RawProfile, origin: &str) -> Result<Profile, ProfileError> {
-    let mut registers = Vec::with_capacity(raw.registers.len());
-    let mut lines = Vec::with_capacity(raw.registers.len());
-    for spanned in raw.registers {
-        let line = spanned.referenced.line();
-        let r = spanned.value;
-        let err = |message: String| ProfileError::Invalid {
-            path: origin.to_string(),
-            line,
-            message: format!("{}: {message}", r.name),
-        };
-        if r.name.is_empty()
-            || !r
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
-            return Err(err("a name is letters, digits and _".into()));
-        }
-        let words = match (r.kind.fixed_words(), r.words) {
-            (Some(n), None) => n,
-            (Some(n), Some(w)) if w == n => n,
-            (Some(n), Some(w)) => {
-                return Err(err(
-                    format!("type {:?} has {n} word(s), not {w}", r.kind).to_lowercase()
-                ))
-            }
-            (None, Some(w)) if (1..=125).contains(&w) => w,
-            (None, _) => return Err(err("ascii and bcd need `words: 1..125`".into())),
-        };
-        if u32::from(r.address) + u32::from(words) > 0x1_0000 {
-            return Err(err("runs past address 65535".into()));
-        }
-        let scale = r.scale.unwrap_or(1.0);
-        if !scale.is_finite() || scale == 0.0 {
-            return Err(err("scale must be a finite non-zero number".into()));
-        }
-        if scale != 1.0 && !r.kind.numeric() {
-            return Err(err("scale applies to numbers only".into()));
-        }
-        let writes = match (r.access.writable(), r.writes) {
-            (false, None) => Vec::new(),
-            (false, Some(_)) => return Err(err("`writes` on a read-only register".into())),
-            (true, None) => vec![if words == 1 { 6 } else { 16 }],
-            (true, Some(w)) => {
-                if w.is_empty() || w.iter().any(|&fc| fc != 6 && fc != 16) {
-                    return Err(err("`writes` lists function codes 6 and/or 16".into()));
-                }
-                if w.contains(&6) && words != 1 {
-                    return Err(err(
-                        "function code 6 writes one word; this register has more".into(),
-                    ));
-                }
-                w
-            }
-        };
-        if let Some((lo, hi)) = r.range {
-            if lo > hi {
-                return Err(err(format!("range [{lo}, {hi}] is empty")));
-            }
-            if !r.kind.numeric() {
-                return Err(err("range applies to numbers only".into()));
-            }
-        }
-        let enumeration =
-            match r.enumeration {
-                None => None,
-                Some(Table::Inline(t)) => Some(t),
-                Some(Table::Named(n)) => Some(raw.enums.get(&n).cloned().ok_or_else(|| {
-                    err(format!("enum table {n:?} is not defined under `enums:`"))
-                })?),
-            };
-        let bits = match r.bits {
-            None => None,
-            Some(Table::Inline(t)) => Some(t),
-            Some(Table::Named(n)) => Some(
-                raw.bits
-                    .get(&n)
-                    .cloned()
-                    .ok_or_else(|| err(format!("bit table {n:?} is not defined under `bits:`")))?,
-            ),
-        };
-        if enumeration.is_some() && bits.is_some() {
-            return Err(err("either `enum` or `bits`, not both".into()));
-        }
-        if (r.hi.is_some() || r.lo.is_some()) != (r.kind == Kind::U8pair) {
-            return Err(err("`hi`/`lo` go with type u8pair".into()));
-        }
-        let byte = |b: Option<RawByte>| {
-            b.map(|b| Byte {
-                name: b.name,
-                scale: b.scale.unwrap_or(1.0),
-                unit: b.unit,
-                note: b.note,
-            })
-        };
-        registers.push(Register {
-            name: r.name.clone(),
-            label: r.label,
-            address: r.address,
-            function: r.function,
-            kind: r.kind,
-            words,
-            scale,
-            unit: r.unit,
-            access: r.access,
-            writes,
-            range: r.range,
-            enumeration,
-            bits,
-            hi: byte(r.hi),
-            lo: byte(r.lo),
-            note: r.note,
-        });
-        lines.push(line);
-    }
-    let mut order: Vec<usize> = (0..registers.len()).collect();
-    order.sort_by_key(|&i| (registers[i].function, registers[i].address));
-    let registers: Vec<Register> = order.iter().map(|&i| registers[i].clone()).collect();
-    let lines: Vec<u64> = order.iter().map(|&i| lines[i]).collect();
-    let invalid = |i: usize, j: usize, message: String| ProfileError::Invalid {
-        path: origin.to_string(),
-        line: lines[i].max(lines[j]),
-        message,
-    };
-    let mut by_name = HashMap::with_capacity(registers.len());
-    for (i, r) in registers.iter().enumerate() {
-        if let Some(prev) = by_name.insert(r.name.clone(), i) {
-            let first = lines[i].min(lines[prev]);
-            return Err(invalid(
-                i,
-                prev,
-                format!("{}: name used twice (line {first})", r.name),
-            ));
-        }
-    }
-    let overlap = |a: &Register, b: &Register| {
-        a.end() > u32::from(b.address) && b.end() > u32::from(a.address)
-    };
-    let describe = |r: &Register| {
-        format!(
-            "{} ({} {}..{})",
-            r.name,
-            r.function.as_str(),
-            r.address,
-            r.end() - 1
-        )
-    };
-    // Readable registers of one table may not overlap: a read has one meaning.
-    let readable: Vec<usize> = (0..registers.len())
-        .filter(|&i| registers[i].access.readable())
-        .collect();
-    for w in readable.windows(2) {
-        let (p, r) = (&registers[w[0]], &registers[w[1]]);
-        if p.function == r.function && overlap(p, r) {
-            return Err(invalid(
-                w[0],
-                w[1],
-                format!("{} overlaps {}", describe(r), describe(p)),
-            ));
-        }
-    }
-    // Writable registers sharing a write function code may not overlap, in any table:
-    // a write has one meaning.
-    let writable: Vec<usize> = (0..registers.len())
-        .filter(|&i| registers[i].access.writable())
-        .collect();
-    for (k, &i) in writable.iter().enumerate() {
-        for &j in &writable[k + 1..] {
-            let (a, b) = (&registers[i], &registers[j]);
-            if overlap(a, b) && a.writes.iter().any(|fc| b.writes.contains(fc)) {
-                return Err(invalid(i, j, format!("{} and {} are both written at the same address with the same function code", describe(a), describe(b))));
-            }
-        }
-    }
-    Ok(Profile {
-        name: raw.name,
-        source: raw.source,
-        registers,
-        by_name,
-        readable,
-        writable,
-    })
 }
 
 #[cfg(test)]

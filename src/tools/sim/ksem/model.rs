@@ -1,59 +1,15 @@
-//! Simulated KOSTAL Smart Energy Meter G2 (KSEM): a household model plus the
-//! meter's two Modbus TCP faces.
-//!
-//! Owns:
-//! - [`KsemModel`]: a pure, seeded household (voltages, frequency, base load,
-//!   kettle, induction hob, fridge, a slow PV cycle so both import and export
-//!   show within minutes) rendered into the KSEM register map: 0..=147
-//!   (instantaneous), 512..=791 (energy counters), 8192..=8249 (PnP/identity).
-//!   See `shared/reference/ksem-g2.md` §2–4 and §8.
-//! - [`serve_slave`]: the KSEM's Modbus TCP slave (FC03/FC04 over those blocks).
-//! - [`run_pusher`]: the KSEM's "Modbus TCP master" push mode (FC16 groups 0..27
-//!   and 40..145 every interval).
-//! - [`start`] / [`run`]: the whole simulated meter, as used by the CLI, the demo and tests.
-//!
-//! May touch: the network (the listener it is given, the push target) and the
-//! system clock (registers 8245..8248 only). Shares nothing with the gateway.
-//!
-//! Conventions: words big-endian, high word first for 32/64-bit values; P+ is
-//! import, P− export, at most one of a pair non-zero; Q± and S± follow the
-//! direction of P (the emulator convention known to work with the Plenticore);
-//! PF is the magnitude |P|/S (0..1000).
+//! [`KsemModel`]: a pure, seeded household (voltages, frequency, base load, kettle,
+//! induction hob, fridge, a slow PV cycle so both import and export show within minutes)
+//! rendered into the KSEM register map (`shared/reference/ksem-g2.md` §2–4 and §8), and
+//! [`SharedModel`], how the slave and the pusher share it. No I/O; the system clock only
+//! for registers 8245..8248.
 
 use std::f64::consts::TAU;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context as _;
-use tokio::net::TcpListener;
-use tokio::task::JoinSet;
-use tokio::time::{interval, sleep, timeout, Instant, MissedTickBehavior};
-use tokio_modbus::client::{Context as ClientContext, Writer as _};
-use tokio_modbus::server::tcp::{accept_tcp_connection, Server};
-use tokio_modbus::{ExceptionCode, Request, Response, Slave, SlaveRequest};
-use tokio_util::sync::CancellationToken;
+use super::{BLOCKS, MEASURING_INTERVAL_MS, MODBUS_SPEC_VERSION, PRODUCT_ID};
 
-/// Instantaneous values block (first, last) address.
-pub const BLOCK_INSTANT: (u16, u16) = (0, 147);
-/// Energy counters block (first, last) address.
-pub const BLOCK_ENERGY: (u16, u16) = (512, 791);
-/// PnP / identity block (first, last) address.
-pub const BLOCK_PNP: (u16, u16) = (8192, 8249);
-/// The blocks a read may fall in (entirely within one of them).
-pub const BLOCKS: [(u16, u16); 3] = [BLOCK_INSTANT, BLOCK_ENERGY, BLOCK_PNP];
-/// Largest register count a single read may ask for.
-pub const MAX_READ_COUNT: u16 = 125;
-/// Push groups (start, count): "current values total" 0..=27 and "current values phases" 40..=145.
-pub const PUSH_GROUPS: [(u16, u16); 2] = [(0, 28), (40, 106)];
-
-/// Product id at 8193 (one of the values the Victron probe recognises as KSEM).
-pub const PRODUCT_ID: u16 = 0x4842;
-/// Measuring interval at 8244, ms (G2).
-pub const MEASURING_INTERVAL_MS: u16 = 200;
-/// "Modbus spec version" at 8249.
-pub const MODBUS_SPEC_VERSION: u16 = 7;
 /// Manufacturer id at 8192: no source shows the real value, so 0.
 const MANUFACTURER_ID: u16 = 0;
 /// Product version at 8194 (encoding unknown; small integer).
@@ -62,13 +18,6 @@ const PRODUCT_VERSION: u16 = 2;
 const FIRMWARE_VERSION: u16 = 0x0210;
 const VENDOR_NAME: &str = "KOSTAL";
 const PRODUCT_NAME: &str = "KOSTAL Smart Energy Meter";
-
-/// Timeout of every push request (connect and each write).
-pub const PUSH_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
-/// Push reconnect backoff bounds.
-pub const PUSH_BACKOFF_MIN: Duration = Duration::from_millis(200);
-/// Push reconnect backoff upper bound.
-pub const PUSH_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Dynamics are advanced in sub-steps of at most this many seconds.
 const MAX_SUBSTEP_S: f64 = 0.5;
@@ -89,19 +38,28 @@ const DEFAULT_PV_PERIOD_S: f64 = 240.0;
 /// One appliance with a fixed draw for a while.
 #[derive(Debug, Clone, Copy)]
 struct Kettle {
+    /// Phase it draws from (0..3).
     phase: usize,
+    /// Draw while on.
     power_w: f64,
+    /// Time left until it switches off.
     remaining_s: f64,
 }
 
 /// Induction hob: pulses at power for `duty` of each `period_s`.
 #[derive(Debug, Clone, Copy)]
 struct Hob {
+    /// Phase it draws from (0..3).
     phase: usize,
+    /// Draw while pulsing.
     power_w: f64,
+    /// Pulse period.
     period_s: f64,
+    /// Fraction of the period at power.
     duty: f64,
+    /// Time into the current period.
     elapsed_s: f64,
+    /// Time left until the cooking ends.
     remaining_s: f64,
 }
 
@@ -125,11 +83,17 @@ impl PhaseNow {
 /// Energy counters in 0.1 Wh (varh, VAh), kept as f64 so fractions are not lost.
 #[derive(Debug, Clone, Copy, Default)]
 struct Counters {
+    /// Active energy imported (A+).
     a_plus: f64,
+    /// Active energy exported (A−).
     a_minus: f64,
+    /// Reactive energy while importing (R+).
     r_plus: f64,
+    /// Reactive energy while exporting (R−).
     r_minus: f64,
+    /// Apparent energy while importing (S+).
     s_plus: f64,
+    /// Apparent energy while exporting (S−).
     s_minus: f64,
 }
 
@@ -163,27 +127,49 @@ impl Counters {
 /// (apart from registers 8245..8248, which carry the system clock).
 #[derive(Debug, Clone)]
 pub struct KsemModel {
+    /// The only source of randomness (seeded).
     rng: fastrand::Rng,
+    /// Simulated time since start, s.
     t_s: f64,
+    /// Grid voltage common to all phases, V (slow random walk).
     grid_u: f64,
+    /// Per-phase offset from `grid_u`, V.
     u_offset: [f64; 3],
+    /// Where each offset drifts to.
     u_offset_target: [f64; 3],
+    /// Grid frequency, Hz.
     freq: f64,
+    /// Base load per phase, W.
     base_w: [f64; 3],
+    /// Where each base load drifts to.
     base_target_w: [f64; 3],
+    /// Power factor of the base load per phase.
     base_pf: [f64; 3],
+    /// Phase the fridge is on.
     fridge_phase: usize,
+    /// The fridge's compressor runs.
     fridge_on: bool,
+    /// Time until the compressor switches.
     fridge_timer_s: f64,
+    /// A kettle boiling, if any.
     kettle: Option<Kettle>,
+    /// The hob cooking, if any.
     hob: Option<Hob>,
+    /// Length of one PV cycle, s (import and export within minutes).
     pv_period_s: f64,
+    /// PV power at the top of the cycle, W.
     pv_peak_w: f64,
+    /// PV's share of each phase (sums to 1).
     pv_share: [f64; 3],
+    /// Cloud factor on PV (0.6..1, slow random walk).
     cloud: f64,
+    /// Electrical state after the last step.
     now: [PhaseNow; 3],
+    /// Energy counters of the sum of the phases.
     total: Counters,
+    /// Energy counters per phase.
     phase_counters: [Counters; 3],
+    /// Serial number served at 8228.
     serial: String,
 }
 
@@ -583,383 +569,19 @@ pub fn lock_model(model: &SharedModel) -> MutexGuard<'_, KsemModel> {
     model.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-// ---------------------------------------------------------------------------
-// Modbus TCP slave
-// ---------------------------------------------------------------------------
-
-/// Answer one request from the model: FC03/FC04 over the three blocks, any unit id.
-fn answer(model: &SharedModel, request: &Request<'_>) -> Result<Response, ExceptionCode> {
-    let read = |address: u16, count: u16| {
-        if count == 0 || count > MAX_READ_COUNT {
-            return Err(ExceptionCode::IllegalDataAddress);
-        }
-        lock_model(model)
-            .read(address, count)
-            .ok_or(ExceptionCode::IllegalDataAddress)
-    };
-    match *request {
-        Request::ReadHoldingRegisters(address, count) => {
-            read(address, count).map(Response::ReadHoldingRegisters)
-        }
-        Request::ReadInputRegisters(address, count) => {
-            read(address, count).map(Response::ReadInputRegisters)
-        }
-        _ => Err(ExceptionCode::IllegalFunction),
-    }
-}
-
-#[derive(Clone)]
-struct SlaveService {
-    model: SharedModel,
-}
-
-impl tokio_modbus::server::Service for SlaveService {
-    type Request = SlaveRequest<'static>;
-    type Response = Response;
-    type Exception = ExceptionCode;
-    type Future = std::future::Ready<Result<Response, ExceptionCode>>;
-
-    fn call(&self, req: Self::Request) -> Self::Future {
-        std::future::ready(answer(&self.model, &req.request))
-    }
-}
-
-/// Serve the KSEM's Modbus TCP slave on `listener` until `cancel`.
-///
-/// FC03 and FC04 (same data) for any unit id; exception 02 for ranges outside the
-/// blocks or counts outside 1..=125; exception 01 for any other function.
-pub async fn serve_slave(
-    listener: TcpListener,
-    model: SharedModel,
-    cancel: CancellationToken,
-) -> anyhow::Result<()> {
-    let server = Server::new(listener);
-    let on_connected = |stream, socket_addr| {
-        let model = model.clone();
-        async move {
-            accept_tcp_connection(stream, socket_addr, move |_| {
-                Ok(Some(SlaveService {
-                    model: model.clone(),
-                }))
-            })
-        }
-    };
-    let on_process_error = |err: std::io::Error| {
-        tracing::debug!(%err, "KSEM sim slave: connection ended with an error");
-    };
-    // Dropping `serve` (on cancel) also ends every connection task it spawned.
-    match cancel
-        .run_until_cancelled(server.serve(&on_connected, on_process_error))
-        .await
-    {
-        Some(result) => result.context("KSEM sim slave: accept failed"),
-        None => Ok(()),
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Push client ("Modbus TCP master" mode)
-// ---------------------------------------------------------------------------
-
-/// Pusher counters.
-#[derive(Debug, Default)]
-pub struct PushStats {
-    /// FC16 writes acknowledged.
-    pub writes_ok: AtomicU64,
-    /// FC16 writes answered with an exception.
-    pub exceptions: AtomicU64,
-    /// Connect failures, transport errors and timeouts.
-    pub errors: AtomicU64,
-    /// Connection attempts after the first one.
-    pub reconnects: AtomicU64,
-}
-
-/// A plain copy of [`PushStats`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PushCounts {
-    /// See [`PushStats::writes_ok`].
-    pub writes_ok: u64,
-    /// See [`PushStats::exceptions`].
-    pub exceptions: u64,
-    /// See [`PushStats::errors`].
-    pub errors: u64,
-    /// See [`PushStats::reconnects`].
-    pub reconnects: u64,
-}
-
-impl PushStats {
-    /// Current values.
-    pub fn snapshot(&self) -> PushCounts {
-        PushCounts {
-            writes_ok: self.writes_ok.load(Ordering::Relaxed),
-            exceptions: self.exceptions.load(Ordering::Relaxed),
-            errors: self.errors.load(Ordering::Relaxed),
-            reconnects: self.reconnects.load(Ordering::Relaxed),
-        }
-    }
-}
-
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Push the two instantaneous groups to `target` every `interval` (FC16, unit 1)
-/// until `cancel`. Reconnects with a backoff of 200 ms doubling to 2 s; never
-/// gives up, never panics.
-pub async fn run_pusher(
-    target: SocketAddr,
-    interval: Duration,
-    model: SharedModel,
-    cancel: CancellationToken,
-    stats: Arc<PushStats>,
-) {
-    let interval = interval.max(Duration::from_millis(1));
-    cancel
-        .run_until_cancelled(push_forever(target, interval, model, stats))
-        .await;
-}
-
-async fn push_forever(
-    target: SocketAddr,
-    period: Duration,
-    model: SharedModel,
-    stats: Arc<PushStats>,
-) {
-    let mut backoff = PUSH_BACKOFF_MIN;
-    let mut first = true;
-    loop {
-        if !first {
-            bump(&stats.reconnects);
-        }
-        first = false;
-        match timeout(
-            PUSH_REQUEST_TIMEOUT,
-            tokio_modbus::client::tcp::connect_slave(target, Slave(1)),
-        )
-        .await
-        {
-            Ok(Ok(mut ctx)) => {
-                tracing::debug!(%target, "KSEM sim pusher connected");
-                push_connected(&mut ctx, period, &model, &stats, &mut backoff).await;
-            }
-            Ok(Err(err)) => {
-                bump(&stats.errors);
-                tracing::debug!(%target, %err, "KSEM sim pusher: connect failed");
-            }
-            Err(_) => {
-                bump(&stats.errors);
-                tracing::debug!(%target, "KSEM sim pusher: connect timed out");
-            }
-        }
-        sleep(backoff).await;
-        backoff = (backoff * 2).min(PUSH_BACKOFF_MAX);
-    }
-}
-
-/// Write both groups every period until a transport error or timeout.
-async fn push_connected(
-    ctx: &mut ClientContext,
-    period: Duration,
-    model: &SharedModel,
-    stats: &PushStats,
-    backoff: &mut Duration,
-) {
-    let mut ticker = interval(period);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let groups: Vec<(u16, Vec<u16>)> = {
-            let m = lock_model(model);
-            PUSH_GROUPS
-                .iter()
-                .filter_map(|&(a, n)| m.read(a, n).map(|w| (a, w)))
-                .collect()
-        };
-        for (address, words) in groups {
-            match timeout(
-                PUSH_REQUEST_TIMEOUT,
-                ctx.write_multiple_registers(address, &words),
-            )
-            .await
-            {
-                Ok(Ok(Ok(()))) => {
-                    bump(&stats.writes_ok);
-                    *backoff = PUSH_BACKOFF_MIN;
-                }
-                Ok(Ok(Err(code))) => {
-                    bump(&stats.exceptions);
-                    tracing::debug!(address, ?code, "KSEM sim pusher: exception");
-                }
-                Ok(Err(err)) => {
-                    bump(&stats.errors);
-                    tracing::debug!(address, %err, "KSEM sim pusher: write failed");
-                    return;
-                }
-                Err(_) => {
-                    // A late answer would confuse the transaction ids: start over.
-                    bump(&stats.errors);
-                    tracing::debug!(address, "KSEM sim pusher: write timed out");
-                    return;
-                }
-            }
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// The whole simulated meter
-// ---------------------------------------------------------------------------
-
-/// What to run.
-#[derive(Debug, Clone)]
-pub struct KsemSimOptions {
-    /// Where the Modbus TCP slave listens (port 0: any free port, see [`KsemSim::slave_addr`]).
-    pub listen: SocketAddr,
-    /// Where to push (the gateway's push listener), if anywhere.
-    pub push_to: Option<SocketAddr>,
-    /// Measuring cycle: model step and push period.
-    pub interval: Duration,
-    /// Seed of the household.
-    pub seed: u64,
-}
-
-impl Default for KsemSimOptions {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            push_to: None,
-            interval: Duration::from_millis(u64::from(MEASURING_INTERVAL_MS)),
-            seed: 1,
-        }
-    }
-}
-
-/// A running simulated KSEM. Dropping it stops it.
-#[derive(Debug)]
-pub struct KsemSim {
-    slave_addr: SocketAddr,
-    model: SharedModel,
-    stats: Arc<PushStats>,
-    cancel: CancellationToken,
-    tasks: JoinSet<anyhow::Result<()>>,
-}
-
-impl KsemSim {
-    /// The address the slave actually listens on.
-    pub fn slave_addr(&self) -> SocketAddr {
-        self.slave_addr
-    }
-
-    /// The shared model.
-    pub fn model(&self) -> SharedModel {
-        self.model.clone()
-    }
-
-    /// The pusher's counters (all zero when not pushing).
-    pub fn push_stats(&self) -> Arc<PushStats> {
-        self.stats.clone()
-    }
-
-    /// Stop all tasks (as does cancelling the parent token, or dropping the handle).
-    pub fn stop(&self) {
-        self.cancel.cancel();
-    }
-
-    /// Run until cancelled; the first task error stops the others and is returned.
-    pub async fn wait(mut self) -> anyhow::Result<()> {
-        let mut tasks = std::mem::take(&mut self.tasks);
-        let mut first_err = None;
-        while let Some(joined) = tasks.join_next().await {
-            let result = joined
-                .map_err(anyhow::Error::from)
-                .and_then(|r| r)
-                .context("KSEM sim task");
-            if let Err(e) = result {
-                self.cancel.cancel();
-                first_err.get_or_insert(e);
-            }
-        }
-        first_err.map_or(Ok(()), Err)
-    }
-}
-
-impl Drop for KsemSim {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-    }
-}
-
-/// Bind the slave and start the model stepper, the slave and (if configured) the pusher.
-pub async fn start(opts: KsemSimOptions, cancel: CancellationToken) -> anyhow::Result<KsemSim> {
-    let listener = TcpListener::bind(opts.listen)
-        .await
-        .with_context(|| format!("KSEM sim: cannot listen on {}", opts.listen))?;
-    let slave_addr = listener.local_addr()?;
-    let model: SharedModel = Arc::new(Mutex::new(KsemModel::new(opts.seed)));
-    let stats = Arc::new(PushStats::default());
-    let cancel = cancel.child_token();
-    let period = opts.interval.max(Duration::from_millis(1));
-    let mut tasks = JoinSet::new();
-
-    tasks.spawn(step_model(model.clone(), period, cancel.clone()));
-    tasks.spawn(serve_slave(listener, model.clone(), cancel.clone()));
-    if let Some(target) = opts.push_to {
-        let (model, cancel, stats) = (model.clone(), cancel.clone(), stats.clone());
-        tasks.spawn(async move {
-            run_pusher(target, period, model, cancel, stats).await;
-            Ok(())
-        });
-    }
-    tracing::info!(slave = %slave_addr, push_to = ?opts.push_to, seed = opts.seed, "KSEM sim started");
-    Ok(KsemSim {
-        slave_addr,
-        model,
-        stats,
-        cancel,
-        tasks,
-    })
-}
-
-/// Run a simulated KSEM until `cancel`.
-pub async fn run(opts: KsemSimOptions, cancel: CancellationToken) -> anyhow::Result<()> {
-    start(opts, cancel).await?.wait().await
-}
-
-/// Step the model by the real elapsed time every period.
-async fn step_model(
-    model: SharedModel,
-    period: Duration,
-    cancel: CancellationToken,
-) -> anyhow::Result<()> {
-    let mut ticker = interval(period);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last = Instant::now();
-    cancel
-        .run_until_cancelled(async {
-            loop {
-                ticker.tick().await;
-                let now = Instant::now();
-                lock_model(&model).step(now - last);
-                last = now;
-            }
-        })
-        .await;
-    Ok(())
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
-    use tokio_modbus::prelude::{Reader as _, Slave};
 
-    const LIMIT: Duration = Duration::from_secs(10);
     const STEP: Duration = Duration::from_millis(200);
 
-    fn u32_at(w: &[u16], at: usize) -> u32 {
+    /// The 32-bit value at `at` (high word first).
+    pub(in crate::tools::sim::ksem) fn u32_at(w: &[u16], at: usize) -> u32 {
         (u32::from(w[at]) << 16) | u32::from(w[at + 1])
     }
 
-    fn u64_at(w: &[u16], at: usize) -> u64 {
+    /// The 64-bit value at `at` (high word first).
+    pub(in crate::tools::sim::ksem) fn u64_at(w: &[u16], at: usize) -> u64 {
         w[at..at + 4]
             .iter()
             .fold(0u64, |acc, &x| (acc << 16) | u64::from(x))
@@ -1123,190 +745,5 @@ mod tests {
         ] {
             assert_eq!(m.read(a, n), None, "read({a}, {n})");
         }
-    }
-
-    async fn start_local(push_to: Option<SocketAddr>) -> KsemSim {
-        let opts = KsemSimOptions {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            push_to,
-            interval: Duration::from_millis(20),
-            seed: 11,
-        };
-        start(opts, CancellationToken::new()).await.unwrap()
-    }
-
-    #[tokio::test]
-    async fn slave_serves_blocks() {
-        tokio::time::timeout(LIMIT, async {
-            let sim = start_local(None).await;
-            let mut ctx = tokio_modbus::client::tcp::connect_slave(sim.slave_addr(), Slave(1))
-                .await
-                .unwrap();
-            let a = ctx.read_holding_registers(0, 74).await.unwrap().unwrap();
-            let b = ctx.read_holding_registers(74, 74).await.unwrap().unwrap();
-            assert_eq!(a.len() + b.len(), 148);
-            let v1 = f64::from(u32_at(&a, 62)) * 0.001;
-            assert!((225.0..=245.0).contains(&v1), "{v1}");
-            assert_eq!(
-                ctx.read_holding_registers(8244, 1).await.unwrap().unwrap(),
-                vec![200]
-            );
-            assert_eq!(
-                ctx.read_input_registers(8244, 1).await.unwrap().unwrap(),
-                vec![200]
-            );
-            let e = ctx.read_holding_registers(512, 125).await.unwrap().unwrap();
-            assert!(u64_at(&e, 0) >= 45_678_912);
-
-            for (addr, n) in [(300, 1), (0, 0), (0, 126), (140, 10)] {
-                assert_eq!(
-                    ctx.read_holding_registers(addr, n).await.unwrap(),
-                    Err(ExceptionCode::IllegalDataAddress),
-                    "read({addr}, {n})"
-                );
-            }
-            use tokio_modbus::prelude::Writer as _;
-            assert_eq!(
-                ctx.write_single_register(0, 1).await.unwrap(),
-                Err(ExceptionCode::IllegalFunction)
-            );
-            // Any unit id is answered.
-            let mut ctx71 = tokio_modbus::client::tcp::connect_slave(sim.slave_addr(), Slave(71))
-                .await
-                .unwrap();
-            assert_eq!(
-                ctx71
-                    .read_holding_registers(8244, 1)
-                    .await
-                    .unwrap()
-                    .unwrap(),
-                vec![200]
-            );
-            sim.stop();
-            sim.wait().await.unwrap();
-        })
-        .await
-        .unwrap();
-    }
-
-    /// Tiny FC16 receiver: records (unit, address, count) of every write.
-    #[derive(Clone)]
-    struct Recorder {
-        writes: Arc<Mutex<Vec<(u8, u16, usize)>>>,
-        exception: bool,
-    }
-
-    impl tokio_modbus::server::Service for Recorder {
-        type Request = SlaveRequest<'static>;
-        type Response = Response;
-        type Exception = ExceptionCode;
-        type Future = std::future::Ready<Result<Response, ExceptionCode>>;
-
-        fn call(&self, req: Self::Request) -> Self::Future {
-            let result = match req.request {
-                Request::WriteMultipleRegisters(addr, words) => {
-                    self.writes
-                        .lock()
-                        .unwrap()
-                        .push((req.slave, addr, words.len()));
-                    if self.exception {
-                        Err(ExceptionCode::ServerDeviceBusy)
-                    } else {
-                        Ok(Response::WriteMultipleRegisters(addr, words.len() as u16))
-                    }
-                }
-                _ => Err(ExceptionCode::IllegalFunction),
-            };
-            std::future::ready(result)
-        }
-    }
-
-    async fn spawn_recorder(exception: bool) -> (SocketAddr, Arc<Mutex<Vec<(u8, u16, usize)>>>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let writes = Arc::new(Mutex::new(Vec::new()));
-        let rec = Recorder {
-            writes: writes.clone(),
-            exception,
-        };
-        tokio::spawn(async move {
-            let server = Server::new(listener);
-            let on_connected = |stream, socket_addr| {
-                let rec = rec.clone();
-                async move { accept_tcp_connection(stream, socket_addr, move |_| Ok(Some(rec.clone()))) }
-            };
-            let _ = server.serve(&on_connected, |_| {}).await;
-        });
-        (addr, writes)
-    }
-
-    #[tokio::test]
-    async fn pusher_writes_both_groups() {
-        tokio::time::timeout(LIMIT, async {
-            let (addr, writes) = spawn_recorder(false).await;
-            let sim = start_local(Some(addr)).await;
-            let stats = sim.push_stats();
-            while stats.snapshot().writes_ok < 6 {
-                sleep(Duration::from_millis(10)).await;
-            }
-            let w = writes.lock().unwrap().clone();
-            assert!(
-                w.iter().any(|&(u, a, n)| u == 1 && a == 0 && n == 28),
-                "{w:?}"
-            );
-            assert!(
-                w.iter().any(|&(u, a, n)| u == 1 && a == 40 && n == 106),
-                "{w:?}"
-            );
-            assert!(w
-                .iter()
-                .all(|&(_, a, n)| (a, n) == (0, 28) || (a, n) == (40, 106)));
-            let s = stats.snapshot();
-            assert_eq!((s.exceptions, s.errors, s.reconnects), (0, 0, 0));
-        })
-        .await
-        .unwrap();
-    }
-
-    #[tokio::test]
-    async fn pusher_counts_exceptions() {
-        tokio::time::timeout(LIMIT, async {
-            let (addr, _writes) = spawn_recorder(true).await;
-            let sim = start_local(Some(addr)).await;
-            let stats = sim.push_stats();
-            while stats.snapshot().exceptions < 4 {
-                sleep(Duration::from_millis(10)).await;
-            }
-            assert_eq!(stats.snapshot().writes_ok, 0);
-        })
-        .await
-        .unwrap();
-    }
-
-    #[tokio::test]
-    async fn pusher_survives_missing_target() {
-        tokio::time::timeout(LIMIT, async {
-            // A port that was free a moment ago: connects are refused.
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            drop(listener);
-            let sim = start_local(Some(addr)).await;
-            let stats = sim.push_stats();
-            while stats.snapshot().reconnects < 2 {
-                sleep(Duration::from_millis(20)).await;
-            }
-            let s = stats.snapshot();
-            assert!(s.errors >= 2 && s.writes_ok == 0, "{s:?}");
-            // The slave keeps working meanwhile.
-            let mut ctx = tokio_modbus::client::tcp::connect_slave(sim.slave_addr(), Slave(1))
-                .await
-                .unwrap();
-            assert_eq!(
-                ctx.read_holding_registers(8244, 1).await.unwrap().unwrap(),
-                vec![200]
-            );
-        })
-        .await
-        .unwrap();
     }
 }

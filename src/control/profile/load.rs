@@ -1,0 +1,317 @@
+//! Loading a profile: [`load`] reads the file, [`parse`] deserialises the file as written
+//! (the `Raw*` serde types) and `build` validates it into a [`Profile`], every error
+//! naming the line. Reads only the file it is given.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::{Access, Byte, Function, Kind, Profile, ProfileError, Register};
+
+/// Read and validate a profile file.
+pub fn load(path: &Path) -> Result<Profile, ProfileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&text, &path.display().to_string())
+}
+
+/// Validate a profile given as text; `origin` names it in messages.
+pub fn parse(text: &str, origin: &str) -> Result<Profile, ProfileError> {
+    let raw: RawProfile = serde_saphyr::from_str(text).map_err(|e| ProfileError::Parse {
+        path: origin.to_string(),
+        message: e.render_with_options(serde_saphyr::render_options! {
+            source_name: Some(origin),
+        }),
+    })?;
+    build(raw, origin)
+}
+
+/// The profile file as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    /// `name:`, the device.
+    name: String,
+    /// `source:`, where the facts come from.
+    #[serde(default)]
+    source: Option<String>,
+    /// Free text about the profile (not used by the gateway).
+    #[serde(default)]
+    #[allow(dead_code)]
+    note: Option<String>,
+    /// Named value tables referenced by `enum: NAME`.
+    #[serde(default)]
+    enums: BTreeMap<String, BTreeMap<u64, String>>,
+    /// Named bit tables referenced by `bits: NAME`.
+    #[serde(default)]
+    bits: BTreeMap<String, BTreeMap<u32, String>>,
+    /// `registers:`, spanned for messages.
+    registers: Vec<Spanned<RawRegister>>,
+}
+
+/// One `registers:` entry as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegister {
+    /// `name:`, unique in the profile.
+    name: String,
+    /// `label:`.
+    #[serde(default)]
+    label: Option<String>,
+    /// `address:`, the first word.
+    address: u16,
+    /// `function:`, input or holding.
+    function: Function,
+    /// `type:`.
+    #[serde(rename = "type")]
+    kind: Kind,
+    /// `words:`, needed by sized types (ascii, bcd).
+    #[serde(default)]
+    words: Option<u16>,
+    /// `scale:` (default 1).
+    #[serde(default)]
+    scale: Option<f64>,
+    /// `unit:`.
+    #[serde(default)]
+    unit: Option<String>,
+    /// `access:` (default r).
+    #[serde(default)]
+    access: Access,
+    /// `writes:`, the function codes that write it.
+    #[serde(default)]
+    writes: Option<Vec<u8>>,
+    /// `range:`, allowed raw values for writes.
+    #[serde(default)]
+    range: Option<(i64, i64)>,
+    /// `enum:`, inline or the name of a shared table.
+    #[serde(default, rename = "enum")]
+    enumeration: Option<Table<u64>>,
+    /// `bits:`, inline or the name of a shared table.
+    #[serde(default)]
+    bits: Option<Table<u32>>,
+    /// `hi:` of a `u8pair`.
+    #[serde(default)]
+    hi: Option<RawByte>,
+    /// `lo:` of a `u8pair`.
+    #[serde(default)]
+    lo: Option<RawByte>,
+    /// `note:`.
+    #[serde(default)]
+    note: Option<String>,
+}
+
+/// An inline table or the name of a shared one.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Table<K: Ord> {
+    /// The name of a table under `enums:` / `bits:`.
+    Named(String),
+    /// The table itself.
+    Inline(BTreeMap<K, String>),
+}
+
+/// `hi:` / `lo:` of a `u8pair` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawByte {
+    /// `name:` of the byte.
+    name: String,
+    /// `scale:` (default 1).
+    #[serde(default)]
+    scale: Option<f64>,
+    /// `unit:`.
+    #[serde(default)]
+    unit: Option<String>,
+    /// `note:`.
+    #[serde(default)]
+    note: Option<String>,
+}
+
+fn build(raw: RawProfile, origin: &str) -> Result<Profile, ProfileError> {
+    let mut registers = Vec::with_capacity(raw.registers.len());
+    let mut lines = Vec::with_capacity(raw.registers.len());
+    for spanned in raw.registers {
+        let line = spanned.referenced.line();
+        let r = spanned.value;
+        let err = |message: String| ProfileError::Invalid {
+            path: origin.to_string(),
+            line,
+            message: format!("{}: {message}", r.name),
+        };
+        if r.name.is_empty()
+            || !r
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(err("a name is letters, digits and _".into()));
+        }
+        let words = match (r.kind.fixed_words(), r.words) {
+            (Some(n), None) => n,
+            (Some(n), Some(w)) if w == n => n,
+            (Some(n), Some(w)) => {
+                return Err(err(
+                    format!("type {:?} has {n} word(s), not {w}", r.kind).to_lowercase()
+                ))
+            }
+            (None, Some(w)) if (1..=125).contains(&w) => w,
+            (None, _) => return Err(err("ascii and bcd need `words: 1..125`".into())),
+        };
+        if u32::from(r.address) + u32::from(words) > 0x1_0000 {
+            return Err(err("runs past address 65535".into()));
+        }
+        let scale = r.scale.unwrap_or(1.0);
+        if !scale.is_finite() || scale == 0.0 {
+            return Err(err("scale must be a finite non-zero number".into()));
+        }
+        if scale != 1.0 && !r.kind.numeric() {
+            return Err(err("scale applies to numbers only".into()));
+        }
+        let writes = match (r.access.writable(), r.writes) {
+            (false, None) => Vec::new(),
+            (false, Some(_)) => return Err(err("`writes` on a read-only register".into())),
+            (true, None) => vec![if words == 1 { 6 } else { 16 }],
+            (true, Some(w)) => {
+                if w.is_empty() || w.iter().any(|&fc| fc != 6 && fc != 16) {
+                    return Err(err("`writes` lists function codes 6 and/or 16".into()));
+                }
+                if w.contains(&6) && words != 1 {
+                    return Err(err(
+                        "function code 6 writes one word; this register has more".into(),
+                    ));
+                }
+                w
+            }
+        };
+        if let Some((lo, hi)) = r.range {
+            if lo > hi {
+                return Err(err(format!("range [{lo}, {hi}] is empty")));
+            }
+            if !r.kind.numeric() {
+                return Err(err("range applies to numbers only".into()));
+            }
+        }
+        let enumeration =
+            match r.enumeration {
+                None => None,
+                Some(Table::Inline(t)) => Some(t),
+                Some(Table::Named(n)) => Some(raw.enums.get(&n).cloned().ok_or_else(|| {
+                    err(format!("enum table {n:?} is not defined under `enums:`"))
+                })?),
+            };
+        let bits = match r.bits {
+            None => None,
+            Some(Table::Inline(t)) => Some(t),
+            Some(Table::Named(n)) => Some(
+                raw.bits
+                    .get(&n)
+                    .cloned()
+                    .ok_or_else(|| err(format!("bit table {n:?} is not defined under `bits:`")))?,
+            ),
+        };
+        if enumeration.is_some() && bits.is_some() {
+            return Err(err("either `enum` or `bits`, not both".into()));
+        }
+        if (r.hi.is_some() || r.lo.is_some()) != (r.kind == Kind::U8pair) {
+            return Err(err("`hi`/`lo` go with type u8pair".into()));
+        }
+        let byte = |b: Option<RawByte>| {
+            b.map(|b| Byte {
+                name: b.name,
+                scale: b.scale.unwrap_or(1.0),
+                unit: b.unit,
+                note: b.note,
+            })
+        };
+        registers.push(Register {
+            name: r.name.clone(),
+            label: r.label,
+            address: r.address,
+            function: r.function,
+            kind: r.kind,
+            words,
+            scale,
+            unit: r.unit,
+            access: r.access,
+            writes,
+            range: r.range,
+            enumeration,
+            bits,
+            hi: byte(r.hi),
+            lo: byte(r.lo),
+            note: r.note,
+        });
+        lines.push(line);
+    }
+    let mut order: Vec<usize> = (0..registers.len()).collect();
+    order.sort_by_key(|&i| (registers[i].function, registers[i].address));
+    let registers: Vec<Register> = order.iter().map(|&i| registers[i].clone()).collect();
+    let lines: Vec<u64> = order.iter().map(|&i| lines[i]).collect();
+    let invalid = |i: usize, j: usize, message: String| ProfileError::Invalid {
+        path: origin.to_string(),
+        line: lines[i].max(lines[j]),
+        message,
+    };
+    let mut by_name = HashMap::with_capacity(registers.len());
+    for (i, r) in registers.iter().enumerate() {
+        if let Some(prev) = by_name.insert(r.name.clone(), i) {
+            let first = lines[i].min(lines[prev]);
+            return Err(invalid(
+                i,
+                prev,
+                format!("{}: name used twice (line {first})", r.name),
+            ));
+        }
+    }
+    let overlap = |a: &Register, b: &Register| {
+        a.end() > u32::from(b.address) && b.end() > u32::from(a.address)
+    };
+    let describe = |r: &Register| {
+        format!(
+            "{} ({} {}..{})",
+            r.name,
+            r.function.as_str(),
+            r.address,
+            r.end() - 1
+        )
+    };
+    // Readable registers of one table may not overlap: a read has one meaning.
+    let readable: Vec<usize> = (0..registers.len())
+        .filter(|&i| registers[i].access.readable())
+        .collect();
+    for w in readable.windows(2) {
+        let (p, r) = (&registers[w[0]], &registers[w[1]]);
+        if p.function == r.function && overlap(p, r) {
+            return Err(invalid(
+                w[0],
+                w[1],
+                format!("{} overlaps {}", describe(r), describe(p)),
+            ));
+        }
+    }
+    // Writable registers sharing a write function code may not overlap, in any table:
+    // a write has one meaning.
+    let writable: Vec<usize> = (0..registers.len())
+        .filter(|&i| registers[i].access.writable())
+        .collect();
+    for (k, &i) in writable.iter().enumerate() {
+        for &j in &writable[k + 1..] {
+            let (a, b) = (&registers[i], &registers[j]);
+            if overlap(a, b) && a.writes.iter().any(|fc| b.writes.contains(fc)) {
+                return Err(invalid(i, j, format!("{} and {} are both written at the same address with the same function code", describe(a), describe(b))));
+            }
+        }
+    }
+    Ok(Profile {
+        name: raw.name,
+        source: raw.source,
+        registers,
+        by_name,
+        readable,
+        writable,
+    })
+}
