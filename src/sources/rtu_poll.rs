@@ -163,6 +163,7 @@ impl RtuPoller {
     ) -> io::Result<()> {
         let mut master = RtuMaster::new(stream, self.cfg.timeout);
         let mut writes_open = true;
+        self.stats.bus_open.store(true, Relaxed);
         loop {
             self.stats.heartbeat.fetch_add(1, Relaxed);
             // Writes first: they wait at most one region poll.
@@ -528,7 +529,6 @@ impl Device for Bus<'_> {
         crate::link::serial::open(&self.0.cfg.line())
     }
     async fn serve(&mut self, stream: Self::Stream, cancel: &CancellationToken) -> io::Result<()> {
-        self.0.stats.bus_open.store(true, Relaxed);
         self.0.serve(stream, cancel).await
     }
     fn gone(&mut self) {
