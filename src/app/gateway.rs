@@ -358,24 +358,14 @@ fn start_mqtt(
     });
 }
 
-/// How long a LAN client's write may wait for the bus: the writes queued before it and one
-/// region poll in progress, each at worst a timeout plus the gap.
+/// How long a LAN client's write may wait for its outcome: `write_timeout` in the queue
+/// (older writes are dropped unsent, with 0B), then the gap, the drain of a late reply and
+/// the reply timeout of its own transaction, plus a margin for the outcome to travel back.
 fn write_deadline(config: &Config) -> Duration {
     let Some(p) = &config.rtu_poll else {
         return Duration::from_secs(5);
     };
-    let per_request = p.timeout + p.gap;
-    let longest_region = config
-        .regions
-        .iter()
-        .filter(|r| r.source.rtu_poll)
-        .map(|r| u32::from(r.count.div_ceil(crate::config::MAX_READ)))
-        .max()
-        .unwrap_or(1);
-    let requests = QUEUE_DEPTH as u32 + longest_region * (p.retries + 1) + 1;
-    per_request
-        .saturating_mul(requests)
-        .max(Duration::from_secs(5))
+    p.write_timeout + p.gap + p.late_reply_window + p.timeout + Duration::from_millis(500)
 }
 
 /// The RTU slave's serial device (`rtu.device`), for the [`reopen`] loop.

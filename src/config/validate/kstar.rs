@@ -91,7 +91,23 @@ impl Validator<'_> {
             Some(t) => self.positive(t, "rtu_poll.probe_max")?,
             None => Duration::from_secs(30),
         };
+        let late_reply_window = match &r.late_reply_window {
+            Some(w) => {
+                let v = self.duration(w, "rtu_poll.late_reply_window")?;
+                if v < timeout {
+                    self.warn(line(w), "rtu_poll.late_reply_window", format_args!("{v:?} is shorter than the timeout ({timeout:?}); a late reply may be taken as the next request's answer"));
+                }
+                v
+            }
+            None => timeout,
+        };
+        let write_timeout = match &r.write_timeout {
+            Some(t) => self.positive(t, "rtu_poll.write_timeout")?,
+            None => Duration::from_secs(2),
+        };
         Ok(RtuPollConfig {
+            late_reply_window,
+            write_timeout,
             device: r.device.value.clone(),
             baud: r.baud.value,
             data_bits: 8,
