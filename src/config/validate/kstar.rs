@@ -122,6 +122,33 @@ impl Validator<'_> {
         })
     }
 
+    /// Warn when `rtu_poll.timeout` is shorter than the wire time of the largest reply a
+    /// poll asks for (up to 125 registers per request) at the configured baud: such a read
+    /// can only time out.
+    pub(super) fn reply_fits_timeout(
+        &mut self,
+        raw: &Spanned<RawRtuPoll>,
+        p: &RtuPollConfig,
+        regions: &[crate::config::Region],
+    ) {
+        let Some(registers) = regions
+            .iter()
+            .filter(|r| r.source.rtu_poll)
+            .map(|r| r.count.min(crate::config::MAX_READ))
+            .max()
+        else {
+            return;
+        };
+        let wire = reply_wire_time(p, registers);
+        if p.timeout < wire {
+            let at = raw.value.timeout.as_ref().map_or(line(raw), line);
+            self.warn(at, "rtu_poll.timeout", format_args!(
+                "{:?} is shorter than the wire time of the largest reply ({registers} registers, {} bytes: {wire:?} at {} baud); that read can only time out",
+                p.timeout, 5 + 2 * u32::from(registers), p.baud
+            ));
+        }
+    }
+
     pub(super) fn tcp_server(
         &mut self,
         raw: &Spanned<RawTcpServer>,
@@ -161,4 +188,12 @@ impl Validator<'_> {
             idle_timeout,
         })
     }
+}
+
+/// How long the reply to a read of `registers` registers takes on the wire of `p`'s bus.
+pub(crate) fn reply_wire_time(p: &RtuPollConfig, registers: u16) -> Duration {
+    let bits =
+        1 + u64::from(p.data_bits) + u64::from(p.parity != Parity::None) + u64::from(p.stop_bits);
+    let bytes = 5 + 2 * u64::from(registers);
+    Duration::from_micros(bytes * bits * 1_000_000 / u64::from(p.baud.max(1)))
 }
