@@ -377,15 +377,15 @@ struct SlaveDevice {
 }
 
 impl Device for SlaveDevice {
-    type Stream = tokio_serial::SerialStream;
+    type Stream = crate::link::line::Line;
     fn label(&self) -> &'static str {
         "serial device"
     }
     fn path(&self) -> String {
         self.cfg.device.clone()
     }
-    fn open(&mut self) -> anyhow::Result<Self::Stream> {
-        crate::link::serial::open(&self.cfg)
+    async fn open(&mut self) -> anyhow::Result<Self::Stream> {
+        crate::link::line::open(&self.cfg).await
     }
     async fn serve(
         &mut self,

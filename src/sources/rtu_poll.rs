@@ -568,19 +568,20 @@ fn stop_on_cancel(r: io::Result<()>, cancel: &CancellationToken) -> io::Result<(
     }
 }
 
-/// The poller on its serial device (`rtu_poll.device`), for the [`reopen`] loop.
+/// The poller on its bus device (`rtu_poll.device`: a tty or a `tcp://` converter), for
+/// the [`reopen`] loop.
 struct Bus<'a>(&'a mut RtuPoller);
 
 impl Device for Bus<'_> {
-    type Stream = tokio_serial::SerialStream;
+    type Stream = crate::link::line::Line;
     fn label(&self) -> &'static str {
         "RTU bus"
     }
     fn path(&self) -> String {
         self.0.cfg.device.clone()
     }
-    fn open(&mut self) -> anyhow::Result<Self::Stream> {
-        crate::link::serial::open(&self.0.cfg.line())
+    async fn open(&mut self) -> anyhow::Result<Self::Stream> {
+        crate::link::line::open(&self.0.cfg.line()).await
     }
     async fn serve(&mut self, stream: Self::Stream, cancel: &CancellationToken) -> io::Result<()> {
         self.0.serve(stream, cancel).await

@@ -21,9 +21,10 @@ impl Validator<'_> {
             return Err(self.err(
                 line(&r.device),
                 "rtu_poll.device",
-                "must name a serial device, e.g. /dev/ttyUSB0",
+                "must name a serial device, e.g. /dev/ttyUSB0, or tcp://HOST:PORT",
             ));
         }
+        self.bus_device(&r.device, "rtu_poll.device")?;
         if !(300..=4_000_000).contains(&r.baud.value) {
             return Err(self.err(
                 line(&r.baud),
@@ -147,6 +148,30 @@ impl Validator<'_> {
                 p.timeout, 5 + 2 * u32::from(registers), p.baud
             ));
         }
+    }
+
+    /// A `device:` naming a `tcp://HOST:PORT` converter: the target must be `HOST:PORT`, and
+    /// `check` says that the line settings belong to the converter (here `baud` only times
+    /// the bus behind it). Serial devices pass unchanged.
+    pub(super) fn bus_device(&mut self, d: &Spanned<String>, key: &str) -> Result<(), ConfigError> {
+        let Some(target) = crate::config::tcp_target(d.value.trim()) else {
+            return Ok(());
+        };
+        let ok = target.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !ok {
+            return Err(self.err(
+                line(d),
+                key,
+                format!(
+                    "`{}` is not tcp://HOST:PORT, e.g. tcp://192.168.178.50:8899",
+                    d.value
+                ),
+            ));
+        }
+        self.warn(line(d), key, format_args!("a TCP converter: baud, parity and stop bits are set in the converter (transparent mode); `baud` here only times the bus behind it"));
+        Ok(())
     }
 
     pub(super) fn tcp_server(
