@@ -72,10 +72,15 @@ impl Transaction {
 /// every request it also discards whatever is already buffered, at no wait.
 #[derive(Debug)]
 pub struct RtuMaster<S> {
+    /// The bus (serial port, pty, test pipe).
     stream: S,
+    /// How long a reply may take from the end of our request.
     timeout: Duration,
+    /// Quiet time that ends a drain of a dirty line.
     drain_window: Duration,
+    /// A reply may still be arriving: drain before the next request.
     dirty: bool,
+    /// Bytes thrown away by drains, for diagnostics.
     discarded: u64,
 }
 

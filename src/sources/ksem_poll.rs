@@ -27,8 +27,11 @@ use crate::ops::journal::{self, Journal};
 /// Counters of the poll side.
 #[derive(Debug, Default)]
 pub struct PollStats {
+    /// The upstream connection is up.
     pub connected: AtomicBool,
+    /// Connections established.
     pub connects: AtomicU64,
+    /// Connection attempts that failed.
     pub connect_failures: AtomicU64,
     /// Regions read completely and committed.
     pub regions_ok: AtomicU64,
@@ -38,6 +41,7 @@ pub struct PollStats {
     pub fallback_polls: AtomicU64,
     /// Region reads dropped because a push landed in the region while they ran.
     pub superseded: AtomicU64,
+    /// The last failure and why, for the status page.
     pub last_error: Mutex<Option<String>>,
     /// Per region (by name): reads by result and the last error (status page, metrics).
     pub by_region: Mutex<std::collections::BTreeMap<String, RegionPollCounts>>,
@@ -46,10 +50,13 @@ pub struct PollStats {
 /// Poll reads of one region by result.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RegionPollCounts {
+    /// Reads committed.
     pub ok: u64,
     /// Discarded: a push landed in the region while the read ran.
     pub superseded: u64,
+    /// Reads that timed out.
     pub timeout: u64,
+    /// Reads the KSEM refused with an exception.
     pub exception: u64,
     /// Connection or protocol errors.
     pub transport: u64,
@@ -80,15 +87,23 @@ enum Kind {
 
 #[derive(Debug)]
 struct Task {
+    /// The region's index in the image.
     region: usize,
+    /// The region's name, for logs and per-region counters.
     name: String,
+    /// First register.
     start: u16,
+    /// Registers in the region.
     count: u16,
+    /// Poll interval.
     every: Duration,
+    /// Regular poll or push fallback.
     kind: Kind,
     /// Earliest time of the next read (after a success: last + every; after a failure: a retry).
     next: Instant,
+    /// Retry delay after a failed read.
     retry: Backoff,
+    /// The last read failed (logged once per streak).
     failing: bool,
 }
 
@@ -116,12 +131,17 @@ impl PollError {
 
 /// The upstream poller.
 pub struct Poller {
+    /// The `poll:` section (timeout follows reloads).
     cfg: PollConfig,
+    /// One schedule entry per region.
     tasks: Vec<Task>,
+    /// Where complete regions are committed.
     image: Arc<Image>,
+    /// The poll side's counters.
     stats: Arc<PollStats>,
     /// Reloaded configs (see [`Poller::follow`]).
     updates: Option<tokio::sync::watch::Receiver<Arc<Config>>>,
+    /// Records every region read, when set.
     journal: Option<Arc<Journal>>,
 }
 

@@ -33,6 +33,7 @@ pub struct RtuPollStats {
     pub online: AtomicBool,
     /// Requests put on the bus (reads, writes, probes).
     pub requests: AtomicU64,
+    /// Requests without a reply within `timeout`.
     pub timeouts: AtomicU64,
     /// Exception replies (the device answered, but refused).
     pub exceptions: AtomicU64,
@@ -42,6 +43,7 @@ pub struct RtuPollStats {
     pub retries: AtomicU64,
     /// Regions read completely and committed.
     pub regions_ok: AtomicU64,
+    /// Region reads that failed after their retries.
     pub regions_failed: AtomicU64,
     /// Writes the device confirmed.
     pub writes_ok: AtomicU64,
@@ -68,13 +70,21 @@ pub struct RtuPollStats {
 
 #[derive(Debug)]
 struct Task {
+    /// The region's index in the image.
     region: usize,
+    /// The region's name, for logs.
     name: String,
+    /// First register.
     start: u16,
+    /// Registers in the region.
     count: u16,
+    /// Read function code (3 or 4).
     fc: u8,
+    /// Poll interval.
     every: Duration,
+    /// When the region is next due.
     next: Instant,
+    /// The last read failed (logged once per streak).
     failing: bool,
 }
 
@@ -89,12 +99,19 @@ enum Link {
 
 /// The RTU poller. Keeps its schedule and write queue across re-opens of the port.
 pub struct RtuPoller {
+    /// The `rtu_poll:` section.
     cfg: RtuPollConfig,
+    /// One schedule entry per region.
     tasks: Vec<Task>,
+    /// Where complete regions are committed.
     image: Arc<Image>,
+    /// The poll side's counters.
     stats: Arc<RtuPollStats>,
+    /// LAN clients' writes, taken between polls.
     writes: mpsc::Receiver<WriteJob>,
+    /// Whether the device answers.
     link: Link,
+    /// Delay between probes of an offline device.
     probe: Backoff,
     /// When the bus last went quiet (end of the last reply or timeout).
     quiet_since: Option<Instant>,
