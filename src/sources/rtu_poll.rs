@@ -629,6 +629,18 @@ regions:
         }
     }
 
+    /// An FC06 write of `value` at `address`, and where its outcome arrives.
+    fn write_job(address: u16, value: u16) -> (WriteJob, oneshot::Receiver<WriteOutcome>) {
+        let (reply, rx) = oneshot::channel();
+        let job = WriteJob {
+            fc: FC_WRITE_SINGLE,
+            address,
+            values: vec![value],
+            reply,
+        };
+        (job, rx)
+    }
+
     fn words(image: &Image) -> Option<Vec<u16>> {
         let snap = image.load();
         image.age(&snap, 0, Instant::now())?;
@@ -679,13 +691,7 @@ regions:
         assert_eq!(stats.retries.load(Relaxed), 2);
         // A write while offline gets `Offline` at once, nothing sent.
         let before = seen.load(Relaxed);
-        let (reply, rx) = oneshot::channel();
-        let job = WriteJob {
-            fc: FC_WRITE_SINGLE,
-            address: 100,
-            values: vec![7],
-            reply,
-        };
+        let (job, rx) = write_job(100, 7);
         tx.send(job).await.unwrap_or_else(|_| panic!("queued"));
         let outcome = rx.await.unwrap_or_else(|_| panic!("answered"));
         assert!(matches!(outcome, WriteOutcome::Offline), "{outcome:?}");
@@ -714,13 +720,7 @@ regions:
         let cancel = CancellationToken::new();
         let c = cancel.clone();
         let task = tokio::spawn(async move { p.serve(ours, &c).await });
-        let (reply, rx) = oneshot::channel();
-        let job = WriteJob {
-            fc: FC_WRITE_SINGLE,
-            address: 101,
-            values: vec![9],
-            reply,
-        };
+        let (job, rx) = write_job(101, 9);
         tx.send(job).await.unwrap_or_else(|_| panic!("queued"));
         let outcome = tokio::time::timeout(Duration::from_secs(5), rx)
             .await
@@ -742,13 +742,7 @@ regions:
     async fn while_the_device_is_missing_writes_are_refused_and_a_closed_queue_waits() {
         // With a queue: a queued write is refused at once.
         let (mut p, _image, stats, tx) = poller();
-        let (reply, rx) = oneshot::channel();
-        let job = WriteJob {
-            fc: FC_WRITE_SINGLE,
-            address: 100,
-            values: vec![1],
-            reply,
-        };
+        let (job, rx) = write_job(100, 1);
         tx.send(job).await.unwrap_or_else(|_| panic!("queued"));
         let mut bus = Bus(&mut p);
         bus.idle().await;
