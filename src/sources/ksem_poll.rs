@@ -483,3 +483,106 @@ pub async fn read_region(
     }
     Ok(words)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    /// How the fake KSEM answers an FC03 request.
+    #[derive(Clone, Copy)]
+    enum Answer {
+        /// `address` per register.
+        Words,
+        /// One register fewer than asked.
+        Short,
+        /// Exception 02.
+        Exception,
+        /// Nothing.
+        Silent,
+    }
+
+    /// A Modbus TCP slave on `s`; counts the requests (and their sizes) it got.
+    async fn ksem(mut s: DuplexStream, answer: Answer, seen: Arc<Mutex<Vec<u16>>>) {
+        let mut req = [0u8; 12];
+        while s.read_exact(&mut req).await.is_ok() {
+            let [t0, t1, _, _, _, _, unit, _fc, ah, al, nh, nl] = req;
+            let (a, n) = (u16::from_be_bytes([ah, al]), u16::from_be_bytes([nh, nl]));
+            if let Ok(mut v) = seen.lock() {
+                v.push(n);
+            }
+            let pdu: Vec<u8> = match answer {
+                Answer::Silent => continue,
+                Answer::Exception => vec![0x83, 0x02],
+                Answer::Words | Answer::Short => {
+                    let n = if matches!(answer, Answer::Short) {
+                        n - 1
+                    } else {
+                        n
+                    };
+                    let mut p = vec![0x03, (n * 2) as u8];
+                    for r in a..a + n {
+                        p.extend_from_slice(&r.to_be_bytes());
+                    }
+                    p
+                }
+            };
+            let len = (pdu.len() + 1) as u16;
+            let mut out = vec![t0, t1, 0, 0];
+            out.extend_from_slice(&len.to_be_bytes());
+            out.push(unit);
+            out.extend_from_slice(&pdu);
+            if s.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn client(answer: Answer) -> (Context, Arc<Mutex<Vec<u16>>>) {
+        let (ours, theirs) = tokio::io::duplex(1024);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        tokio::spawn(ksem(theirs, answer, Arc::clone(&seen)));
+        (
+            tokio_modbus::client::tcp::attach_slave(ours, Slave(1)),
+            seen,
+        )
+    }
+
+    const T: Duration = Duration::from_millis(500);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_region_is_read_in_chunks_of_at_most_125_and_assembled_in_order() {
+        let (mut ctx, seen) = client(Answer::Words);
+        let words = read_region(&mut ctx, 1000, 300, T)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(words, (1000..1300).collect::<Vec<u16>>());
+        assert_eq!(
+            *seen.lock().unwrap_or_else(|p| p.into_inner()),
+            vec![125, 125, 50]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn short_replies_exceptions_and_silence_are_errors_not_data() {
+        let (mut ctx, _) = client(Answer::Short);
+        let e = read_region(&mut ctx, 0, 10, T).await.err();
+        assert!(
+            matches!(e, Some(PollError::Length { got: 9, want: 10 })),
+            "{e:?}"
+        );
+        assert!(e.is_some_and(|e| e.breaks_connection()));
+
+        let (mut ctx, _) = client(Answer::Exception);
+        let e = read_region(&mut ctx, 0, 10, T).await.err();
+        assert!(matches!(e, Some(PollError::Exception(_))), "{e:?}");
+        assert!(
+            e.is_some_and(|e| !e.breaks_connection()),
+            "the KSEM answered: keep the connection"
+        );
+
+        let (mut ctx, _) = client(Answer::Silent);
+        let e = read_region(&mut ctx, 0, 10, T).await.err();
+        assert!(matches!(e, Some(PollError::Timeout(t)) if t == T), "{e:?}");
+    }
+}
