@@ -28,6 +28,7 @@ pub mod reload;
 pub mod rtu;
 pub mod rtu_poll;
 pub mod serial;
+pub mod serial_compat;
 pub mod sim;
 pub mod systemd;
 pub mod tcp_server;
