@@ -9,7 +9,8 @@
 #
 # Idempotent. Installs what is missing with apt (as root): rustc-web (Debian 12's current
 # rustc, /usr/bin/rustc), the target's std (libstd-rust-web-dev:ARCH, the same version),
-# the cross gcc as linker, the target's libc (for qemu-user's -L /) and qemu-user to run it.
+# the cross gcc as linker with the target's multiarch libc (libc6-dev:ARCH to link, libc6
+# for qemu-user's -L /: the same glibc as the Pi's Debian 12) and qemu-user to run it.
 # Builds from Cargo.lock (--locked), prints the binary and the .deb (target/debian/).
 # The linker is set through the environment, so a normal `cargo build` is untouched.
 set -euo pipefail
@@ -31,7 +32,7 @@ case "$target" in
   *) echo "cross.sh: --target must be aarch64 or armhf, not $target" >&2; exit 2 ;;
 esac
 
-pkgs=(rustc-web "libstd-rust-web-dev:$arch" "gcc-$gnu" "binutils-$gnu" "libc6:$arch" qemu-user)
+pkgs=(rustc-web "libstd-rust-web-dev:$arch" "gcc-$gnu" "binutils-$gnu" "libc6:$arch" "libc6-dev:$arch" qemu-user)
 command -v cargo >/dev/null 2>&1 || pkgs+=(cargo-web)
 missing=()
 for p in "${pkgs[@]}"; do
