@@ -184,18 +184,3 @@ pub fn airbridge_cmd() -> std::process::Command {
         None => std::process::Command::new(env!("CARGO_BIN_EXE_airbridge")),
     }
 }
-
-/// True when [`airbridge_cmd`] runs the binary through `AIRBRIDGE_BIN` (under emulation).
-pub fn emulated() -> bool {
-    std::env::var("AIRBRIDGE_BIN").is_ok_and(|l| !l.trim().is_empty())
-}
-
-/// `d` for a native binary, `d` × 5 under emulation: for deadlines that only bound how
-/// long a test waits, never for what it asserts about the gateway's own timing.
-pub fn patience(d: Duration) -> Duration {
-    if emulated() {
-        d * 5
-    } else {
-        d
-    }
-}
