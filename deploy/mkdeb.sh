@@ -11,12 +11,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-arch="" binary="" out="target/debian"
+arch="" binary="" out="target/debian" compress=(-Zxz)
 while [ $# -gt 0 ]; do
   case "$1" in
     --arch) arch="$2"; shift 2 ;;
     --binary) binary="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
+    --fast) compress=(-Zgzip -z1); shift ;;   # for tests: quick, larger
     -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "mkdeb.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -170,5 +171,5 @@ mkdir -p "$out"
 deb="$out/${name}_${version}_${arch}.deb"
 # Root-owned files whoever builds (as cargo-deb does), reproducible timestamps.
 find "$root" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
-dpkg-deb --root-owner-group -Zxz --build "$root" "$deb" >/dev/null
+dpkg-deb --root-owner-group "${compress[@]}" --build "$root" "$deb" >/dev/null
 echo "$deb"
