@@ -36,8 +36,17 @@ pub fn open(cfg: &RtuConfig) -> anyhow::Result<tokio_serial::SerialStream> {
         .parity(parity)
         .stop_bits(stop_bits)
         .flow_control(tokio_serial::FlowControl::None)
-        .open_native_async()
-        .map_err(|e| anyhow::anyhow!("serial device {}: {e}", cfg.device))?;
+        .open_native_async();
+    let stream = match stream {
+        Ok(stream) => stream,
+        // qemu-user (CI's arm64 runs) refuses termios2; real kernels never get here.
+        Err(_) if crate::link::serial_compat::termios2_refused(&cfg.device) => {
+            crate::link::serial_compat::open(cfg).map_err(|e| {
+                anyhow::anyhow!("serial device {} (classic termios): {e}", cfg.device)
+            })?
+        }
+        Err(e) => anyhow::bail!("serial device {}: {e}", cfg.device),
+    };
     if cfg.rs485.enabled {
         let got = set_rs485(&stream, &cfg.rs485)
             .map_err(|e| anyhow::anyhow!("serial device {}: {e}", cfg.device))?;
