@@ -85,9 +85,9 @@ enum Line {
 /// reply, 5 for an exception) and CRC, hunting through the input for it: nothing relies on
 /// inter-byte silence, which ptys and TCP converters do not keep. Before every request
 /// whatever is buffered is discarded at no wait; after a timeout (or a dropped exchange)
-/// everything until the line has been quiet for the late-reply window (default: the
-/// timeout), so a late reply is never taken as the answer to the next request of the same
-/// shape; after a garbled reply, until quiet for the shorter drain window.
+/// everything until the line has been quiet for the late-reply window, so a late reply is
+/// never taken as the answer to the next request of the same shape (give it at least the
+/// timeout); after a garbled reply, until quiet for the drain window.
 #[derive(Debug)]
 pub struct RtuMaster<S> {
     /// The line (serial port, pty, TCP socket, in-memory pipe).
@@ -96,8 +96,9 @@ pub struct RtuMaster<S> {
     timeout: Duration,
     /// Quiet time that ends a drain after a garbled reply.
     drain_window: Duration,
-    /// Quiet time that ends a drain after a timeout; `None`: the timeout.
-    late_window: Option<Duration>,
+    /// Quiet time that ends a drain after a timeout (default: the drain window; the KSTAR
+    /// poller sets `rtu_poll.late_reply_window`, at least its timeout).
+    late_window: Duration,
     /// What the line needs before the next request.
     line: Line,
     /// Stale bytes thrown away so far (for counters and tests).
@@ -152,14 +153,16 @@ fn find_reply(buf: &[u8], unit: u8, fc: u8, expected_len: usize) -> Found {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> RtuMaster<S> {
-    /// A master with the given reply timeout, the default drain window and a late-reply
-    /// window equal to the timeout.
+    /// A master with the given reply timeout and the default drain window, after a garbled
+    /// reply and after a timeout alike. A master whose requests can share a shape (the KSTAR
+    /// poller) sets a late-reply window of at least the timeout
+    /// ([`RtuMaster::with_late_reply_window`]).
     pub fn new(stream: S, timeout: Duration) -> Self {
         Self {
             stream,
             timeout,
             drain_window: DEFAULT_DRAIN_WINDOW,
-            late_window: None,
+            late_window: DEFAULT_DRAIN_WINDOW,
             line: Line::Clean,
             discarded: 0,
         }
@@ -173,7 +176,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtuMaster<S> {
 
     /// Change the quiet window used to discard a late reply after a timeout.
     pub fn with_late_reply_window(mut self, window: Duration) -> Self {
-        self.late_window = Some(window);
+        self.late_window = window;
         self
     }
 
@@ -385,10 +388,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtuMaster<S> {
         let window = match self.line {
             Line::Clean => Duration::ZERO,
             Line::Garbled => self.drain_window,
-            Line::Late => self
-                .late_window
-                .unwrap_or(self.timeout)
-                .max(self.drain_window),
+            Line::Late => self.late_window.max(self.drain_window),
         };
         let mut scratch = [0u8; MAX_FRAME_LEN];
         let total = drain_quiet(&mut self.stream, &mut scratch, window).await?;
@@ -645,7 +645,8 @@ mod tests {
                 .unwrap();
             b
         });
-        let mut m = RtuMaster::new(a, Duration::from_millis(100));
+        let mut m = RtuMaster::new(a, Duration::from_millis(100))
+            .with_late_reply_window(Duration::from_millis(100));
         let r = tokio::time::timeout(LIMIT, m.read(1, 3, 1, 1))
             .await
             .unwrap();
