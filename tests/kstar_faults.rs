@@ -12,6 +12,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -281,6 +282,12 @@ async fn writes_do_not_outlive_their_clients() {
         "writes reached the device too late after their clients left: {writes:?}"
     );
     assert!(writes.len() < 16, "every write was sent: {writes:?}");
+    // Every write is accounted for: sent, dropped as too old, or abandoned by its client.
+    let stats = &rig.gateway.handles.rtu_poll;
+    let expired = stats.writes_expired.load(Relaxed);
+    let abandoned = stats.writes_abandoned.load(Relaxed);
+    assert!(expired >= 1, "no write expired");
+    assert_eq!(writes.len() as u64 + expired + abandoned, 16);
 }
 
 /// Six clients write back to back; the live region (every 10 ms) must keep being polled: a
