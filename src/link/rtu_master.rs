@@ -117,7 +117,8 @@ enum Found {
 
 /// Hunt `buf` for the reply to a request of `unit`/`fc` whose normal reply is
 /// `expected_len` bytes: the first offset where unit, function (or exception), the frame's
-/// own length and the CRC all fit.
+/// own length and the CRC all fit. A header whose frame is not complete yet ends the hunt
+/// (more bytes are needed); one with a bad CRC is skipped.
 fn find_reply(buf: &[u8], unit: u8, fc: u8, expected_len: usize) -> Found {
     let mut head_bad = false;
     for start in 0..buf.len() {
@@ -135,8 +136,10 @@ fn find_reply(buf: &[u8], unit: u8, fc: u8, expected_len: usize) -> Found {
             Some(&f) if f == fc => expected_len,
             _ => continue,
         };
+        // The earliest plausible header is still arriving: wait for it rather than take a
+        // CRC-valid look-alike from inside its data.
         let Some(frame) = rest.get(..len) else {
-            continue;
+            return Found::Nothing;
         };
         if frame_crc_ok(frame) {
             return Found::Reply { start, len };
