@@ -152,6 +152,7 @@ async fn rig(rtu_poll: &str, regions: &str, script: Script) -> Rig {
         "profile: '{}'
 rtu_poll: {{device: pty, {rtu_poll}}}
 tcp_server: {{listen: '127.0.0.1:0', unit_id: 1, allow_from: [127.0.0.1], max_connections: 32}}
+status: {{listen: '127.0.0.1:0'}}
 regions:
 {regions}
 writable: [3044]
@@ -234,6 +235,21 @@ async fn a_late_reply_never_lands_in_another_region() {
     assert_eq!(words, want, "region b holds region a's late reply");
 }
 
+/// `GET /status` as JSON.
+async fn status_json(addr: SocketAddr) -> serde_json::Value {
+    let mut s = TcpStream::connect(addr).await.expect("status connect");
+    let req = format!("GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("request");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw))
+        .await
+        .expect("status in time")
+        .expect("status read");
+    let text = String::from_utf8_lossy(&raw);
+    let (_, body) = text.split_once("\r\n\r\n").expect("http body");
+    serde_json::from_str(body).expect("status json")
+}
+
 /// The MBAP frame of an FC06 write of `value` to `address`, transaction `tid`.
 fn fc06_frame(tid: u16, address: u16, value: u16) -> Vec<u8> {
     let mut f = Vec::new();
@@ -288,6 +304,19 @@ async fn writes_do_not_outlive_their_clients() {
     let abandoned = stats.writes_abandoned.load(Relaxed);
     assert!(expired >= 1, "no write expired");
     assert_eq!(writes.len() as u64 + expired + abandoned, 16);
+    // /status shows what became of them.
+    let status = status_json(rig.gateway.status_addr.expect("status endpoint")).await;
+    let counters = &status["upstream"]["rtu_poll"]["counters"];
+    assert_eq!(
+        counters["writes_expired"].as_u64(),
+        Some(expired),
+        "{counters}"
+    );
+    assert_eq!(
+        counters["writes_ok"].as_u64(),
+        Some(writes.len() as u64),
+        "{counters}"
+    );
 }
 
 /// Six clients write back to back; the live region (every 10 ms) must keep being polled: a
