@@ -7,20 +7,18 @@
 //! meet in the [`Image`].
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinSet;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::handles::Handles;
 use crate::config::Config;
 use crate::control::writes::{WritePolicy, QUEUE_DEPTH};
 use crate::image::Image;
-use crate::link::reopen::Backoff;
+use crate::link::reopen::{self, Device};
 use crate::ops::journal::Journal;
 use crate::servers::modbus_tcp::TcpServer;
 use crate::servers::rtu_slave::RtuSlave;
@@ -380,45 +378,47 @@ fn write_deadline(config: &Config) -> Duration {
         .max(Duration::from_secs(5))
 }
 
-/// Open the serial device and serve it; on failure or disappearance retry with backoff.
-async fn serve_device(config: Config, slave: RtuSlave, cancel: CancellationToken) {
-    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
-    let mut failing = false;
-    loop {
-        let outcome = match crate::link::serial::open(&config.rtu) {
-            Ok(stream) => {
-                slave.stats().device_opens.fetch_add(1, Relaxed);
-                tracing::info!(device = %config.rtu.device, "serial device open, serving the inverter");
-                failing = false;
-                backoff.reset();
-                let opened = Instant::now();
-                let r = slave.serve(stream, &cancel).await;
-                if cancel.is_cancelled() {
-                    return;
-                }
-                if opened.elapsed() > Duration::from_secs(10) {
-                    backoff.reset();
-                }
-                match r {
-                    Ok(()) => "the device closed (end of stream)".to_string(),
-                    Err(e) => format!("{e}"),
-                }
-            }
-            Err(e) => format!("{e:#}"),
-        };
-        slave.stats().device_failures.fetch_add(1, Relaxed);
-        let wait = backoff.next_delay();
-        if failing {
-            tracing::debug!(?wait, "serial device still unavailable: {outcome}");
-        } else {
-            tracing::error!(device = %config.rtu.device, "serial device unavailable: {outcome}; retrying with backoff up to 10s");
-            failing = true;
-        }
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = crate::ops::heartbeat::sleep_beating(wait, &slave.stats().heartbeat) => {}
-        }
+/// The RTU slave's serial device (`rtu.device`), for the [`reopen`] loop.
+struct SlaveDevice {
+    /// The `rtu:` section: the device's path and line settings.
+    cfg: crate::config::RtuConfig,
+    /// The slave that serves every stream the device gives.
+    slave: RtuSlave,
+}
+
+impl Device for SlaveDevice {
+    type Stream = tokio_serial::SerialStream;
+    fn label(&self) -> &'static str {
+        "serial device"
     }
+    fn path(&self) -> String {
+        self.cfg.device.clone()
+    }
+    fn open(&mut self) -> anyhow::Result<Self::Stream> {
+        crate::link::serial::open(&self.cfg)
+    }
+    async fn serve(
+        &mut self,
+        stream: Self::Stream,
+        cancel: &CancellationToken,
+    ) -> std::io::Result<()> {
+        self.slave.serve(stream, cancel).await
+    }
+}
+
+/// Open the serial device and serve the inverter on it, reopening it with backoff.
+async fn serve_device(config: Config, slave: RtuSlave, cancel: CancellationToken) {
+    let stats = Arc::clone(slave.stats());
+    let mut device = SlaveDevice {
+        cfg: config.rtu,
+        slave,
+    };
+    let counters = reopen::Counters {
+        opens: &stats.device_opens,
+        failures: &stats.device_failures,
+        heartbeat: &stats.heartbeat,
+    };
+    reopen::run(&mut device, counters, &cancel).await;
 }
 
 /// Bind and start the status endpoint if the config has one. A busy port is fatal (as for

@@ -3,8 +3,9 @@
 //! Owns what the gateway tells the service manager through `sd_notify`: `READY=1` once the
 //! image is warm (never before: until then the inverter gets silence, and `systemctl start`
 //! waits), `WATCHDOG=1` only while the supervisor runs (it sends it) *and* the RTU serving
-//! loop shows a recent heartbeat ([`Liveness`]) — not tied to the meter's freshness, since a
-//! restart would not fix a dead KSEM — and `STATUS=` with the age of every region. It only
+//! loop and (in a config with `rtu_poll:`) the RTU poll loop show a recent heartbeat
+//! ([`Liveness`]) — not tied to the meter's freshness, since a restart would not fix a dead
+//! KSEM — and `STATUS=` with the age of every region. It only
 //! reads the gateway's handles. Without `NOTIFY_SOCKET` (not under systemd) it only logs.
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -74,13 +75,20 @@ pub fn status_line(handles: &Handles, now: Instant) -> String {
 pub struct Notifier {
     /// `NOTIFY_SOCKET` is set.
     enabled: bool,
+    /// `WatchdogSec=` as systemd passed it; `None`: no watchdog pings.
     watchdog: Option<Duration>,
+    /// `READY=1` was sent.
     ready: bool,
+    /// Judges the RTU slave's heartbeat.
     liveness: Liveness,
+    /// Judges the RTU poller's heartbeat (watched in a config with `rtu_poll:`).
+    poll_liveness: Liveness,
     /// Withhold the watchdog ping when the RTU serving loop stops beating. Off for a
     /// config without an RTU slave (KSTAR): there the supervisor's own tick is the proof.
     watch_rtu_slave: bool,
+    /// The stall was logged (once per stall).
     said_stalled: bool,
+    /// A failed notify was logged (once).
     said_error: bool,
 }
 
@@ -98,6 +106,7 @@ impl Notifier {
             watchdog,
             ready: false,
             liveness: Liveness::new(STALL_LIMIT, Instant::now()),
+            poll_liveness: Liveness::new(STALL_LIMIT, Instant::now()),
             watch_rtu_slave: true,
             said_stalled: false,
             said_error: false,
@@ -143,7 +152,7 @@ impl Notifier {
     }
 
     /// One supervision step: `READY=1` once warm, `STATUS=`, and `WATCHDOG=1` if the RTU
-    /// serving loop beat recently.
+    /// serving loop and the RTU poll loop (when configured) beat recently.
     pub fn tick(&mut self, handles: &Handles) {
         let now = Instant::now();
         let status = status_line(handles, now);
@@ -153,27 +162,52 @@ impl Notifier {
         } else {
             self.send(&[NotifyState::Status(&status)]);
         }
-        let alive = self.alive(handles.rtu.heartbeat.load(Relaxed), now);
-        if alive {
-            if self.said_stalled {
-                tracing::info!("RTU serving loop runs again; watchdog pings resume");
-                self.said_stalled = false;
+        let poller = handles
+            .live
+            .current()
+            .rtu_poll
+            .is_some()
+            .then(|| handles.rtu_poll.heartbeat.load(Relaxed));
+        match self.stalled(handles.rtu.heartbeat.load(Relaxed), poller, now) {
+            None => {
+                if self.said_stalled {
+                    tracing::info!("the RTU loops run again; watchdog pings resume");
+                    self.said_stalled = false;
+                }
+                if self.watchdog.is_some() {
+                    self.send(&[NotifyState::Watchdog]);
+                }
             }
-            if self.watchdog.is_some() {
-                self.send(&[NotifyState::Watchdog]);
+            Some((which, silent)) => {
+                if !self.said_stalled {
+                    self.said_stalled = true;
+                    tracing::error!(
+                        ?silent,
+                        "the {which} is stuck; withholding the watchdog ping so that systemd restarts the gateway"
+                    );
+                }
             }
-        } else if !self.said_stalled {
-            self.said_stalled = true;
-            tracing::error!(
-                silent = ?self.liveness.silent_for(now),
-                "the RTU serving loop is stuck; withholding the watchdog ping so that systemd restarts the gateway"
-            );
         }
     }
 
-    /// Whether the watchdog may be pinged, given the RTU loop's heartbeat counter.
-    fn alive(&mut self, heartbeat: u64, now: Instant) -> bool {
-        !self.watch_rtu_slave || self.liveness.observe(heartbeat, now)
+    /// Which watched loop stalled (and for how long), given the RTU slave's heartbeat and
+    /// the RTU poller's (`None`: no poller configured); `None` while the ping may be sent.
+    fn stalled(
+        &mut self,
+        slave: u64,
+        poller: Option<u64>,
+        now: Instant,
+    ) -> Option<(&'static str, Duration)> {
+        // Observe both every tick, so a counter is judged from its last move.
+        let slave_ok = !self.watch_rtu_slave || self.liveness.observe(slave, now);
+        let poller_ok = poller.is_none_or(|b| self.poll_liveness.observe(b, now));
+        if !slave_ok {
+            Some(("RTU serving loop", self.liveness.silent_for(now)))
+        } else if !poller_ok {
+            Some(("RTU poll loop", self.poll_liveness.silent_for(now)))
+        } else {
+            None
+        }
     }
 
     /// Tell systemd the reload is done (after SIGHUP).
@@ -202,16 +236,41 @@ mod tests {
         let t0 = Instant::now();
         let mut with = Notifier::from_env();
         let mut without = Notifier::from_env().watch_rtu_slave(false);
-        for n in [with.alive(0, t0), without.alive(0, t0)] {
-            assert!(n, "alive at start");
+        for n in [with.stalled(0, None, t0), without.stalled(0, None, t0)] {
+            assert_eq!(n, None, "alive at start");
         }
         // The heartbeat never moves (a KSTAR config runs no RTU slave loop).
         let later = t0 + STALL_LIMIT * 2;
-        assert!(
-            !with.alive(0, later),
+        assert_eq!(
+            with.stalled(0, None, later).map(|s| s.0),
+            Some("RTU serving loop"),
             "a silent RTU loop withholds the ping"
         );
-        assert!(without.alive(0, later), "no RTU slave: nothing to wait for");
+        assert_eq!(
+            without.stalled(0, None, later),
+            None,
+            "no RTU slave: nothing to wait for"
+        );
+    }
+
+    #[test]
+    fn with_an_rtu_poller_the_watchdog_waits_for_its_heartbeat() {
+        let t0 = Instant::now();
+        let mut n = Notifier::from_env().watch_rtu_slave(false);
+        let step = STALL_LIMIT / 2;
+        assert_eq!(n.stalled(0, Some(1), t0), None);
+        assert_eq!(n.stalled(0, Some(2), t0 + step), None, "beats");
+        assert_eq!(
+            n.stalled(0, Some(2), t0 + step * 3),
+            None,
+            "within the limit"
+        );
+        assert_eq!(
+            n.stalled(0, Some(2), t0 + step * 4),
+            Some(("RTU poll loop", step * 3)),
+            "a poller that stopped beating withholds the ping"
+        );
+        assert_eq!(n.stalled(0, Some(3), t0 + step * 5), None, "beats again");
     }
 
     use super::*;

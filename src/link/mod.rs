@@ -8,3 +8,4 @@ pub mod echo;
 pub mod reopen;
 pub mod rtu_master;
 pub mod serial;
+pub mod tcp_front;

@@ -1,13 +1,3 @@
-//! The Modbus TCP server for LAN clients (Home Assistant, evcc, energy controllers).
-//!
-//! Owns the listening socket and its connections: allow list and connection limit at accept,
-//! idle connections closed. Reads (FC03 holding, FC04 input) are answered from the [`Image`]
-//! only, per region function, so they never touch the serial bus; a region that is stale or
-//! not yet read gets exception 0B (gateway target device failed to respond). Writes
-//! (FC06/FC16) pass the [`WritePolicy`] (else exception 02/03, nothing sent), are queued for
-//! the RTU poller and answered with the device's real outcome; each is logged with client,
-//! register, old and new value. It touches the image, the write queue and its own counters.
-
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -16,10 +6,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use arc_swap::ArcSwap;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tokio_modbus::server::tcp::Server;
 use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 use tokio_util::sync::CancellationToken;
 
@@ -28,10 +17,12 @@ use crate::control::writes::{
     WriteJob, WriteOutcome, WritePolicy, WriteQueue, FC_WRITE_MULTIPLE, FC_WRITE_SINGLE,
 };
 use crate::image::{Image, ReadRefusal};
+use crate::link::tcp_front::{FrontCounters, FrontStats, Names, TcpFront};
 
 /// Counters of the TCP server.
 #[derive(Debug, Default)]
 pub struct TcpStats {
+    /// Reads answered with data.
     pub reads: AtomicU64,
     /// Reads refused because a region was stale or not read yet (exception 0B).
     pub reads_stale: AtomicU64,
@@ -45,21 +36,51 @@ pub struct TcpStats {
     pub writes_failed: AtomicU64,
     /// Requests with an unsupported function code or a foreign unit id.
     pub bad_requests: AtomicU64,
+    /// Connections admitted at accept.
     pub connections_accepted: AtomicU64,
+    /// Refused at accept: address not in `tcp_server.allow_from`.
     pub refused_not_allowed: AtomicU64,
+    /// Refused at accept: `tcp_server.max_connections` reached.
     pub refused_limit: AtomicU64,
+    /// Connections closed for idleness.
+    pub idle_timeouts: AtomicU64,
+    /// Connections open now.
     pub open: AtomicUsize,
 }
 
+impl FrontStats for TcpStats {
+    fn front(&self) -> FrontCounters<'_> {
+        FrontCounters {
+            accepted: &self.connections_accepted,
+            refused_not_allowed: &self.refused_not_allowed,
+            refused_limit: &self.refused_limit,
+            idle_timeouts: &self.idle_timeouts,
+            open: &self.open,
+        }
+    }
+}
+
+/// How the front names itself: `tcp client connected`, `tcp_server.allow_from`.
+const NAMES: Names = Names {
+    kind: "tcp",
+    section: "tcp_server",
+};
+
 /// A bound TCP server, ready to run.
 pub struct TcpServer {
-    listener: TcpListener,
+    /// The listening socket, admission and the live settings.
+    front: TcpFront<TcpServerConfig, TcpStats>,
+    /// What every connection's service shares.
     shared: Arc<Shared>,
 }
 
+/// What every connection's service shares.
 struct Shared {
-    cfg: TcpServerConfig,
+    /// The unit id clients address.
+    unit_id: u8,
+    /// Where reads are answered from.
     image: Arc<Image>,
+    /// Request counters.
     stats: Arc<TcpStats>,
     /// `None`: no writes configured (every write gets 02).
     writes: Option<(Arc<WritePolicy>, WriteQueue)>,
@@ -76,13 +97,11 @@ impl TcpServer {
         writes: Option<(Arc<WritePolicy>, WriteQueue)>,
         write_deadline: Duration,
     ) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("tcp_server.listen {}: {e}", cfg.listen))?;
+        let unit_id = cfg.unit_id;
         Ok(TcpServer {
-            listener,
+            front: TcpFront::bind(NAMES, cfg, Arc::clone(&stats)).await?,
             shared: Arc::new(Shared {
-                cfg,
+                unit_id,
                 image,
                 stats,
                 writes,
@@ -92,89 +111,32 @@ impl TcpServer {
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.front.local_addr()
+    }
+
+    /// The live settings (allow list, limit, idle timeout; see [`TcpFront::settings`]).
+    /// `unit_id` and `listen` are read at bind only.
+    pub fn settings(&self) -> Arc<ArcSwap<TcpServerConfig>> {
+        self.front.settings()
     }
 
     /// Serve until `cancel` fires; accept errors restart the server after a pause.
     pub async fn run(self, cancel: CancellationToken) {
-        let TcpServer { listener, shared } = self;
-        let server = Server::new(listener);
-        let on_connected = |stream: TcpStream, peer: SocketAddr| {
-            let guard = admit(&shared, peer);
-            let shared = Arc::clone(&shared);
-            async move {
-                let Some(guard) = guard else {
-                    drop(stream);
-                    return Ok(None);
-                };
-                let _ = stream.set_nodelay(true);
-                let idle = shared.cfg.idle_timeout;
-                let svc = Arc::new(Service {
-                    shared,
-                    peer,
-                    _guard: guard,
-                });
-                Ok(Some((
-                    svc,
-                    crate::servers::modbus_tcp::Idle::new(stream, idle),
-                )))
-            }
+        let TcpServer { front, shared } = self;
+        let service = |peer| Service {
+            shared: Arc::clone(&shared),
+            peer,
         };
-        let on_error = |e: io::Error| tracing::debug!("tcp client connection ended: {e}");
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                r = server.serve(&on_connected, on_error) => {
-                    if let Err(e) = r {
-                        tracing::warn!("tcp server: accept failed: {e}; retrying in 1s");
-                    }
-                }
-            }
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
+        front.run(service, cancel).await;
     }
 }
 
-fn admit(shared: &Arc<Shared>, peer: SocketAddr) -> Option<Guard> {
-    let stats = &shared.stats;
-    if !shared.cfg.allows(peer.ip()) {
-        stats.refused_not_allowed.fetch_add(1, Relaxed);
-        tracing::warn!(%peer, "tcp connection refused: not in tcp_server.allow_from");
-        return None;
-    }
-    if stats.open.fetch_add(1, Relaxed) >= shared.cfg.max_connections {
-        stats.open.fetch_sub(1, Relaxed);
-        stats.refused_limit.fetch_add(1, Relaxed);
-        tracing::warn!(%peer, limit = shared.cfg.max_connections, "tcp connection refused: tcp_server.max_connections reached");
-        return None;
-    }
-    stats.connections_accepted.fetch_add(1, Relaxed);
-    tracing::info!(%peer, "tcp client connected");
-    Some(Guard {
-        stats: Arc::clone(stats),
-        peer,
-    })
-}
-
-struct Guard {
-    stats: Arc<TcpStats>,
-    peer: SocketAddr,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.stats.open.fetch_sub(1, Relaxed);
-        tracing::info!(peer = %self.peer, "tcp client gone");
-    }
-}
-
+/// One connection's request handler.
 struct Service {
+    /// What every connection shares.
     shared: Arc<Shared>,
+    /// The client, for the logs.
     peer: SocketAddr,
-    _guard: Guard,
 }
 
 type Answer = Result<Response, ExceptionCode>;
@@ -189,7 +151,7 @@ impl tokio_modbus::server::Service for Service {
         let shared = Arc::clone(&self.shared);
         let peer = self.peer;
         // The configured unit id, or 255, the Modbus TCP "no unit" id many clients send.
-        if req.slave != shared.cfg.unit_id && req.slave != 0xFF {
+        if req.slave != shared.unit_id && req.slave != 0xFF {
             shared.stats.bad_requests.fetch_add(1, Relaxed);
             tracing::debug!(%peer, unit = req.slave, "tcp: request for an unknown unit id");
             return Box::pin(std::future::ready(Err(
@@ -332,86 +294,5 @@ async fn write(
             tracing::warn!(%peer, fc, ?outcome, "write failed: {change}");
             Err(ExceptionCode::new(code))
         }
-    }
-}
-
-/// A TCP stream that fails with `TimedOut` after `idle` without traffic in either direction.
-struct Idle {
-    inner: TcpStream,
-    idle: Duration,
-    deadline: Pin<Box<tokio::time::Sleep>>,
-}
-
-impl Idle {
-    fn new(inner: TcpStream, idle: Duration) -> Self {
-        Idle {
-            inner,
-            idle,
-            deadline: Box::pin(tokio::time::sleep(idle)),
-        }
-    }
-    fn progress(&mut self) {
-        let next = Instant::now() + self.idle;
-        self.deadline.as_mut().reset(next);
-    }
-    fn expired(&mut self, cx: &mut std::task::Context<'_>) -> bool {
-        self.deadline.as_mut().poll(cx).is_ready()
-    }
-}
-
-fn idle_error() -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, "tcp client idle")
-}
-
-impl tokio::io::AsyncRead for Idle {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        use std::task::Poll;
-        let before = buf.filled().len();
-        match Pin::new(&mut self.inner).poll_read(cx, buf) {
-            Poll::Ready(r) => {
-                if buf.filled().len() > before {
-                    self.progress();
-                }
-                Poll::Ready(r)
-            }
-            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle_error())),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for Idle {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<io::Result<usize>> {
-        use std::task::Poll;
-        match Pin::new(&mut self.inner).poll_write(cx, buf) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    self.progress();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle_error())),
-            other => other,
-        }
-    }
-    fn poll_flush(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

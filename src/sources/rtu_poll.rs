@@ -22,8 +22,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Function, RtuPollConfig, MAX_READ};
 use crate::control::writes::{WriteJob, WriteOutcome, FC_WRITE_SINGLE};
 use crate::image::Image;
-use crate::link::reopen::Backoff;
+use crate::link::reopen::{self, Backoff, Device};
 use crate::link::rtu_master::{ReplyError, RtuMaster};
+use crate::ops::heartbeat::HEARTBEAT;
 
 /// Counters of the RTU poll side.
 #[derive(Debug, Default)]
@@ -52,7 +53,17 @@ pub struct RtuPollStats {
     pub probes: AtomicU64,
     /// Times the device went offline.
     pub went_offline: AtomicU64,
+    /// The last failed region and why, for the status page.
     pub last_error: Mutex<Option<String>>,
+    /// Beats of the polling loop (at least every [`HEARTBEAT`], also while the device is
+    /// missing): the watchdog's and the status page's proof that the poller runs.
+    pub heartbeat: AtomicU64,
+    /// The serial device is open (false while it is missing and the loop waits to reopen).
+    pub bus_open: AtomicBool,
+    /// Times `rtu_poll.device` was opened (not counted for test streams).
+    pub device_opens: AtomicU64,
+    /// Times it could not be opened, or an open device failed or vanished.
+    pub device_failures: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -133,48 +144,15 @@ impl RtuPoller {
     }
 
     /// Open the configured serial device and poll it; re-open with backoff when it cannot be
-    /// opened or fails. Runs until `cancel` fires.
+    /// opened or fails, forever (whatever the write configuration). Runs until `cancel`.
     pub async fn run_device(mut self, cancel: CancellationToken) {
-        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
-        let mut failing = false;
-        loop {
-            let outcome = match crate::link::serial::open(&self.cfg.line()) {
-                Ok(stream) => {
-                    tracing::info!(device = %self.cfg.device, baud = self.cfg.baud, "RTU bus open, polling the device");
-                    failing = false;
-                    backoff.reset();
-                    let r = self.serve(stream, &cancel).await;
-                    if cancel.is_cancelled() {
-                        return;
-                    }
-                    match r {
-                        Ok(()) => "the device closed (end of stream)".to_string(),
-                        Err(e) => e.to_string(),
-                    }
-                }
-                Err(e) => format!("{e:#}"),
-            };
-            self.set_offline_now();
-            let wait = backoff.next_delay();
-            if failing {
-                tracing::debug!(?wait, "RTU bus still unavailable: {outcome}");
-            } else {
-                tracing::error!(device = %self.cfg.device, "RTU bus unavailable: {outcome}; retrying with backoff up to 10s");
-                failing = true;
-            }
-            let until = Instant::now() + wait;
-            // Writes queued meanwhile get 0B at once instead of waiting for the port.
-            loop {
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    () = tokio::time::sleep_until(until) => break,
-                    job = self.writes.recv() => match job {
-                        Some(job) => self.refuse_offline(job),
-                        None => { cancel.cancelled().await; return; }
-                    },
-                }
-            }
-        }
+        let stats = Arc::clone(&self.stats);
+        let counters = reopen::Counters {
+            opens: &stats.device_opens,
+            failures: &stats.device_failures,
+            heartbeat: &stats.heartbeat,
+        };
+        reopen::run(&mut Bus(&mut self), counters, &cancel).await;
     }
 
     /// Poll the device on `stream` until `cancel` fires (`Ok`) or the stream fails (`Err`).
@@ -185,7 +163,9 @@ impl RtuPoller {
     ) -> io::Result<()> {
         let mut master = RtuMaster::new(stream, self.cfg.timeout);
         let mut writes_open = true;
+        self.stats.bus_open.store(true, Relaxed);
         loop {
+            self.stats.heartbeat.fetch_add(1, Relaxed);
             // Writes first: they wait at most one region poll.
             while let Ok(job) = self.writes.try_recv() {
                 self.write(&mut master, job, cancel).await?;
@@ -215,7 +195,8 @@ impl RtuPoller {
                     .map(|t| t.next)
                     .min()
                     .unwrap_or(now + Duration::from_secs(3600)),
-            };
+            }
+            .min(now + HEARTBEAT);
             tokio::select! {
                 () = cancel.cancelled() => return Ok(()),
                 () = tokio::time::sleep_until(wake) => {}
@@ -529,6 +510,37 @@ impl RtuPoller {
     fn set_error(&self, msg: String) {
         if let Ok(mut g) = self.stats.last_error.lock() {
             *g = Some(msg);
+        }
+    }
+}
+
+/// The poller on its serial device (`rtu_poll.device`), for the [`reopen`] loop.
+struct Bus<'a>(&'a mut RtuPoller);
+
+impl Device for Bus<'_> {
+    type Stream = tokio_serial::SerialStream;
+    fn label(&self) -> &'static str {
+        "RTU bus"
+    }
+    fn path(&self) -> String {
+        self.0.cfg.device.clone()
+    }
+    fn open(&mut self) -> anyhow::Result<Self::Stream> {
+        crate::link::serial::open(&self.0.cfg.line())
+    }
+    async fn serve(&mut self, stream: Self::Stream, cancel: &CancellationToken) -> io::Result<()> {
+        self.0.serve(stream, cancel).await
+    }
+    fn gone(&mut self) {
+        self.0.stats.bus_open.store(false, Relaxed);
+        self.0.set_offline_now();
+    }
+    /// Writes queued meanwhile get 0B at once instead of waiting for the port. A closed
+    /// queue (no `writable:` list, so no sender) leaves only the timer to end the wait.
+    async fn idle(&mut self) {
+        match self.0.writes.recv().await {
+            Some(job) => self.0.refuse_offline(job),
+            None => std::future::pending().await,
         }
     }
 }

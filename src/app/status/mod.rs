@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::handles::Handles;
 use crate::config::Region;
 use crate::control::profile::Profile;
+use crate::ops::heartbeat::{Liveness, STALL_LIMIT};
 
 /// Concurrent connections served; more wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 16;
@@ -50,6 +51,8 @@ pub struct StatusContext {
     pub history: Mutex<VecDeque<(u64, Option<f64>)>>,
     /// When the gateway started (uptime on the page).
     pub started: SystemTime,
+    /// Judges the RTU poller's heartbeat between two looks (`rtu_poll.state: stalled`).
+    pub rtu_poll_liveness: Mutex<Liveness>,
 }
 
 impl StatusContext {
@@ -64,6 +67,7 @@ impl StatusContext {
             profile,
             history: Mutex::new(VecDeque::with_capacity(HISTORY)),
             started: SystemTime::now(),
+            rtu_poll_liveness: Mutex::new(Liveness::new(STALL_LIMIT, tokio::time::Instant::now())),
         }
     }
 

@@ -265,6 +265,7 @@ pub fn status_json(ctx: &StatusContext) -> Json {
             "push_connections": h.push.open.load(Relaxed),
             "poll_connected": h.poll.connected.load(Relaxed),
             "poll_last_error": poll_error,
+            "rtu_poll": rtu_poll_json(ctx, now),
         },
         "counters": {
             "rtu": {
@@ -308,6 +309,38 @@ pub fn status_json(ctx: &StatusContext) -> Json {
             "sum_s": lat.sum_seconds,
         },
         "history": {"interval_s": 1, "grid_power": history},
+    })
+}
+
+/// The RTU poller's link (`null` without `rtu_poll:`): `state` is `polling`, `offline`
+/// (the device does not answer; probing), `reopening` (the serial device is missing) or
+/// `stalled` (the loop stopped beating since the last look, 10 s or more ago).
+fn rtu_poll_json(ctx: &StatusContext, now: Instant) -> Json {
+    let h = &ctx.handles;
+    if h.live.current().rtu_poll.is_none() {
+        return Json::Null;
+    }
+    let s = &h.rtu_poll;
+    let beating = ctx
+        .rtu_poll_liveness
+        .lock()
+        .map(|mut l| l.observe(s.heartbeat.load(Relaxed), now))
+        .unwrap_or(true);
+    let online = s.online.load(Relaxed);
+    let state = if !beating {
+        "stalled"
+    } else if !s.bus_open.load(Relaxed) {
+        "reopening"
+    } else if !online {
+        "offline"
+    } else {
+        "polling"
+    };
+    json!({
+        "state": state,
+        "online": online,
+        "device_opens": s.device_opens.load(Relaxed),
+        "device_failures": s.device_failures.load(Relaxed),
     })
 }
 
