@@ -15,7 +15,11 @@ use tokio_util::sync::CancellationToken;
 #[command(
     name = "airbridge",
     version,
-    about = "Modbus gateway: KSEM G2 on Ethernet → Plenticore on RS485"
+    about = "Modbus gateway: a KSEM G2 on Ethernet → a Plenticore on RS485, or RS485 devices (KSTAR) → Modbus TCP clients on the LAN",
+    long_about = "Modbus gateway appliance. Two directions, one config file (/etc/airbridge/gateway.yaml):\n  \
+        • KSEM G2 smart meter on Ethernet (it pushes, we poll) → Kostal Plenticore on RS485 Modbus RTU;\n  \
+        • RS485 devices such as KSTAR inverters (polled as RTU master) → LAN clients on Modbus TCP.\n\
+        Start with `airbridge check`, then `airbridge run` (or the systemd unit); `airbridge demo` shows both without hardware."
 )]
 struct Cli {
     // What to do (a plain comment: a doc here would change --help).
@@ -30,12 +34,16 @@ struct Cli {
 enum Command {
     /// Run the gateway.
     Run {
-        #[arg(long, short, default_value = "/etc/airbridge/gateway.yaml")]
+        /// The config file (the same default as `check`).
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
-    /// Validate a config: print the effective settings and warnings; exit 1 if unusable.
+    /// Validate a config: print the effective settings and warnings (also about this
+    /// machine: missing serial device, privileged port); exit 1 if unusable.
     Check {
-        #[arg(long, short, default_value = "gateway.yaml")]
+        /// The config file (the same default as `run`; `-c gateway.yaml` for the example in
+        /// a checkout).
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
     /// Simulated KSEM, gateway and simulated inverter in one process over a pseudo-terminal.
@@ -251,7 +259,11 @@ fn check(path: &std::path::Path) -> ExitCode {
     match config::load(path) {
         Ok(loaded) => {
             print!("{}", loaded.config.describe());
-            for w in &loaded.warnings {
+            for w in loaded
+                .warnings
+                .iter()
+                .chain(&config::host_warnings(&loaded.config, path))
+            {
                 println!("warning: {w}");
             }
             println!("{}: usable", path.display());
