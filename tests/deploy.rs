@@ -424,7 +424,10 @@ regions:
         common::push_client(format!("127.0.0.1:{push_port}").parse().expect("addr")).await;
     common::write(&mut ksem, 0, &[1; 40]).await.expect("push");
     let ready = notify.recv_until("READY=1", Duration::from_secs(10)).await;
-    assert!(ready.contains("STATUS=serving; ages: totals "), "{ready}");
+    assert!(
+        ready.contains("STATUS=serving: every region fresh; ages: totals "),
+        "{ready}"
+    );
     assert!(ready.contains("identity fixed"), "{ready}");
     notify
         .recv_until("WATCHDOG=1", Duration::from_secs(10))
