@@ -224,7 +224,7 @@ fn main() -> ExitCode {
         Command::Profile(ProfileCmd::Show { file }) => {
             match airbridge::control::profile::load(&file) {
                 Ok(p) => {
-                    print!("{}", p.show());
+                    print_out(&p.show());
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -234,6 +234,13 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Write to stdout; a reader that went away (`| head`) is not an error worth a panic.
+fn print_out(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 fn block_on(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
@@ -258,15 +265,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn check(path: &std::path::Path) -> ExitCode {
     match config::load(path) {
         Ok(loaded) => {
-            print!("{}", loaded.config.describe());
+            let mut text = loaded.config.describe();
             for w in loaded
                 .warnings
                 .iter()
                 .chain(&config::host_warnings(&loaded.config, path))
             {
-                println!("warning: {w}");
+                text.push_str(&format!("warning: {w}\n"));
             }
-            println!("{}: usable", path.display());
+            text.push_str(&format!("{}: usable\n", path.display()));
+            print_out(&text);
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -30,10 +30,10 @@ pub struct AgeBenchOptions {
     /// Sequence pushes per second.
     pub rate: f64,
     /// How long the reader polls.
-    #[serde(serialize_with = "ser_duration_ms")]
+    #[serde(rename = "duration_ms", serialize_with = "ser_duration_ms")]
     pub duration: Duration,
     /// RTU reply timeout (and push write timeout).
-    #[serde(serialize_with = "ser_duration_ms")]
+    #[serde(rename = "timeout_ms", serialize_with = "ser_duration_ms")]
     pub timeout: Duration,
     /// Progress on stderr (hidden by default).
     #[serde(skip)]

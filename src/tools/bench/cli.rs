@@ -225,6 +225,15 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
 async fn run_rtu(a: RtuArgs) -> anyhow::Result<()> {
     let stream = open_serial(&a.device, a.baud, a.unit)?;
     let pty = is_pty(&a.device);
+    let total = a.count * a.ranges.len() as u64;
+    if !a.json && !show_progress(a.json) {
+        // No progress bar off a terminal: say once what is going on, so a pipe is not silent.
+        eprintln!(
+            "bench rtu: {total} requests on {} (timeout {} each); the report follows when they are done",
+            a.device,
+            humantime::format_duration(a.timeout)
+        );
+    }
     let opts = RtuBenchOptions {
         unit: a.unit,
         ranges: a.ranges.clone(),
@@ -238,6 +247,7 @@ async fn run_rtu(a: RtuArgs) -> anyhow::Result<()> {
         ),
     };
     let report = bench_rtu(stream, &opts).await?;
+    let failed = rtu_failure(&report.all);
     let bpc = bits_per_char(false, 2);
     let note = if pty {
         PTY_NOTE.to_string()
@@ -265,7 +275,8 @@ async fn run_rtu(a: RtuArgs) -> anyhow::Result<()> {
             "report": report,
             "theoretical_wire_time": wire,
             "note": note,
-        }))
+        }))?;
+        failed.map_or(Ok(()), Err)
     } else {
         println!(
             "# {}\n{} requests in {:.1} s ({} req/s), unit {}, device {}\n",
@@ -278,8 +289,24 @@ async fn run_rtu(a: RtuArgs) -> anyhow::Result<()> {
         );
         print!("{}", rtu_table(&report, (!pty).then_some((a.baud, bpc))));
         println!("\nNote: {note}.");
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
+}
+
+/// The bench failed when requests got no valid reply (timeouts, CRC, bad frames):
+/// exceptions are answers and do not count.
+fn rtu_failure(all: &super::rtu::RtuRangeReport) -> Option<anyhow::Error> {
+    let lost = all.timeouts + all.partial + all.bad_crc + all.bad_frame;
+    (lost > 0).then(|| {
+        anyhow::anyhow!(
+            "{lost} of {} requests got no valid reply ({} timed out, {} partial, {} bad CRC, {} bad frames): check wiring, baud and unit id",
+            all.requests,
+            all.timeouts,
+            all.partial,
+            all.bad_crc,
+            all.bad_frame
+        )
+    })
 }
 
 async fn run_push(a: PushArgs) -> anyhow::Result<()> {

@@ -25,7 +25,7 @@ pub struct E2eOptions {
     /// RTU requests per range and load case.
     pub count: u64,
     /// Length of the data-age, push-throughput and nominal-load phases.
-    #[serde(serialize_with = "ser_duration_ms")]
+    #[serde(rename = "duration_ms", serialize_with = "ser_duration_ms")]
     pub duration: Duration,
     /// Connections of the push flood during the RTU reads.
     pub flood_connections: usize,

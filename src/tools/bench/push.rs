@@ -27,14 +27,14 @@ pub struct PushBenchOptions {
     /// as possible.
     pub rate: Option<f64>,
     /// How long to push.
-    #[serde(serialize_with = "ser_duration_ms")]
+    #[serde(rename = "duration_ms", serialize_with = "ser_duration_ms")]
     pub duration: Duration,
     /// Parallel connections.
     pub connections: usize,
     /// MBAP unit id.
     pub unit: u8,
     /// Per write (and per connect) timeout.
-    #[serde(serialize_with = "ser_duration_ms")]
+    #[serde(rename = "timeout_ms", serialize_with = "ser_duration_ms")]
     pub timeout: Duration,
     /// Progress on stderr (hidden by default).
     #[serde(skip)]
