@@ -2,8 +2,9 @@
 //! measuring loop against a scripted slave, and the report formatting. Bounded in time,
 //! loopback only; no assertion on any latency value.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use airbridge::tools::bench::{
@@ -23,7 +24,7 @@ fn assert_ordered(p: &Percentiles, what: &str) {
 
 #[test]
 fn e2e_binary_json() {
-    let out = Command::new(env!("CARGO_BIN_EXE_airbridge"))
+    let out = common::airbridge_cmd()
         .args([
             "bench",
             "e2e",
@@ -327,7 +328,7 @@ async fn rtu_age_push_subcommands_json() {
 
     let run = |args: Vec<String>| {
         tokio::task::spawn_blocking(move || {
-            let out = Command::new(env!("CARGO_BIN_EXE_airbridge"))
+            let out = common::airbridge_cmd()
                 .args(&args)
                 .env("RUST_LOG", "warn")
                 .output()

@@ -1,12 +1,14 @@
 //! `airbridge check --config FILE`, run as the real binary.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 fn check(config: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_airbridge"))
+    common::airbridge_cmd()
         .args(["check", "--config"])
         .arg(config)
         .env_remove("RUST_LOG")

@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 use airbridge::link::rtu_master::RtuMaster;
 use tokio_serial::{SerialPort as _, SerialStream};
 
-const BIN: &str = env!("CARGO_BIN_EXE_airbridge");
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_serves_a_pty_and_stops_cleanly_on_sigterm() {
     let ksem = common::frozen_ksem("127.0.0.1:0".parse().expect("addr")).await;
@@ -40,7 +38,7 @@ regions:
     )
     .expect("write config");
     let mut child = Child(
-        Command::new(BIN)
+        common::airbridge_cmd()
             .args(["run", "--config"])
             .arg(&cfg)
             .env("RUST_LOG", "info")
@@ -121,7 +119,7 @@ regions:
     )
     .expect("write config");
     let mut child = Child(
-        Command::new(BIN)
+        common::airbridge_cmd()
             .args(["run", "--config"])
             .arg(&cfg)
             .stderr(Stdio::piped())
@@ -157,7 +155,7 @@ regions:
 
 #[test]
 fn demo_runs_without_hardware_and_the_inverter_gets_replies() {
-    let out = Command::new(BIN)
+    let out = common::airbridge_cmd()
         .args(["demo", "--duration", "3s"])
         .output()
         .expect("run demo");

@@ -389,7 +389,7 @@ regions:
         }
     }
     let mut child = Kill(
-        Command::new(BIN)
+        common::airbridge_cmd()
             .args(["run", "--config"])
             .arg(&cfg)
             .env("NOTIFY_SOCKET", &sock_path)

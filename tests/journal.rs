@@ -275,7 +275,7 @@ async fn a_running_gateway_journals_each_kind_of_rtu_frame() {
 #[test]
 fn sigusr1_dumps_the_journal_to_the_log() {
     let mut child = Child(
-        Command::new(env!("CARGO_BIN_EXE_airbridge"))
+        common::airbridge_cmd()
             .args(["demo", "--duration", "60s"])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -16,8 +16,6 @@ use tokio_util::sync::CancellationToken;
 mod common;
 use common::{wait_exit, Child};
 
-const BIN: &str = env!("CARGO_BIN_EXE_airbridge");
-
 fn manifest(rel: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
@@ -66,7 +64,7 @@ writable: [3200]
     )
     .expect("write config");
     let mut child = Child(
-        Command::new(BIN)
+        common::airbridge_cmd()
             .args(["run", "--config"])
             .arg(&cfg)
             .env("RUST_LOG", "info")
@@ -128,7 +126,7 @@ async fn simulate_device_answers_as_the_profile_says() {
     let path = dev_end.name().expect("pty has a path");
     drop(dev_end);
     let mut child = Child(
-        Command::new(BIN)
+        common::airbridge_cmd()
             .args(["simulate", "device", "--profile"])
             .arg(manifest("profiles/kstar-ksg1-60k.yaml"))
             .args(["--device", &path, "--duration", "30s"])
@@ -180,7 +178,7 @@ async fn simulate_device_answers_as_the_profile_says() {
 
 #[test]
 fn demo_with_a_profile_shows_reads_and_both_writes() {
-    let out = Command::new(BIN)
+    let out = common::airbridge_cmd()
         .args(["demo", "--profile"])
         .arg(manifest("profiles/kstar-hybrid.yaml"))
         .args(["--duration", "6s"])

@@ -1,8 +1,9 @@
 //! KSTAR config: `rtu_poll`, `tcp_server`, `writable`, region `function`, the optional `rtu:`
 //! section, and `airbridge check` against the profile (errors name file and line).
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -243,7 +244,7 @@ fn ksem_configs_are_unchanged() {
 #[test]
 fn check_binary_reports_the_line() {
     let good = Temp::new(&example("[3044, 3086, 3200, 3272, 3273]"));
-    let out = Command::new(env!("CARGO_BIN_EXE_airbridge"))
+    let out = common::airbridge_cmd()
         .args(["check", "--config"])
         .arg(good.path())
         .output()
@@ -257,7 +258,7 @@ fn check_binary_reports_the_line() {
     assert!(stdout.contains("usable"), "{stdout}");
     let text = example("[3044, 3046]");
     let bad = Temp::new(&text);
-    let out = Command::new(env!("CARGO_BIN_EXE_airbridge"))
+    let out = common::airbridge_cmd()
         .args(["check", "--config"])
         .arg(bad.path())
         .output()

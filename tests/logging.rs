@@ -105,8 +105,6 @@ fn levels_are_checked() {
     }
 }
 
-const BIN: &str = env!("CARGO_BIN_EXE_airbridge");
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_lines_config_level_and_a_refused_ksem_logged_once() {
     let dir = std::env::temp_dir().join(format!("airbridge-logging-{}", std::process::id()));
@@ -125,7 +123,7 @@ regions:
         ),
     )
     .expect("write config");
-    let child = Command::new(BIN)
+    let child = common::airbridge_cmd()
         .args(["--log-format", "json", "run", "--config"])
         .arg(&cfg)
         .env_remove("RUST_LOG")

@@ -1,6 +1,8 @@
 //! Every shipped profile loads, and decodes the vendor documents' example replies to the
 //! documented values.
 
+mod common;
+
 use std::path::Path;
 
 use airbridge::control::profile::{self, Function, Value};
@@ -91,9 +93,8 @@ fn ksg_profile_allows_the_documented_power_limit_write() {
 
 #[test]
 fn profile_show_lists_and_rejects() {
-    let bin = env!("CARGO_BIN_EXE_airbridge");
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = std::process::Command::new(bin)
+    let out = common::airbridge_cmd()
         .args(["profile", "show"])
         .arg(dir.join("profiles/kstar-ksg1-60k.yaml"))
         .output()
@@ -110,7 +111,7 @@ fn profile_show_lists_and_rejects() {
         "name: x\nregisters:\n  - {name: a, address: 0, function: input, type: u16, words: 2}\n",
     )
     .expect("write temp profile");
-    let out = std::process::Command::new(bin)
+    let out = common::airbridge_cmd()
         .args(["profile", "show"])
         .arg(&bad)
         .output()

@@ -341,8 +341,6 @@ fn tempdir(tag: &str) -> std::path::PathBuf {
 // ---------------------------------------------------------------------------------------
 // The binary: SIGHUP.
 
-const BIN: &str = env!("CARGO_BIN_EXE_airbridge");
-
 struct Child {
     child: std::process::Child,
     lines: Arc<Mutex<Vec<String>>>,
@@ -357,7 +355,7 @@ impl Drop for Child {
 
 impl Child {
     fn spawn(config: &std::path::Path) -> Child {
-        let mut child = Command::new(BIN)
+        let mut child = common::airbridge_cmd()
             .args(["run", "--config"])
             .arg(config)
             .env_remove("RUST_LOG")

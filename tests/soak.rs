@@ -18,7 +18,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use airbridge::link::rtu_master::{ReplyError, RtuMaster};
@@ -124,7 +124,7 @@ regions:
     );
     std::fs::write(&cfg, yaml).expect("config");
     let mut child = Kill(
-        Command::new(env!("CARGO_BIN_EXE_airbridge"))
+        common::airbridge_cmd()
             .args(["run", "--config"])
             .arg(&cfg)
             .env("RUST_LOG", "warn")

@@ -11,10 +11,15 @@ use crate::modbus::rtu_frame::MAX_ADU;
 /// request). Bytes that start like the echo but then differ are handed back for framing.
 #[derive(Debug)]
 pub struct EchoFilter {
+    /// Our last frame, as it would come back.
     sent: [u8; MAX_ADU],
+    /// Bytes of `sent` in use.
     len: usize,
+    /// Echo bytes seen so far.
     matched: usize,
+    /// The echo can arrive until then; `None`: no echo expected.
     until: Option<Instant>,
+    /// The whole echo came back (counted once).
     completed: bool,
 }
 

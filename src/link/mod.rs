@@ -2,10 +2,12 @@
 //! the configured settings, [`reopen`] is the one reopen-with-backoff loop for every
 //! device, [`tcp_front`] the one TCP front (admission, allow list, connection limit,
 //! idle timeout, rate-limited refusal logs), [`rtu_master`] the RTU client over any byte
-//! stream, and [`echo`] suppresses a half-duplex adapter's echo of our own frames.
+//! stream, [`serial_compat`] the classic-termios open for kernels (qemu-user) that refuse
+//! termios2, and [`echo`] suppresses a half-duplex adapter's echo of our own frames.
 
 pub mod echo;
 pub mod reopen;
 pub mod rtu_master;
 pub mod serial;
+pub mod serial_compat;
 pub mod tcp_front;

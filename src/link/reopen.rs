@@ -192,6 +192,29 @@ mod tests {
         idle_calls: u32,
     }
 
+    impl Flaky {
+        fn new(fail_opens: u32, session: Duration) -> Self {
+            Flaky {
+                fail_opens,
+                session,
+                tries: Vec::new(),
+                gone: 0,
+                idle_calls: 0,
+            }
+        }
+    }
+
+    /// Run the loop on `dev` until `d` has passed.
+    async fn run_for(dev: &mut Flaky, counts: &Counts, d: Duration) {
+        let cancel = CancellationToken::new();
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            stop.cancel();
+        });
+        run(dev, counts.counters(), &cancel).await;
+    }
+
     impl Device for Flaky {
         type Stream = DuplexStream;
         fn label(&self) -> &'static str {
@@ -263,21 +286,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn retries_a_missing_device_forever_with_growing_waits_and_beats() {
-        let mut dev = Flaky {
-            fail_opens: 8,
-            session: Duration::from_secs(3600),
-            tries: Vec::new(),
-            gone: 0,
-            idle_calls: 0,
-        };
+        let mut dev = Flaky::new(8, Duration::from_secs(3600));
         let counts = Counts::new();
-        let cancel = CancellationToken::new();
-        let stop = cancel.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(120)).await;
-            stop.cancel();
-        });
-        run(&mut dev, counts.counters(), &cancel).await;
+        run_for(&mut dev, &counts, Duration::from_secs(120)).await;
         assert_eq!(dev.tries.len(), 9, "8 failures, then the open that works");
         assert_eq!(counts.failures.load(Relaxed), 8);
         assert_eq!(counts.opens.load(Relaxed), 1);
@@ -299,21 +310,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn short_sessions_keep_backing_off_and_a_long_one_resets() {
-        let mut dev = Flaky {
-            fail_opens: 0,
-            session: Duration::from_millis(100),
-            tries: Vec::new(),
-            gone: 0,
-            idle_calls: 0,
-        };
+        let mut dev = Flaky::new(0, Duration::from_millis(100));
         let counts = Counts::new();
-        let cancel = CancellationToken::new();
-        let stop = cancel.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(40)).await;
-            stop.cancel();
-        });
-        run(&mut dev, counts.counters(), &cancel).await;
+        run_for(&mut dev, &counts, Duration::from_secs(40)).await;
         let gaps: Vec<Duration> = dev.tries.windows(2).map(|w| w[1] - w[0]).collect();
         // A device that opens but dies at once is not hammered every 0.5 s.
         assert!(gaps.len() >= 4, "{gaps:?}");
@@ -329,13 +328,7 @@ mod tests {
         // A session of 10 s or more resets the backoff: the next reopen is quick.
         dev.session = HEALTHY_SESSION;
         dev.tries.clear();
-        let cancel = CancellationToken::new();
-        let stop = cancel.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(11)).await;
-            stop.cancel();
-        });
-        run(&mut dev, counts.counters(), &cancel).await;
+        run_for(&mut dev, &counts, Duration::from_secs(11)).await;
         assert_eq!(dev.tries.len(), 2, "{:?}", dev.tries);
         let gap = dev.tries[1] - dev.tries[0];
         assert!(
@@ -346,34 +339,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_work_that_ends_at_once_does_not_stop_the_retries() {
-        let mut dev = Flaky {
-            fail_opens: 2,
-            session: Duration::from_secs(3600),
-            tries: Vec::new(),
-            gone: 0,
-            idle_calls: 0,
-        };
+        let mut dev = Flaky::new(2, Duration::from_secs(3600));
         let counts = Counts::new();
-        let cancel = CancellationToken::new();
-        let stop = cancel.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            stop.cancel();
-        });
-        run(&mut dev, counts.counters(), &cancel).await;
+        run_for(&mut dev, &counts, Duration::from_secs(30)).await;
         assert_eq!(counts.opens.load(Relaxed), 1, "opened after two failures");
         assert!(dev.idle_calls >= 4);
     }
 
     #[tokio::test(start_paused = true)]
     async fn cancel_stops_the_wait() {
-        let mut dev = Flaky {
-            fail_opens: u32::MAX,
-            session: Duration::ZERO,
-            tries: Vec::new(),
-            gone: 0,
-            idle_calls: 0,
-        };
+        let mut dev = Flaky::new(u32::MAX, Duration::ZERO);
         let counts = Counts::new();
         let cancel = CancellationToken::new();
         cancel.cancel();

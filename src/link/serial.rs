@@ -36,8 +36,17 @@ pub fn open(cfg: &RtuConfig) -> anyhow::Result<tokio_serial::SerialStream> {
         .parity(parity)
         .stop_bits(stop_bits)
         .flow_control(tokio_serial::FlowControl::None)
-        .open_native_async()
-        .map_err(|e| anyhow::anyhow!("serial device {}: {e}", cfg.device))?;
+        .open_native_async();
+    let stream = match stream {
+        Ok(stream) => stream,
+        // qemu-user (CI's arm64 runs) refuses termios2; real kernels never get here.
+        Err(_) if crate::link::serial_compat::termios2_refused(&cfg.device) => {
+            crate::link::serial_compat::open(cfg).map_err(|e| {
+                anyhow::anyhow!("serial device {} (classic termios): {e}", cfg.device)
+            })?
+        }
+        Err(e) => anyhow::bail!("serial device {}: {e}", cfg.device),
+    };
     if cfg.rs485.enabled {
         let got = set_rs485(&stream, &cfg.rs485)
             .map_err(|e| anyhow::anyhow!("serial device {}: {e}", cfg.device))?;
@@ -57,20 +66,30 @@ const SER_RS485_RX_DURING_TX: u32 = 1 << 4;
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
 struct SerialRs485 {
+    /// SER_RS485_* bits.
     flags: u32,
+    /// RTS asserted this many ms before sending.
     delay_rts_before_send: u32,
+    /// RTS held this many ms after sending.
     delay_rts_after_send: u32,
+    /// Newer kernel fields; left 0.
     padding: [u32; 5],
 }
 
 /// The RS485 state the driver reports (`TIOCGRS485`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rs485State {
+    /// RS485 mode is on in the driver.
     pub enabled: bool,
+    /// RTS level while sending (drives the transceiver).
     pub rts_on_send: bool,
+    /// RTS level after sending.
     pub rts_after_send: bool,
+    /// We receive our own transmission (half-duplex echo expected).
     pub rx_during_tx: bool,
+    /// Driver delay between RTS and the first bit.
     pub delay_before_send: Duration,
+    /// Driver delay between the last bit and releasing RTS.
     pub delay_after_send: Duration,
 }
 

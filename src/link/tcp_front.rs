@@ -40,35 +40,27 @@ pub trait FrontSettings: Send + Sync + 'static {
     fn idle_timeout(&self) -> Duration;
 }
 
-impl FrontSettings for PushConfig {
-    fn listen(&self) -> SocketAddr {
-        self.listen
-    }
-    fn allows(&self, ip: IpAddr) -> bool {
-        PushConfig::allows(self, ip)
-    }
-    fn max_connections(&self) -> usize {
-        self.max_connections
-    }
-    fn idle_timeout(&self) -> Duration {
-        self.idle_timeout
-    }
+/// The config sections with the front's four settings under the same names.
+macro_rules! front_settings {
+    ($($section:ty),*) => {$(
+        impl FrontSettings for $section {
+            fn listen(&self) -> SocketAddr {
+                self.listen
+            }
+            fn allows(&self, ip: IpAddr) -> bool {
+                <$section>::allows(self, ip)
+            }
+            fn max_connections(&self) -> usize {
+                self.max_connections
+            }
+            fn idle_timeout(&self) -> Duration {
+                self.idle_timeout
+            }
+        }
+    )*};
 }
 
-impl FrontSettings for TcpServerConfig {
-    fn listen(&self) -> SocketAddr {
-        self.listen
-    }
-    fn allows(&self, ip: IpAddr) -> bool {
-        TcpServerConfig::allows(self, ip)
-    }
-    fn max_connections(&self) -> usize {
-        self.max_connections
-    }
-    fn idle_timeout(&self) -> Duration {
-        self.idle_timeout
-    }
-}
+front_settings!(PushConfig, TcpServerConfig);
 
 /// The counters a front keeps, inside a server's own stats.
 #[derive(Debug, Clone, Copy)]

@@ -27,8 +27,11 @@ use crate::ops::journal::{self, Journal};
 /// Counters of the poll side.
 #[derive(Debug, Default)]
 pub struct PollStats {
+    /// The upstream connection is up.
     pub connected: AtomicBool,
+    /// Connections established.
     pub connects: AtomicU64,
+    /// Connection attempts that failed.
     pub connect_failures: AtomicU64,
     /// Regions read completely and committed.
     pub regions_ok: AtomicU64,
@@ -38,6 +41,7 @@ pub struct PollStats {
     pub fallback_polls: AtomicU64,
     /// Region reads dropped because a push landed in the region while they ran.
     pub superseded: AtomicU64,
+    /// The last failure and why, for the status page.
     pub last_error: Mutex<Option<String>>,
     /// The last connect error while the poller cannot connect (cleared on connect): the
     /// real cause when regions only show the socket error of their last read.
@@ -49,10 +53,13 @@ pub struct PollStats {
 /// Poll reads of one region by result.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RegionPollCounts {
+    /// Reads committed.
     pub ok: u64,
     /// Discarded: a push landed in the region while the read ran.
     pub superseded: u64,
+    /// Reads that timed out.
     pub timeout: u64,
+    /// Reads the KSEM refused with an exception.
     pub exception: u64,
     /// Connection or protocol errors.
     pub transport: u64,
@@ -83,15 +90,23 @@ enum Kind {
 
 #[derive(Debug)]
 struct Task {
+    /// The region's index in the image.
     region: usize,
+    /// The region's name, for logs and per-region counters.
     name: String,
+    /// First register.
     start: u16,
+    /// Registers in the region.
     count: u16,
+    /// Poll interval.
     every: Duration,
+    /// Regular poll or push fallback.
     kind: Kind,
     /// Earliest time of the next read (after a success: last + every; after a failure: a retry).
     next: Instant,
+    /// Retry delay after a failed read.
     retry: Backoff,
+    /// The last read failed (logged once per streak).
     failing: bool,
     /// A fallback task whose last commit fed the region (logged once at info each way).
     feeding: Option<Instant>,
@@ -121,12 +136,17 @@ impl PollError {
 
 /// The upstream poller.
 pub struct Poller {
+    /// The `poll:` section (timeout follows reloads).
     cfg: PollConfig,
+    /// One schedule entry per region.
     tasks: Vec<Task>,
+    /// Where complete regions are committed.
     image: Arc<Image>,
+    /// The poll side's counters.
     stats: Arc<PollStats>,
     /// Reloaded configs (see [`Poller::follow`]).
     updates: Option<tokio::sync::watch::Receiver<Arc<Config>>>,
+    /// Records every region read, when set.
     journal: Option<Arc<Journal>>,
 }
 
@@ -498,4 +518,107 @@ pub async fn read_region(
         addr += u32::from(n);
     }
     Ok(words)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    /// How the fake KSEM answers an FC03 request.
+    #[derive(Clone, Copy)]
+    enum Answer {
+        /// `address` per register.
+        Words,
+        /// One register fewer than asked.
+        Short,
+        /// Exception 02.
+        Exception,
+        /// Nothing.
+        Silent,
+    }
+
+    /// A Modbus TCP slave on `s`; counts the requests (and their sizes) it got.
+    async fn ksem(mut s: DuplexStream, answer: Answer, seen: Arc<Mutex<Vec<u16>>>) {
+        let mut req = [0u8; 12];
+        while s.read_exact(&mut req).await.is_ok() {
+            let [t0, t1, _, _, _, _, unit, _fc, ah, al, nh, nl] = req;
+            let (a, n) = (u16::from_be_bytes([ah, al]), u16::from_be_bytes([nh, nl]));
+            if let Ok(mut v) = seen.lock() {
+                v.push(n);
+            }
+            let pdu: Vec<u8> = match answer {
+                Answer::Silent => continue,
+                Answer::Exception => vec![0x83, 0x02],
+                Answer::Words | Answer::Short => {
+                    let n = if matches!(answer, Answer::Short) {
+                        n - 1
+                    } else {
+                        n
+                    };
+                    let mut p = vec![0x03, (n * 2) as u8];
+                    for r in a..a + n {
+                        p.extend_from_slice(&r.to_be_bytes());
+                    }
+                    p
+                }
+            };
+            let len = (pdu.len() + 1) as u16;
+            let mut out = vec![t0, t1, 0, 0];
+            out.extend_from_slice(&len.to_be_bytes());
+            out.push(unit);
+            out.extend_from_slice(&pdu);
+            if s.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn client(answer: Answer) -> (Context, Arc<Mutex<Vec<u16>>>) {
+        let (ours, theirs) = tokio::io::duplex(1024);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        tokio::spawn(ksem(theirs, answer, Arc::clone(&seen)));
+        (
+            tokio_modbus::client::tcp::attach_slave(ours, Slave(1)),
+            seen,
+        )
+    }
+
+    const T: Duration = Duration::from_millis(500);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_region_is_read_in_chunks_of_at_most_125_and_assembled_in_order() {
+        let (mut ctx, seen) = client(Answer::Words);
+        let words = read_region(&mut ctx, 1000, 300, T)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(words, (1000..1300).collect::<Vec<u16>>());
+        assert_eq!(
+            *seen.lock().unwrap_or_else(|p| p.into_inner()),
+            vec![125, 125, 50]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn short_replies_exceptions_and_silence_are_errors_not_data() {
+        let (mut ctx, _) = client(Answer::Short);
+        let e = read_region(&mut ctx, 0, 10, T).await.err();
+        assert!(
+            matches!(e, Some(PollError::Length { got: 9, want: 10 })),
+            "{e:?}"
+        );
+        assert!(e.is_some_and(|e| e.breaks_connection()));
+
+        let (mut ctx, _) = client(Answer::Exception);
+        let e = read_region(&mut ctx, 0, 10, T).await.err();
+        assert!(matches!(e, Some(PollError::Exception(_))), "{e:?}");
+        assert!(
+            e.is_some_and(|e| !e.breaks_connection()),
+            "the KSEM answered: keep the connection"
+        );
+
+        let (mut ctx, _) = client(Answer::Silent);
+        let e = read_region(&mut ctx, 0, 10, T).await.err();
+        assert!(matches!(e, Some(PollError::Timeout(t)) if t == T), "{e:?}");
+    }
 }

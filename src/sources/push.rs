@@ -233,3 +233,94 @@ impl PushService {
         Ok(words)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_modbus::server::Service as _;
+
+    const YAML: &str = "rtu: {device: /dev/test}
+push: {listen: '127.0.0.1:0'}
+regions:
+  - {name: totals, start: 0, count: 4, source: push, max_age: 10s}
+";
+
+    fn service() -> (PushService, Arc<Image>, Arc<PushStats>, Arc<Journal>) {
+        let cfg = crate::config::parse(YAML, "test")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .config;
+        let image = Arc::new(Image::new(&cfg.regions));
+        let stats = Arc::new(PushStats::default());
+        let journal = Arc::new(Journal::default());
+        let svc = PushService {
+            image: Arc::clone(&image),
+            stats: Arc::clone(&stats),
+            peer: SocketAddr::from(([127, 0, 0, 1], 1502)),
+            journal: Some(Arc::clone(&journal)),
+        };
+        (svc, image, stats, journal)
+    }
+
+    async fn call(svc: &PushService, request: Request<'static>) -> Result<Response, ExceptionCode> {
+        svc.call(SlaveRequest { slave: 1, request }).await
+    }
+
+    #[tokio::test]
+    async fn a_push_lands_in_the_image_and_reads_back() {
+        let (svc, image, stats, journal) = service();
+        let words = vec![10, 11, 12, 13];
+        let r = call(
+            &svc,
+            Request::WriteMultipleRegisters(0, words.clone().into()),
+        )
+        .await;
+        assert_eq!(r, Ok(Response::WriteMultipleRegisters(0, 4)));
+        let snap = image.load();
+        assert_eq!(image.read_words(&snap, 0, 4), Some(words.clone()));
+        let r = call(&svc, Request::WriteSingleRegister(2, 99)).await;
+        assert_eq!(r, Ok(Response::WriteSingleRegister(2, 99)));
+        let r = call(&svc, Request::ReadHoldingRegisters(1, 3)).await;
+        assert_eq!(r, Ok(Response::ReadHoldingRegisters(vec![11, 99, 13])));
+        assert_eq!(stats.writes_ok.load(Relaxed), 2);
+        assert_eq!(stats.reads.load(Relaxed), 1);
+        assert_eq!(journal.recorded(), 3, "every request journaled");
+    }
+
+    #[tokio::test]
+    async fn writes_outside_the_push_regions_and_bad_requests_get_exceptions() {
+        let (svc, image, stats, _journal) = service();
+        let r = call(&svc, Request::WriteMultipleRegisters(3, vec![1, 2].into())).await;
+        assert_eq!(
+            r,
+            Err(ExceptionCode::IllegalDataAddress),
+            "crosses the region end"
+        );
+        assert_eq!(stats.writes_refused.load(Relaxed), 1);
+        let snap = image.load();
+        assert_eq!(image.age(&snap, 0, Instant::now()), None, "nothing written");
+        let r = call(&svc, Request::ReadHoldingRegisters(0, 0)).await;
+        assert_eq!(r, Err(ExceptionCode::IllegalDataValue));
+        let r = call(&svc, Request::ReadHoldingRegisters(0, MAX_READ + 1)).await;
+        assert_eq!(r, Err(ExceptionCode::IllegalDataValue));
+        let r = call(&svc, Request::ReadCoils(0, 1)).await;
+        assert_eq!(r, Err(ExceptionCode::IllegalFunction));
+        assert_eq!(stats.bad_requests.load(Relaxed), 3);
+    }
+
+    #[test]
+    fn journal_fields_name_function_address_and_count() {
+        assert_eq!(
+            journal_fields(&Request::WriteSingleRegister(7, 1)),
+            (6, 7, 1)
+        );
+        assert_eq!(
+            journal_fields(&Request::WriteMultipleRegisters(40, vec![0; 5].into())),
+            (16, 40, 5)
+        );
+        assert_eq!(
+            journal_fields(&Request::ReadInputRegisters(3, 9)),
+            (4, 3, 9)
+        );
+        assert_eq!(journal_fields(&Request::ReadCoils(3, 9)), (1, 0, 0));
+    }
+}

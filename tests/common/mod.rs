@@ -170,3 +170,20 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::Ex
 
 /// Outside tools a test needs.
 pub mod tool;
+
+/// The real binary as a command to spawn. `AIRBRIDGE_BIN`, if set, is a command line split
+/// on whitespace (e.g. `qemu-aarch64 -L / target/aarch64-unknown-linux-gnu/release/airbridge`,
+/// relative to the package root), so the same black-box tests and assertions run a
+/// cross-built binary under emulation; otherwise the binary cargo built for this test.
+pub fn airbridge_cmd() -> std::process::Command {
+    let line = std::env::var("AIRBRIDGE_BIN").unwrap_or_default();
+    let mut words = line.split_whitespace();
+    match words.next() {
+        Some(program) => {
+            let mut cmd = std::process::Command::new(program);
+            cmd.args(words);
+            cmd
+        }
+        None => std::process::Command::new(env!("CARGO_BIN_EXE_airbridge")),
+    }
+}

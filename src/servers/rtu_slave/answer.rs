@@ -15,6 +15,7 @@ use crate::model::{OnStale, MAX_READ};
 /// Settings the answer depends on.
 #[derive(Debug, Clone, Copy)]
 pub struct SlaveParams {
+    /// Our unit id; other units' frames are ignored.
     pub unit: u8,
     /// Answer FC04 like FC03.
     pub input_registers: bool,

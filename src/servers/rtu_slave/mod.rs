@@ -40,10 +40,15 @@ pub struct RtuStats {
     pub silent_warmup: AtomicU64,
     /// Frames for other units, and responses seen on the bus.
     pub foreign: AtomicU64,
+    /// Broadcast frames (unit 0): never answered.
     pub broadcast: AtomicU64,
+    /// Frames with a bad CRC.
     pub crc_errors: AtomicU64,
+    /// Bytes skipped while looking for a frame.
     pub garbage_bytes: AtomicU64,
+    /// Partial frames dropped after `frame_timeout` of silence.
     pub partial_discarded: AtomicU64,
+    /// Frames longer than an ADU.
     pub oversize: AtomicU64,
     /// Bytes sent as replies.
     pub tx_bytes: AtomicU64,
@@ -98,7 +103,9 @@ impl RtuStats {
 /// Settings of the serving loop.
 #[derive(Debug, Clone, Copy)]
 pub struct SlaveTiming {
+    /// Minimum silence between a request and our reply.
     pub turnaround: Duration,
+    /// Silence that ends a partial frame.
     pub frame_timeout: Duration,
     /// Time of one character on the wire (for how long an echo of our reply can arrive).
     pub char_time: Duration,
@@ -109,10 +116,15 @@ pub struct SlaveTiming {
 /// An RTU slave over the image.
 #[derive(Debug, Clone)]
 pub struct RtuSlave {
+    /// What the answers depend on (unit, FC04).
     params: SlaveParams,
+    /// Timing on the line.
     timing: SlaveTiming,
+    /// Where answers come from.
     image: Arc<Image>,
+    /// The RTU side's counters.
     stats: Arc<RtuStats>,
+    /// Records every request and answer, when set.
     journal: Option<Arc<Journal>>,
 }
 
