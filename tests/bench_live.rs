@@ -2,6 +2,8 @@
 //! refuse (library and binary), with `--live` they change no register a profile names.
 //! Loopback and a pty pair only; bounded in time.
 
+mod common;
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -118,7 +120,7 @@ async fn bench_refuses_a_live_gateway_and_live_mode_changes_no_named_register() 
         .to_string();
     assert!(err.contains("refusing to push"), "{err}");
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_airbridge"))
+        common::airbridge_cmd()
             .args([
                 "bench",
                 "push",

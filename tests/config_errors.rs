@@ -2,8 +2,9 @@
 //! what to do`) of YAML syntax and type errors, and the `check` warnings about this machine
 //! (missing serial device, privileged port, missing profile, missing config file).
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use airbridge::config;
 
@@ -170,7 +171,7 @@ impl Drop for TempDir {
 }
 
 fn check(path: &Path) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_airbridge"))
+    let out = common::airbridge_cmd()
         .args(["check", "--config"])
         .arg(path)
         .output()
@@ -249,7 +250,7 @@ fn missing_config_file_says_it_once_and_what_to_do() {
     );
     let (code, _, stderr) = check(&path);
     assert_eq!((code, stderr.trim_end()), (Some(1), want.as_str()));
-    let out = Command::new(env!("CARGO_BIN_EXE_airbridge"))
+    let out = common::airbridge_cmd()
         .args(["run", "--config"])
         .arg(&path)
         .output()
@@ -262,7 +263,7 @@ fn missing_config_file_says_it_once_and_what_to_do() {
 #[test]
 fn run_and_check_share_one_default_config_path() {
     let help = |cmd: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_airbridge"))
+        let out = common::airbridge_cmd()
             .args([cmd, "--help"])
             .output()
             .expect("help");

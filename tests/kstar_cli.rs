@@ -212,7 +212,7 @@ fn demo_with_a_profile_shows_reads_and_both_writes() {
 
 #[test]
 fn demo_with_the_ksem_profile_points_to_the_ksem_demo() {
-    let out = Command::new(BIN)
+    let out = common::airbridge_cmd()
         .args(["demo", "--profile"])
         .arg(manifest("profiles/ksem-g2.yaml"))
         .args(["--duration", "2s"])

@@ -3,11 +3,9 @@
 //! source, `bench rtu` is not silent in a pipe and fails when requests go unanswered, and
 //! `--help` describes both directions.
 
-use std::process::Command;
+mod common;
 
 use airbridge::config;
-
-const BIN: &str = env!("CARGO_BIN_EXE_airbridge");
 
 fn manifest(p: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
@@ -42,7 +40,7 @@ regions:
 
 #[test]
 fn profile_show_aligns_columns_lists_enum_values_and_names_its_source() {
-    let out = Command::new(BIN)
+    let out = common::airbridge_cmd()
         .args(["profile", "show"])
         .arg(manifest("profiles/kstar-hybrid.yaml"))
         .output()
@@ -94,7 +92,7 @@ fn bench_rtu_says_what_it_does_in_a_pipe_and_fails_without_replies() {
     // Nobody answers on the pair's first end.
     let (_silent, other) = tokio_serial::SerialStream::pair().expect("pty pair");
     let device = tokio_serial::SerialPort::name(&other).expect("path");
-    let out = Command::new(BIN)
+    let out = common::airbridge_cmd()
         .args([
             "bench", "rtu", "--device", &device, "--count", "3", "--ranges", "0:2",
         ])
@@ -125,7 +123,10 @@ fn bench_rtu_says_what_it_does_in_a_pipe_and_fails_without_replies() {
 
 #[test]
 fn help_describes_both_directions_and_every_option() {
-    let out = Command::new(BIN).arg("--help").output().expect("help");
+    let out = common::airbridge_cmd()
+        .arg("--help")
+        .output()
+        .expect("help");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("KSEM G2") && text.contains("KSTAR"), "{text}");
     for (cmd, opts) in [
@@ -140,7 +141,7 @@ fn help_describes_both_directions_and_every_option() {
         (vec!["run", "--help"], vec!["--config"]),
         (vec!["check", "--help"], vec!["--config"]),
     ] {
-        let out = Command::new(BIN).args(&cmd).output().expect("help");
+        let out = common::airbridge_cmd().args(&cmd).output().expect("help");
         let text = String::from_utf8_lossy(&out.stdout);
         for o in opts {
             let line = text

@@ -356,7 +356,7 @@ fn the_binary_logs_the_fallback_once_at_info() {
         .replace("127.0.0.1:0'}\nregions", &format!("{status}'}}\nregions")),
     )
     .expect("config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_airbridge"))
+    let mut child = common::airbridge_cmd()
         .args(["run", "--config"])
         .arg(&cfg)
         .env("RUST_LOG", "info")
