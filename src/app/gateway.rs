@@ -395,14 +395,26 @@ impl Device for SlaveDevice {
         self.cfg.device.clone()
     }
     fn open(&mut self) -> anyhow::Result<Self::Stream> {
-        crate::link::serial::open(&self.cfg)
+        let r = crate::link::serial::open(&self.cfg);
+        let error = r.as_ref().err().map(|e| format!("{e:#}"));
+        if let Ok(mut g) = self.slave.stats().device_error.lock() {
+            *g = error;
+        }
+        r
     }
     async fn serve(
         &mut self,
         stream: Self::Stream,
         cancel: &CancellationToken,
     ) -> std::io::Result<()> {
-        self.slave.serve(stream, cancel).await
+        let r = self.slave.serve(stream, cancel).await;
+        if let Ok(mut g) = self.slave.stats().device_error.lock() {
+            *g = Some(match &r {
+                Ok(()) => "the device closed (unplugged?)".to_string(),
+                Err(e) => e.to_string(),
+            });
+        }
+        r
     }
 }
 
