@@ -54,11 +54,19 @@ bindir=$prefix/bin
 etc=/etc/airbridge
 unitdir=/etc/systemd/system
 
-# install_file SRC DEST MODE: copy unless DEST already has the same content and mode.
+# install_file SRC DEST MODE [SHOWN]: copy unless DEST already has the same content and
+# mode. SHOWN names the source in messages when SRC is a temporary file.
 install_file() {
   if [ -f "$root$2" ] && cmp -s "$1" "$root$2" \
      && [ "$(stat -c %a "$root$2")" = "$3" ]; then
     say "unchanged: $2"
+  elif [ -n "${4:-}" ]; then
+    if [ "$dry" = 1 ]; then
+      say "would run: install -D -m $3 $4 $root$2"
+    else
+      say "run: install -D -m $3 $4 $root$2"
+      install -D -m "$3" "$1" "$root$2"
+    fi
   else
     act install -D -m "$3" "$1" "$root$2"
   fi
@@ -85,13 +93,23 @@ for p in "$repo"/profiles/*.yaml; do
   fi
 done
 
-# 4. The unit, with ExecStart pointing at the installed binary.
+# 4. The documentation the unit's Documentation= names (README and docs/).
+docdir=$prefix/share/doc/airbridge
+install_file "$repo/README.md" "$docdir/README.md" 644
+for d in "$repo"/docs/*.md; do
+  install_file "$d" "$docdir/docs/$(basename "$d")" 644
+done
+
+# 5. The unit, with ExecStart and Documentation= pointing at what was installed.
 unit_tmp=$(mktemp)
 trap 'rm -f "$unit_tmp"' EXIT
-sed "s#/usr/bin/airbridge#$bindir/airbridge#g" "$here/airbridge.service" > "$unit_tmp"
-install_file "$unit_tmp" "$unitdir/airbridge.service" 644
+sed -e "s#/usr/bin/airbridge#$bindir/airbridge#g" \
+    -e "s#file:/usr/share/doc/airbridge/#file:$docdir/#g" \
+    "$here/airbridge.service" > "$unit_tmp"
+install_file "$unit_tmp" "$unitdir/airbridge.service" 644 \
+  "$here/airbridge.service (ExecStart: $bindir/airbridge, Documentation: $docdir/README.md)"
 
-# 5. The user, in group dialout (only when installing onto this machine).
+# 6. The user, in group dialout (only when installing onto this machine).
 if [ -n "$root" ]; then
   say "skipped: user airbridge (--root: create it on the target: useradd --system --user-group --groups dialout --no-create-home --shell /usr/sbin/nologin airbridge)"
 elif id airbridge >/dev/null 2>&1; then
@@ -105,7 +123,7 @@ else
     --home-dir /nonexistent --shell /usr/sbin/nologin airbridge
 fi
 
-# 6. Tell systemd, check the config.
+# 7. Tell systemd, check the config.
 if [ -z "$root" ] && [ -d /run/systemd/system ]; then
   act systemctl daemon-reload
 else
@@ -116,4 +134,8 @@ if [ "$dry" = 0 ]; then
     && say "config: $etc/gateway.yaml is usable" \
     || say "config: $etc/gateway.yaml needs editing: airbridge check --config $etc/gateway.yaml"
 fi
-say "next: edit $etc/gateway.yaml, then: systemctl enable --now airbridge; journalctl -u airbridge -f"
+say "next, in this order (README \"Configure the KSEM\" and \"Configure, enable, watch\"):"
+say "  1. set up the KSEM's Modbus TCP slave and its Modbus TCP master target (this machine, port 5020)"
+say "  2. sudoedit $etc/gateway.yaml; airbridge check --config $etc/gateway.yaml"
+say "  3. sudo systemctl enable --now --no-block airbridge   (--no-block: ready only once the KSEM delivered)"
+say "  4. systemctl status airbridge; journalctl -u airbridge -f"

@@ -84,6 +84,8 @@ fi
 install -m 644 gateway.yaml "$root/etc/$name/gateway.yaml"
 install -m 644 profiles/*.yaml "$root/etc/$name/profiles/"
 install -m 644 README.md "$doc/README.md"
+install -d "$doc/docs"
+install -m 644 docs/*.md "$doc/docs/"
 install -m 644 deploy/airbridge.service "$root/lib/systemd/system/$name.service"
 install -d "$root/usr/share/man/man1"
 gzip -9n < deploy/airbridge.1 > "$root/usr/share/man/man1/$name.1.gz"

@@ -15,7 +15,11 @@ use tokio_util::sync::CancellationToken;
 #[command(
     name = "airbridge",
     version,
-    about = "Modbus gateway: KSEM G2 on Ethernet → Plenticore on RS485"
+    about = "Modbus gateway: a KSEM G2 on Ethernet → a Plenticore on RS485, or RS485 devices (KSTAR) → Modbus TCP clients on the LAN",
+    long_about = "Modbus gateway appliance. Two directions, one config file (/etc/airbridge/gateway.yaml):\n  \
+        • KSEM G2 smart meter on Ethernet (it pushes, we poll) → Kostal Plenticore on RS485 Modbus RTU;\n  \
+        • RS485 devices such as KSTAR inverters (polled as RTU master) → LAN clients on Modbus TCP.\n\
+        Start with `airbridge check`, then `airbridge run` (or the systemd unit); `airbridge demo` shows both without hardware."
 )]
 struct Cli {
     // What to do (a plain comment: a doc here would change --help).
@@ -30,12 +34,16 @@ struct Cli {
 enum Command {
     /// Run the gateway.
     Run {
-        #[arg(long, short, default_value = "/etc/airbridge/gateway.yaml")]
+        /// The config file (the same default as `check`).
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
-    /// Validate a config: print the effective settings and warnings; exit 1 if unusable.
+    /// Validate a config: print the effective settings and warnings (also about this
+    /// machine: missing serial device, privileged port); exit 1 if unusable.
     Check {
-        #[arg(long, short, default_value = "gateway.yaml")]
+        /// The config file (the same default as `run`; `-c gateway.yaml` for the example in
+        /// a checkout).
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
     /// Simulated KSEM, gateway and simulated inverter in one process over a pseudo-terminal.
@@ -216,7 +224,7 @@ fn main() -> ExitCode {
         Command::Profile(ProfileCmd::Show { file }) => {
             match airbridge::control::profile::load(&file) {
                 Ok(p) => {
-                    print!("{}", p.show());
+                    print_out(&p.show());
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -226,6 +234,13 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Write to stdout; a reader that went away (`| head`) is not an error worth a panic.
+fn print_out(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 fn block_on(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
@@ -250,11 +265,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn check(path: &std::path::Path) -> ExitCode {
     match config::load(path) {
         Ok(loaded) => {
-            print!("{}", loaded.config.describe());
-            for w in &loaded.warnings {
-                println!("warning: {w}");
+            let mut text = loaded.config.describe();
+            for w in loaded
+                .warnings
+                .iter()
+                .chain(&config::host_warnings(&loaded.config, path))
+            {
+                text.push_str(&format!("warning: {w}\n"));
             }
-            println!("{}: usable", path.display());
+            text.push_str(&format!("{}: usable\n", path.display()));
+            print_out(&text);
             ExitCode::SUCCESS
         }
         Err(e) => {

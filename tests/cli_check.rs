@@ -124,7 +124,14 @@ fn gateway_yaml_is_usable() {
         ],
         "{stdout}"
     );
-    assert!(!stdout.contains("warning:"), "{stdout}");
+    // The only warning the shipped file may get is about this machine: no RS485 adapter.
+    let adapter = std::path::Path::new("/dev/ttyACM0").exists();
+    for w in stdout.lines().filter(|l| l.starts_with("warning:")) {
+        assert!(
+            !adapter && w.contains("rtu.device: `/dev/ttyACM0` does not exist on this machine"),
+            "{stdout}"
+        );
+    }
     assert!(
         stdout
             .trim_end()

@@ -919,13 +919,13 @@ fn error_cases() -> Vec<ErrCase> {
                 ],
             ]),
             "count",
-            "invalid u16",
+            "from 0 to 65535",
         ),
         (
             "wrong type: unit_id 256",
             lines(&[RTU, &["  unit_id: 256  #<"], REGIONS, A_STATIC]),
             "unit_id",
-            "u8",
+            "from 0 to 255",
         ),
         (
             "unknown parity",
@@ -1416,7 +1416,10 @@ fn profile_is_resolved_next_to_the_config_and_must_load() {
         err.contains(&format!("gateway.yaml:{line}: profile: ")),
         "{err}"
     );
-    assert!(err.contains("cannot read"), "{err}");
+    assert!(
+        err.contains("does not exist") && err.contains("copy the profiles/ directory"),
+        "{err}"
+    );
     std::fs::copy(
         concat!(env!("CARGO_MANIFEST_DIR"), "/profiles/ksem-g2.yaml"),
         dir.join("profiles/ksem-g2.yaml"),

@@ -99,13 +99,13 @@ fn mkdeb_packages_what_the_cargo_deb_metadata_lists() {
         let src = asset[0].as_str().expect("source");
         let dest = asset[1].as_str().expect("dest");
         if let Some(dir) = dest.strip_suffix('/') {
-            if let Some(src_dir) = src.strip_suffix("/*.yaml") {
+            if let Some((src_dir, ext)) = src.rsplit_once("/*.") {
                 for e in std::fs::read_dir(Path::new(REPO).join(src_dir))
                     .expect("dir")
                     .flatten()
                 {
                     let name = e.file_name().to_string_lossy().into_owned();
-                    if name.ends_with(".yaml") {
+                    if name.ends_with(&format!(".{ext}")) {
                         assert!(has(&format!("{dir}/{name}")), "{dir}/{name} in {files:?}");
                     }
                 }

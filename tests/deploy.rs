@@ -241,11 +241,11 @@ fn deb_metadata_names_files_that_exist() {
         if src.starts_with("target/") {
             continue; // built by cargo deb
         }
-        if let Some(dir) = src.strip_suffix("/*.yaml") {
+        if let Some((dir, ext)) = src.rsplit_once("/*.") {
             let n = std::fs::read_dir(Path::new(REPO).join(dir))
-                .expect("profiles dir")
+                .expect("asset dir")
                 .flatten()
-                .filter(|e| e.path().extension().is_some_and(|x| x == "yaml"))
+                .filter(|e| e.path().extension().is_some_and(|x| x == ext))
                 .count();
             assert!(n > 0, "{src} matches files");
         } else {
@@ -424,7 +424,10 @@ regions:
         common::push_client(format!("127.0.0.1:{push_port}").parse().expect("addr")).await;
     common::write(&mut ksem, 0, &[1; 40]).await.expect("push");
     let ready = notify.recv_until("READY=1", Duration::from_secs(10)).await;
-    assert!(ready.contains("STATUS=serving; ages: totals "), "{ready}");
+    assert!(
+        ready.contains("STATUS=serving: every region fresh; ages: totals "),
+        "{ready}"
+    );
     assert!(ready.contains("identity fixed"), "{ready}");
     notify
         .recv_until("WATCHDOG=1", Duration::from_secs(10))
@@ -447,4 +450,48 @@ regions:
     };
     assert!(status.success());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 14: the dry run names the unit's real source (not a temporary file), the unit's
+/// Documentation= points at a file the installer installs, and the closing advice puts
+/// the KSEM and `airbridge check` before `systemctl enable --now --no-block`.
+#[test]
+fn install_names_real_sources_installs_the_documentation_and_advises_check_first() {
+    let root = tempdir("install-docs");
+    let r = root.to_str().expect("utf-8 path");
+    let (ok, dry) = install(&["--dry-run", "--root", r, "--binary", BIN]);
+    assert!(ok, "{dry}");
+    let unit_line = dry
+        .lines()
+        .find(|l| l.ends_with("/etc/systemd/system/airbridge.service"))
+        .unwrap_or_else(|| panic!("no unit line in {dry}"));
+    let source = unit_line
+        .split("install -D -m 644 ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or("");
+    assert!(source.ends_with("/deploy/airbridge.service"), "{unit_line}");
+    let (ok, text) = install(&["--root", r, "--prefix", "/opt/ab", "--binary", BIN]);
+    assert!(ok, "{text}");
+    let unit =
+        std::fs::read_to_string(root.join("etc/systemd/system/airbridge.service")).expect("unit");
+    let doc = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("Documentation=file:"))
+        .expect("Documentation=");
+    assert_eq!(doc, "/opt/ab/share/doc/airbridge/README.md");
+    let installed = root.join(doc.trim_start_matches('/'));
+    assert!(
+        installed.is_file(),
+        "{} installed: {text}",
+        installed.display()
+    );
+    assert!(root
+        .join("opt/ab/share/doc/airbridge/docs/performance.md")
+        .is_file());
+    let pos = |s: &str| text.find(s).unwrap_or_else(|| panic!("{s:?} in {text}"));
+    assert!(pos("Modbus TCP master target") < pos("airbridge check --config"));
+    assert!(pos("airbridge check --config") < pos("systemctl enable --now --no-block airbridge"));
+    assert!(!text.contains("systemctl enable --now airbridge"), "{text}");
+    let _ = std::fs::remove_dir_all(&root);
 }

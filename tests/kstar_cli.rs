@@ -193,12 +193,37 @@ fn demo_with_a_profile_shows_reads_and_both_writes() {
     );
     assert!(stdout.contains("pv1_voltage"), "{stdout}");
     assert!(
-        stdout.contains("write 3200 := 85 (active power limit %): Ok(())"),
+        stdout.contains("write 3200 := 85 (active power limit %): accepted"),
         "{stdout}"
     );
     assert!(
-        stdout.contains("write 3243 := 1 (a command not listed under writable): Err(\"exception IllegalDataAddress\")"),
+        stdout.contains("write 3243 := 1 (a command not listed under writable): refused: exception 02 (illegal data address: not listed under writable, or outside the regions)"),
         "{stdout}"
     );
-    assert!(stdout.contains("device received 1 write(s)"), "{stdout}");
+    assert!(
+        stdout.contains("writes 1 accepted, 1 refused; the device received 1 write(s)"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("Ok(") && !stdout.contains("Err("),
+        "no debug formatting: {stdout}"
+    );
+}
+
+#[test]
+fn demo_with_the_ksem_profile_points_to_the_ksem_demo() {
+    let out = common::airbridge_cmd()
+        .args(["demo", "--profile"])
+        .arg(manifest("profiles/ksem-g2.yaml"))
+        .args(["--duration", "2s"])
+        .output()
+        .expect("run demo");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "The KSEM profile belongs to the KSEM demo: `airbridge demo` without --profile"
+        ),
+        "{stderr}"
+    );
 }

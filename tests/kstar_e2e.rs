@@ -240,9 +240,12 @@ async fn reads_serve_the_devices_values_per_table() {
     }
 
     // 3200 is two registers: input (FC04) = the power limit, holding (FC03) = model string.
-    let input_3200 = read_until(&mut rig.client, Function::Input, 3200, 1, |r| r.is_ok())
-        .await
-        .expect("settings region");
+    // The value was set after the gateway started: a poll before it may still be served.
+    let input_3200 = read_until(&mut rig.client, Function::Input, 3200, 1, |r| {
+        r.as_ref().is_ok_and(|w| w == &[70])
+    })
+    .await
+    .expect("settings region");
     assert_eq!(input_3200, vec![70]);
     let model = read_until(&mut rig.client, Function::Holding, 3200, 8, |r| r.is_ok())
         .await

@@ -390,7 +390,7 @@ async fn status_decodes_what_the_simulated_ksem_pushed() {
     assert_eq!(regions[2]["max_age_s"], 0.9, "3 × every");
     assert!(regions[4]["max_age_s"].is_null(), "static never ages");
     assert_eq!(st["upstream"]["poll_connected"], true);
-    assert!(st["upstream"]["push_connections"].as_u64() >= Some(1));
+    assert!(st["upstream"]["push_connections_open"].as_u64() >= Some(1));
     assert!(st["counters"]["push"]["writes_ok"].as_u64() >= Some(2));
 }
 

@@ -385,14 +385,26 @@ impl Device for SlaveDevice {
         self.cfg.device.clone()
     }
     async fn open(&mut self) -> anyhow::Result<Self::Stream> {
-        crate::link::line::open(&self.cfg).await
+        let r = crate::link::line::open(&self.cfg).await;
+        let error = r.as_ref().err().map(|e| format!("{e:#}"));
+        if let Ok(mut g) = self.slave.stats().device_error.lock() {
+            *g = error;
+        }
+        r
     }
     async fn serve(
         &mut self,
         stream: Self::Stream,
         cancel: &CancellationToken,
     ) -> std::io::Result<()> {
-        self.slave.serve(stream, cancel).await
+        let r = self.slave.serve(stream, cancel).await;
+        if let Ok(mut g) = self.slave.stats().device_error.lock() {
+            *g = Some(match &r {
+                Ok(()) => "the device closed (unplugged?)".to_string(),
+                Err(e) => e.to_string(),
+            });
+        }
+        r
     }
 }
 

@@ -25,7 +25,7 @@ pub async fn monitor(image: Arc<Image>, cancel: CancellationToken) {
         .max()
         .unwrap_or(now);
     let since = filled.saturating_duration_since(image.created());
-    tracing::info!(after = ?since, "ready: every region filled, serving the inverter");
+    tracing::info!(after = ?since, "ready: every region filled, serving its clients");
 
     let mut stale: Vec<bool> = vec![false; image.specs().len()];
     let mut tick = tokio::time::interval(Duration::from_millis(250));

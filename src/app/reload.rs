@@ -219,10 +219,39 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
             }
         }
     }
-    // Anything else that differs (sections this module does not know by name).
-    if d.restart.is_empty() && with_live_from(old, new) != *new {
-        d.restart
-            .push("settings outside the live set (see `airbridge check`)".into());
+    // Anything else that differs: named by its section.
+    let mut live = with_live_from(old, new);
+    // Where things are written is not a setting: moving a line is no reason to restart.
+    live.region_lines = new.region_lines.clone();
+    if let (Some(a), Some(b)) = (&mut live.profile, &new.profile) {
+        if a.path == b.path {
+            a.line = b.line;
+        }
+    }
+    if d.restart.is_empty() && live != *new {
+        let mut keys = Vec::new();
+        macro_rules! section {
+            ($($f:ident),*) => {$(
+                if live.$f != new.$f {
+                    keys.push(stringify!($f));
+                }
+            )*};
+        }
+        section!(
+            rtu, push, poll, regions, profile, rtu_slave, rtu_poll, tcp_server, writable, log,
+            status, mqtt
+        );
+        let keys = if keys.is_empty() {
+            "a setting".to_string()
+        } else {
+            keys.iter()
+                .map(|k| format!("`{k}:`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        d.restart.push(format!(
+            "{keys} changed, and only a restart applies it (see `airbridge check`)"
+        ));
     }
 
     // Live.

@@ -5,7 +5,7 @@
 //! waits), `WATCHDOG=1` only while the supervisor runs (it sends it) *and* the RTU serving
 //! loop and (in a config with `rtu_poll:`) the RTU poll loop show a recent heartbeat
 //! ([`Liveness`]) — not tied to the meter's freshness, since a restart would not fix a dead
-//! KSEM — and `STATUS=` with the age of every region. It only
+//! KSEM — and `STATUS=` with the gateway state ([`crate::app::status::state::assess`], as the status page) and the age of every region. It only
 //! reads the gateway's handles. Without `NOTIFY_SOCKET` (not under systemd) it only logs.
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -38,27 +38,20 @@ pub fn status_line(handles: &Handles, now: Instant) -> String {
     let image: &Image = &handles.image;
     let snap = image.load_full();
     let mut parts = Vec::with_capacity(image.specs().len());
-    let mut waiting = Vec::new();
     for (i, spec) in image.specs().iter().enumerate() {
         let fixed = image
             .freshness(i)
             .is_some_and(|f| f.max_age == Duration::MAX);
         let text = match image.age(&snap, i, now) {
-            None => {
-                waiting.push(spec.name.as_str());
-                "never".to_string()
-            }
+            None => "never".to_string(),
             Some(_) if fixed => "fixed".to_string(),
             Some(a) if image.is_stale(&snap, i, now) => format!("{} stale", age(a)),
             Some(a) => age(a),
         };
         parts.push(format!("{} {text}", spec.name));
     }
-    let state = if snap.warm {
-        "serving".to_string()
-    } else {
-        format!("warming up, waiting for {}", waiting.join(", "))
-    };
+    let st = crate::app::status::state::assess(handles, now);
+    let state = format!("{}: {}", st.label(), st.detail());
     let rtu = &handles.rtu;
     format!(
         "{state}; ages: {}; inverter: {} replies, {} exceptions, {} silent (stale)",

@@ -9,7 +9,9 @@
 //! The files: this one holds the validated types ([`Config`], one field per section) and
 //! the entry points ([`load`], [`parse`], [`parse_duration`]); `schema` the file as
 //! written (serde `Raw*` types, one field per section, and their defaults); `validate` the
-//! rules (`Raw*` → [`Config`]); `describe` the summary `airbridge check` prints. A new
+//! rules (`Raw*` → [`Config`]); `describe` the summary `airbridge check` prints;
+//! `yaml_errors` the parser's errors rewritten (right line, what to do); `host` the
+//! warnings `check` gives about this machine (missing device, privileged port). A new
 //! section adds a field to [`Config`] and to `schema::RawConfig`, and its own file.
 
 use std::collections::BTreeMap;
@@ -21,9 +23,12 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 mod describe;
+mod host;
 mod schema;
 mod validate;
+mod yaml_errors;
 
+pub use host::host_warnings;
 pub use validate::check_against_profile;
 
 use schema::RawConfig;
@@ -315,6 +320,10 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The one default config path of every command (`run`, `check`): where `install.sh`, the
+/// .deb and the systemd unit put it.
+pub const DEFAULT_PATH: &str = "/etc/airbridge/gateway.yaml";
+
 /// The KSEM's Modbus TCP slave, polled for slow data.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PollConfig {
@@ -330,20 +339,27 @@ pub struct PollConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file cannot be read.
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read: {cause}{}", read_hint(cause))]
     Read {
         /// The file.
         path: String,
-        /// Why it cannot be read.
-        source: std::io::Error,
+        /// Why it cannot be read (not a `source`: the message already says it once).
+        cause: std::io::Error,
     },
-    /// The text is not YAML of the schema (unknown key, wrong type); the message has the snippet.
-    #[error("{path}: {message}")]
+    /// The text is not YAML of the schema (syntax, unknown key, wrong type); see
+    /// `yaml_errors` for how the parser's message is rewritten.
+    #[error("{path}:{line}:{column}: {message}{}{snippet}", if snippet.is_empty() { "" } else { "\n" })]
     Parse {
         /// The file (or origin) of the text.
         path: String,
-        /// The parser's message with the offending snippet.
+        /// 1-based line of the mistake (not always where the parser noticed it).
+        line: u64,
+        /// 1-based column of the mistake.
+        column: u64,
+        /// What is wrong and what to do.
         message: String,
+        /// The parser's snippet of the surroundings (empty when it points elsewhere).
+        snippet: String,
     },
     /// A rule of the validator is broken at `line`, `key`.
     #[error("{path}:{line}: {key}: {message}")]
@@ -359,6 +375,15 @@ pub enum ConfigError {
     },
 }
 
+/// What to do about a config file that cannot be read.
+fn read_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "; copy the example first (`sudo install -D -m 644 gateway.yaml /etc/airbridge/gateway.yaml`) or name another file with --config PATH",
+        std::io::ErrorKind::PermissionDenied => "; run as a user who may read it (e.g. with sudo)",
+        _ => "",
+    }
+}
+
 /// A usable config and what the user should know about it.
 #[derive(Debug)]
 pub struct Loaded {
@@ -370,9 +395,9 @@ pub struct Loaded {
 
 /// Read and validate a config file.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
         path: path.display().to_string(),
-        source,
+        cause,
     })?;
     let origin = path.display().to_string();
     let mut loaded = parse(&text, &origin)?;
@@ -383,6 +408,20 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
             }
         }
         // A profile that does not load makes the config unusable: say so now, not later.
+        if !p.path.exists() {
+            let shown = std::path::absolute(&p.path).unwrap_or_else(|_| p.path.clone());
+            return Err(ConfigError::Invalid {
+                path: origin.clone(),
+                line: p.line,
+                key: "profile".into(),
+                message: format!(
+                    "{} does not exist (a relative path is taken from the config's directory); \
+                     copy the profiles/ directory next to the config (install.sh puts it in \
+                     /etc/airbridge/profiles/) or write an absolute path",
+                    shown.display()
+                ),
+            });
+        }
         let profile = crate::control::profile::load(&p.path).map_err(|e| ConfigError::Invalid {
             path: origin.clone(),
             line: p.line,
@@ -397,12 +436,15 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
 
 /// Validate a config given as text; `origin` names it in messages.
 pub fn parse(text: &str, origin: &str) -> Result<Loaded, ConfigError> {
-    // Name the file in the snippet header (`--> gateway.yaml:8:5`), not `<input>`.
-    let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
-        path: origin.to_string(),
-        message: e.render_with_options(serde_saphyr::render_options! {
-            source_name: Some(origin),
-        }),
+    let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| {
+        let x = yaml_errors::explain(text, origin, &e);
+        ConfigError::Parse {
+            path: origin.to_string(),
+            line: x.line,
+            column: x.column,
+            message: x.message,
+            snippet: x.snippet,
+        }
     })?;
     validate::validate(raw, origin)
 }

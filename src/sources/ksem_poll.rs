@@ -43,6 +43,9 @@ pub struct PollStats {
     pub superseded: AtomicU64,
     /// The last failure and why, for the status page.
     pub last_error: Mutex<Option<String>>,
+    /// The last connect error while the poller cannot connect (cleared on connect): the
+    /// real cause when regions only show the socket error of their last read.
+    pub connect_error: Mutex<Option<String>>,
     /// Per region (by name): reads by result and the last error (status page, metrics).
     pub by_region: Mutex<std::collections::BTreeMap<String, RegionPollCounts>>,
 }
@@ -105,6 +108,8 @@ struct Task {
     retry: Backoff,
     /// The last read failed (logged once per streak).
     failing: bool,
+    /// A fallback task whose last commit fed the region (logged once at info each way).
+    feeding: Option<Instant>,
 }
 
 /// Why a region read failed.
@@ -171,6 +176,7 @@ impl Poller {
                     next: now,
                     retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
                     failing: false,
+                    feeding: None,
                 })
             })
             .collect();
@@ -304,6 +310,7 @@ impl Poller {
         // Logged state: `Some(true)` up, `Some(false)` down, `None` not said yet.
         let mut said_up: Option<bool> = None;
         loop {
+            self.note_pushes_back();
             let Some(due) = self.tasks.iter().map(|t| self.due(t)).min() else {
                 return;
             };
@@ -333,6 +340,9 @@ impl Poller {
                         conn = Some(c);
                         self.stats.connected.store(true, Relaxed);
                         self.stats.connects.fetch_add(1, Relaxed);
+                        if let Ok(mut g) = self.stats.connect_error.lock() {
+                            *g = None;
+                        }
                         tracing::debug!(host = %self.cfg.host, "poller connected");
                     }
                     Err(e) => {
@@ -343,7 +353,11 @@ impl Poller {
                             tracing::warn!(host = %self.cfg.host, "poller cannot connect: {e}; retrying with backoff up to 30s");
                             said_up = Some(false);
                         }
-                        self.set_error(format!("connect {}: {e}", self.cfg.host));
+                        let msg = format!("connect {}: {e}", self.cfg.host);
+                        if let Ok(mut g) = self.stats.connect_error.lock() {
+                            *g = Some(msg.clone());
+                        }
+                        self.set_error(msg);
                         continue;
                     }
                 }
@@ -372,6 +386,11 @@ impl Poller {
                                 self.stats.regions_ok.fetch_add(1, Relaxed);
                                 if matches!(self.tasks[i].kind, Kind::Fallback { .. }) {
                                     self.stats.fallback_polls.fetch_add(1, Relaxed);
+                                    let t = &mut self.tasks[i];
+                                    if t.feeding.is_none() {
+                                        tracing::info!(region = %t.name, "the KSEM is not pushing region {}: serving it from the fallback poll every {:?}", t.name, t.every);
+                                    }
+                                    t.feeding = Some(done);
                                 }
                             }
                             // A push landed meanwhile: it is newer than what we read.
@@ -420,6 +439,23 @@ impl Poller {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Log once when the KSEM pushes again into a region the fallback poll was feeding.
+    fn note_pushes_back(&mut self) {
+        let snap = self.image.load();
+        for t in &mut self.tasks {
+            let Some(fed) = t.feeding else { continue };
+            if snap
+                .regions
+                .get(t.region)
+                .and_then(|r| r.pushed)
+                .is_some_and(|p| p > fed)
+            {
+                tracing::info!(region = %t.name, "the KSEM pushes region {} again: fallback poll idle", t.name);
+                t.feeding = None;
             }
         }
     }

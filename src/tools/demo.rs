@@ -254,6 +254,18 @@ pub async fn run_kstar(
     let cancel = cancel.child_token();
     let profile = crate::control::profile::load(profile_path)?;
     let abs = std::fs::canonicalize(profile_path)?;
+    if !profile
+        .registers
+        .iter()
+        .any(|r| r.function == Function::Input && r.access.readable())
+    {
+        anyhow::bail!(
+            "{}: this profile has no input registers to poll; `demo --profile` is the KSTAR \
+             demo (e.g. profiles/kstar-hybrid.yaml). The KSEM profile belongs to the KSEM \
+             demo: `airbridge demo` without --profile",
+            profile_path.display()
+        );
+    }
     // Regions: the first 250 input words and 125 holding words the profile documents.
     let first = |f: Function| {
         profile
@@ -381,7 +393,7 @@ regions:
             }
             Ok(Ok(Err(code))) => {
                 summary.reads_refused += 1;
-                let _ = write!(line, " read: exception {code:?}");
+                let _ = write!(line, " read refused: {}", exception_text(u8::from(code)));
             }
             Ok(Err(e)) => {
                 let _ = write!(line, " read failed: {e}");
@@ -402,20 +414,26 @@ regions:
             let outcome =
                 |r: Result<Result<(), tokio_modbus::ExceptionCode>, tokio_modbus::Error>| match r {
                     Ok(Ok(())) => Ok(()),
-                    Ok(Err(code)) => Err(format!("exception {code:?}")),
+                    Ok(Err(code)) => Err(exception_text(u8::from(code))),
                     Err(e) => Err(format!("transport: {e}")),
                 };
             if let Some(a) = limit {
                 let r = outcome(ctx.write_single_register(a, 85).await);
                 if report {
-                    println!("write {a} := 85 (active power limit %): {r:?}");
+                    println!(
+                        "write {a} := 85 (active power limit %): {}",
+                        outcome_text(&r)
+                    );
                 }
                 summary.permitted_write = Some(r);
             }
             if let Some(a) = forbidden {
                 let r = outcome(ctx.write_single_register(a, 1).await);
                 if report {
-                    println!("write {a} := 1 (a command not listed under writable): {r:?}");
+                    println!(
+                        "write {a} := 1 (a command not listed under writable): {}",
+                        outcome_text(&r)
+                    );
                 }
                 summary.forbidden_write = Some(r);
             }
@@ -430,12 +448,36 @@ regions:
         .filter(|f| matches!(f.get(1), Some(0x06 | 0x10)))
         .count();
     if report {
+        let writes = [&summary.permitted_write, &summary.forbidden_write];
+        let accepted = writes.iter().filter(|w| matches!(w, Some(Ok(())))).count();
+        let refused = writes.iter().filter(|w| matches!(w, Some(Err(_)))).count();
         println!(
-            "demo done: {} reads served, {} refused; device received {} write(s)",
+            "demo done: reads {} served, {} refused; writes {accepted} accepted, {refused} refused; the device received {} write(s)",
             summary.reads_ok, summary.reads_refused, summary.device_writes
         );
     }
     Ok(summary)
+}
+
+/// A Modbus exception as a user reads it: `exception 02 (illegal data address)`.
+fn exception_text(code: u8) -> String {
+    let what = match code {
+        1 => "illegal function",
+        2 => "illegal data address: not listed under writable, or outside the regions",
+        3 => "illegal data value: outside the profile's range",
+        4 => "server device failure",
+        0x0B => "the device did not respond (not read yet, or stale)",
+        _ => "unknown",
+    };
+    format!("exception {code:02X} ({what})")
+}
+
+/// A demo write's outcome in words.
+fn outcome_text(r: &Result<(), String>) -> String {
+    match r {
+        Ok(()) => "accepted".into(),
+        Err(e) => format!("refused: {e}"),
+    }
 }
 
 /// The KSEM G2 profile built into the binary, so the demo's status page decodes values

@@ -112,6 +112,36 @@ pub fn render(ctx: &StatusContext) -> String {
         "1 once every region has been filled once (the RTU slave answers only then).",
         b(snap.warm),
     );
+    let state = super::state::assess(h, now);
+    o.family(
+        "airbridge_state",
+        "gauge",
+        "1 for the gateway's state now (the status page's badge), 0 for the others.",
+    );
+    for id in super::state::STATE_IDS {
+        o.sample("airbridge_state", &[("state", id)], b(state.id() == id));
+    }
+    let cfg = h.live.current();
+    if cfg.rtu_slave {
+        let opens = h.rtu.device_opens.load(Relaxed);
+        let failures = h.rtu.device_failures.load(Relaxed);
+        o.family(
+            "airbridge_rtu_device_open",
+            "gauge",
+            "1 while the RS485 device (rtu.device) is open, 0 while it cannot be opened.",
+        );
+        o.sample(
+            "airbridge_rtu_device_open",
+            &[("device", &cfg.rtu.device)],
+            b(failures == 0 || opens > failures),
+        );
+        o.one(
+            "airbridge_rtu_device_failures_total",
+            "counter",
+            "Times the RS485 device could not be opened, or failed or vanished while open.",
+            failures as f64,
+        );
+    }
     let source = |name: &str| {
         ctx.regions
             .iter()

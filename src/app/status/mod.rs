@@ -5,10 +5,12 @@
 //! [`MAX_CONNECTIONS`], header read timeout, GET/HEAD only) and a 1 Hz sampler keeping the
 //! last ten minutes of grid power for the page's sparkline. It only reads: the image, the
 //! counters of every role and the journal. Nothing it does can reach the reply path; a
-//! slow or hostile client costs one connection slot.
+//! slow or hostile client costs one connection slot. `state` decides the one gateway state
+//! every view shows (also the systemd `Status:` line).
 
 pub mod metrics;
 pub mod report;
+pub mod state;
 
 use std::collections::VecDeque;
 use std::convert::Infallible;

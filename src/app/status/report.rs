@@ -192,6 +192,8 @@ pub fn status_json(ctx: &StatusContext) -> Json {
         .map(|m| m.clone())
         .unwrap_or_default();
 
+    let config = h.live.current();
+    let poller_down = super::state::poller_cause(h, &config);
     let regions: Vec<Json> = image
         .specs()
         .iter()
@@ -202,9 +204,24 @@ pub fn status_json(ctx: &StatusContext) -> Json {
                 .iter()
                 .find(|r| r.name == spec.name)
                 .map_or_else(|| "?".to_string(), |r| r.source.to_string());
-            let last_error = poll_regions.get(&spec.name).and_then(|c| c.last_error.as_ref()).map(|(m, at)| {
-                json!({"message": m, "ago_s": secs(wall.duration_since(*at).unwrap_or_default())})
-            });
+            let polled = ctx.regions.iter().any(|r| r.name == spec.name && (r.source.poll || r.fallback_poll.is_some()));
+            // While the poller cannot connect, its connect error is the cause, not the
+            // socket error of the region's last read.
+            let last_error = match (&poller_down, polled) {
+                (Some(cause), true) => Some(json!({"message": cause, "ago_s": 0.0})),
+                _ => poll_regions.get(&spec.name).and_then(|c| c.last_error.as_ref()).map(|(m, at)| {
+                    json!({"message": m, "ago_s": secs(wall.duration_since(*at).unwrap_or_default())})
+                }),
+            };
+            let fed_by = if spec.accepts_push && super::state::fed_by_fallback(&config, &snap, &spec.name, i) {
+                "fallback poll"
+            } else if snap.regions.get(i).and_then(|r| r.written).is_none() {
+                "nothing yet"
+            } else if snap.regions.get(i).is_some_and(|r| r.pushed.is_some() && r.written == r.pushed) {
+                "push"
+            } else {
+                "poll"
+            };
             // The rules in force (a hot reload may have changed them since start).
             let rule = image.freshness(i).unwrap_or(crate::image::Freshness {
                 max_age: spec.max_age,
@@ -215,6 +232,7 @@ pub fn status_json(ctx: &StatusContext) -> Json {
                 "start": spec.start,
                 "count": spec.count,
                 "source": source,
+                "fed_by": fed_by,
                 "age_s": image.age(&snap, i, now).map(secs),
                 "max_age_s": (rule.max_age != Duration::MAX).then(|| secs(rule.max_age)),
                 "on_stale": rule.on_stale.as_str(),
@@ -258,11 +276,18 @@ pub fn status_json(ctx: &StatusContext) -> Json {
         "time_ms": unix_ms(wall),
         "uptime_s": secs(wall.duration_since(ctx.started).unwrap_or_default()),
         "ready": snap.warm,
+        "state": super::state::assess(h, now).to_json(),
         "profile": profile,
         "values": values,
         "regions": regions,
         "upstream": {
-            "push_connections": h.push.open.load(Relaxed),
+            "push_connections_open": h.push.open.load(Relaxed),
+            "rtu_device": {
+                "path": config.rtu_slave.then(|| config.rtu.device.clone()),
+                "opens": h.rtu.device_opens.load(Relaxed),
+                "failures": h.rtu.device_failures.load(Relaxed),
+                "last_error": h.rtu.device_error.lock().ok().and_then(|g| g.clone()),
+            },
             "poll_connected": h.poll.connected.load(Relaxed),
             "poll_last_error": poll_error,
             "rtu_poll": rtu_poll_json(ctx, now),

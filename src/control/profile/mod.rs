@@ -352,63 +352,96 @@ impl Profile {
         Ok(touched)
     }
 
-    /// A human-readable listing (`airbridge profile show`).
+    /// A human-readable listing (`airbridge profile show`): one aligned row per register
+    /// (columns as wide as their widest cell), its enum values or bits on the lines below.
     pub fn show(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "{}", self.name);
         if let Some(s) = &self.source {
-            let _ = writeln!(out, "source: {s}");
+            let _ = writeln!(out, "source: {}", readable_source(s));
         }
-        let _ = writeln!(
-            out,
-            "{:<8} {:>5} {:>3}  {:<7} {:>5} {:<6} {:<6} {:<11} name",
-            "table", "addr", "n", "type", "scale", "unit", "access", "range"
-        );
-        for r in &self.registers {
-            let range = r
-                .range
-                .map(|(a, b)| format!("{a}..{b}"))
+        let rows: Vec<[String; 8]> = self
+            .registers
+            .iter()
+            .map(|r| {
+                let writes = if r.writes.is_empty() {
+                    String::new()
+                } else {
+                    let fcs: Vec<String> = r.writes.iter().map(u8::to_string).collect();
+                    format!(" (fc {})", fcs.join(","))
+                };
+                [
+                    r.function.as_str().to_string(),
+                    r.address.to_string(),
+                    r.words.to_string(),
+                    format!("{:?}", r.kind).to_lowercase(),
+                    round(r.scale).to_string(),
+                    r.unit.clone().unwrap_or_else(|| "-".into()),
+                    format!("{}{writes}", r.access.as_str()),
+                    r.range
+                        .map(|(a, b)| format!("{a}..{b}"))
+                        .unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        let head = [
+            "table", "addr", "n", "type", "scale", "unit", "access", "range",
+        ];
+        let mut w = head.map(str::len);
+        for row in &rows {
+            for (i, c) in row.iter().enumerate() {
+                w[i] = w[i].max(c.chars().count());
+            }
+        }
+        // Numbers right-aligned, text left-aligned.
+        let line = |cells: &[String; 8]| {
+            let mut l = String::new();
+            for (i, c) in cells.iter().enumerate() {
+                let pad = " ".repeat(w[i].saturating_sub(c.chars().count()));
+                if matches!(i, 1 | 2 | 4) {
+                    let _ = write!(l, "{pad}{c}  ");
+                } else {
+                    let _ = write!(l, "{c}{pad}  ");
+                }
+            }
+            l
+        };
+        let _ = writeln!(out, "{}name", line(&head.map(String::from)));
+        for (r, row) in self.registers.iter().zip(&rows) {
+            let label = r
+                .label
+                .as_deref()
+                .map(|l| format!("  {l}"))
                 .unwrap_or_default();
-            let writes = if r.writes.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    " [fc {}]",
-                    r.writes
-                        .iter()
-                        .map(u8::to_string)
-                        .collect::<Vec<_>>()
-                        .join(",")
-                )
-            };
-            let extra = if r.enumeration.is_some() {
-                " (enum)"
-            } else if r.bits.is_some() {
-                " (bits)"
-            } else {
-                ""
-            };
-            let _ = writeln!(
-                out,
-                "{:<8} {:>5} {:>3}  {:<7} {:>5} {:<6} {:<6} {:<11} {}{}{}",
-                r.function.as_str(),
-                r.address,
-                r.words,
-                format!("{:?}", r.kind).to_lowercase(),
-                round(r.scale),
-                r.unit.as_deref().unwrap_or("-"),
-                format!("{}{}", r.access.as_str(), writes),
-                range,
-                r.name,
-                extra,
-                r.label
-                    .as_deref()
-                    .map(|l| format!("  {l}"))
-                    .unwrap_or_default(),
-            );
+            let _ = writeln!(out, "{}{}{label}", line(row), r.name);
+            let indent = " ".repeat(w.iter().map(|x| x + 2).sum::<usize>() + 2);
+            if let Some(e) = r.enumeration.as_ref().filter(|e| !e.is_empty()) {
+                let v: Vec<String> = e.iter().map(|(k, n)| format!("{k} = {n}")).collect();
+                let _ = writeln!(out, "{indent}values: {}", v.join(", "));
+            }
+            if let Some(b) = r.bits.as_ref().filter(|b| !b.is_empty()) {
+                let v: Vec<String> = b.iter().map(|(k, n)| format!("bit {k} = {n}")).collect();
+                let _ = writeln!(out, "{indent}bits: {}", v.join(", "));
+            }
         }
         let _ = writeln!(out, "{} registers", self.registers.len());
         out
+    }
+}
+
+/// A profile's `source:` without the archive's file name in front (`002_3a45….txt - `).
+fn readable_source(s: &str) -> &str {
+    match s.split_once(" - ") {
+        Some((file, rest))
+            if file.ends_with(".txt")
+                && file
+                    .split('_')
+                    .next()
+                    .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit())) =>
+        {
+            rest
+        }
+        _ => s,
     }
 }
 

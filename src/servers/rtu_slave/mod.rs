@@ -65,6 +65,8 @@ pub struct RtuStats {
     pub device_opens: AtomicU64,
     /// Times the device could not be opened, or an open device failed or vanished.
     pub device_failures: AtomicU64,
+    /// Why the device last failed to open or ended (the status names it; cleared on open).
+    pub device_error: std::sync::Mutex<Option<String>>,
 }
 
 impl RtuStats {

@@ -1,6 +1,7 @@
 //! `bench age`: data age, push acknowledged → first RTU reply carrying that sequence,
 //! and its offline analysis ([`age_analysis`], as `dataage.py`). Touches the RTU stream it
-//! is given and the push socket it opens.
+//! is given and the push socket it opens. Refuses a gateway that holds a real KSEM's data
+//! unless told `--live` (see [`super::guard`]).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::exchange::{exchange, RtuStatus};
+use super::guard::{self, fill_pattern, read_holding, LivePolicy, RESERVED};
 use super::hist::{LatencyHist, Percentiles};
 use super::push::{connect, push_write, WriteOutcome};
 use super::{round3, ser_duration_ms, FC_READ, PUSH_GROUPS};
@@ -28,14 +30,17 @@ pub struct AgeBenchOptions {
     /// Sequence pushes per second.
     pub rate: f64,
     /// How long the reader polls.
-    #[serde(serialize_with = "ser_duration_ms")]
+    #[serde(rename = "duration_ms", serialize_with = "ser_duration_ms")]
     pub duration: Duration,
     /// RTU reply timeout (and push write timeout).
-    #[serde(serialize_with = "ser_duration_ms")]
+    #[serde(rename = "timeout_ms", serialize_with = "ser_duration_ms")]
     pub timeout: Duration,
     /// Progress on stderr (hidden by default).
     #[serde(skip)]
     pub progress: ProgressBar,
+    /// What to do when the image holds data the bench did not write; under `Preserve` the
+    /// sequence goes into the reserved words 28..29 and is read back from there.
+    pub live: LivePolicy,
 }
 
 impl AgeBenchOptions {
@@ -47,6 +52,7 @@ impl AgeBenchOptions {
             duration: Duration::from_secs(10),
             timeout: Duration::from_millis(500),
             progress: ProgressBar::hidden(),
+            live: LivePolicy::Refuse,
         }
     }
 }
@@ -85,17 +91,38 @@ pub struct AgeReport {
     pub read_period: Percentiles,
 }
 
-/// Data age: push a 32-bit sequence into registers 0..1 (FC16 of group 0..27) at
-/// `opts.rate`; poll registers 0..1 over RTU back to back on `stream`; age = push
-/// acknowledged → last byte of the first reply with sequence ≥ k.
+/// Data age: push a 32-bit sequence into registers 0..1 (FC16 of group 0..27, the bench's
+/// pattern) at `opts.rate`; poll registers 0..1 over RTU back to back on `stream`; age =
+/// push acknowledged → last byte of the first reply with sequence ≥ k. Under
+/// [`LivePolicy::Preserve`] the sequence goes into 28..29 (one FC16 of the reserved
+/// 28..39, the other ten words as the image held them) and is polled there.
 pub async fn bench_age<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     opts: &AgeBenchOptions,
 ) -> anyhow::Result<AgeReport> {
     anyhow::ensure!(opts.rate > 0.0 && opts.rate.is_finite(), "rate must be > 0");
+    guard::check(opts.live, opts.push_to, opts.unit, opts.timeout, "push").await?;
+    let live = opts.live == LivePolicy::Preserve;
+    // Where the sequence goes: the whole group 0..27 (default), or the reserved 28..39
+    // with the words the image holds (`--live`).
+    let (address, mut words) = if live {
+        let mut sock = connect(opts.push_to, opts.timeout).await?;
+        let held = read_holding(
+            &mut sock,
+            1,
+            opts.unit,
+            RESERVED.0,
+            RESERVED.1,
+            opts.timeout,
+        )
+        .await?;
+        (RESERVED.0, held)
+    } else {
+        (PUSH_GROUPS[0].0, vec![0u16; usize::from(PUSH_GROUPS[0].1)])
+    };
     let mut buf = [0u8; MAX_FRAME_LEN + 8];
     let mut scratch = [0u8; 512];
-    let request = encode_read(opts.unit, FC_READ, 0, 2);
+    let request = encode_read(opts.unit, FC_READ, address, 2);
     let word32 = |b: &[u8]| u32::from_be_bytes([b[3], b[4], b[5], b[6]]);
 
     // Start above whatever registers 0..1 hold now.
@@ -123,8 +150,6 @@ pub async fn bench_age<S: AsyncRead + AsyncWrite + Unpin>(
         let mut log: Vec<(u32, Instant, Instant)> = Vec::with_capacity(expected);
         let mut errors = 0u64;
         let mut tx = [0u8; 7 + 6 + 2 * 125];
-        let (address, n) = PUSH_GROUPS[0];
-        let mut words = vec![0u16; usize::from(n)];
         let mut seq = base;
         let mut tid = 0u16;
         let mut sock = None;
@@ -145,8 +170,12 @@ pub async fn bench_age<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             let Some(s) = sock.as_mut() else { continue };
-            words[0] = (seq >> 16) as u16;
-            words[1] = seq as u16;
+            if live {
+                words[0] = (seq >> 16) as u16;
+                words[1] = seq as u16;
+            } else {
+                fill_pattern(&mut words, seq);
+            }
             tid = tid.wrapping_add(1);
             match push_write(s, &mut tx, tid, unit, address, &words, ptimeout).await {
                 Ok((WriteOutcome::Ok, t0, t1)) => {
@@ -163,7 +192,7 @@ pub async fn bench_age<S: AsyncRead + AsyncWrite + Unpin>(
         (log, errors)
     });
 
-    // The reader: registers 0..1 back to back. (t_pre, t_last, seq) of every good reply.
+    // The reader: the two sequence words back to back. (t_pre, t_last, seq) of every good reply.
     let mut reads: Vec<(Instant, Instant, u32)> =
         Vec::with_capacity((opts.duration.as_secs_f64() * 20_000.0) as usize);
     let mut not_ok = 0u64;

@@ -11,6 +11,7 @@ use crate::config::{Parity, RtuConfig};
 
 use super::age::{bench_age, AgeBenchOptions};
 use super::e2e::{bench_e2e, E2eOptions};
+use super::guard::LivePolicy;
 use super::hist::fmt_us;
 use super::push::{bench_push, PushBenchOptions};
 use super::report::{e2e_markdown, fmt_exceptions, rtu_table};
@@ -23,8 +24,10 @@ pub enum BenchCmd {
     /// Act as the inverter: FC03 round-robin over ranges, turnaround and total per request.
     Rtu(RtuArgs),
     /// Act as the KSEM push: FC16 0..27 and 40..145 over N connections, write latency.
+    /// Refuses a gateway that serves a real KSEM's data unless --live.
     Push(PushArgs),
-    /// Data age: push a sequence number, poll it back over RTU.
+    /// Data age: push a sequence number, poll it back over RTU. Refuses a gateway that
+    /// serves a real KSEM's data unless --live.
     Age(AgeArgs),
     /// Everything, in-process: simulated KSEM + real gateway over a pty pair.
     E2e(E2eArgs),
@@ -68,7 +71,7 @@ pub struct RtuArgs {
     /// Serial device or pseudo-terminal (the inverter's end).
     #[arg(long)]
     pub device: String,
-    // Unit id to read from.
+    /// Unit id to read from.
     #[arg(long, default_value_t = 1)]
     pub unit: u8,
     /// Register ranges start:count, read round-robin.
@@ -99,18 +102,24 @@ pub struct PushArgs {
     /// Push cycles (0..27 then 40..145) per second per connection, or `max`.
     #[arg(long, default_value = "max", value_parser = parse_push_rate)]
     pub rate: PushRate,
-    // How long to push.
+    /// How long to push (e.g. 500ms, 10s, 2m).
     #[arg(long, default_value = "10s", value_parser = parse_dur)]
     pub duration: Duration,
-    // Parallel push connections.
+    /// Parallel push connections (the gateway's push.max_connections limits them).
     #[arg(long, default_value_t = 1)]
     pub connections: usize,
     /// MBAP unit id.
     #[arg(long, default_value_t = 1)]
     pub unit: u8,
-    // One JSON object on stdout instead of tables.
+    /// One JSON object on stdout instead of tables (durations in the `_s`/`_ms`/`_us` unit
+    /// their key names).
     #[arg(long)]
     pub json: bool,
+    /// Run even though the gateway serves a real KSEM's data: the sequence then goes only
+    /// into the reserved words 28..39 (the inverter reads a non-zero reserved word during
+    /// the run) and every other word is written back as the image holds it.
+    #[arg(long)]
+    pub live: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -121,21 +130,26 @@ pub struct AgeArgs {
     /// The gateway's push listener, HOST:PORT.
     #[arg(long)]
     pub push_to: String,
-    // How long the reader polls.
+    /// How long the reader polls (e.g. 10s).
     #[arg(long, default_value = "10s", value_parser = parse_dur)]
     pub duration: Duration,
     /// Sequence pushes per second.
     #[arg(long, default_value = "5", value_parser = parse_hz)]
     pub rate: f64,
-    // Unit id of the pushes and the reads.
+    /// Unit id of the pushes and the reads.
     #[arg(long, default_value_t = 1)]
     pub unit: u8,
-    // Line speed (8N2).
+    /// Line speed (8N2).
     #[arg(long, default_value_t = 38400)]
     pub baud: u32,
-    // One JSON object on stdout instead of tables.
+    /// One JSON object on stdout instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Run even though the gateway serves a real KSEM's data: the sequence then goes only
+    /// into the reserved words 28..39 (the inverter reads a non-zero reserved word during
+    /// the run) and every other word is written back as the image holds it.
+    #[arg(long)]
+    pub live: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -149,9 +163,17 @@ pub struct E2eArgs {
     /// Connections of the push flood during the RTU reads.
     #[arg(long, default_value_t = 4)]
     pub flood_connections: usize,
-    // One JSON object on stdout instead of markdown.
+    /// One JSON object on stdout instead of markdown.
     #[arg(long)]
     pub json: bool,
+}
+
+fn live_policy(live: bool) -> LivePolicy {
+    if live {
+        LivePolicy::Preserve
+    } else {
+        LivePolicy::Refuse
+    }
 }
 
 fn show_progress(json: bool) -> bool {
@@ -203,6 +225,15 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
 async fn run_rtu(a: RtuArgs) -> anyhow::Result<()> {
     let stream = open_serial(&a.device, a.baud, a.unit)?;
     let pty = is_pty(&a.device);
+    let total = a.count * a.ranges.len() as u64;
+    if !a.json && !show_progress(a.json) {
+        // No progress bar off a terminal: say once what is going on, so a pipe is not silent.
+        eprintln!(
+            "bench rtu: {total} requests on {} (timeout {} each); the report follows when they are done",
+            a.device,
+            humantime::format_duration(a.timeout)
+        );
+    }
     let opts = RtuBenchOptions {
         unit: a.unit,
         ranges: a.ranges.clone(),
@@ -216,6 +247,7 @@ async fn run_rtu(a: RtuArgs) -> anyhow::Result<()> {
         ),
     };
     let report = bench_rtu(stream, &opts).await?;
+    let failed = rtu_failure(&report.all);
     let bpc = bits_per_char(false, 2);
     let note = if pty {
         PTY_NOTE.to_string()
@@ -243,7 +275,8 @@ async fn run_rtu(a: RtuArgs) -> anyhow::Result<()> {
             "report": report,
             "theoretical_wire_time": wire,
             "note": note,
-        }))
+        }))?;
+        failed.map_or(Ok(()), Err)
     } else {
         println!(
             "# {}\n{} requests in {:.1} s ({} req/s), unit {}, device {}\n",
@@ -256,8 +289,24 @@ async fn run_rtu(a: RtuArgs) -> anyhow::Result<()> {
         );
         print!("{}", rtu_table(&report, (!pty).then_some((a.baud, bpc))));
         println!("\nNote: {note}.");
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
+}
+
+/// The bench failed when requests got no valid reply (timeouts, CRC, bad frames):
+/// exceptions are answers and do not count.
+fn rtu_failure(all: &super::rtu::RtuRangeReport) -> Option<anyhow::Error> {
+    let lost = all.timeouts + all.partial + all.bad_crc + all.bad_frame;
+    (lost > 0).then(|| {
+        anyhow::anyhow!(
+            "{lost} of {} requests got no valid reply ({} timed out, {} partial, {} bad CRC, {} bad frames): check wiring, baud and unit id",
+            all.requests,
+            all.timeouts,
+            all.partial,
+            all.bad_crc,
+            all.bad_frame
+        )
+    })
 }
 
 async fn run_push(a: PushArgs) -> anyhow::Result<()> {
@@ -267,6 +316,7 @@ async fn run_push(a: PushArgs) -> anyhow::Result<()> {
     opts.duration = a.duration;
     opts.connections = a.connections;
     opts.unit = a.unit;
+    opts.live = live_policy(a.live);
     opts.progress = progress_bar(show_progress(a.json), 0, "push");
     let report = bench_push(&opts).await?;
     if a.json {
@@ -302,6 +352,7 @@ async fn run_age(a: AgeArgs) -> anyhow::Result<()> {
     opts.unit = a.unit;
     opts.rate = a.rate;
     opts.duration = a.duration;
+    opts.live = live_policy(a.live);
     opts.progress = progress_bar(show_progress(a.json), 0, "data age");
     let report = bench_age(stream, &opts).await?;
     let pty = is_pty(&a.device);

@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::age::{bench_age, AgeBenchOptions, AgeReport};
+use super::guard::LivePolicy;
 use super::hist::{LatencyHist, Percentiles};
 use super::process::{process_cpu_time, process_memory_kib};
 use super::push::{bench_push, PushBenchOptions, PushBenchReport};
@@ -24,7 +25,7 @@ pub struct E2eOptions {
     /// RTU requests per range and load case.
     pub count: u64,
     /// Length of the data-age, push-throughput and nominal-load phases.
-    #[serde(serialize_with = "ser_duration_ms")]
+    #[serde(rename = "duration_ms", serialize_with = "ser_duration_ms")]
     pub duration: Duration,
     /// Connections of the push flood during the RTU reads.
     pub flood_connections: usize,
@@ -282,6 +283,7 @@ pub async fn bench_e2e(opts: &E2eOptions, command: String) -> anyhow::Result<E2e
 
     // Warm-up: one push of both groups, then wait until every region is filled.
     let mut warm = PushBenchOptions::new(push_addr);
+    warm.live = LivePolicy::Owned; // our own gateway, fed by our own simulator
     warm.duration = Duration::from_millis(300);
     warm.rate = Some(5.0);
     let w = bench_push(&warm).await?;
@@ -341,6 +343,7 @@ pub async fn bench_e2e(opts: &E2eOptions, command: String) -> anyhow::Result<E2e
 
     // 3. Under a push flood.
     let mut flood = PushBenchOptions::new(push_addr);
+    flood.live = LivePolicy::Owned;
     flood.connections = opts.flood_connections;
     flood.duration = Duration::from_secs(3600);
     let flood_stop = flood.stop.clone();
@@ -359,6 +362,7 @@ pub async fn bench_e2e(opts: &E2eOptions, command: String) -> anyhow::Result<E2e
 
     // 4. Data age at 5 Hz.
     let mut age_opts = AgeBenchOptions::new(push_addr);
+    age_opts.live = LivePolicy::Owned;
     age_opts.duration = opts.duration;
     age_opts.progress = progress_bar(opts.progress, 0, "data age, 5 Hz push");
     let (s, age) = tokio::spawn(async move {
@@ -373,6 +377,7 @@ pub async fn bench_e2e(opts: &E2eOptions, command: String) -> anyhow::Result<E2e
     let mut push = Vec::new();
     for n in [1usize, 4] {
         let mut p = PushBenchOptions::new(push_addr);
+        p.live = LivePolicy::Owned;
         p.connections = n;
         p.duration = opts.duration;
         p.progress = progress_bar(opts.progress, 0, &format!("push throughput, {n} conn"));

@@ -15,7 +15,9 @@
 //! [`hdrhistogram`] (3 significant digits) and reported in microseconds.
 //!
 //! The files: `hist` (histograms, percentiles) · `exchange` (one RTU read on the wire,
-//! judged by the master's [`crate::modbus::master::validate_read_reply`]) · `rtu`, `push`,
+//! judged by the master's [`crate::modbus::master::validate_read_reply`]) · `guard` (the
+//! look before `push` and `age` write into a gateway: refuse a real KSEM's data unless
+//! `--live`, then touch only reserved words) · `rtu`, `push`,
 //! `age`, `e2e` (the four benches) · `process` (CPU and memory from `/proc`) · `report`
 //! (markdown) · `cli` (arguments and runners). This file: the map, the constants and the
 //! small helpers they share.
@@ -43,6 +45,7 @@ mod age;
 mod cli;
 mod e2e;
 mod exchange;
+pub mod guard;
 mod hist;
 mod process;
 mod push;
@@ -56,6 +59,7 @@ pub use e2e::{
     NominalLoad, StartupReport,
 };
 pub use exchange::{Exchange, RtuStatus};
+pub use guard::{LivePolicy, RESERVED};
 pub use hist::{fmt_us, LatencyHist, Percentiles};
 pub use process::{process_cpu_time, process_memory_kib};
 pub use push::{bench_push, PushBenchOptions, PushBenchReport};

@@ -1,5 +1,6 @@
 //! `bench push`: act as the KSEM push (FC16 of both groups over N Modbus TCP connections);
 //! write latency and throughput. Also the one FC16 write that `bench age` pushes with.
+//! Refuses a gateway that holds a real KSEM's data unless told `--live` (see [`super::guard`]).
 //! Touches only the sockets it opens.
 
 use std::collections::BTreeMap;
@@ -13,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use super::guard::{self, fill_pattern, read_holding, LivePolicy, RESERVED};
 use super::hist::{LatencyHist, Percentiles};
 use super::{round1, round3, ser_duration_ms, FC_WRITE_MULTIPLE, PUSH_GROUPS};
 
@@ -25,14 +27,14 @@ pub struct PushBenchOptions {
     /// as possible.
     pub rate: Option<f64>,
     /// How long to push.
-    #[serde(serialize_with = "ser_duration_ms")]
+    #[serde(rename = "duration_ms", serialize_with = "ser_duration_ms")]
     pub duration: Duration,
     /// Parallel connections.
     pub connections: usize,
     /// MBAP unit id.
     pub unit: u8,
     /// Per write (and per connect) timeout.
-    #[serde(serialize_with = "ser_duration_ms")]
+    #[serde(rename = "timeout_ms", serialize_with = "ser_duration_ms")]
     pub timeout: Duration,
     /// Progress on stderr (hidden by default).
     #[serde(skip)]
@@ -40,6 +42,8 @@ pub struct PushBenchOptions {
     /// Stop early when cancelled (in addition to `duration`).
     #[serde(skip)]
     pub stop: CancellationToken,
+    /// What to do when the image holds data the bench did not write.
+    pub live: LivePolicy,
 }
 
 impl PushBenchOptions {
@@ -53,6 +57,7 @@ impl PushBenchOptions {
             timeout: Duration::from_secs(1),
             progress: ProgressBar::hidden(),
             stop: CancellationToken::new(),
+            live: LivePolicy::Refuse,
         }
     }
 }
@@ -188,9 +193,15 @@ pub(super) async fn connect(target: SocketAddr, timeout: Duration) -> std::io::R
 async fn push_connection(opts: PushBenchOptions, conn: usize, stop: CancellationToken) -> PushAcc {
     let mut acc = PushAcc::default();
     let mut tx = [0u8; 7 + 6 + 2 * 125];
-    // Values: group 0..27 carries a per-connection 32-bit sequence in words 0..1, the
-    // rest a changing pattern; so does 40..145.
-    let mut groups: Vec<(u16, Vec<u16>)> = PUSH_GROUPS
+    // Values: by default both groups carry the bench's pattern (a per-connection 32-bit
+    // sequence in their first two words). `--live`: 0..39 and 40..145 are read from the
+    // image and written back as they are, with the sequence only in the reserved 28..29.
+    let layout: &[(u16, u16)] = if opts.live == LivePolicy::Preserve {
+        &[(0, RESERVED.0 + RESERVED.1), PUSH_GROUPS[1]]
+    } else {
+        &PUSH_GROUPS
+    };
+    let mut groups: Vec<(u16, Vec<u16>)> = layout
         .iter()
         .map(|&(a, n)| (a, vec![0u16; usize::from(n)]))
         .collect();
@@ -232,10 +243,25 @@ async fn push_connection(opts: PushBenchOptions, conn: usize, stop: Cancellation
             }
             seq = seq.wrapping_add(1);
             for (address, words) in &mut groups {
-                words[0] = (seq >> 16) as u16;
-                words[1] = seq as u16;
-                for (i, w) in words.iter_mut().enumerate().skip(2) {
-                    *w = (seq as u16).wrapping_add(i as u16);
+                if opts.live == LivePolicy::Preserve {
+                    tid = tid.wrapping_add(1);
+                    let count = words.len() as u16;
+                    match read_holding(&mut sock, tid, opts.unit, *address, count, opts.timeout)
+                        .await
+                    {
+                        Ok(held) if held.len() == words.len() => words.copy_from_slice(&held),
+                        _ => {
+                            acc.errors += 1;
+                            continue 'outer;
+                        }
+                    }
+                    if *address == 0 {
+                        let at = usize::from(RESERVED.0);
+                        words[at] = (seq >> 16) as u16;
+                        words[at + 1] = seq as u16;
+                    }
+                } else {
+                    fill_pattern(words, seq);
                 }
                 tid = tid.wrapping_add(1);
                 match push_write(
@@ -270,9 +296,12 @@ async fn push_connection(opts: PushBenchOptions, conn: usize, stop: Cancellation
 
 /// Act as the KSEM push: `opts.connections` connections, each alternately writing FC16
 /// group 0..27 and 40..145 with changing values, for `opts.duration` (or until
-/// `opts.stop`).
+/// `opts.stop`). Under [`LivePolicy::Refuse`] it first refuses a gateway holding foreign
+/// data; under [`LivePolicy::Preserve`] each write is preceded by a read of the same words
+/// (not timed) and changes only the reserved words 28..29.
 pub async fn bench_push(opts: &PushBenchOptions) -> anyhow::Result<PushBenchReport> {
     anyhow::ensure!(opts.connections > 0, "at least one connection");
+    guard::check(opts.live, opts.target, opts.unit, opts.timeout, "push").await?;
     let stop = opts.stop.child_token();
     let started = Instant::now();
     let tasks: Vec<_> = (0..opts.connections)

@@ -58,7 +58,7 @@ pub struct RtuBenchOptions {
     /// Requests per second (all ranges together); `None`: back to back.
     pub rate: Option<f64>,
     /// Reply timeout.
-    #[serde(serialize_with = "ser_duration_ms")]
+    #[serde(rename = "timeout_ms", serialize_with = "ser_duration_ms")]
     pub timeout: Duration,
     /// Progress on stderr (hidden by default).
     #[serde(skip)]

@@ -384,7 +384,11 @@ fn plausible(r: &Register, t: f64, phase: f64) -> Vec<u16> {
         "W" => 900.0 * sun,
         "%" if name.contains("soc") => 60.0 + 10.0 * sun,
         "°C" => 35.0 + 3.0 * wobble,
-        "kWh" | "Wh" => 1000.0 + t / 60.0,
+        // Counters that grow, each of a plausible size for its period (day < month < year < total).
+        "kWh" | "Wh" if name.contains("day") => 12.0 + t / 60.0,
+        "kWh" | "Wh" if name.contains("month") => 310.0 + t / 60.0,
+        "kWh" | "Wh" if name.contains("year") => 3600.0 + t / 60.0,
+        "kWh" | "Wh" => 21000.0 + t / 60.0,
         _ => match r.range {
             Some((lo, _)) => lo as f64 * r.scale,
             None => 0.0,

@@ -168,7 +168,10 @@ pub async fn start(opts: KsemSimOptions, cancel: CancellationToken) -> anyhow::R
             Ok(())
         });
     }
-    tracing::info!(slave = %slave_addr, push_to = ?opts.push_to, seed = opts.seed, "KSEM sim started");
+    let push_to = opts
+        .push_to
+        .map_or_else(|| "nowhere".to_string(), |p| p.to_string());
+    tracing::info!(slave = %slave_addr, push_to = %push_to, seed = opts.seed, "KSEM sim started");
     Ok(KsemSim {
         slave_addr,
         model,
