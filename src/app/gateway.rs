@@ -154,8 +154,10 @@ impl Gateway {
             });
         }
         let mut writes = None;
-        let tcp_addr =
-            start_kstar(&config, &handles, bus, &mut tasks, &cancel, &mut writes).await?;
+        let tcp_addr = match start_meter_tcp(&config, &handles, &mut tasks, &cancel).await? {
+            Some(addr) => Some(addr),
+            None => start_kstar(&config, &handles, bus, &mut tasks, &cancel, &mut writes).await?,
+        };
         start_mqtt(
             &config,
             options.profile.as_ref(),
@@ -256,7 +258,12 @@ async fn start_kstar(
         _ => None,
     };
     let mut tcp_addr = None;
-    if let Some(tcp_cfg) = config.tcp_server.clone() {
+    // A KSEM config's `tcp_server:` is the meter's read-only server ([`start_meter_tcp`]).
+    if let Some(tcp_cfg) = config
+        .tcp_server
+        .clone()
+        .filter(|_| config.rtu_poll.is_some())
+    {
         let writes = match (&policy, &config.rtu_poll) {
             (Some(p), Some(_)) => Some((Arc::clone(p), queue.clone())),
             _ => None,
@@ -308,6 +315,40 @@ async fn start_kstar(
         }
     }
     Ok(tcp_addr)
+}
+
+/// Start the meter's read-only TCP server for the house if this is a KSEM config with a
+/// `tcp_server:` section (no `rtu_poll:`). Returns where it listens.
+async fn start_meter_tcp(
+    config: &Config,
+    handles: &Handles,
+    tasks: &mut JoinSet<&'static str>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<SocketAddr>> {
+    use crate::config::TcpServerConfig;
+    use crate::servers::meter_tcp::MeterTcpServer;
+    let Some(tcp_cfg) = config
+        .tcp_server
+        .clone()
+        .filter(|_| TcpServerConfig::is_meter(config))
+    else {
+        return Ok(None);
+    };
+    let units = tcp_cfg.unit_id.to_string();
+    let server = MeterTcpServer::bind(
+        tcp_cfg,
+        Arc::clone(&handles.image),
+        Arc::clone(&handles.tcp),
+    )
+    .await?;
+    let addr = server.local_addr()?;
+    tracing::info!(%addr, units, "meter tcp server listening (read-only)");
+    let c = cancel.clone();
+    tasks.spawn(async move {
+        server.run(c).await;
+        "meter tcp server"
+    });
+    Ok(Some(addr))
 }
 
 /// What MQTT commands need from the KSTAR side: the write policy and the write queue.
