@@ -234,3 +234,43 @@ async fn pysunspec2_and_pymodbus_read_what_the_ksem_holds() {
     cancel.cancel();
     gw.join(Duration::from_secs(5)).await;
 }
+
+/// The RTU slave runs on its own thread and runtime: with every thread of the gateway's
+/// runtime blocked (here: the test's only thread, asleep), the inverter is still answered.
+/// Before the slave had its own thread, no reply came until the runtime ran again.
+#[tokio::test(flavor = "current_thread")]
+async fn the_inverter_is_answered_while_the_gateway_runtime_is_blocked() {
+    let yaml = "rtu: {device: in-process, turnaround: 0}
+regions:
+  - {name: spec_version, start: 8249, count: 1, source: static, values: {8249: 7}}
+";
+    let cfg = config::parse(yaml, "rtu.yaml").expect("config").config;
+    let (gw_end, mut inverter) = tokio::io::duplex(256);
+    let cancel = CancellationToken::new();
+    let gw = Gateway::start(cfg, RtuPort::Stream(Box::new(gw_end)), cancel.clone())
+        .await
+        .expect("gateway starts");
+    // The inverter on a thread of its own: one FC03 read of 8249, at most 2 s.
+    let asker = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let request = airbridge::tools::bench::with_crc(&[1, 3, 0x20, 0x39, 0, 1]);
+            inverter.write_all(&request).await.expect("write");
+            let mut reply = [0u8; 7];
+            let got =
+                tokio::time::timeout(Duration::from_secs(2), inverter.read_exact(&mut reply)).await;
+            (got.is_ok_and(|r| r.is_ok()), reply, inverter)
+        })
+    });
+    // Block this runtime's only thread for longer than the inverter waits.
+    std::thread::sleep(Duration::from_secs(3));
+    let (answered, reply, _inverter) = asker.join().expect("inverter thread");
+    assert!(answered, "no reply while the gateway's runtime was blocked");
+    assert_eq!(&reply[..5], &[1, 3, 2, 0, 7], "{reply:?}");
+    cancel.cancel();
+    gw.join(Duration::from_secs(5)).await;
+}

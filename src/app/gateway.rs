@@ -1,8 +1,9 @@
 //! The gateway: wires sources → image → servers and supervises them.
 //!
-//! Owns the tasks and the shutdown: the push server, the poller, the RTU slave (re-opening
-//! its serial device with backoff when it cannot be opened or disappears) and a monitor that
-//! logs state changes (ready, region stale/fresh). Everything is stopped by one
+//! Owns the tasks and the shutdown: the push server, the poller, the RTU slave (on its own
+//! thread and runtime; re-opening its serial device with backoff when it cannot be opened
+//! or disappears), the LAN servers and a monitor that logs state changes (ready, region
+//! stale/fresh). Everything is stopped by one
 //! [`CancellationToken`]. It reads the config and hands each role its part; the roles only
 //! meet in the [`Image`].
 
@@ -169,26 +170,7 @@ impl Gateway {
         let slave = RtuSlave::new(&config.rtu, Arc::clone(&image), Arc::clone(&handles.rtu))
             .with_journal(Arc::clone(&handles.journal));
         let port = if config.rtu_slave { port } else { RtuPort::Off };
-        match port {
-            RtuPort::Off => {}
-            RtuPort::Stream(stream) => {
-                let cancel = cancel.clone();
-                tasks.spawn(async move {
-                    if let Err(e) = slave.serve(stream, &cancel).await {
-                        tracing::error!("RTU stream failed: {e}");
-                    }
-                    "RTU slave"
-                });
-            }
-            RtuPort::Device => {
-                let c = cancel.clone();
-                let config = config.clone();
-                tasks.spawn(async move {
-                    serve_device(config, slave, c).await;
-                    "RTU slave"
-                });
-            }
-        }
+        spawn_rtu_thread(port, slave, &config, &cancel, &mut tasks)?;
         let c = cancel.clone();
         tasks.spawn(async move {
             crate::ops::logging::flush_task(c).await;
@@ -417,6 +399,61 @@ fn write_deadline(config: &Config) -> Duration {
     per_request
         .saturating_mul(requests)
         .max(Duration::from_secs(5))
+}
+
+/// Run the RTU slave on its own OS thread, in a current-thread runtime of its own, so that
+/// nothing else the gateway does (LAN readers, push floods, the status page) can delay a
+/// reply to the inverter: the slave's precise turnaround wait sleeps its thread (up to
+/// ~1 ms per reply), which on the shared two-worker runtime would block a worker every
+/// other task needs, and its frames would queue behind other tasks. The serial device is
+/// opened on that thread (its I/O is driven there); a [`RtuPort::Stream`] made elsewhere
+/// keeps the driver of the runtime it was made in. A task in `tasks` ends when the thread
+/// does, so [`Gateway::failed`] sees it end (or panic) as any other task.
+fn spawn_rtu_thread(
+    port: RtuPort,
+    slave: RtuSlave,
+    config: &Config,
+    cancel: &CancellationToken,
+    tasks: &mut JoinSet<&'static str>,
+) -> anyhow::Result<()> {
+    if matches!(port, RtuPort::Off) {
+        return Ok(());
+    }
+    let (done, ended) = tokio::sync::oneshot::channel::<()>();
+    let (config, cancel) = (config.clone(), cancel.clone());
+    std::thread::Builder::new()
+        .name("rtu-slave".into())
+        .spawn(move || {
+            // Built (and dropped) on this thread: a runtime may not be dropped in async code.
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!("RTU slave: cannot build its runtime: {e}");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match port {
+                    RtuPort::Off => {}
+                    RtuPort::Stream(stream) => {
+                        if let Err(e) = slave.serve(stream, &cancel).await {
+                            tracing::error!("RTU stream failed: {e}");
+                        }
+                    }
+                    RtuPort::Device => serve_device(config, slave, cancel).await,
+                }
+            });
+            // Dropped without a send when the thread panics: the task ends all the same.
+            let _ = done.send(());
+        })?;
+    tasks.spawn(async move {
+        let _ = ended.await;
+        "RTU slave"
+    });
+    Ok(())
 }
 
 /// The RTU slave's serial device (`rtu.device`), for the [`reopen`] loop.
