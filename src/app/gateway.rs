@@ -1,8 +1,9 @@
 //! The gateway: wires sources → image → servers and supervises them.
 //!
-//! Owns the tasks and the shutdown: the push server, the poller, the RTU slave (re-opening
-//! its serial device with backoff when it cannot be opened or disappears) and a monitor that
-//! logs state changes (ready, region stale/fresh). Everything is stopped by one
+//! Owns the tasks and the shutdown: the push server, the poller, the RTU slave (on its own
+//! thread and runtime; re-opening its serial device with backoff when it cannot be opened
+//! or disappears), the LAN servers and a monitor that logs state changes (ready, region
+//! stale/fresh). Everything is stopped by one
 //! [`CancellationToken`]. It reads the config and hands each role its part; the roles only
 //! meet in the [`Image`].
 
@@ -154,8 +155,10 @@ impl Gateway {
             });
         }
         let mut writes = None;
-        let tcp_addr =
-            start_kstar(&config, &handles, bus, &mut tasks, &cancel, &mut writes).await?;
+        let tcp_addr = match start_meter_tcp(&config, &handles, &mut tasks, &cancel).await? {
+            Some(addr) => Some(addr),
+            None => start_kstar(&config, &handles, bus, &mut tasks, &cancel, &mut writes).await?,
+        };
         start_mqtt(
             &config,
             options.profile.as_ref(),
@@ -167,26 +170,7 @@ impl Gateway {
         let slave = RtuSlave::new(&config.rtu, Arc::clone(&image), Arc::clone(&handles.rtu))
             .with_journal(Arc::clone(&handles.journal));
         let port = if config.rtu_slave { port } else { RtuPort::Off };
-        match port {
-            RtuPort::Off => {}
-            RtuPort::Stream(stream) => {
-                let cancel = cancel.clone();
-                tasks.spawn(async move {
-                    if let Err(e) = slave.serve(stream, &cancel).await {
-                        tracing::error!("RTU stream failed: {e}");
-                    }
-                    "RTU slave"
-                });
-            }
-            RtuPort::Device => {
-                let c = cancel.clone();
-                let config = config.clone();
-                tasks.spawn(async move {
-                    serve_device(config, slave, c).await;
-                    "RTU slave"
-                });
-            }
-        }
+        spawn_rtu_thread(port, slave, &config, &cancel, &mut tasks)?;
         let c = cancel.clone();
         tasks.spawn(async move {
             crate::ops::logging::flush_task(c).await;
@@ -256,7 +240,12 @@ async fn start_kstar(
         _ => None,
     };
     let mut tcp_addr = None;
-    if let Some(tcp_cfg) = config.tcp_server.clone() {
+    // A KSEM config's `tcp_server:` is the meter's read-only server ([`start_meter_tcp`]).
+    if let Some(tcp_cfg) = config
+        .tcp_server
+        .clone()
+        .filter(|_| config.rtu_poll.is_some())
+    {
         let writes = match (&policy, &config.rtu_poll) {
             (Some(p), Some(_)) => Some((Arc::clone(p), queue.clone())),
             _ => None,
@@ -308,6 +297,40 @@ async fn start_kstar(
         }
     }
     Ok(tcp_addr)
+}
+
+/// Start the meter's read-only TCP server for the house if this is a KSEM config with a
+/// `tcp_server:` section (no `rtu_poll:`). Returns where it listens.
+async fn start_meter_tcp(
+    config: &Config,
+    handles: &Handles,
+    tasks: &mut JoinSet<&'static str>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<SocketAddr>> {
+    use crate::config::TcpServerConfig;
+    use crate::servers::meter_tcp::MeterTcpServer;
+    let Some(tcp_cfg) = config
+        .tcp_server
+        .clone()
+        .filter(|_| TcpServerConfig::is_meter(config))
+    else {
+        return Ok(None);
+    };
+    let units = tcp_cfg.unit_id.to_string();
+    let server = MeterTcpServer::bind(
+        tcp_cfg,
+        Arc::clone(&handles.image),
+        Arc::clone(&handles.tcp),
+    )
+    .await?;
+    let addr = server.local_addr()?;
+    tracing::info!(%addr, units, "meter tcp server listening (read-only)");
+    let c = cancel.clone();
+    tasks.spawn(async move {
+        server.run(c).await;
+        "meter tcp server"
+    });
+    Ok(Some(addr))
 }
 
 /// What MQTT commands need from the KSTAR side: the write policy and the write queue.
@@ -366,6 +389,61 @@ fn write_deadline(config: &Config) -> Duration {
         return Duration::from_secs(5);
     };
     p.write_timeout + p.gap + p.late_reply_window + p.timeout + Duration::from_millis(500)
+}
+
+/// Run the RTU slave on its own OS thread, in a current-thread runtime of its own, so that
+/// nothing else the gateway does (LAN readers, push floods, the status page) can delay a
+/// reply to the inverter: the slave's precise turnaround wait sleeps its thread (up to
+/// ~1 ms per reply), which on the shared two-worker runtime would block a worker every
+/// other task needs, and its frames would queue behind other tasks. The serial device is
+/// opened on that thread (its I/O is driven there); a [`RtuPort::Stream`] made elsewhere
+/// keeps the driver of the runtime it was made in. A task in `tasks` ends when the thread
+/// does, so [`Gateway::failed`] sees it end (or panic) as any other task.
+fn spawn_rtu_thread(
+    port: RtuPort,
+    slave: RtuSlave,
+    config: &Config,
+    cancel: &CancellationToken,
+    tasks: &mut JoinSet<&'static str>,
+) -> anyhow::Result<()> {
+    if matches!(port, RtuPort::Off) {
+        return Ok(());
+    }
+    let (done, ended) = tokio::sync::oneshot::channel::<()>();
+    let (config, cancel) = (config.clone(), cancel.clone());
+    std::thread::Builder::new()
+        .name("rtu-slave".into())
+        .spawn(move || {
+            // Built (and dropped) on this thread: a runtime may not be dropped in async code.
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!("RTU slave: cannot build its runtime: {e}");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match port {
+                    RtuPort::Off => {}
+                    RtuPort::Stream(stream) => {
+                        if let Err(e) = slave.serve(stream, &cancel).await {
+                            tracing::error!("RTU stream failed: {e}");
+                        }
+                    }
+                    RtuPort::Device => serve_device(config, slave, cancel).await,
+                }
+            });
+            // Dropped without a send when the thread panics: the task ends all the same.
+            let _ = done.send(());
+        })?;
+    tasks.spawn(async move {
+        let _ = ended.await;
+        "RTU slave"
+    });
+    Ok(())
 }
 
 /// The RTU slave's serial device (`rtu.device`), for the [`reopen`] loop.

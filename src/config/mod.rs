@@ -188,14 +188,51 @@ pub struct TcpServerConfig {
     pub allow_from: Vec<IpNet>,
     /// Connections served at once; more are refused.
     pub max_connections: usize,
-    /// The unit id LAN clients address (255, the Modbus TCP "no unit" id, is accepted too);
-    /// other unit ids get exception 0A.
-    pub unit_id: u8,
+    /// The unit ids answered (`tcp_server.unit_id`): in a KSEM config any (as the KSEM
+    /// itself), in a KSTAR config 1; the KSTAR server also takes 255. Others get 0A.
+    pub unit_id: UnitIds,
     /// A connection with no request for this long is closed.
     pub idle_timeout: Duration,
 }
 
+/// Which unit ids a TCP server answers (`tcp_server.unit_id`: `any`, one id or a list).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnitIds {
+    /// Every unit id, as a KSEM answers: clients set up for the meter work unchanged
+    /// (Home Assistant with 1, evcc's `kostal-ksem` template with 71).
+    Any,
+    /// Only these (sorted, without duplicates, never empty).
+    Only(Vec<u8>),
+}
+
+impl UnitIds {
+    /// True when a request for `unit` is answered.
+    pub fn accepts(&self, unit: u8) -> bool {
+        match self {
+            UnitIds::Any => true,
+            UnitIds::Only(ids) => ids.binary_search(&unit).is_ok(),
+        }
+    }
+}
+
+impl std::fmt::Display for UnitIds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UnitIds::Any => f.write_str("any"),
+            UnitIds::Only(ids) => {
+                let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+                f.write_str(&ids.join(","))
+            }
+        }
+    }
+}
+
 impl TcpServerConfig {
+    /// True for a KSEM config's server (no `rtu_poll:`): read-only, any unit id by default.
+    pub fn is_meter(config: &Config) -> bool {
+        config.tcp_server.is_some() && config.rtu_poll.is_none()
+    }
+
     /// True when `ip` may connect.
     pub fn allows(&self, ip: IpAddr) -> bool {
         let ip = canonical_ip(ip);

@@ -138,15 +138,28 @@ pub(super) struct RawTcpServer {
     /// Peers allowed (addresses or networks); empty: anyone.
     #[serde(default)]
     pub(super) allow_from: Vec<Spanned<String>>,
-    /// Connections at once.
-    #[serde(default = "default_tcp_connections")]
-    pub(super) max_connections: Spanned<usize>,
-    /// Unit id clients address.
-    #[serde(default = "default_unit")]
-    pub(super) unit_id: Spanned<u8>,
+    /// Connections at once (default: 16 in a KSEM config, 8 in a KSTAR config).
+    #[serde(default)]
+    pub(super) max_connections: Option<Spanned<usize>>,
+    /// Unit ids answered: `any`, one id or a list (default: any in a KSEM config, 1 in a
+    /// KSTAR config).
+    #[serde(default)]
+    pub(super) unit_id: Option<Spanned<UnitIdText>>,
     /// Close a connection idle this long.
     #[serde(default)]
     pub(super) idle_timeout: Option<Spanned<DurationText>>,
+}
+
+/// `tcp_server.unit_id` as written: `any`, one id or a list (range checked by the validator).
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum UnitIdText {
+    /// One unit id.
+    One(i64),
+    /// Several unit ids.
+    Many(Vec<i64>),
+    /// `any`.
+    Word(String),
 }
 
 /// A `writable:` entry as written: an address or a register name.
@@ -308,9 +321,6 @@ pub(super) fn default_retries() -> Spanned<u32> {
 }
 pub(super) fn default_offline_after() -> Spanned<u32> {
     unspanned(3)
-}
-pub(super) fn default_tcp_connections() -> Spanned<usize> {
-    unspanned(8)
 }
 pub(super) fn unspanned<T>(value: T) -> Spanned<T> {
     Spanned::new(

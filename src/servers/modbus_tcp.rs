@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Function, TcpServerConfig, MAX_READ};
+use crate::config::{Function, TcpServerConfig, UnitIds, MAX_READ};
 use crate::control::writes::{
     WriteJob, WriteOutcome, WritePolicy, WriteQueue, FC_WRITE_MULTIPLE, FC_WRITE_SINGLE,
 };
@@ -76,8 +76,8 @@ pub struct TcpServer {
 
 /// What every connection's service shares.
 struct Shared {
-    /// The unit id clients address.
-    unit_id: u8,
+    /// The unit ids clients address.
+    unit_id: UnitIds,
     /// Where reads are answered from.
     image: Arc<Image>,
     /// Request counters.
@@ -97,7 +97,7 @@ impl TcpServer {
         writes: Option<(Arc<WritePolicy>, WriteQueue)>,
         write_deadline: Duration,
     ) -> anyhow::Result<Self> {
-        let unit_id = cfg.unit_id;
+        let unit_id = cfg.unit_id.clone();
         Ok(TcpServer {
             front: TcpFront::bind(NAMES, cfg, Arc::clone(&stats)).await?,
             shared: Arc::new(Shared {
@@ -151,7 +151,7 @@ impl tokio_modbus::server::Service for Service {
         let shared = Arc::clone(&self.shared);
         let peer = self.peer;
         // The configured unit id, or 255, the Modbus TCP "no unit" id many clients send.
-        if req.slave != shared.unit_id && req.slave != 0xFF {
+        if !shared.unit_id.accepts(req.slave) && req.slave != 0xFF {
             shared.stats.bad_requests.fetch_add(1, Relaxed);
             tracing::debug!(%peer, unit = req.slave, "tcp: request for an unknown unit id");
             return Box::pin(std::future::ready(Err(

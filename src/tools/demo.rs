@@ -56,18 +56,21 @@ pub struct DemoSummary {
     pub push_writes_ok: u64,
 }
 
-/// The demo's gateway config: the shipped defaults, with loopback endpoints and a pty.
+/// The demo's gateway config: the shipped defaults, with loopback endpoints and a pty, and
+/// the meter shared on loopback (`tcp_server:` and the commented `sunspec` region enabled).
 pub fn demo_config(ksem_slave: std::net::SocketAddr) -> anyhow::Result<config::Config> {
     let yaml = format!(
         "rtu: {{device: in-process-pty, baud: 38400, stop_bits: 2, unit_id: 1}}
 push: {{listen: '127.0.0.1:0', allow_from: [127.0.0.1], max_connections: 4}}
 poll: {{host: '{ksem_slave}', unit_id: 1, timeout: 1s}}
+tcp_server: {{listen: '127.0.0.1:0', allow_from: [127.0.0.1]}}
 regions:
   - {{name: totals,   start: 0,    count: 40,  source: push, max_age: 2s, on_stale: silence, fallback_poll: 1s}}
   - {{name: phases,   start: 40,   count: 108, source: push, max_age: 2s, on_stale: silence, fallback_poll: 1s}}
   - {{name: energy,   start: 512,  count: 280, source: [push, poll], every: 10s, max_age: 5m, on_stale: serve}}
   - {{name: identity, start: 8192, count: 57,  source: poll, every: 1h}}
   - {{name: spec_version, start: 8249, count: 1, source: static, values: {{8249: 7}}}}
+  - {{name: sunspec,  start: 40000, count: 179, source: poll, every: 1s, max_age: 5s, on_stale: exception}}
 "
     );
     Ok(config::parse(&yaml, "demo")?.config)
@@ -111,6 +114,9 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
     .await?;
     if let (Some(addr), true) = (gateway.status_addr, opts.report) {
         println!("status page: http://{addr}/  (also /status, /metrics, /journal)");
+    }
+    if let (Some(addr), true) = (gateway.tcp_addr, opts.report) {
+        println!("meter for the house: modbus tcp {addr}, read-only, any unit id (KOSTAL map; SunSpec at 40000)");
     }
     let push_addr = gateway
         .push_addr

@@ -194,13 +194,7 @@ impl Validator<'_> {
                 "empty: any host on the network may read (and write what `writable` allows)",
             );
         }
-        if t.max_connections.value == 0 || t.max_connections.value > 1024 {
-            return Err(self.err(
-                line(&t.max_connections),
-                "tcp_server.max_connections",
-                "must be 1..1024",
-            ));
-        }
+        let max_connections = self.tcp_max_connections(t.max_connections.as_ref())?;
         let idle_timeout = match &t.idle_timeout {
             Some(d) => self.positive(d, "tcp_server.idle_timeout")?,
             None => Duration::from_secs(300),
@@ -208,8 +202,8 @@ impl Validator<'_> {
         Ok(TcpServerConfig {
             listen,
             allow_from,
-            max_connections: t.max_connections.value,
-            unit_id: t.unit_id.value,
+            max_connections,
+            unit_id: self.tcp_unit_ids(t.unit_id.as_ref())?,
             idle_timeout,
         })
     }

@@ -3,10 +3,13 @@
 //! message. This file: the entry point, the helpers every rule uses (errors, warnings,
 //! durations) and the small sections (`push:`, `poll:`, `status:`, `log:`). The serial
 //! line (`rtu:`, `rs485:`) is in `serial`, the region rules in `regions`, the KSTAR
-//! sections (`rtu_poll:`, `tcp_server:`) in `kstar`, `writable:` and the checks against
+//! sections (`rtu_poll:`, `tcp_server:`) in `kstar` (the keys of `tcp_server:` whose
+//! defaults depend on the mode, `unit_id` and `max_connections`, in `lan`), `writable:` and
+//! the checks against
 //! the loaded profile in `profile`. Touches nothing but what it is given.
 
 mod kstar;
+mod lan;
 mod profile;
 mod regions;
 mod serial;
@@ -49,7 +52,8 @@ struct Validator<'a> {
     origin: &'a str,
     /// Warnings so far (usable, but the user should know).
     warnings: Vec<String>,
-    /// The config has an `rtu_poll:` section (set before regions are validated).
+    /// The config has an `rtu_poll:` section (set before `tcp_server:` and the regions are
+    /// validated: without it a config is a KSEM config).
     have_rtu_poll: bool,
 }
 
@@ -108,6 +112,7 @@ impl Validator<'_> {
             .as_ref()
             .map(|p| self.rtu_poll(p))
             .transpose()?;
+        self.have_rtu_poll = rtu_poll.is_some();
         let tcp_server = raw
             .tcp_server
             .as_ref()
@@ -120,7 +125,6 @@ impl Validator<'_> {
                 "no server: add `rtu:` (serve an inverter on RS485) or `tcp_server:` (serve LAN clients)",
             ));
         }
-        self.have_rtu_poll = rtu_poll.is_some();
         let regions = self.regions(&raw.regions, push.is_some(), poll.is_some())?;
         let region_lines: BTreeMap<String, u64> = raw
             .regions

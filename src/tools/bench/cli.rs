@@ -31,6 +31,32 @@ pub enum BenchCmd {
     Age(AgeArgs),
     /// Everything, in-process: simulated KSEM + real gateway over a pty pair.
     E2e(E2eArgs),
+    /// Does the inverter notice the house reading the meter? RTU percentiles without and
+    /// with LAN readers on the meter's tcp_server, in-process.
+    Lan(LanArgs),
+}
+
+/// `bench lan` arguments.
+#[derive(Debug, clap::Args)]
+pub struct LanArgs {
+    /// LAN clients reading at once.
+    #[arg(long, default_value_t = 32)]
+    pub clients: usize,
+    /// Reads per second of each client (Hz).
+    #[arg(long, default_value = "10", value_parser = parse_hz)]
+    pub rate: f64,
+    /// Registers per LAN read (from address 0).
+    #[arg(long, default_value_t = 125)]
+    pub registers: u16,
+    /// RTU requests per range (10, 74, 125 registers) and run.
+    #[arg(long, default_value_t = 2000)]
+    pub count: u64,
+    /// The RTU slave's turnaround.
+    #[arg(long, default_value = "1750us", value_parser = parse_dur)]
+    pub turnaround: Duration,
+    /// One JSON object on stdout instead of markdown.
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn parse_dur(s: &str) -> Result<Duration, String> {
@@ -219,6 +245,7 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Push(a) => run_push(a).await,
         BenchCmd::Age(a) => run_age(a).await,
         BenchCmd::E2e(a) => run_e2e(a).await,
+        BenchCmd::Lan(a) => run_lan(a).await,
     }
 }
 
@@ -400,6 +427,24 @@ async fn run_e2e(a: E2eArgs) -> anyhow::Result<()> {
         print_json(&report)
     } else {
         print!("{}", e2e_markdown(&report));
+        Ok(())
+    }
+}
+
+async fn run_lan(a: LanArgs) -> anyhow::Result<()> {
+    let opts = super::LanBenchOptions {
+        clients: a.clients,
+        rate_hz: a.rate,
+        registers: a.registers,
+        count: a.count,
+        turnaround: a.turnaround,
+        progress: show_progress(a.json),
+    };
+    let report = super::bench_lan(&opts, command_line()).await?;
+    if a.json {
+        print_json(&report)
+    } else {
+        print!("{}", super::lan_markdown(&report));
         Ok(())
     }
 }

@@ -462,7 +462,7 @@ pub async fn bench_e2e(opts: &E2eOptions, command: String) -> anyhow::Result<E2e
 
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let notes = vec![
-        format!("in-process: simulated KSEM, gateway and bench share one process, one tokio runtime (2 worker threads) and {cpus} CPUs; the bench competes with the gateway for them"),
+        format!("in-process: simulated KSEM, gateway and bench share one process, one tokio runtime (2 worker threads) plus the RTU slave's own thread, and {cpus} CPUs; the bench competes with the gateway for them"),
         format!("RTU over a pseudo-terminal pair: {PTY_NOTE}; at 38400 8N2 an FC03 request takes 2.3 ms on the wire and a 74-register reply 43.8 ms"),
         "latency reference: timestamp immediately before the write() of the request (as rtu_bench.py); turnaround = → first reply byte, total = → last reply byte".into(),
         "gateway config: turnaround 0, push regions max_age 1h (no staleness during the idle case), no fallback poll".into(),

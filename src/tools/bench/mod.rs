@@ -7,6 +7,8 @@
 //!   connections, write latency and throughput.
 //! - [`bench_age`]: data age, push acknowledged → first RTU reply carrying that sequence.
 //! - [`bench_e2e`]: all of it against the real gateway in-process over a pty pair.
+//! - [`bench_lan`]: the RTU percentiles without and with LAN readers on the meter's
+//!   `tcp_server:`, and the LAN read latency.
 //!
 //! Timing reference (as `rtu_bench.py`): the timestamp taken immediately *before* the
 //! single `write()` of the request. Timestamps are [`std::time::Instant`]
@@ -17,8 +19,8 @@
 //! The files: `hist` (histograms, percentiles) · `exchange` (one RTU read on the wire,
 //! judged by the master's [`crate::modbus::master::validate_read_reply`]) · `guard` (the
 //! look before `push` and `age` write into a gateway: refuse a real KSEM's data unless
-//! `--live`, then touch only reserved words) · `rtu`, `push`,
-//! `age`, `e2e` (the four benches) · `process` (CPU and memory from `/proc`) · `report`
+//! `--live`, then touch only reserved words) · `rtu`, `push`, `age`, `e2e`, `lan` (the
+//! five benches) · `process` (CPU and memory from `/proc`) · `report`
 //! (markdown) · `cli` (arguments and runners). This file: the map, the constants and the
 //! small helpers they share.
 //!
@@ -47,13 +49,14 @@ mod e2e;
 mod exchange;
 pub mod guard;
 mod hist;
+mod lan;
 mod process;
 mod push;
 mod report;
 mod rtu;
 
 pub use age::{age_analysis, bench_age, AgeBenchOptions, AgeReport};
-pub use cli::{run, AgeArgs, BenchCmd, E2eArgs, PushArgs, PushRate, RtuArgs};
+pub use cli::{run, AgeArgs, BenchCmd, E2eArgs, LanArgs, PushArgs, PushRate, RtuArgs};
 pub use e2e::{
     bench_e2e, e2e_config, measure_startup, E2eOptions, E2eReport, E2eRtuCase, GatewayCounters,
     NominalLoad, StartupReport,
@@ -61,6 +64,7 @@ pub use e2e::{
 pub use exchange::{Exchange, RtuStatus};
 pub use guard::{LivePolicy, RESERVED};
 pub use hist::{fmt_us, LatencyHist, Percentiles};
+pub use lan::{bench_lan, lan_markdown, LanBenchOptions, LanBenchReport, LanReaders};
 pub use process::{process_cpu_time, process_memory_kib};
 pub use push::{bench_push, PushBenchOptions, PushBenchReport};
 pub use report::{e2e_markdown, rtu_table};

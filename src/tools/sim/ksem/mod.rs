@@ -5,8 +5,9 @@
 //! - [`KsemModel`]: a pure, seeded household (voltages, frequency, base load,
 //!   kettle, induction hob, fridge, a slow PV cycle so both import and export
 //!   show within minutes) rendered into the KSEM register map: 0..=147
-//!   (instantaneous), 512..=791 (energy counters), 8192..=8249 (PnP/identity).
-//!   See `shared/reference/ksem-g2.md` §2–4 and §8.
+//!   (instantaneous), 512..=791 (energy counters), 8192..=8249 (PnP/identity) and
+//!   the SunSpec chain 40000..=40178 (common model 1, meter model 203, firmware ≥ 2.6.0
+//!   layout) filled from the same words. See `shared/reference/ksem-g2.md` §2–5 and §8.
 //! - [`serve_slave`]: the KSEM's Modbus TCP slave (FC03/FC04 over those blocks).
 //! - [`run_pusher`]: the KSEM's "Modbus TCP master" push mode (FC16 groups 0..27
 //!   and 40..145 every interval).
@@ -20,12 +21,14 @@
 //! direction of P (the emulator convention known to work with the Plenticore);
 //! PF is the magnitude |P|/S (0..1000).
 //!
-//! The files: `model` (the household and the register map), `slave`, `pusher`; this one
+//! The files: `model` (the household and the register map), `sunspec` (the SunSpec chain
+//! rendered from that map), `slave`, `pusher`; this one
 //! holds the register-map constants, the options and the orchestration ([`start`], [`run`]).
 
 mod model;
 mod pusher;
 mod slave;
+pub mod sunspec;
 
 pub use model::{lock_model, KsemModel, SharedModel};
 pub use pusher::{
@@ -49,8 +52,10 @@ pub const BLOCK_INSTANT: (u16, u16) = (0, 147);
 pub const BLOCK_ENERGY: (u16, u16) = (512, 791);
 /// PnP / identity block (first, last) address.
 pub const BLOCK_PNP: (u16, u16) = (8192, 8249);
+/// SunSpec chain ("SunS" … end marker) (first, last) address.
+pub const BLOCK_SUNSPEC: (u16, u16) = (40_000, 40_178);
 /// The blocks a read may fall in (entirely within one of them).
-pub const BLOCKS: [(u16, u16); 3] = [BLOCK_INSTANT, BLOCK_ENERGY, BLOCK_PNP];
+pub const BLOCKS: [(u16, u16); 4] = [BLOCK_INSTANT, BLOCK_ENERGY, BLOCK_PNP, BLOCK_SUNSPEC];
 /// Largest register count a single read may ask for.
 pub const MAX_READ_COUNT: u16 = 125;
 /// Push groups (start, count): "current values total" 0..=27 and "current values phases" 40..=145.

@@ -1,6 +1,7 @@
 //! [`KsemModel`]: a pure, seeded household (voltages, frequency, base load, kettle,
 //! induction hob, fridge, a slow PV cycle so both import and export show within minutes)
-//! rendered into the KSEM register map (`shared/reference/ksem-g2.md` §2–4 and §8), and
+//! rendered into the KSEM register map (`shared/reference/ksem-g2.md` §2–4 and §8, plus
+//! the SunSpec chain of `sunspec`), and
 //! [`SharedModel`], how the slave and the pusher share it. No I/O; the system clock only
 //! for registers 8245..8248.
 
@@ -284,7 +285,7 @@ impl KsemModel {
     }
 
     /// Registers `address .. address + count`, or `None` when `count` is 0 or any
-    /// address lies outside 0..=147, 512..=791 and 8192..=8249 (a read may not
+    /// address lies outside 0..=147, 512..=791, 8192..=8249 and 40000..=40178 (a read may not
     /// span two blocks, since the gaps between them are outside).
     pub fn read(&self, address: u16, count: u16) -> Option<Vec<u16>> {
         if count == 0 {
@@ -298,7 +299,8 @@ impl KsemModel {
         let block = match first {
             0 => self.instantaneous_block().to_vec(),
             512 => self.energy_block().to_vec(),
-            _ => self.pnp_block().to_vec(),
+            8192 => self.pnp_block().to_vec(),
+            _ => self.sunspec_block().to_vec(),
         };
         debug_assert_eq!(block.len(), usize::from(last - first) + 1);
         let from = usize::from(address - first);
@@ -340,6 +342,15 @@ impl KsemModel {
             c.put(&mut w, 80 + 80 * k);
         }
         w
+    }
+
+    /// Registers 40000..=40178: the SunSpec chain, model 203 from this state's KOSTAL words.
+    pub fn sunspec_block(&self) -> [u16; super::sunspec::SUNSPEC_LEN] {
+        super::sunspec::chain(
+            &self.instantaneous_block(),
+            &self.energy_block(),
+            &self.serial,
+        )
     }
 
     /// Registers 8192..=8249 (8245..8248 = system clock, Unix ms).
@@ -728,6 +739,8 @@ pub(super) mod tests {
         assert_eq!(m.read(512, 280).map(|v| v.len()), Some(280));
         assert_eq!(m.read(8192, 58).map(|v| v.len()), Some(58));
         assert_eq!(m.read(147, 1).map(|v| v.len()), Some(1));
+        assert_eq!(m.read(40_000, 125).map(|v| v.len()), Some(125));
+        assert_eq!(m.read(40_125, 54).map(|v| v.len()), Some(54));
         for (a, n) in [
             (0, 0),
             (0, 149),
@@ -740,6 +753,8 @@ pub(super) mod tests {
             (8191, 1),
             (8249, 2),
             (8250, 1),
+            (39_999, 2),
+            (40_178, 2),
             (65535, 1),
             (65535, 65535),
         ] {
