@@ -217,3 +217,36 @@ fn missing_file_cannot_be_read() {
     assert!(stderr.contains("cannot read"), "{stderr}");
     assert!(stdout.is_empty(), "{stdout}");
 }
+
+/// Issue 15: a reply timeout shorter than the largest reply's wire time is a warning with
+/// both numbers (125 registers at 1200 baud 8N1: 255 bytes, 2.125 s; timeout 500 ms).
+#[test]
+fn kstar_timeout_shorter_than_the_largest_reply_warns() {
+    let dir = TempDir::new();
+    let path = dir.write(
+        "kstar.yaml",
+        "rtu_poll: {device: /dev/ttyUSB0, baud: 1200, timeout: 500ms}
+tcp_server: {listen: '127.0.0.1:1502', allow_from: [127.0.0.1]}
+regions:
+  - {name: live, start: 3000, count: 125, function: input, source: rtu_poll, every: 5s, max_age: 30s}
+",
+    );
+    let out = check(&path);
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        all.contains("rtu_poll.timeout: 500ms is shorter than the wire time of the largest reply (125 registers, 255 bytes: 2.125s at 1200 baud)"),
+        "{all}"
+    );
+    // At 9600 baud the same reply takes 265.6 ms: no warning.
+    let path = dir.write(
+        "ok.yaml",
+        "rtu_poll: {device: /dev/ttyUSB0, baud: 9600, timeout: 500ms}
+tcp_server: {listen: '127.0.0.1:1502', allow_from: [127.0.0.1]}
+regions:
+  - {name: live, start: 3000, count: 125, function: input, source: rtu_poll, every: 5s, max_age: 30s}
+",
+    );
+    let out = check(&path);
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!all.contains("wire time"), "{all}");
+}

@@ -211,8 +211,11 @@ async fn reads_serve_the_devices_values_per_table() {
     assert!(rig.device.set("active_power_setting", &[70]));
     let p = rig.device.profile().clone();
 
+    // Wait for a poll after the last `set` (a poll may land between two of them).
     let live = read_until(&mut rig.client, Function::Input, 3000, 125, |r| {
-        r.as_ref().is_ok_and(|w| w[0] == 3012)
+        r.as_ref().is_ok_and(|w| {
+            w[0] == 3012 && decode(&p, Function::Input, "bat_soc", w, 3000) == Value::Number(87.5)
+        })
     })
     .await
     .expect("live region served");

@@ -381,24 +381,14 @@ fn start_mqtt(
     });
 }
 
-/// How long a LAN client's write may wait for the bus: the writes queued before it and one
-/// region poll in progress, each at worst a timeout plus the gap.
+/// How long a LAN client's write may wait for its outcome: `write_timeout` in the queue
+/// (older writes are dropped unsent, with 0B), then the gap, the drain of a late reply and
+/// the reply timeout of its own transaction, plus a margin for the outcome to travel back.
 fn write_deadline(config: &Config) -> Duration {
     let Some(p) = &config.rtu_poll else {
         return Duration::from_secs(5);
     };
-    let per_request = p.timeout + p.gap;
-    let longest_region = config
-        .regions
-        .iter()
-        .filter(|r| r.source.rtu_poll)
-        .map(|r| u32::from(r.count.div_ceil(crate::config::MAX_READ)))
-        .max()
-        .unwrap_or(1);
-    let requests = QUEUE_DEPTH as u32 + longest_region * (p.retries + 1) + 1;
-    per_request
-        .saturating_mul(requests)
-        .max(Duration::from_secs(5))
+    p.write_timeout + p.gap + p.late_reply_window + p.timeout + Duration::from_millis(500)
 }
 
 /// Run the RTU slave on its own OS thread, in a current-thread runtime of its own, so that
@@ -465,15 +455,15 @@ struct SlaveDevice {
 }
 
 impl Device for SlaveDevice {
-    type Stream = tokio_serial::SerialStream;
+    type Stream = crate::link::line::Line;
     fn label(&self) -> &'static str {
         "serial device"
     }
     fn path(&self) -> String {
         self.cfg.device.clone()
     }
-    fn open(&mut self) -> anyhow::Result<Self::Stream> {
-        let r = crate::link::serial::open(&self.cfg);
+    async fn open(&mut self) -> anyhow::Result<Self::Stream> {
+        let r = crate::link::line::open(&self.cfg).await;
         let error = r.as_ref().err().map(|e| format!("{e:#}"));
         if let Ok(mut g) = self.slave.stats().device_error.lock() {
             *g = error;

@@ -148,6 +148,21 @@ pub struct RtuPollConfig {
     pub offline_after: u32,
     /// Longest wait between two probes of an offline device (backoff from 1s).
     pub probe_max: Duration,
+    /// After a timeout, the bus must be quiet this long before the next request, so a late
+    /// reply is thrown away instead of taken as the next request's answer.
+    pub late_reply_window: Duration,
+    /// A queued write older than this when the bus is free is dropped (never sent) and its
+    /// client gets exception 0B: a command is sent at most once, and never long after its
+    /// client gave up (and perhaps retried).
+    pub write_timeout: Duration,
+}
+
+/// How a device path names an RS485-to-Ethernet converter: `tcp://HOST:PORT`.
+pub const TCP_SCHEME: &str = "tcp://";
+
+/// `HOST:PORT` of a `tcp://HOST:PORT` device path; `None` for a serial device.
+pub fn tcp_target(device: &str) -> Option<&str> {
+    device.strip_prefix(TCP_SCHEME)
 }
 
 impl RtuPollConfig {

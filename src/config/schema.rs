@@ -121,6 +121,12 @@ pub(super) struct RawRtuPoll {
     /// Longest wait between probes of an offline device.
     #[serde(default)]
     pub(super) probe_max: Option<Spanned<DurationText>>,
+    /// Quiet time after a timeout before the next request (default: the timeout).
+    #[serde(default)]
+    pub(super) late_reply_window: Option<Spanned<DurationText>>,
+    /// Oldest a queued write may be when the bus is free (default 2s).
+    #[serde(default)]
+    pub(super) write_timeout: Option<Spanned<DurationText>>,
 }
 
 /// `tcp_server:` as written.

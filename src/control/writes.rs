@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::control::profile::{Profile, Register, WriteRefusal};
 
@@ -191,6 +192,27 @@ pub struct WriteJob {
     pub values: Vec<u16>,
     /// The device's outcome.
     pub reply: oneshot::Sender<WriteOutcome>,
+    /// When the client's request arrived: a job older than `rtu_poll.write_timeout` when the
+    /// bus is free is dropped, never sent (see [`WriteOutcome::Expired`]).
+    pub queued_at: Instant,
+}
+
+impl WriteJob {
+    /// A job arriving now; its outcome goes to `reply`.
+    pub fn new(
+        fc: u8,
+        address: u16,
+        values: Vec<u16>,
+        reply: oneshot::Sender<WriteOutcome>,
+    ) -> Self {
+        WriteJob {
+            fc,
+            address,
+            values,
+            reply,
+            queued_at: Instant::now(),
+        }
+    }
 }
 
 /// What became of a write on the bus.
@@ -204,6 +226,8 @@ pub enum WriteOutcome {
     NoReply,
     /// The device is offline; nothing was sent.
     Offline,
+    /// It waited longer than `rtu_poll.write_timeout` for the bus; nothing was sent.
+    Expired,
 }
 
 impl WriteOutcome {
@@ -212,7 +236,7 @@ impl WriteOutcome {
         match self {
             WriteOutcome::Done => None,
             WriteOutcome::Exception(c) => Some(c),
-            WriteOutcome::NoReply | WriteOutcome::Offline => Some(0x0B),
+            WriteOutcome::NoReply | WriteOutcome::Offline | WriteOutcome::Expired => Some(0x0B),
         }
     }
 }

@@ -76,8 +76,8 @@ pub trait Device {
     /// What the logs name as its path (`rtu.device`).
     fn path(&self) -> String;
 
-    /// Open the device; the error says why not.
-    fn open(&mut self) -> anyhow::Result<Self::Stream>;
+    /// Open the device (a tty, or connect to a `tcp://` converter); the error says why not.
+    fn open(&mut self) -> impl Future<Output = anyhow::Result<Self::Stream>> + Send;
 
     /// Serve an open stream until `cancel` fires (`Ok`) or it ends (`Ok`) or fails (`Err`).
     fn serve(
@@ -119,7 +119,11 @@ pub async fn run<D: Device>(device: &mut D, counters: Counters<'_>, cancel: &Can
         if cancel.is_cancelled() {
             return;
         }
-        let outcome = match device.open() {
+        let opening = tokio::select! {
+            () = cancel.cancelled() => return,
+            r = device.open() => r,
+        };
+        let outcome = match opening {
             Ok(stream) => {
                 counters.opens.fetch_add(1, Relaxed);
                 tracing::info!(device = %device.path(), "{label} open");
@@ -223,7 +227,7 @@ mod tests {
         fn path(&self) -> String {
             "/dev/test".into()
         }
-        fn open(&mut self) -> anyhow::Result<DuplexStream> {
+        async fn open(&mut self) -> anyhow::Result<DuplexStream> {
             self.tries.push(Instant::now());
             if self.fail_opens > 0 {
                 self.fail_opens -= 1;

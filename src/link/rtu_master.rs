@@ -66,41 +66,120 @@ impl Transaction {
     }
 }
 
-/// Modbus RTU master over any byte stream (serial port, pty, `tokio::io::duplex`).
+/// What the line needs before the next request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Line {
+    /// The last reply was taken off the line whole: only what is buffered is stale.
+    Clean,
+    /// A garbled reply: discard until quiet for the drain window.
+    Garbled,
+    /// A timeout or an exchange dropped half-way: its reply may still come. Discard until
+    /// quiet for the late-reply window.
+    Late,
+}
+
+/// Modbus RTU master over any byte stream (serial port, pty, TCP converter, in-memory pipe).
 ///
-/// One request at a time; every request has a timeout. After a timeout, a bad
-/// frame or an I/O error the master is "dirty" and, before its next request,
-/// discards input until the line has been quiet for the drain window. Before
-/// every request it also discards whatever is already buffered, at no wait.
+/// One request at a time; every request has a timeout. A reply is matched to its request
+/// by unit, function (or its exception), its own length (the byte count of an FC03/FC04
+/// reply, 5 for an exception) and CRC, hunting through the input for it: nothing relies on
+/// inter-byte silence, which ptys and TCP converters do not keep. Before every request
+/// whatever is buffered is discarded at no wait; after a timeout (or a dropped exchange)
+/// everything until the line has been quiet for the late-reply window, so a late reply is
+/// never taken as the answer to the next request of the same shape (give it at least the
+/// timeout); after a garbled reply, until quiet for the drain window.
 #[derive(Debug)]
 pub struct RtuMaster<S> {
-    /// The line (serial port, pty, in-memory pipe).
+    /// The line (serial port, pty, TCP socket, in-memory pipe).
     stream: S,
     /// Request written → complete reply, per request.
     timeout: Duration,
-    /// Quiet time that ends a drain after trouble.
+    /// Quiet time that ends a drain after a garbled reply.
     drain_window: Duration,
-    /// The last exchange went wrong (or was dropped): drain before the next request.
-    dirty: bool,
+    /// Quiet time that ends a drain after a timeout (default: the drain window; the KSTAR
+    /// poller sets `rtu_poll.late_reply_window`, at least its timeout).
+    late_window: Duration,
+    /// What the line needs before the next request.
+    line: Line,
     /// Stale bytes thrown away so far (for counters and tests).
     discarded: u64,
 }
 
+/// Where a reply lies in what arrived, or why none will.
+enum Found {
+    /// A CRC-valid reply for the request at `start..start + len`.
+    Reply { start: usize, len: usize },
+    /// The frame at the head is complete, has the right header and a bad CRC.
+    BadCrcAtHead,
+    /// Nothing yet.
+    Nothing,
+}
+
+/// Hunt `buf` for the reply to a request of `unit`/`fc` whose normal reply is
+/// `expected_len` bytes: the first offset where unit, function (or exception), the frame's
+/// own length and the CRC all fit. A header whose frame is not complete yet ends the hunt
+/// (more bytes are needed); one with a bad CRC is skipped.
+fn find_reply(buf: &[u8], unit: u8, fc: u8, expected_len: usize) -> Found {
+    let mut head_bad = false;
+    for start in 0..buf.len() {
+        let rest = &buf[start..];
+        if rest.first() != Some(&unit) {
+            continue;
+        }
+        let len = match rest.get(1) {
+            Some(&f) if f == fc | 0x80 => EXCEPTION_LEN,
+            Some(&f) if f == fc && (fc == 3 || fc == 4) => match rest.get(2) {
+                // A read reply is as long as its byte count says, whatever was asked.
+                Some(&n) => (5 + usize::from(n)).min(MAX_FRAME_LEN),
+                None => continue,
+            },
+            Some(&f) if f == fc => expected_len,
+            _ => continue,
+        };
+        // The earliest plausible header is still arriving: wait for it rather than take a
+        // CRC-valid look-alike from inside its data.
+        let Some(frame) = rest.get(..len) else {
+            return Found::Nothing;
+        };
+        if frame_crc_ok(frame) {
+            return Found::Reply { start, len };
+        }
+        if start == 0 {
+            head_bad = true;
+        }
+    }
+    if head_bad {
+        Found::BadCrcAtHead
+    } else {
+        Found::Nothing
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> RtuMaster<S> {
-    /// A master with the given reply timeout and the default drain window.
+    /// A master with the given reply timeout and the default drain window, after a garbled
+    /// reply and after a timeout alike. A master whose requests can share a shape (the KSTAR
+    /// poller) sets a late-reply window of at least the timeout
+    /// ([`RtuMaster::with_late_reply_window`]).
     pub fn new(stream: S, timeout: Duration) -> Self {
         Self {
             stream,
             timeout,
             drain_window: DEFAULT_DRAIN_WINDOW,
-            dirty: false,
+            late_window: DEFAULT_DRAIN_WINDOW,
+            line: Line::Clean,
             discarded: 0,
         }
     }
 
-    /// Change the quiet window used to discard stale input after trouble.
+    /// Change the quiet window used to discard stale input after a garbled reply.
     pub fn with_drain_window(mut self, window: Duration) -> Self {
         self.drain_window = window;
+        self
+    }
+
+    /// Change the quiet window used to discard a late reply after a timeout.
+    pub fn with_late_reply_window(mut self, window: Duration) -> Self {
+        self.late_window = window;
         self
     }
 
@@ -134,11 +213,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtuMaster<S> {
         self.stream
     }
 
-    /// Send `request` as is and collect its reply: `expected_len` bytes, or a
-    /// 5-byte CRC-valid exception frame (function byte = request function | 0x80).
+    /// Send `request` as is and collect its reply: a CRC-valid frame from the request's
+    /// unit with its function (an FC03/FC04 reply as long as its byte count says, others
+    /// `expected_len` bytes), or a 5-byte exception frame (function | 0x80). Bytes before
+    /// it are discarded.
     ///
-    /// The reply's CRC is checked ([`ReplyError::BadCrc`]); its content is not.
-    /// An exception frame is returned as `Ok` here (see [`Transaction::is_exception`]).
+    /// A frame at the head with the right header and a bad CRC is [`ReplyError::BadCrc`];
+    /// the content is not checked. An exception frame is returned as `Ok` here (see
+    /// [`Transaction::is_exception`]).
     pub async fn transact(
         &mut self,
         request: &[u8],
@@ -155,25 +237,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtuMaster<S> {
                 "expected reply length {expected_len} outside {EXCEPTION_LEN}..={MAX_FRAME_LEN}"
             )));
         }
-        let exception_fc = request[1] | 0x80;
+        let (unit, fc) = (request[0], request[1]);
 
         self.discard_stale().await?;
 
-        // Dirty until a reply has been taken off the line completely; this also
-        // covers a caller dropping this future half-way (e.g. on cancellation).
-        self.dirty = true;
+        // Late until a reply has been taken off the line completely; this also covers a
+        // caller dropping this future half-way (e.g. on cancellation).
+        self.line = Line::Late;
         self.send(request).await?;
         let sent_at = Instant::now();
         let deadline = sent_at + self.timeout;
 
-        let mut buf = vec![0u8; expected_len];
-        let mut len = 0usize;
+        let mut buf: Vec<u8> = Vec::with_capacity(expected_len);
+        let mut chunk = [0u8; MAX_FRAME_LEN];
         let mut first_byte_at = None;
         loop {
-            let n = match timeout_at(deadline, self.stream.read(&mut buf[len..])).await {
+            let n = match timeout_at(deadline, self.stream.read(&mut chunk)).await {
                 Err(_) => {
-                    if len > 0 {
-                        tracing::debug!(len, expected_len, "RTU reply incomplete at timeout");
+                    if !buf.is_empty() {
+                        tracing::debug!(
+                            len = buf.len(),
+                            expected_len,
+                            "RTU reply incomplete at timeout"
+                        );
                     }
                     return Err(ReplyError::Timeout);
                 }
@@ -189,38 +275,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtuMaster<S> {
             };
             let now = Instant::now();
             let first = *first_byte_at.get_or_insert(now);
-            len += n;
-
-            if len >= EXCEPTION_LEN && buf[1] == exception_fc {
-                // Normal replies never carry the 0x80 bit, so this can only be an exception.
-                if len > EXCEPTION_LEN {
-                    return Err(ReplyError::BadFrame(format!(
-                        "exception function byte in a {len}-byte reply"
-                    )));
+            buf.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
+            match find_reply(&buf, unit, fc, expected_len) {
+                Found::Reply { start, len } => {
+                    if start > 0 {
+                        tracing::debug!(bytes = start, "RTU master skipped input before the reply");
+                        self.discarded += start as u64;
+                    }
+                    // Anything after the reply is stale: the next request discards it.
+                    self.line = if buf.len() > start + len {
+                        Line::Garbled
+                    } else {
+                        Line::Clean
+                    };
+                    return Ok(Transaction {
+                        reply: buf[start..start + len].to_vec(),
+                        sent_at,
+                        first_byte_at: first,
+                        last_byte_at: now,
+                    });
                 }
-                buf.truncate(EXCEPTION_LEN);
-                if !frame_crc_ok(&buf) {
+                Found::BadCrcAtHead => {
+                    self.line = Line::Garbled;
                     return Err(ReplyError::BadCrc);
                 }
-                self.dirty = false;
-                return Ok(Transaction {
-                    reply: buf,
-                    sent_at,
-                    first_byte_at: first,
-                    last_byte_at: now,
-                });
+                Found::Nothing => {}
             }
-            if len == expected_len {
-                if !frame_crc_ok(&buf) {
-                    return Err(ReplyError::BadCrc);
-                }
-                self.dirty = false;
-                return Ok(Transaction {
-                    reply: buf,
-                    sent_at,
-                    first_byte_at: first,
-                    last_byte_at: now,
-                });
+            // A babbling line: keep the tail, where a reply could still begin.
+            if buf.len() > 2 * MAX_FRAME_LEN {
+                let cut = buf.len() - MAX_FRAME_LEN;
+                buf.drain(..cut);
+                self.discarded += cut as u64;
             }
         }
     }
@@ -243,7 +328,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtuMaster<S> {
             .await?;
         let parsed = parse_read_reply(unit, function, count, &tx.reply);
         if matches!(parsed, Err(ReplyError::BadFrame(_) | ReplyError::BadCrc)) {
-            self.dirty = true;
+            self.line = Line::Garbled;
         }
         parsed
     }
@@ -261,7 +346,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtuMaster<S> {
             return Err(ReplyError::Exception(tx.reply[2]));
         }
         if tx.reply != request {
-            self.dirty = true;
+            self.line = Line::Garbled;
             return Err(ReplyError::BadFrame(format!(
                 "FC06 echo {:02X?} differs from request {:02X?}",
                 tx.reply, request
@@ -284,7 +369,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtuMaster<S> {
             return Err(ReplyError::Exception(tx.reply[2]));
         }
         if tx.reply.get(..6) != request.get(..6) {
-            self.dirty = true;
+            self.line = Line::Garbled;
             return Err(ReplyError::BadFrame(format!(
                 "FC16 reply {:02X?} does not confirm the request",
                 tx.reply
@@ -300,13 +385,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtuMaster<S> {
     }
 
     /// Discard input that is not an answer to the request about to be sent:
-    /// always whatever is already buffered; after trouble, everything until the
-    /// line has been quiet for the drain window.
+    /// always whatever is already buffered; after a garbled reply everything until the
+    /// line has been quiet for the drain window, after a timeout for the late-reply window.
     async fn discard_stale(&mut self) -> Result<(), ReplyError> {
-        let window = if self.dirty {
-            self.drain_window
-        } else {
-            Duration::ZERO
+        let window = match self.line {
+            Line::Clean => Duration::ZERO,
+            Line::Garbled => self.drain_window,
+            Line::Late => self.late_window.max(self.drain_window),
         };
         let mut scratch = [0u8; MAX_FRAME_LEN];
         let total = drain_quiet(&mut self.stream, &mut scratch, window).await?;
@@ -314,7 +399,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtuMaster<S> {
             tracing::debug!(bytes = total, "RTU master discarded stale input");
             self.discarded += total as u64;
         }
-        self.dirty = false;
+        self.line = Line::Clean;
         Ok(())
     }
 }
@@ -543,6 +628,82 @@ mod tests {
             .unwrap();
         assert_eq!(r.unwrap(), vec![0x2222]);
         assert_eq!(m.discarded_bytes(), 7);
+        let _b = responder.await.unwrap();
+    }
+
+    /// Issue 15: a reply 1.5 x timeout late (after the old 5 ms drain, before the late-reply
+    /// window ends) must not be taken as the answer to the next request of the same shape.
+    #[tokio::test(start_paused = true)]
+    async fn late_reply_within_the_window_is_not_the_next_answer() {
+        let (a, mut b) = duplex(1024);
+        let responder = tokio::spawn(async move {
+            let req = next_request(&mut b).await.unwrap();
+            sleep(Duration::from_millis(150)).await;
+            b.write_all(&reply(req[0], req[1], &[0x1111]))
+                .await
+                .unwrap();
+            let req = next_request(&mut b).await.unwrap();
+            b.write_all(&reply(req[0], req[1], &[0x2222]))
+                .await
+                .unwrap();
+            b
+        });
+        let mut m = RtuMaster::new(a, Duration::from_millis(100))
+            .with_late_reply_window(Duration::from_millis(100));
+        let r = tokio::time::timeout(LIMIT, m.read(1, 3, 1, 1))
+            .await
+            .unwrap();
+        assert!(matches!(r, Err(ReplyError::Timeout)), "{r:?}");
+        // The next request goes out at once (no poll interval in between).
+        let r = tokio::time::timeout(LIMIT, m.read(1, 3, 2, 1))
+            .await
+            .unwrap();
+        assert_eq!(r.unwrap(), vec![0x2222]);
+        let _b = responder.await.unwrap();
+    }
+
+    /// A short CRC-valid reply (byte count below the request's) ends at its own length:
+    /// a bad frame at once, not a timeout.
+    #[tokio::test(start_paused = true)]
+    async fn short_valid_reply_is_read_to_its_own_length() {
+        let (a, mut b) = duplex(1024);
+        let responder = tokio::spawn(async move {
+            let req = next_request(&mut b).await.unwrap();
+            b.write_all(&reply(req[0], req[1], &[1, 2])).await.unwrap();
+            b
+        });
+        let mut m = RtuMaster::new(a, Duration::from_millis(100));
+        let start = Instant::now();
+        let r = tokio::time::timeout(LIMIT, m.read(1, 3, 0, 10))
+            .await
+            .unwrap();
+        assert!(matches!(r, Err(ReplyError::BadFrame(_))), "{r:?}");
+        assert!(
+            start.elapsed() < Duration::from_millis(100),
+            "waited for the timeout"
+        );
+        let _b = responder.await.unwrap();
+    }
+
+    /// Without inter-byte silence (TCP converters, ptys) the reply is found by unit,
+    /// function, length and CRC: noise and another unit's frame before it are skipped.
+    #[tokio::test(start_paused = true)]
+    async fn reply_is_hunted_by_unit_function_length_and_crc() {
+        let (a, mut b) = duplex(1024);
+        let responder = tokio::spawn(async move {
+            let req = next_request(&mut b).await.unwrap();
+            let mut out = vec![0x00, 0xFF, req[0]];
+            out.extend_from_slice(&reply(7, req[1], &[0x0707]));
+            out.extend_from_slice(&reply(req[0], req[1], &[0x4242]));
+            b.write_all(&out).await.unwrap();
+            b
+        });
+        let mut m = RtuMaster::new(a, Duration::from_millis(100));
+        let r = tokio::time::timeout(LIMIT, m.read(1, 3, 0, 1))
+            .await
+            .unwrap();
+        assert_eq!(r.unwrap(), vec![0x4242]);
+        assert_eq!(m.discarded_bytes(), 3 + 7);
         let _b = responder.await.unwrap();
     }
 

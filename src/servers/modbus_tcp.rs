@@ -218,6 +218,9 @@ fn read(
     }
 }
 
+/// The most registers one FC16 may write (Modbus application protocol, 6.12).
+const MAX_WRITE: usize = 123;
+
 /// Check, queue and await a write; log it with its outcome.
 async fn write(
     shared: &Shared,
@@ -227,6 +230,13 @@ async fn write(
     values: Vec<u16>,
 ) -> Result<(), ExceptionCode> {
     let stats = &shared.stats;
+    // A quantity Modbus does not allow is malformed whatever the policy says: 03, before
+    // any other check, and never on the bus.
+    if fc == FC_WRITE_MULTIPLE && !(1..=MAX_WRITE).contains(&values.len()) {
+        stats.writes_refused.fetch_add(1, Relaxed);
+        tracing::warn!(%peer, fc, address, quantity = values.len(), "write refused: FC16 quantity must be 1..={MAX_WRITE}");
+        return Err(ExceptionCode::IllegalDataValue);
+    }
     let Some((policy, queue)) = &shared.writes else {
         stats.writes_refused.fetch_add(1, Relaxed);
         tracing::warn!(%peer, fc, address, "write refused: no register is writable (no `writable:` list)");
@@ -267,12 +277,7 @@ async fn write(
     drop(snap);
     let change = changes.join(", ");
     let (tx, rx) = oneshot::channel();
-    let job = WriteJob {
-        fc,
-        address,
-        values,
-        reply: tx,
-    };
+    let job = WriteJob::new(fc, address, values, tx);
     if queue.try_send(job).is_err() {
         stats.writes_failed.fetch_add(1, Relaxed);
         tracing::warn!(%peer, "write not queued (queue full or bus gone): {change}");

@@ -6,8 +6,10 @@
 //! every chunk arrived, retries reads that got no valid reply, and after `offline_after`
 //! failed reads in a row declares the device offline: regular polls stop and a single probe
 //! is sent with backoff (1 s … `probe_max`) until the device answers again. Control writes
-//! ([`WriteJob`]) are taken from a queue between polls, one at a time, and their real outcome
-//! goes back to the client. It touches the serial stream, the image and its own counters.
+//! ([`WriteJob`]) are taken from a queue, at most one between two polls (so polling keeps its
+//! rate under any write load), each sent at most once and only if it waited no longer than
+//! `write_timeout`; their real outcome goes back to the client. Nothing is sent once
+//! shutdown began. It touches the serial stream, the image and its own counters.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -51,6 +53,8 @@ pub struct RtuPollStats {
     pub writes_failed: AtomicU64,
     /// Writes whose client had gone before the bus was free: not sent.
     pub writes_abandoned: AtomicU64,
+    /// Writes dropped unsent: older than `rtu_poll.write_timeout` when the bus was free.
+    pub writes_expired: AtomicU64,
     /// Probes of an offline device.
     pub probes: AtomicU64,
     /// Times the device went offline.
@@ -178,8 +182,11 @@ impl RtuPoller {
         stream: S,
         cancel: &CancellationToken,
     ) -> io::Result<()> {
-        let mut master = RtuMaster::new(stream, self.cfg.timeout);
+        let mut master = RtuMaster::new(stream, self.cfg.timeout)
+            .with_late_reply_window(self.cfg.late_reply_window);
         let mut writes_open = true;
+        // A write went on the bus since the last poll: a due poll goes before the next write.
+        let mut wrote = false;
         self.stats.bus_open.store(true, Relaxed);
         loop {
             // Polls and probes return early on cancel without rescheduling; without this
@@ -188,26 +195,32 @@ impl RtuPoller {
                 return Ok(());
             }
             self.stats.heartbeat.fetch_add(1, Relaxed);
-            // Writes first: they wait at most one region poll.
-            while let Ok(job) = self.writes.try_recv() {
-                self.write(&mut master, job, cancel).await?;
-                if cancel.is_cancelled() {
-                    return Ok(());
-                }
-            }
             let now = Instant::now();
-            match self.link {
-                Link::Offline { next_probe } if next_probe <= now => {
-                    self.probe(&mut master, cancel).await?;
+            let probe_due = matches!(self.link, Link::Offline { next_probe } if next_probe <= now);
+            let poll_due = match self.link {
+                Link::Online { .. } => self.due_task(now),
+                Link::Offline { .. } => None,
+            };
+            // At most one write between two polls of the schedule, so polling keeps its
+            // rate under any write load; a write waits at most one region poll.
+            if !wrote || (poll_due.is_none() && !probe_due) {
+                if let Ok(job) = self.writes.try_recv() {
+                    wrote = true;
+                    let r = self.write(&mut master, job, cancel).await;
+                    stop_on_cancel(r, cancel)?;
                     continue;
                 }
-                Link::Online { .. } => {
-                    if let Some(i) = self.due_task(now) {
-                        self.poll_task(&mut master, i, cancel).await?;
-                        continue;
-                    }
-                }
-                Link::Offline { .. } => {}
+            }
+            wrote = false;
+            if probe_due {
+                let r = self.probe(&mut master, cancel).await;
+                stop_on_cancel(r, cancel)?;
+                continue;
+            }
+            if let Some(i) = poll_due {
+                let r = self.poll_task(&mut master, i, cancel).await;
+                stop_on_cancel(r, cancel)?;
+                continue;
             }
             let wake = match self.link {
                 Link::Offline { next_probe } => next_probe,
@@ -223,12 +236,13 @@ impl RtuPoller {
                 () = cancel.cancelled() => return Ok(()),
                 () = tokio::time::sleep_until(wake) => {}
                 job = self.writes.recv(), if writes_open => match job {
-                    Some(job) => self.write(&mut master, job, cancel).await?,
+                    Some(job) => {
+                        wrote = true;
+                        let r = self.write(&mut master, job, cancel).await;
+                        stop_on_cancel(r, cancel)?;
+                    }
                     None => writes_open = false,
                 },
-            }
-            if cancel.is_cancelled() {
-                return Ok(());
             }
         }
     }
@@ -262,6 +276,10 @@ impl RtuPoller {
         cancel: &CancellationToken,
     ) -> Result<Vec<u16>, ReplyError> {
         self.wait_gap(cancel).await;
+        // Shutdown began during the gap: nothing more goes on the bus.
+        if cancel.is_cancelled() {
+            return Err(ReplyError::Io(shutdown()));
+        }
         self.stats.requests.fetch_add(1, Relaxed);
         let r = master.read(self.cfg.unit_id, fc, address, count).await;
         self.quiet_since = Some(Instant::now());
@@ -484,6 +502,24 @@ impl RtuPoller {
             return Ok(());
         }
         self.wait_gap(cancel).await;
+        // Shutdown began during the gap: the write is not sent (its client gets 0B).
+        if cancel.is_cancelled() {
+            return Ok(());
+        }
+        // The bus is free now; a write that waited too long is dropped, never sent late
+        // (its client may have given up and retried: a command goes out at most once).
+        let age = job.queued_at.elapsed();
+        if age > self.cfg.write_timeout {
+            self.stats.writes_expired.fetch_add(1, Relaxed);
+            tracing::warn!(
+                address = job.address,
+                waited = ?age,
+                write_timeout = ?self.cfg.write_timeout,
+                "write not sent: it waited longer than rtu_poll.write_timeout for the bus"
+            );
+            let _ = job.reply.send(WriteOutcome::Expired);
+            return Ok(());
+        }
         self.stats.requests.fetch_add(1, Relaxed);
         let unit = self.cfg.unit_id;
         let r = match (job.fc, job.values.as_slice()) {
@@ -536,19 +572,33 @@ impl RtuPoller {
     }
 }
 
-/// The poller on its serial device (`rtu_poll.device`), for the [`reopen`] loop.
+/// The error a request gets when shutdown began before it was sent.
+fn shutdown() -> io::Error {
+    io::Error::new(io::ErrorKind::Interrupted, "shutdown: not sent")
+}
+
+/// A step's result, but `Ok` once shutdown began (its early return is no failure).
+fn stop_on_cancel(r: io::Result<()>, cancel: &CancellationToken) -> io::Result<()> {
+    match r {
+        Err(_) if cancel.is_cancelled() => Ok(()),
+        r => r,
+    }
+}
+
+/// The poller on its bus device (`rtu_poll.device`: a tty or a `tcp://` converter), for
+/// the [`reopen`] loop.
 struct Bus<'a>(&'a mut RtuPoller);
 
 impl Device for Bus<'_> {
-    type Stream = tokio_serial::SerialStream;
+    type Stream = crate::link::line::Line;
     fn label(&self) -> &'static str {
         "RTU bus"
     }
     fn path(&self) -> String {
         self.0.cfg.device.clone()
     }
-    fn open(&mut self) -> anyhow::Result<Self::Stream> {
-        crate::link::serial::open(&self.0.cfg.line())
+    async fn open(&mut self) -> anyhow::Result<Self::Stream> {
+        crate::link::line::open(&self.0.cfg.line()).await
     }
     async fn serve(&mut self, stream: Self::Stream, cancel: &CancellationToken) -> io::Result<()> {
         self.0.serve(stream, cancel).await
@@ -632,12 +682,7 @@ regions:
     /// An FC06 write of `value` at `address`, and where its outcome arrives.
     fn write_job(address: u16, value: u16) -> (WriteJob, oneshot::Receiver<WriteOutcome>) {
         let (reply, rx) = oneshot::channel();
-        let job = WriteJob {
-            fc: FC_WRITE_SINGLE,
-            address,
-            values: vec![value],
-            reply,
-        };
+        let job = WriteJob::new(FC_WRITE_SINGLE, address, vec![value], reply);
         (job, rx)
     }
 

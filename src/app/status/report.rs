@@ -366,6 +366,24 @@ fn rtu_poll_json(ctx: &StatusContext, now: Instant) -> Json {
         "online": online,
         "device_opens": s.device_opens.load(Relaxed),
         "device_failures": s.device_failures.load(Relaxed),
+        "counters": rtu_poll_counters(s),
+    })
+}
+
+/// The RTU poller's bus counters: polls, timeouts and what became of each write.
+fn rtu_poll_counters(s: &crate::sources::rtu_poll::RtuPollStats) -> Json {
+    json!({
+        "requests": s.requests.load(Relaxed),
+        "timeouts": s.timeouts.load(Relaxed),
+        "exceptions": s.exceptions.load(Relaxed),
+        "bad_frames": s.bad_frames.load(Relaxed),
+        "regions_ok": s.regions_ok.load(Relaxed),
+        "regions_failed": s.regions_failed.load(Relaxed),
+        "probes": s.probes.load(Relaxed),
+        "writes_ok": s.writes_ok.load(Relaxed),
+        "writes_failed": s.writes_failed.load(Relaxed),
+        "writes_expired": s.writes_expired.load(Relaxed),
+        "writes_abandoned": s.writes_abandoned.load(Relaxed),
     })
 }
 

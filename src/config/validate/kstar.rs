@@ -21,9 +21,10 @@ impl Validator<'_> {
             return Err(self.err(
                 line(&r.device),
                 "rtu_poll.device",
-                "must name a serial device, e.g. /dev/ttyUSB0",
+                "must name a serial device, e.g. /dev/ttyUSB0, or tcp://HOST:PORT",
             ));
         }
+        self.bus_device(&r.device, "rtu_poll.device")?;
         if !(300..=4_000_000).contains(&r.baud.value) {
             return Err(self.err(
                 line(&r.baud),
@@ -91,7 +92,23 @@ impl Validator<'_> {
             Some(t) => self.positive(t, "rtu_poll.probe_max")?,
             None => Duration::from_secs(30),
         };
+        let late_reply_window = match &r.late_reply_window {
+            Some(w) => {
+                let v = self.duration(w, "rtu_poll.late_reply_window")?;
+                if v < timeout {
+                    self.warn(line(w), "rtu_poll.late_reply_window", format_args!("{v:?} is shorter than the timeout ({timeout:?}); a late reply may be taken as the next request's answer"));
+                }
+                v
+            }
+            None => timeout,
+        };
+        let write_timeout = match &r.write_timeout {
+            Some(t) => self.positive(t, "rtu_poll.write_timeout")?,
+            None => Duration::from_secs(2),
+        };
         Ok(RtuPollConfig {
+            late_reply_window,
+            write_timeout,
             device: r.device.value.clone(),
             baud: r.baud.value,
             data_bits: 8,
@@ -104,6 +121,57 @@ impl Validator<'_> {
             offline_after: r.offline_after.value,
             probe_max,
         })
+    }
+
+    /// Warn when `rtu_poll.timeout` is shorter than the wire time of the largest reply a
+    /// poll asks for (up to 125 registers per request) at the configured baud: such a read
+    /// can only time out.
+    pub(super) fn reply_fits_timeout(
+        &mut self,
+        raw: &Spanned<RawRtuPoll>,
+        p: &RtuPollConfig,
+        regions: &[crate::config::Region],
+    ) {
+        let Some(registers) = regions
+            .iter()
+            .filter(|r| r.source.rtu_poll)
+            .map(|r| r.count.min(crate::config::MAX_READ))
+            .max()
+        else {
+            return;
+        };
+        let wire = reply_wire_time(p, registers);
+        if p.timeout < wire {
+            let at = raw.value.timeout.as_ref().map_or(line(raw), line);
+            self.warn(at, "rtu_poll.timeout", format_args!(
+                "{:?} is shorter than the wire time of the largest reply ({registers} registers, {} bytes: {wire:?} at {} baud); that read can only time out",
+                p.timeout, 5 + 2 * u32::from(registers), p.baud
+            ));
+        }
+    }
+
+    /// A `device:` naming a `tcp://HOST:PORT` converter: the target must be `HOST:PORT`, and
+    /// `check` says that the line settings belong to the converter (here `baud` only times
+    /// the bus behind it). Serial devices pass unchanged.
+    pub(super) fn bus_device(&mut self, d: &Spanned<String>, key: &str) -> Result<(), ConfigError> {
+        let Some(target) = crate::config::tcp_target(d.value.trim()) else {
+            return Ok(());
+        };
+        let ok = target.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !ok {
+            return Err(self.err(
+                line(d),
+                key,
+                format!(
+                    "`{}` is not tcp://HOST:PORT, e.g. tcp://192.168.178.50:8899",
+                    d.value
+                ),
+            ));
+        }
+        self.warn(line(d), key, format_args!("a TCP converter: baud, parity and stop bits are set in the converter (transparent mode); `baud` here only times the bus behind it"));
+        Ok(())
     }
 
     pub(super) fn tcp_server(
@@ -139,4 +207,12 @@ impl Validator<'_> {
             idle_timeout,
         })
     }
+}
+
+/// How long the reply to a read of `registers` registers takes on the wire of `p`'s bus.
+pub(crate) fn reply_wire_time(p: &RtuPollConfig, registers: u16) -> Duration {
+    let bits =
+        1 + u64::from(p.data_bits) + u64::from(p.parity != Parity::None) + u64::from(p.stop_bits);
+    let bytes = 5 + 2 * u64::from(registers);
+    Duration::from_micros(bytes * bits * 1_000_000 / u64::from(p.baud.max(1)))
 }

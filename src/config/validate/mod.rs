@@ -132,6 +132,9 @@ impl Validator<'_> {
             .iter()
             .map(|r| (r.value.name.clone(), line(r)))
             .collect();
+        if let (Some(raw_p), Some(p)) = (&raw.rtu_poll, &rtu_poll) {
+            self.reply_fits_timeout(raw_p, p, &regions);
+        }
         if let Some(p) = &raw.rtu_poll {
             if !regions.iter().any(|r| r.source.rtu_poll) {
                 self.warn(

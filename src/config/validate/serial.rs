@@ -63,9 +63,10 @@ impl Validator<'_> {
             return Err(self.err(
                 line(&r.device),
                 "rtu.device",
-                "must name a serial device, e.g. /dev/ttyUSB0",
+                "must name a serial device, e.g. /dev/ttyUSB0, or tcp://HOST:PORT",
             ));
         }
+        self.bus_device(&r.device, "rtu.device")?;
         if !(300..=4_000_000).contains(&r.baud.value) {
             return Err(self.err(
                 line(&r.baud),
@@ -107,6 +108,13 @@ impl Validator<'_> {
             input_registers: r.input_registers,
             rs485: self.rs485(r.rs485.as_ref())?,
         };
+        if cfg.rs485.enabled && crate::config::tcp_target(&cfg.device).is_some() {
+            return Err(self.err(
+                r.rs485.as_ref().map_or(line(&r.device), line),
+                "rtu.rs485",
+                "needs a tty; a TCP converter drives its RS485 transceiver itself",
+            ));
+        }
         let t35 = t35(cfg.baud, cfg.bits_per_char());
         cfg.turnaround = match &r.turnaround {
             Some(t) => {

@@ -182,12 +182,7 @@ impl Commands {
             );
         let change = format!("{name} {address} {old} -> {new}");
         let (tx, rx) = oneshot::channel();
-        let job = WriteJob {
-            fc,
-            address,
-            values,
-            reply: tx,
-        };
+        let job = WriteJob::new(fc, address, values, tx);
         if self.queue.try_send(job).is_err() {
             tracing::warn!(
                 source = "mqtt",
@@ -210,10 +205,14 @@ impl Commands {
                 tracing::warn!(source = "mqtt", fc, ?outcome, "write failed: {change}");
                 Outcome::Refused(format!("the device answered exception {code:02X}"))
             }
-            WriteOutcome::NoReply | WriteOutcome::Offline => {
+            WriteOutcome::NoReply | WriteOutcome::Offline | WriteOutcome::Expired => {
                 tracing::warn!(source = "mqtt", fc, ?outcome, "write failed: {change}");
                 Outcome::Failed(match outcome {
                     WriteOutcome::Offline => "the device is offline; nothing was sent".into(),
+                    WriteOutcome::Expired => {
+                        "the bus was not free within rtu_poll.write_timeout; nothing was sent"
+                            .into()
+                    }
                     _ => format!("the device did not answer within {:?}", self.deadline),
                 })
             }
