@@ -16,15 +16,14 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use tokio::time::Instant;
 use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{TcpServerConfig, UnitIds, MAX_READ};
-use crate::image::{Image, ReadRefusal};
+use crate::config::{TcpServerConfig, UnitIds};
+use crate::image::Image;
 use crate::link::tcp_front::{Names, TcpFront};
 use crate::ops::logging::limited;
-use crate::servers::modbus_tcp::TcpStats;
+use crate::servers::modbus_tcp::{read_image, TcpStats};
 
 /// How the front names itself: `meter tcp client connected`, `tcp_server.allow_from`.
 const NAMES: Names = Names {
@@ -152,35 +151,14 @@ fn answer(
 
 /// Answer a read from one snapshot of the image; every touched region is checked alone.
 fn read(shared: &Shared, fc: u8, address: u16, count: u16) -> Result<Vec<u16>, ExceptionCode> {
-    let stats = &shared.stats;
-    if count == 0 || count > MAX_READ {
-        stats.reads_refused.fetch_add(1, Relaxed);
-        return Err(ExceptionCode::IllegalDataValue);
-    }
-    let image = &shared.image;
-    let snap = image.load();
-    match image.check_read_in(&snap, image.table_for(fc), address, count, Instant::now()) {
-        Ok(touched) => {
-            let mut out = Vec::with_capacity(usize::from(count));
-            image.for_each_word(&snap, touched, address, count, |w| out.push(w));
-            stats.reads.fetch_add(1, Relaxed);
-            Ok(out)
-        }
-        Err(ReadRefusal::OutsideRegions) => {
-            stats.reads_refused.fetch_add(1, Relaxed);
-            Err(ExceptionCode::IllegalDataAddress)
-        }
-        Err(ReadRefusal::WarmingUp | ReadRefusal::Stale(_)) => {
-            stats.reads_stale.fetch_add(1, Relaxed);
-            Err(ExceptionCode::GatewayTargetDevice)
-        }
-    }
+    read_image(&shared.image, &shared.stats, fc, address, count)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+    use tokio::time::Instant;
     use tokio_modbus::client::{Context as Client, Reader as _, Writer as _};
     use tokio_modbus::Slave;
 

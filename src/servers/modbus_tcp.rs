@@ -1,3 +1,9 @@
+//! The Modbus TCP server for LAN clients of a KSTAR device: reads answered from the image
+//! (one snapshot per reply, 0B while a region is stale), writes checked against the write
+//! policy and queued for the RTU poller, which runs them between polls and hands back the
+//! device's outcome. Admission, allow list, limits and idle timeout are the one
+//! [`crate::link::tcp_front`]. Touches the image, the write queue and its own counters.
+
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -185,22 +191,22 @@ impl tokio_modbus::server::Service for Service {
     }
 }
 
-/// Answer a read from the image: the table `function`, each touched region fresh.
-fn read(
-    shared: &Shared,
-    function: Function,
+/// Answer a LAN read of the image with function code `fc`, from one snapshot; every touched
+/// region is checked on its own (0B while warming up or stale). Shared by this server and
+/// the meter's read-only server ([`crate::servers::meter_tcp`]).
+pub(crate) fn read_image(
+    image: &Image,
+    stats: &TcpStats,
+    fc: u8,
     address: u16,
     count: u16,
 ) -> Result<Vec<u16>, ExceptionCode> {
-    let stats = &shared.stats;
     if count == 0 || count > MAX_READ {
         stats.reads_refused.fetch_add(1, Relaxed);
         return Err(ExceptionCode::IllegalDataValue);
     }
-    let image = &shared.image;
-    let table = image.table_for(function.read_code());
     let snap = image.load();
-    match image.check_read_in(&snap, table, address, count, Instant::now()) {
+    match image.check_read_in(&snap, image.table_for(fc), address, count, Instant::now()) {
         Ok(touched) => {
             let mut out = Vec::with_capacity(usize::from(count));
             image.for_each_word(&snap, touched, address, count, |w| out.push(w));
@@ -216,6 +222,22 @@ fn read(
             Err(ExceptionCode::GatewayTargetDevice)
         }
     }
+}
+
+/// Answer a read from the image: the table `function`, each touched region fresh.
+fn read(
+    shared: &Shared,
+    function: Function,
+    address: u16,
+    count: u16,
+) -> Result<Vec<u16>, ExceptionCode> {
+    read_image(
+        &shared.image,
+        &shared.stats,
+        function.read_code(),
+        address,
+        count,
+    )
 }
 
 /// The most registers one FC16 may write (Modbus application protocol, 6.12).
