@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{TcpServerConfig, UnitIds};
 use crate::image::Image;
-use crate::link::tcp_front::{Names, TcpFront};
+use crate::link::tcp_front::{Connection, Names, TcpFront};
 use crate::ops::logging::limited;
 use crate::servers::modbus_tcp::{read_image, TcpStats};
 
@@ -80,24 +80,11 @@ impl MeterTcpServer {
 
     /// Serve until `cancel` fires.
     pub async fn run(self, cancel: CancellationToken) {
-        let MeterTcpServer { front, shared } = self;
-        let service = |peer| Service {
-            shared: Arc::clone(&shared),
-            peer,
-        };
-        front.run(service, cancel).await;
+        self.front.run_shared(self.shared, cancel).await;
     }
 }
 
-/// One connection's request handler.
-struct Service {
-    /// What every connection shares.
-    shared: Arc<Shared>,
-    /// The client, for the logs.
-    peer: SocketAddr,
-}
-
-impl tokio_modbus::server::Service for Service {
+impl tokio_modbus::server::Service for Connection<Shared> {
     type Request = SlaveRequest<'static>;
     type Response = Response;
     type Exception = ExceptionCode;
@@ -353,7 +340,7 @@ regions:
             None,
             "over the limit: closed"
         );
-        assert_eq!(m.stats.refused_limit.load(Relaxed), 1);
+        assert_eq!(m.stats.front.refused_limit.load(Relaxed), 1);
         // All sixteen still served, concurrently.
         let mut set = tokio::task::JoinSet::new();
         for mut c in clients {

@@ -240,9 +240,9 @@ pub fn render(ctx: &StatusContext) -> String {
         "Push connections by what happened at accept.",
         "result",
         &[
-            ("accepted", n(&p.connections_accepted)),
-            ("not_allowed", n(&p.refused_not_allowed)),
-            ("limit", n(&p.refused_limit)),
+            ("accepted", n(&p.front.accepted)),
+            ("not_allowed", n(&p.front.refused_not_allowed)),
+            ("limit", n(&p.front.refused_limit)),
         ],
     );
     o.ones(&[
@@ -250,13 +250,13 @@ pub fn render(ctx: &StatusContext) -> String {
             "airbridge_push_idle_timeouts_total",
             "counter",
             "Push connections closed for idleness.",
-            n(&p.idle_timeouts),
+            n(&p.front.idle_timeouts),
         ),
         (
             "airbridge_push_connections",
             "gauge",
             "Push connections open now (upstream connection state of the push side).",
-            p.open.load(Relaxed) as f64,
+            p.front.open.load(Relaxed) as f64,
         ),
     ]);
 
