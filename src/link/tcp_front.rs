@@ -196,18 +196,50 @@ impl<C: FrontSettings, K: FrontStats> TcpFront<C, K> {
             }
         }
     }
+}
 
-    /// [`TcpFront::run`] with one [`Connection`] per client, all sharing `shared`.
-    pub async fn run_shared<Sh>(self, shared: Arc<Sh>, cancel: CancellationToken)
+/// A bound server whose connections share one state `Sh`, ready to run. A server module
+/// names it (`pub type TcpServer = FrontServer<…>`), brings its `bind` and implements
+/// tokio-modbus's `Service` for [`Connection`]`<Sh>`.
+pub struct FrontServer<C, K, Sh> {
+    /// The listening socket, admission and the live settings.
+    front: TcpFront<C, K>,
+    /// What every connection's service shares.
+    shared: Arc<Sh>,
+}
+
+impl<C: FrontSettings, K: FrontStats, Sh: Send + Sync + 'static> FrontServer<C, K, Sh> {
+    /// A server of `front` whose connections share `shared`.
+    pub fn new(front: TcpFront<C, K>, shared: Sh) -> Self {
+        FrontServer {
+            front,
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// Where it listens (port 0 resolved).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.front.local_addr()
+    }
+
+    /// The live settings (allow list, limit, idle timeout; see [`TcpFront::settings`]).
+    /// What the server reads at bind (`listen`, a server's `unit_id`) is not re-read.
+    pub fn settings(&self) -> Arc<ArcSwap<C>> {
+        self.front.settings()
+    }
+
+    /// Serve until `cancel` fires, one [`Connection`] per client; accept errors restart
+    /// the server after a pause (see [`TcpFront::run`]).
+    pub async fn run(self, cancel: CancellationToken)
     where
-        Sh: Send + Sync + 'static,
         Connection<Sh>: Service<Request = SlaveRequest<'static>> + Send + Sync + 'static,
     {
+        let FrontServer { front, shared } = self;
         let service = |peer| Connection {
             shared: Arc::clone(&shared),
             peer,
         };
-        self.run(service, cancel).await;
+        front.run(service, cancel).await;
     }
 }
 

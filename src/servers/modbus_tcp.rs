@@ -5,25 +5,22 @@
 //! [`crate::link::tcp_front`]. Touches the image, the write queue and its own counters.
 
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{Function, TcpServerConfig, UnitIds, MAX_READ};
 use crate::control::writes::{
     WriteJob, WriteOutcome, WritePolicy, WriteQueue, FC_WRITE_MULTIPLE, FC_WRITE_SINGLE,
 };
 use crate::image::{Image, ReadRefusal};
-use crate::link::tcp_front::{Connection, FrontCounters, FrontStats, Names, TcpFront};
+use crate::link::tcp_front::{Connection, FrontCounters, FrontServer, FrontStats, Names, TcpFront};
 
 /// Counters of the TCP server.
 #[derive(Debug, Default)]
@@ -59,15 +56,10 @@ const NAMES: Names = Names {
 };
 
 /// A bound TCP server, ready to run.
-pub struct TcpServer {
-    /// The listening socket, admission and the live settings.
-    front: TcpFront<TcpServerConfig, TcpStats>,
-    /// What every connection's service shares.
-    shared: Arc<Shared>,
-}
+pub type TcpServer = FrontServer<TcpServerConfig, TcpStats, Shared>;
 
 /// What every connection's service shares.
-struct Shared {
+pub struct Shared {
     /// The unit ids clients address.
     unit_id: UnitIds,
     /// Where reads are answered from.
@@ -90,31 +82,17 @@ impl TcpServer {
         write_deadline: Duration,
     ) -> anyhow::Result<Self> {
         let unit_id = cfg.unit_id.clone();
-        Ok(TcpServer {
-            front: TcpFront::bind(NAMES, cfg, Arc::clone(&stats)).await?,
-            shared: Arc::new(Shared {
+        let front = TcpFront::bind(NAMES, cfg, Arc::clone(&stats)).await?;
+        Ok(FrontServer::new(
+            front,
+            Shared {
                 unit_id,
                 image,
                 stats,
                 writes,
                 write_deadline,
-            }),
-        })
-    }
-
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.front.local_addr()
-    }
-
-    /// The live settings (allow list, limit, idle timeout; see [`TcpFront::settings`]).
-    /// `unit_id` and `listen` are read at bind only.
-    pub fn settings(&self) -> Arc<ArcSwap<TcpServerConfig>> {
-        self.front.settings()
-    }
-
-    /// Serve until `cancel` fires; accept errors restart the server after a pause.
-    pub async fn run(self, cancel: CancellationToken) {
-        self.front.run_shared(self.shared, cancel).await;
+            },
+        ))
     }
 }
 
