@@ -1,6 +1,6 @@
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -24,27 +24,13 @@ pub struct PushStats {
     pub reads: AtomicU64,
     /// Requests with an unsupported function code (exception 01) or bad count (03).
     pub bad_requests: AtomicU64,
-    /// Connections admitted at accept.
-    pub connections_accepted: AtomicU64,
-    /// Refused at accept: address not in `allow_from`.
-    pub refused_not_allowed: AtomicU64,
-    /// Refused at accept: `max_connections` reached.
-    pub refused_limit: AtomicU64,
-    /// Connections closed for idleness.
-    pub idle_timeouts: AtomicU64,
-    /// Connections open now.
-    pub open: AtomicUsize,
+    /// Admission and idleness, counted by the TCP front (`push.allow_from`, limits).
+    pub front: FrontCounters,
 }
 
 impl FrontStats for PushStats {
-    fn front(&self) -> FrontCounters<'_> {
-        FrontCounters {
-            accepted: &self.connections_accepted,
-            refused_not_allowed: &self.refused_not_allowed,
-            refused_limit: &self.refused_limit,
-            idle_timeouts: &self.idle_timeouts,
-            open: &self.open,
-        }
+    fn front(&self) -> &FrontCounters {
+        &self.front
     }
 }
 
