@@ -126,6 +126,31 @@ pub struct Record {
     pub latency: Duration,
 }
 
+impl Record {
+    /// A request received on `link` at `at`; `head` is its (function, address, count).
+    pub fn received(
+        link: Link,
+        at: Instant,
+        unit: u8,
+        head: (u8, u16, u16),
+        action: Action,
+        latency: Duration,
+    ) -> Record {
+        let (function, address, count) = head;
+        Record {
+            at,
+            link,
+            dir: Dir::In,
+            unit,
+            function,
+            address,
+            count,
+            action,
+            latency,
+        }
+    }
+}
+
 struct Slot {
     /// `2·(ticket+1)` once entry `ticket` is complete; odd while being written.
     seq: AtomicU64,

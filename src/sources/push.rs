@@ -124,7 +124,7 @@ impl tokio_modbus::server::Service for PushService {
     fn call(&self, req: Self::Request) -> Self::Future {
         let at = std::time::Instant::now();
         let unit = req.slave;
-        let (function, address, count) = journal_fields(&req.request);
+        let head = journal_fields(&req.request);
         let result = self.handle(req.request);
         if let Some(j) = &self.journal {
             let action = match &result {
@@ -138,17 +138,14 @@ impl tokio_modbus::server::Service for PushService {
                     code: u8::from(*code),
                 },
             };
-            j.record(&journal::Record {
+            j.record(&journal::Record::received(
+                journal::Link::Push,
                 at,
-                link: journal::Link::Push,
-                dir: journal::Dir::In,
                 unit,
-                function,
-                address,
-                count,
+                head,
                 action,
-                latency: at.elapsed(),
-            });
+                at.elapsed(),
+            ));
         }
         std::future::ready(result)
     }

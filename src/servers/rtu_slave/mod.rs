@@ -172,17 +172,14 @@ impl RtuSlave {
         latency: Duration,
     ) {
         if let Some(j) = &self.journal {
-            j.record(&journal::Record {
-                at: at.into_std(),
-                link: journal::Link::Rtu,
-                dir: journal::Dir::In,
+            j.record(&journal::Record::received(
+                journal::Link::Rtu,
+                at.into_std(),
                 unit,
-                function,
-                address,
-                count,
+                (function, address, count),
                 action,
                 latency,
-            });
+            ));
         }
     }
 
