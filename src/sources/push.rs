@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{PushConfig, MAX_READ};
 use crate::image::Image;
-use crate::link::tcp_front::{FrontCounters, FrontStats, Names, TcpFront};
+use crate::link::tcp_front::{Answering, FrontCounters, FrontStats, Names, TcpFront};
 use crate::ops::journal::{self, Journal};
 
 /// Counters of the push side.
@@ -93,11 +93,14 @@ impl PushServer {
             stats,
             journal,
         } = self;
-        let service = |peer| PushService {
-            image: Arc::clone(&image),
-            stats: Arc::clone(&stats),
-            peer,
-            journal: journal.clone(),
+        let service = |peer| {
+            let svc = PushService {
+                image: Arc::clone(&image),
+                stats: Arc::clone(&stats),
+                peer,
+                journal: journal.clone(),
+            };
+            Answering(move |req| svc.answer(req))
         };
         front.run(service, cancel).await;
     }
@@ -115,13 +118,9 @@ struct PushService {
     journal: Option<Arc<Journal>>,
 }
 
-impl tokio_modbus::server::Service for PushService {
-    type Request = SlaveRequest<'static>;
-    type Response = Response;
-    type Exception = ExceptionCode;
-    type Future = std::future::Ready<Result<Response, ExceptionCode>>;
-
-    fn call(&self, req: Self::Request) -> Self::Future {
+impl PushService {
+    /// Answer one request (and journal it).
+    fn answer(&self, req: SlaveRequest<'static>) -> Result<Response, ExceptionCode> {
         let at = std::time::Instant::now();
         let unit = req.slave;
         let head = journal_fields(&req.request);
@@ -147,7 +146,7 @@ impl tokio_modbus::server::Service for PushService {
                 at.elapsed(),
             ));
         }
-        std::future::ready(result)
+        result
     }
 }
 
@@ -220,7 +219,6 @@ impl PushService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio_modbus::server::Service as _;
 
     const YAML: &str = "rtu: {device: /dev/test}
 push: {listen: '127.0.0.1:0'}
@@ -245,7 +243,7 @@ regions:
     }
 
     async fn call(svc: &PushService, request: Request<'static>) -> Result<Response, ExceptionCode> {
-        svc.call(SlaveRequest { slave: 1, request }).await
+        svc.answer(SlaveRequest { slave: 1, request })
     }
 
     #[tokio::test]
