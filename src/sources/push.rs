@@ -1,3 +1,9 @@
+//! The push server: the KSEM writes its measurements here (FC16/FC06 into the push
+//! regions of the image), and may read them back (FC03/FC04) for diagnosis. Admission,
+//! the allow list, limits and the idle timeout are the shared [`TcpFront`]'s; every
+//! request and its answer can be journalled. Touches the image (push writes), its own
+//! counters and the journal.
+
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

@@ -84,10 +84,15 @@ pub fn sanitize(s: &str) -> String {
 pub struct Device {
     /// Stable identifier: from the meter's serial number where the image has one.
     pub id: String,
+    /// The name Home Assistant shows for the device.
     pub name: String,
+    /// The maker, from the profile.
     pub manufacturer: String,
+    /// The model, from the profile.
     pub model: String,
+    /// Firmware version, where the image has one.
     pub sw_version: Option<String>,
+    /// Serial number, where the image has one.
     pub serial_number: Option<String>,
 }
 
