@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
 use tokio_modbus::server::tcp::Server;
 use tokio_modbus::server::Service;
-use tokio_modbus::SlaveRequest;
+use tokio_modbus::{ExceptionCode, Response, SlaveRequest};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{PushConfig, TcpServerConfig};
@@ -195,6 +195,25 @@ impl<C: FrontSettings, K: FrontStats> TcpFront<C, K> {
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
+    }
+}
+
+/// A tokio-modbus service that answers every request at once with its function (nothing
+/// to await): the push server's and the simulators' handlers.
+#[derive(Clone)]
+pub struct Answering<F>(pub F);
+
+impl<F> Service for Answering<F>
+where
+    F: Fn(SlaveRequest<'static>) -> Result<Response, ExceptionCode>,
+{
+    type Request = SlaveRequest<'static>;
+    type Response = Response;
+    type Exception = ExceptionCode;
+    type Future = std::future::Ready<Result<Response, ExceptionCode>>;
+
+    fn call(&self, req: Self::Request) -> Self::Future {
+        std::future::ready((self.0)(req))
     }
 }
 

@@ -1,3 +1,9 @@
+//! The push server: the KSEM writes its measurements here (FC16/FC06 into the push
+//! regions of the image), and may read them back (FC03/FC04) for diagnosis. Admission,
+//! the allow list, limits and the idle timeout are the shared [`TcpFront`]'s; every
+//! request and its answer can be journalled. Touches the image (push writes), its own
+//! counters and the journal.
+
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -10,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{PushConfig, MAX_READ};
 use crate::image::Image;
-use crate::link::tcp_front::{FrontCounters, FrontStats, Names, TcpFront};
+use crate::link::tcp_front::{Answering, FrontCounters, FrontStats, Names, TcpFront};
 use crate::ops::journal::{self, Journal};
 
 /// Counters of the push side.
@@ -93,11 +99,14 @@ impl PushServer {
             stats,
             journal,
         } = self;
-        let service = |peer| PushService {
-            image: Arc::clone(&image),
-            stats: Arc::clone(&stats),
-            peer,
-            journal: journal.clone(),
+        let service = |peer| {
+            let svc = PushService {
+                image: Arc::clone(&image),
+                stats: Arc::clone(&stats),
+                peer,
+                journal: journal.clone(),
+            };
+            Answering(move |req| svc.answer(req))
         };
         front.run(service, cancel).await;
     }
@@ -115,16 +124,12 @@ struct PushService {
     journal: Option<Arc<Journal>>,
 }
 
-impl tokio_modbus::server::Service for PushService {
-    type Request = SlaveRequest<'static>;
-    type Response = Response;
-    type Exception = ExceptionCode;
-    type Future = std::future::Ready<Result<Response, ExceptionCode>>;
-
-    fn call(&self, req: Self::Request) -> Self::Future {
+impl PushService {
+    /// Answer one request (and journal it).
+    fn answer(&self, req: SlaveRequest<'static>) -> Result<Response, ExceptionCode> {
         let at = std::time::Instant::now();
         let unit = req.slave;
-        let (function, address, count) = journal_fields(&req.request);
+        let head = journal_fields(&req.request);
         let result = self.handle(req.request);
         if let Some(j) = &self.journal {
             let action = match &result {
@@ -138,19 +143,16 @@ impl tokio_modbus::server::Service for PushService {
                     code: u8::from(*code),
                 },
             };
-            j.record(&journal::Record {
+            j.record(&journal::Record::received(
+                journal::Link::Push,
                 at,
-                link: journal::Link::Push,
-                dir: journal::Dir::In,
                 unit,
-                function,
-                address,
-                count,
+                head,
                 action,
-                latency: at.elapsed(),
-            });
+                at.elapsed(),
+            ));
         }
-        std::future::ready(result)
+        result
     }
 }
 
@@ -223,7 +225,6 @@ impl PushService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio_modbus::server::Service as _;
 
     const YAML: &str = "rtu: {device: /dev/test}
 push: {listen: '127.0.0.1:0'}
@@ -248,7 +249,7 @@ regions:
     }
 
     async fn call(svc: &PushService, request: Request<'static>) -> Result<Response, ExceptionCode> {
-        svc.call(SlaveRequest { slave: 1, request }).await
+        svc.answer(SlaveRequest { slave: 1, request })
     }
 
     #[tokio::test]
