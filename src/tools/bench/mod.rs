@@ -39,6 +39,15 @@ const FC_READ: u8 = 0x03;
 const FC_WRITE_MULTIPLE: u8 = 0x10;
 /// The KSEM push groups (start, count): 0..27 and 40..145.
 pub const PUSH_GROUPS: [(u16, u16); 2] = crate::tools::sim::ksem::PUSH_GROUPS;
+/// The regions of every bench gateway: the KSEM map, push regions fresh for an hour (an
+/// idle phase must not go silent), energy pushed and polled, identity polled once.
+pub const BENCH_REGIONS: &str = "regions:
+  - {name: totals,   start: 0,    count: 40,  source: push, max_age: 1h, on_stale: silence}
+  - {name: phases,   start: 40,   count: 108, source: push, max_age: 1h, on_stale: silence}
+  - {name: energy,   start: 512,  count: 280, source: [push, poll], every: 10s, max_age: 5m, on_stale: serve}
+  - {name: identity, start: 8192, count: 57,  source: poll, every: 1h}
+  - {name: spec_version, start: 8249, count: 1, source: static, values: {8249: 7}}
+";
 /// What a pseudo-terminal cannot tell apart.
 pub const PTY_NOTE: &str =
     "on a pseudo-terminal there is no baud timing: these numbers are processing latency, not wire time";
@@ -67,7 +76,7 @@ pub use hist::{fmt_us, LatencyHist, Percentiles};
 pub use lan::{bench_lan, lan_markdown, LanBenchOptions, LanBenchReport, LanReaders};
 pub use process::{process_cpu_time, process_memory_kib};
 pub use push::{bench_push, PushBenchOptions, PushBenchReport};
-pub use report::{e2e_markdown, rtu_table};
+pub use report::{e2e_markdown, rtu_table, RunHeader};
 pub use rtu::{
     bench_rtu, bits_per_char, is_pty, parse_ranges, wire_time, RegRange, RtuBenchOptions,
     RtuBenchReport, RtuRangeReport,
@@ -101,6 +110,15 @@ pub(super) fn round1(x: f64) -> f64 {
 
 pub(super) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
+}
+
+/// `with ÷ without`, rounded to 3 decimals; NaN when there is nothing to divide by.
+pub(super) fn ratio(with: f64, without: f64) -> f64 {
+    if without > 0.0 {
+        round3(with / without)
+    } else {
+        f64::NAN
+    }
 }
 
 /// Append a CRC (re-exported for tests building frames).
