@@ -9,6 +9,8 @@
 //! - [`bench_e2e`]: all of it against the real gateway in-process over a pty pair.
 //! - [`bench_lan`]: the RTU percentiles without and with LAN readers on the meter's
 //!   `tcp_server:`, and the LAN read latency.
+//! - [`bench_mqtt`]: the RTU percentiles of the real gateway binary with MQTT off, MQTT
+//!   publishing to a Mosquitto of its own, and that broker SIGKILLed, in one run.
 //!
 //! Timing reference (as `rtu_bench.py`): the timestamp taken immediately *before* the
 //! single `write()` of the request. Timestamps are [`std::time::Instant`]
@@ -19,13 +21,14 @@
 //! The files: `hist` (histograms, percentiles) · `exchange` (one RTU read on the wire,
 //! judged by the master's [`crate::modbus::master::validate_read_reply`]) · `guard` (the
 //! look before `push` and `age` write into a gateway: refuse a real KSEM's data unless
-//! `--live`, then touch only reserved words) · `rtu`, `push`, `age`, `e2e`, `lan` (the
-//! five benches) · `process` (CPU and memory from `/proc`) · `report`
+//! `--live`, then touch only reserved words) · `rtu`, `push`, `age`, `e2e`, `lan`, `mqtt`
+//! (the six benches) · `process` (CPU and memory from `/proc`) · `report`
 //! (markdown) · `cli` (arguments and runners). This file: the map, the constants and the
 //! small helpers they share.
 //!
 //! May touch: the stream / sockets it is given; [`bench_e2e`] also starts the simulated
-//! KSEM, the gateway and the simulated inverter (like [`crate::tools::demo`]).
+//! KSEM, the gateway and the simulated inverter (like [`crate::tools::demo`]);
+//! [`bench_mqtt`] starts `airbridge run` and `mosquitto` as child processes and stops them.
 
 use std::time::Duration;
 
@@ -59,13 +62,14 @@ mod exchange;
 pub mod guard;
 mod hist;
 mod lan;
+mod mqtt;
 mod process;
 mod push;
 mod report;
 mod rtu;
 
 pub use age::{age_analysis, bench_age, AgeBenchOptions, AgeReport};
-pub use cli::{run, AgeArgs, BenchCmd, E2eArgs, LanArgs, PushArgs, PushRate, RtuArgs};
+pub use cli::{run, AgeArgs, BenchCmd, E2eArgs, LanArgs, MqttArgs, PushArgs, PushRate, RtuArgs};
 pub use e2e::{
     bench_e2e, e2e_config, measure_startup, E2eOptions, E2eReport, E2eRtuCase, GatewayCounters,
     NominalLoad, StartupReport,
@@ -74,6 +78,10 @@ pub use exchange::{Exchange, RtuStatus};
 pub use guard::{LivePolicy, RESERVED};
 pub use hist::{fmt_us, LatencyHist, Percentiles};
 pub use lan::{bench_lan, lan_markdown, LanBenchOptions, LanBenchReport, LanReaders};
+pub use mqtt::{
+    bench_mqtt, find_mosquitto, mqtt_markdown, MqttBenchOptions, MqttBenchReport, MqttCounters,
+    MqttPhase,
+};
 pub use process::{process_cpu_time, process_memory_kib};
 pub use push::{bench_push, PushBenchOptions, PushBenchReport};
 pub use report::{e2e_markdown, rtu_table, RunHeader};
