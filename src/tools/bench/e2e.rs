@@ -17,7 +17,7 @@ use super::hist::{LatencyHist, Percentiles};
 use super::process::{process_cpu_time, process_memory_kib};
 use super::push::{bench_push, PushBenchOptions, PushBenchReport};
 use super::report::RunHeader;
-use super::rtu::{bench_rtu, RegRange, RtuBenchOptions, RtuBenchReport};
+use super::rtu::{bench_rtu, RtuBenchOptions, RtuBenchReport};
 use super::{progress_bar, round1, round3, ser_duration_ms, BENCH_REGIONS, PTY_NOTE, PUSH_GROUPS};
 
 /// What `bench e2e` does.
@@ -45,7 +45,7 @@ impl Default for E2eOptions {
             count: 2000,
             duration: Duration::from_secs(10),
             flood_connections: 4,
-            read_sizes: vec![10, 74, 125],
+            read_sizes: super::PHASE_SIZES.to_vec(),
             startup_runs: 20,
             progress: false,
         }
@@ -289,19 +289,8 @@ pub async fn bench_e2e(opts: &E2eOptions, command: String) -> anyhow::Result<E2e
             )
         })?;
 
-    let ranges: Vec<RegRange> = opts
-        .read_sizes
-        .iter()
-        .map(|&count| RegRange { start: 0, count })
-        .collect();
-    let rtu_opts = |label: &str| RtuBenchOptions {
-        unit: 1,
-        ranges: ranges.clone(),
-        count: opts.count,
-        rate: None,
-        timeout: Duration::from_millis(500),
-        progress: progress_bar(opts.progress, opts.count * ranges.len() as u64, label),
-    };
+    let rtu_opts =
+        |label: &str| super::phase_reads(&opts.read_sizes, opts.count, opts.progress, label);
     let mut cases = Vec::new();
 
     // 1. Push idle.

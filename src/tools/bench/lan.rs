@@ -18,8 +18,11 @@ use tokio_util::sync::CancellationToken;
 use super::hist::{LatencyHist, Percentiles};
 use super::push::{bench_push, PushBenchOptions};
 use super::report::RunHeader;
-use super::rtu::{bench_rtu, RegRange, RtuBenchOptions, RtuBenchReport};
-use super::{progress_bar, ratio, round3, ser_duration_ms, BENCH_REGIONS, PTY_NOTE};
+use super::rtu::{bench_rtu, RtuBenchReport};
+use super::{
+    phase_cells, phase_reads, ratio, round3, ser_duration_ms, BENCH_REGIONS, PHASE_COLUMNS,
+    PHASE_SIZES, PTY_NOTE,
+};
 
 /// What `bench lan` does.
 #[derive(Debug, Clone, Serialize)]
@@ -157,7 +160,6 @@ async fn reader(
 pub async fn bench_lan(opts: &LanBenchOptions, command: String) -> anyhow::Result<LanBenchReport> {
     use crate::app::gateway::{Gateway, RtuPort};
     use crate::tools::sim::ksem;
-    use tokio_serial::SerialPort as _;
 
     anyhow::ensure!(
         opts.rate_hz > 0.0 && opts.rate_hz.is_finite(),
@@ -171,13 +173,8 @@ pub async fn bench_lan(opts: &LanBenchOptions, command: String) -> anyhow::Resul
     let cancel = CancellationToken::new();
     let _guard = cancel.clone().drop_guard();
     let ksem = ksem::start(ksem::KsemSimOptions::default(), cancel.clone()).await?;
-    let (mut inv_end, gw_end) = tokio_serial::SerialStream::pair()
-        .map_err(|e| anyhow::anyhow!("cannot create a pseudo-terminal pair: {e}"))?;
-    // The gateway opens the pty by path on its RTU thread, as it opens a real device; this
-    // end stays open (unused) so the pty lives as long as the bench.
-    let device = gw_end
-        .name()
-        .ok_or_else(|| anyhow::anyhow!("the pseudo-terminal has no path"))?;
+    // The gateway opens the pty by path on its RTU thread, as it opens a real device.
+    let (mut inv_end, gw_end, device) = super::pty_by_path()?;
     let config = lan_config(ksem.slave_addr(), &device, opts)?;
     let gateway = Gateway::start(config, RtuPort::Device, cancel.clone()).await?;
     let push_addr = gateway
@@ -207,28 +204,7 @@ pub async fn bench_lan(opts: &LanBenchOptions, command: String) -> anyhow::Resul
     // Let the RTU thread open the device and settle.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let ranges = vec![
-        RegRange {
-            start: 0,
-            count: 10,
-        },
-        RegRange {
-            start: 0,
-            count: 74,
-        },
-        RegRange {
-            start: 0,
-            count: 125,
-        },
-    ];
-    let rtu_opts = |label: &str| RtuBenchOptions {
-        unit: 1,
-        ranges: ranges.clone(),
-        count: opts.count,
-        rate: None,
-        timeout: Duration::from_millis(500),
-        progress: progress_bar(opts.progress, opts.count * ranges.len() as u64, label),
-    };
+    let rtu_opts = |label: &str| phase_reads(&PHASE_SIZES, opts.count, opts.progress, label);
 
     let rtu_without = bench_rtu(&mut inv_end, &rtu_opts("RTU reads, no LAN readers")).await?;
 
@@ -300,9 +276,8 @@ pub fn lan_markdown(r: &LanBenchReport) -> String {
     let mut s = r.run.markdown();
     let _ = writeln!(
         s,
-        "\n| RTU reads (all ranges) | requests | ok | timeouts | turnaround p50/p90/p99/p99.9/max µs | total p50/p90/p99/p99.9/max µs |"
+        "\n| RTU reads (all ranges) | {PHASE_COLUMNS} |\n|---|---|---|---|---|---|---|"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|");
     for (case, rep) in [
         ("no LAN readers".to_string(), &r.rtu_without),
         (
@@ -313,16 +288,7 @@ pub fn lan_markdown(r: &LanBenchReport) -> String {
             &r.rtu_with,
         ),
     ] {
-        let a = &rep.all;
-        let _ = writeln!(
-            s,
-            "| {case} | {} | {} | {} | {} | {} |",
-            a.requests,
-            a.ok,
-            a.timeouts + a.partial,
-            a.turnaround.compact(),
-            a.total.compact()
-        );
+        let _ = writeln!(s, "| {case} | {} |", phase_cells(&rep.all));
     }
     let _ = writeln!(
         s,
@@ -372,7 +338,7 @@ mod tests {
         assert!(r.turnaround_p99_ratio > 0.0);
         let md = lan_markdown(&r);
         assert!(
-            md.contains("| 4 LAN readers × 20 Hz × 125 registers | 120 | 120 | 0 |"),
+            md.contains("| 4 LAN readers × 20 Hz × 125 registers | 120 | 120 | 0 | 0 |"),
             "{md}"
         );
     }

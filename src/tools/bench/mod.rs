@@ -129,6 +129,63 @@ pub(super) fn ratio(with: f64, without: f64) -> f64 {
     }
 }
 
+/// Register counts the in-one-run benches read from address 0, round-robin.
+pub const PHASE_SIZES: [u16; 3] = [10, 74, 125];
+
+/// The RTU reads of one phase of an in-one-run bench: FC03 from address 0 with `sizes`
+/// registers round-robin, `count` each, back to back, 500 ms reply timeout.
+pub(super) fn phase_reads(
+    sizes: &[u16],
+    count: u64,
+    progress: bool,
+    label: &str,
+) -> rtu::RtuBenchOptions {
+    rtu::RtuBenchOptions {
+        unit: 1,
+        ranges: sizes
+            .iter()
+            .map(|&count| rtu::RegRange { start: 0, count })
+            .collect(),
+        count,
+        rate: None,
+        timeout: Duration::from_millis(500),
+        progress: progress_bar(progress, count * sizes.len() as u64, label),
+    }
+}
+
+/// Header cells of [`phase_cells`].
+pub(super) const PHASE_COLUMNS: &str = "requests | ok | timeouts | bad frames | turnaround p50/p90/p99/p99.9/max µs | total p50/p90/p99/p99.9/max µs";
+
+/// One phase's RTU reads (all ranges) as table cells, [`PHASE_COLUMNS`].
+pub(super) fn phase_cells(a: &rtu::RtuRangeReport) -> String {
+    format!(
+        "{} | {} | {} | {} | {} | {}",
+        a.requests,
+        a.ok,
+        a.timeouts + a.partial,
+        a.bad_frames(),
+        a.turnaround.compact(),
+        a.total.compact()
+    )
+}
+
+/// A pty pair for a gateway that opens its device by path, as it opens a real one: the
+/// inverter's end, the gateway's end (keep it open, unused, so the pty lives as long as
+/// the bench, across gateway restarts) and that end's path.
+pub(super) fn pty_by_path() -> anyhow::Result<(
+    tokio_serial::SerialStream,
+    tokio_serial::SerialStream,
+    String,
+)> {
+    use tokio_serial::SerialPort as _;
+    let (inv_end, gw_end) = tokio_serial::SerialStream::pair()
+        .map_err(|e| anyhow::anyhow!("cannot create a pseudo-terminal pair: {e}"))?;
+    let device = gw_end
+        .name()
+        .ok_or_else(|| anyhow::anyhow!("the pseudo-terminal has no path"))?;
+    Ok((inv_end, gw_end, device))
+}
+
 /// Append a CRC (re-exported for tests building frames).
 pub fn with_crc(body: &[u8]) -> Vec<u8> {
     let mut v = body.to_vec();

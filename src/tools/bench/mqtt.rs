@@ -28,8 +28,11 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::report::RunHeader;
-use super::rtu::{bench_rtu, RegRange, RtuBenchOptions, RtuBenchReport};
-use super::{progress_bar, ratio, ser_duration_ms, BENCH_REGIONS, PTY_NOTE};
+use super::rtu::{bench_rtu, RtuBenchReport};
+use super::{
+    phase_cells, phase_reads, ratio, ser_duration_ms, BENCH_REGIONS, PHASE_COLUMNS, PHASE_SIZES,
+    PTY_NOTE,
+};
 
 /// The KSEM profile the MQTT gateway decodes with (written next to its config).
 const KSEM_PROFILE: &str = include_str!("../../../profiles/ksem-g2.yaml");
@@ -487,7 +490,6 @@ pub async fn bench_mqtt(
     command: String,
 ) -> anyhow::Result<MqttBenchReport> {
     use crate::tools::sim::ksem;
-    use tokio_serial::SerialPort as _;
 
     let mut run = RunHeader::begin(command);
     let mosquitto = opts
@@ -503,30 +505,14 @@ pub async fn bench_mqtt(
     let cancel = CancellationToken::new();
     let _guard = cancel.clone().drop_guard();
     let ksem = ksem::start(ksem::KsemSimOptions::default(), cancel.clone()).await?;
-    let (mut inv_end, gw_end) = tokio_serial::SerialStream::pair()
-        .map_err(|e| anyhow::anyhow!("cannot create a pseudo-terminal pair: {e}"))?;
-    // The gateway opens this end by path; it stays open here so the pty outlives the
-    // restart between phase 1 and 2.
-    let device = gw_end
-        .name()
-        .ok_or_else(|| anyhow::anyhow!("the pseudo-terminal has no path"))?;
+    // The gateway opens the pty by path on its RTU thread, as it opens a real device.
+    let (mut inv_end, gw_end, device) = super::pty_by_path()?;
     let broker_port = free_port()?;
     let mut broker = start_broker(&mosquitto, &dir.0, broker_port).await?;
     let profile = dir.0.join("ksem-g2.yaml");
     std::fs::write(&profile, KSEM_PROFILE)?;
 
-    let ranges: Vec<RegRange> = [10, 74, 125]
-        .into_iter()
-        .map(|count| RegRange { start: 0, count })
-        .collect();
-    let rtu_opts = |label: &str| RtuBenchOptions {
-        unit: 1,
-        ranges: ranges.clone(),
-        count: opts.count,
-        rate: None,
-        timeout: Duration::from_millis(500),
-        progress: progress_bar(opts.progress, opts.count * ranges.len() as u64, label),
-    };
+    let rtu_opts = |label: &str| phase_reads(&PHASE_SIZES, opts.count, opts.progress, label);
     let slave = ksem.slave_addr();
     let mut phases = Vec::new();
 
@@ -661,11 +647,9 @@ pub fn mqtt_markdown(r: &MqttBenchReport) -> String {
     let mut s = r.run.markdown();
     let _ = writeln!(
         s,
-        "\n| phase | RTU requests | ok | timeouts | bad frames | turnaround p50/p90/p99/p99.9/max µs | total p50/p90/p99/p99.9/max µs | MQTT published | delivered by the broker | connects ok / failed | connected at end |"
+        "\n| phase | RTU {PHASE_COLUMNS} | MQTT published | delivered by the broker | connects ok / failed | connected at end |\n|---|---|---|---|---|---|---|---|---|---|---|"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
     for p in &r.phases {
-        let a = &p.rtu.all;
         let (c0, c1) = (&p.start, &p.end);
         let phase = match p.broker_killed_after_ms {
             Some(ms) => format!("{} (killed {ms} ms in)", p.phase),
@@ -683,16 +667,7 @@ pub fn mqtt_markdown(r: &MqttBenchReport) -> String {
         } else {
             "- | - | - | no `mqtt:`".into()
         };
-        let _ = writeln!(
-            s,
-            "| {phase} | {} | {} | {} | {} | {} | {} | {mqtt} |",
-            a.requests,
-            a.ok,
-            a.timeouts + a.partial,
-            a.bad_frames(),
-            a.turnaround.compact(),
-            a.total.compact(),
-        );
+        let _ = writeln!(s, "| {phase} | {} | {mqtt} |", phase_cells(&p.rtu.all));
     }
     let _ = writeln!(
         s,
