@@ -1,6 +1,7 @@
-//! `airbridge bench`: the e2e series through the real binary (tiny counts), the RTU
-//! measuring loop against a scripted slave, and the report formatting. Bounded in time,
-//! loopback only; no assertion on any latency value.
+//! `airbridge bench`: the e2e series through the real binary (tiny counts), `bench mqtt`
+//! through the real binary with a real Mosquitto, the RTU measuring loop against a
+//! scripted slave, and the report formatting. Bounded in time, loopback only; no
+//! assertion on any latency value.
 
 mod common;
 
@@ -100,6 +101,111 @@ fn e2e_binary_json() {
     assert!(md.contains("| push idle | 125 |"));
     assert!(md.contains("pseudo-terminal"));
     assert!(md.contains("start → ready"));
+}
+
+/// `bench mqtt` end to end, briefly: the real binary runs the three phases against the
+/// gateway binary it starts and a Mosquitto it starts; the report proves each phase is what
+/// it says (publishing in phase 2, the broker gone in phase 3) and every RTU request got
+/// its right reply. Nothing of the run may outlive it.
+#[test]
+fn mqtt_binary_three_phases() {
+    use airbridge::tools::bench::{find_mosquitto, mqtt_markdown, MqttBenchReport};
+    if find_mosquitto().is_none() {
+        common::tool::missing("mosquitto", "apt-get install mosquitto");
+        return;
+    }
+    let child = common::airbridge_cmd()
+        .args(["bench", "mqtt", "--count", "100", "--json"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run airbridge bench mqtt");
+    // Its children's configs live in a directory named after its pid.
+    let tag = format!("airbridge-bench-mqtt-{}-", child.id());
+    let out = child.wait_with_output().expect("bench mqtt ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstderr:\n{stderr}",
+        out.status
+    );
+    let r: MqttBenchReport =
+        serde_json::from_slice(&out.stdout).expect("one JSON object, a typed report");
+    assert_eq!(r.phases.len(), 3, "off, publishing, broker killed");
+    for p in &r.phases {
+        let a = &p.rtu.all;
+        assert_eq!(a.requests, 300, "{}: 3 ranges × 100", p.phase);
+        assert_eq!(
+            a.ok, a.requests,
+            "{}: every request answered right: {a:?}",
+            p.phase
+        );
+        assert_eq!(a.bad_frames(), 0, "{}", p.phase);
+        assert!(a.exceptions.is_empty(), "{}: {:?}", p.phase, a.exceptions);
+        assert_ordered(&a.turnaround, &p.phase);
+    }
+    let (off, on, down) = (&r.phases[0], &r.phases[1], &r.phases[2]);
+    assert!(
+        !off.mqtt && off.end.published == 0 && off.delivered == 0,
+        "{off:?}"
+    );
+    assert!(on.mqtt);
+    assert_eq!(
+        on.start.connected, 1,
+        "publishing phase began connected: {on:?}"
+    );
+    assert_eq!(on.end.connected, 1, "{on:?}");
+    assert!(
+        on.end.published > on.start.published,
+        "published in phase 2: {on:?}"
+    );
+    assert!(on.delivered > 0, "the broker delivered in phase 2: {on:?}");
+    assert!(down.broker_killed_after_ms.is_some(), "{down:?}");
+    assert_eq!(down.end.connected, 0, "the broker seen down: {down:?}");
+    assert!(
+        down.end.failures > down.start.failures,
+        "reconnect attempts failed: {down:?}"
+    );
+    assert!(r.publishing_total_p99_ratio > 0.0 && r.broker_down_total_p99_ratio > 0.0);
+
+    let md = mqtt_markdown(&r);
+    for phase in [
+        "| MQTT off | 300 | 300 | 0 | 0 |",
+        "| MQTT publishing",
+        "| broker killed",
+    ] {
+        assert!(md.contains(phase), "{phase} in\n{md}");
+    }
+    assert!(md.contains("RTU p99 ÷ MQTT off"), "{md}");
+    let mut cmd = r.run.command.split_whitespace().skip(1);
+    assert_eq!(cmd.next(), Some("bench"), "{}", r.run.command);
+    assert_eq!(cmd.next(), Some("mqtt"), "{}", r.run.command);
+
+    // Its directory (configs, broker log) and its processes (the gateways and Mosquitto,
+    // whose command lines name a file in that directory) are gone with it.
+    let names = |dir: &str| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.path().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let temp = std::env::temp_dir();
+    let dirs: Vec<String> = names(&temp.to_string_lossy())
+        .into_iter()
+        .filter(|n| n.contains(&tag))
+        .collect();
+    assert!(dirs.is_empty(), "{dirs:?}");
+    let procs: Vec<String> = names("/proc")
+        .iter()
+        .filter_map(|p| std::fs::read(format!("{p}/cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&tag))
+        .collect();
+    assert!(procs.is_empty(), "still running: {procs:?}");
 }
 
 #[test]
@@ -466,6 +572,14 @@ fn cli_arguments_parse() {
     }
     match parse(&["e2e", "--count", "50", "--duration", "1s", "--json"]) {
         BenchCmd::E2e(a) => assert!(a.json && a.count == 50),
+        _ => unreachable!(),
+    }
+    match parse(&["mqtt"]) {
+        BenchCmd::Mqtt(a) => {
+            assert_eq!((a.count, a.interval), (2000, Duration::from_millis(200)));
+            assert_eq!(a.turnaround, Duration::from_micros(1750));
+            assert!(a.gateway.is_none() && a.mosquitto.is_none() && !a.json);
+        }
         _ => unreachable!(),
     }
     assert!(Cli::try_parse_from(["bench", "push", "--target", "h:1", "--rate", "0"]).is_err());

@@ -34,6 +34,32 @@ pub enum BenchCmd {
     /// Does the inverter notice the house reading the meter? RTU percentiles without and
     /// with LAN readers on the meter's tcp_server, in-process.
     Lan(LanArgs),
+    /// Does the inverter notice MQTT? RTU percentiles of the real gateway binary with MQTT
+    /// off, publishing to a Mosquitto the bench starts, and that broker SIGKILLed.
+    Mqtt(MqttArgs),
+}
+
+/// `bench mqtt` arguments.
+#[derive(Debug, clap::Args)]
+pub struct MqttArgs {
+    /// RTU requests per range (10, 74, 125 registers) and phase.
+    #[arg(long, default_value_t = 2000)]
+    pub count: u64,
+    /// `mqtt.interval` of the publishing gateway.
+    #[arg(long, default_value = "200ms", value_parser = parse_dur)]
+    pub interval: Duration,
+    /// The RTU slave's turnaround.
+    #[arg(long, default_value = "1750us", value_parser = parse_dur)]
+    pub turnaround: Duration,
+    /// The Mosquitto binary (default: on PATH, /usr/sbin, /usr/local/sbin).
+    #[arg(long)]
+    pub mosquitto: Option<std::path::PathBuf>,
+    /// The gateway binary to run (default: this executable).
+    #[arg(long)]
+    pub gateway: Option<std::path::PathBuf>,
+    /// One JSON object on stdout instead of markdown.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `bench lan` arguments.
@@ -246,6 +272,7 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Age(a) => run_age(a).await,
         BenchCmd::E2e(a) => run_e2e(a).await,
         BenchCmd::Lan(a) => run_lan(a).await,
+        BenchCmd::Mqtt(a) => run_mqtt(a).await,
     }
 }
 
@@ -447,4 +474,29 @@ async fn run_lan(a: LanArgs) -> anyhow::Result<()> {
         print!("{}", super::lan_markdown(&report));
         Ok(())
     }
+}
+
+async fn run_mqtt(a: MqttArgs) -> anyhow::Result<()> {
+    let gateway = match a.gateway {
+        Some(g) => g,
+        None => std::env::current_exe().context("cannot find this executable; --gateway PATH")?,
+    };
+    let mut opts = super::MqttBenchOptions::new(gateway);
+    opts.count = a.count;
+    opts.interval = a.interval;
+    opts.turnaround = a.turnaround;
+    opts.mosquitto = a.mosquitto;
+    opts.progress = show_progress(a.json);
+    // Ctrl-C drops the bench, and with it every process it started.
+    let report = tokio::select! {
+        r = super::bench_mqtt(&opts, command_line()) => r?,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; the gateway and mosquitto were stopped"),
+    };
+    let lost = report.phases.iter().find_map(|p| rtu_failure(&p.rtu.all));
+    if a.json {
+        print_json(&report)?;
+    } else {
+        print!("{}", super::mqtt_markdown(&report));
+    }
+    lost.map_or(Ok(()), Err)
 }

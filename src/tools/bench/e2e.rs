@@ -16,8 +16,9 @@ use super::guard::LivePolicy;
 use super::hist::{LatencyHist, Percentiles};
 use super::process::{process_cpu_time, process_memory_kib};
 use super::push::{bench_push, PushBenchOptions, PushBenchReport};
-use super::rtu::{bench_rtu, RegRange, RtuBenchOptions, RtuBenchReport};
-use super::{progress_bar, round1, round3, ser_duration_ms, PTY_NOTE, PUSH_GROUPS};
+use super::report::RunHeader;
+use super::rtu::{bench_rtu, RtuBenchOptions, RtuBenchReport};
+use super::{progress_bar, round1, round3, ser_duration_ms, BENCH_REGIONS, PTY_NOTE, PUSH_GROUPS};
 
 /// What `bench e2e` does.
 #[derive(Debug, Clone, Serialize)]
@@ -44,7 +45,7 @@ impl Default for E2eOptions {
             count: 2000,
             duration: Duration::from_secs(10),
             flood_connections: 4,
-            read_sizes: vec![10, 74, 125],
+            read_sizes: super::PHASE_SIZES.to_vec(),
             startup_runs: 20,
             progress: false,
         }
@@ -117,12 +118,9 @@ pub struct GatewayCounters {
 /// Result of [`bench_e2e`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct E2eReport {
-    /// The command line, printed with the results.
-    pub command: String,
-    /// CPUs available to the process (they share them all).
-    pub cpus: usize,
-    /// How to read the numbers (printed above the tables).
-    pub notes: Vec<String>,
+    /// The command, the machine and how to read the numbers.
+    #[serde(flatten)]
+    pub run: RunHeader,
     /// RTU reads per load case.
     pub rtu: Vec<E2eRtuCase>,
     /// The data-age phase.
@@ -237,13 +235,7 @@ pub fn e2e_config(
         "rtu: {{device: in-process-pty, baud: 38400, stop_bits: 2, unit_id: 1, turnaround: 0}}
 push: {{listen: '127.0.0.1:0', allow_from: [127.0.0.1], max_connections: {max_connections}}}
 poll: {{host: '{ksem_slave}', unit_id: 1, timeout: 1s}}
-regions:
-  - {{name: totals,   start: 0,    count: 40,  source: push, max_age: 1h, on_stale: silence}}
-  - {{name: phases,   start: 40,   count: 108, source: push, max_age: 1h, on_stale: silence}}
-  - {{name: energy,   start: 512,  count: 280, source: [push, poll], every: 10s, max_age: 5m, on_stale: serve}}
-  - {{name: identity, start: 8192, count: 57,  source: poll, every: 1h}}
-  - {{name: spec_version, start: 8249, count: 1, source: static, values: {{8249: 7}}}}
-"
+{BENCH_REGIONS}"
     );
     Ok(crate::config::parse(&yaml, "bench e2e")?.config)
 }
@@ -268,6 +260,7 @@ pub async fn bench_e2e(opts: &E2eOptions, command: String) -> anyhow::Result<E2e
     use crate::tools::sim::{inverter, ksem};
     use std::sync::atomic::Ordering::Relaxed;
 
+    let mut run = RunHeader::begin(command);
     let cancel = CancellationToken::new();
     let _guard = cancel.clone().drop_guard();
     let ksem = ksem::start(ksem::KsemSimOptions::default(), cancel.clone()).await?;
@@ -296,19 +289,8 @@ pub async fn bench_e2e(opts: &E2eOptions, command: String) -> anyhow::Result<E2e
             )
         })?;
 
-    let ranges: Vec<RegRange> = opts
-        .read_sizes
-        .iter()
-        .map(|&count| RegRange { start: 0, count })
-        .collect();
-    let rtu_opts = |label: &str| RtuBenchOptions {
-        unit: 1,
-        ranges: ranges.clone(),
-        count: opts.count,
-        rate: None,
-        timeout: Duration::from_millis(500),
-        progress: progress_bar(opts.progress, opts.count * ranges.len() as u64, label),
-    };
+    let rtu_opts =
+        |label: &str| super::phase_reads(&opts.read_sizes, opts.count, opts.progress, label);
     let mut cases = Vec::new();
 
     // 1. Push idle.
@@ -460,8 +442,8 @@ pub async fn bench_e2e(opts: &E2eOptions, command: String) -> anyhow::Result<E2e
     gateway.join(Duration::from_secs(2)).await;
     drop(ksem);
 
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let notes = vec![
+    let cpus = run.cpus;
+    run.notes = vec![
         format!("in-process: simulated KSEM, gateway and bench share one process, one tokio runtime (2 worker threads) plus the RTU slave's own thread, and {cpus} CPUs; the bench competes with the gateway for them"),
         format!("RTU over a pseudo-terminal pair: {PTY_NOTE}; at 38400 8N2 an FC03 request takes 2.3 ms on the wire and a 74-register reply 43.8 ms"),
         "latency reference: timestamp immediately before the write() of the request (as rtu_bench.py); turnaround = → first reply byte, total = → last reply byte".into(),
@@ -469,9 +451,7 @@ pub async fn bench_e2e(opts: &E2eOptions, command: String) -> anyhow::Result<E2e
         "RSS/HWM and CPU are of the whole process: they include the bench, the simulated KSEM and the simulated inverter".into(),
     ];
     Ok(E2eReport {
-        command,
-        cpus,
-        notes,
+        run,
         rtu: cases,
         age,
         push,

@@ -17,8 +17,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::hist::{LatencyHist, Percentiles};
 use super::push::{bench_push, PushBenchOptions};
-use super::rtu::{bench_rtu, RegRange, RtuBenchOptions, RtuBenchReport};
-use super::{progress_bar, round3, ser_duration_ms, PTY_NOTE};
+use super::report::RunHeader;
+use super::rtu::{bench_rtu, RtuBenchReport};
+use super::{
+    phase_cells, phase_reads, ratio, round3, ser_duration_ms, BENCH_REGIONS, PHASE_COLUMNS,
+    PHASE_SIZES, PTY_NOTE,
+};
 
 /// What `bench lan` does.
 #[derive(Debug, Clone, Serialize)]
@@ -70,14 +74,9 @@ pub struct LanReaders {
 /// Result of [`bench_lan`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LanBenchReport {
-    /// The command line, printed with the results.
-    pub command: String,
-    /// CPUs available to the process.
-    pub cpus: usize,
-    /// The 1-minute load average of the machine when the run began (shared machines).
-    pub loadavg_1m: Option<f64>,
-    /// How to read the numbers.
-    pub notes: Vec<String>,
+    /// The command, the machine and how to read the numbers.
+    #[serde(flatten)]
+    pub run: RunHeader,
     /// LAN clients of the loaded run.
     pub clients: usize,
     /// Reads per second of each.
@@ -110,13 +109,7 @@ fn lan_config(
 push: {{listen: '127.0.0.1:0', allow_from: [127.0.0.1], max_connections: 8}}
 poll: {{host: '{ksem_slave}', unit_id: 1, timeout: 1s}}
 tcp_server: {{listen: '127.0.0.1:0', allow_from: [127.0.0.1], max_connections: {max}}}
-regions:
-  - {{name: totals,   start: 0,    count: 40,  source: push, max_age: 1h, on_stale: silence}}
-  - {{name: phases,   start: 40,   count: 108, source: push, max_age: 1h, on_stale: silence}}
-  - {{name: energy,   start: 512,  count: 280, source: [push, poll], every: 10s, max_age: 5m, on_stale: serve}}
-  - {{name: identity, start: 8192, count: 57,  source: poll, every: 1h}}
-  - {{name: spec_version, start: 8249, count: 1, source: static, values: {{8249: 7}}}}
-"
+{BENCH_REGIONS}"
     );
     Ok(crate::config::parse(&yaml, "bench lan")?.config)
 }
@@ -163,29 +156,10 @@ async fn reader(
     hist
 }
 
-/// The 1-minute load average (`/proc/loadavg`), if readable.
-fn loadavg_1m() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-fn ratio(with: f64, without: f64) -> f64 {
-    if without > 0.0 {
-        round3(with / without)
-    } else {
-        f64::NAN
-    }
-}
-
 /// Run the comparison. `command` is printed with the results.
 pub async fn bench_lan(opts: &LanBenchOptions, command: String) -> anyhow::Result<LanBenchReport> {
     use crate::app::gateway::{Gateway, RtuPort};
     use crate::tools::sim::ksem;
-    use tokio_serial::SerialPort as _;
 
     anyhow::ensure!(
         opts.rate_hz > 0.0 && opts.rate_hz.is_finite(),
@@ -195,17 +169,12 @@ pub async fn bench_lan(opts: &LanBenchOptions, command: String) -> anyhow::Resul
         (1..=crate::config::MAX_READ).contains(&opts.registers),
         "--registers must be 1..125"
     );
-    let loadavg = loadavg_1m();
+    let mut run = RunHeader::begin(command);
     let cancel = CancellationToken::new();
     let _guard = cancel.clone().drop_guard();
     let ksem = ksem::start(ksem::KsemSimOptions::default(), cancel.clone()).await?;
-    let (mut inv_end, gw_end) = tokio_serial::SerialStream::pair()
-        .map_err(|e| anyhow::anyhow!("cannot create a pseudo-terminal pair: {e}"))?;
-    // The gateway opens the pty by path on its RTU thread, as it opens a real device; this
-    // end stays open (unused) so the pty lives as long as the bench.
-    let device = gw_end
-        .name()
-        .ok_or_else(|| anyhow::anyhow!("the pseudo-terminal has no path"))?;
+    // The gateway opens the pty by path on its RTU thread, as it opens a real device.
+    let (mut inv_end, gw_end, device) = super::pty_by_path()?;
     let config = lan_config(ksem.slave_addr(), &device, opts)?;
     let gateway = Gateway::start(config, RtuPort::Device, cancel.clone()).await?;
     let push_addr = gateway
@@ -235,28 +204,7 @@ pub async fn bench_lan(opts: &LanBenchOptions, command: String) -> anyhow::Resul
     // Let the RTU thread open the device and settle.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let ranges = vec![
-        RegRange {
-            start: 0,
-            count: 10,
-        },
-        RegRange {
-            start: 0,
-            count: 74,
-        },
-        RegRange {
-            start: 0,
-            count: 125,
-        },
-    ];
-    let rtu_opts = |label: &str| RtuBenchOptions {
-        unit: 1,
-        ranges: ranges.clone(),
-        count: opts.count,
-        rate: None,
-        timeout: Duration::from_millis(500),
-        progress: progress_bar(opts.progress, opts.count * ranges.len() as u64, label),
-    };
+    let rtu_opts = |label: &str| phase_reads(&PHASE_SIZES, opts.count, opts.progress, label);
 
     let rtu_without = bench_rtu(&mut inv_end, &rtu_opts("RTU reads, no LAN readers")).await?;
 
@@ -299,18 +247,15 @@ pub async fn bench_lan(opts: &LanBenchOptions, command: String) -> anyhow::Resul
     drop(gw_end);
     drop(ksem);
 
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let notes = vec![
+    let cpus = run.cpus;
+    run.notes = vec![
         format!("in-process on {cpus} CPUs: the simulated KSEM (pushing at 5 Hz), the gateway, the LAN readers and the bench share them; the RTU slave has its own thread"),
         format!("RTU over a pseudo-terminal pair opened by path: {PTY_NOTE}"),
         format!("turnaround {} µs as configured: it is part of every RTU turnaround", opts.turnaround.as_micros()),
         "LAN latency: request sent → reply received, over loopback".into(),
     ];
     Ok(LanBenchReport {
-        command,
-        cpus,
-        loadavg_1m: loadavg,
-        notes,
+        run,
         clients: opts.clients,
         rate_hz: opts.rate_hz,
         registers: opts.registers,
@@ -328,24 +273,11 @@ pub async fn bench_lan(opts: &LanBenchOptions, command: String) -> anyhow::Resul
 /// The report as markdown: the two RTU runs side by side, then the LAN readers.
 pub fn lan_markdown(r: &LanBenchReport) -> String {
     use std::fmt::Write as _;
-    let mut s = String::new();
-    let _ = writeln!(s, "`{}`\n", r.command);
-    let load = r
-        .loadavg_1m
-        .map_or_else(|| "unknown".to_string(), |l| format!("{l:.2}"));
+    let mut s = r.run.markdown();
     let _ = writeln!(
         s,
-        "machine: {} CPUs, load average (1 min) at start {load}\n",
-        r.cpus
+        "\n| RTU reads (all ranges) | {PHASE_COLUMNS} |\n|---|---|---|---|---|---|---|"
     );
-    for n in &r.notes {
-        let _ = writeln!(s, "- {n}");
-    }
-    let _ = writeln!(
-        s,
-        "\n| RTU reads (all ranges) | requests | ok | timeouts | turnaround p50/p90/p99/p99.9/max µs | total p50/p90/p99/p99.9/max µs |"
-    );
-    let _ = writeln!(s, "|---|---|---|---|---|---|");
     for (case, rep) in [
         ("no LAN readers".to_string(), &r.rtu_without),
         (
@@ -356,16 +288,7 @@ pub fn lan_markdown(r: &LanBenchReport) -> String {
             &r.rtu_with,
         ),
     ] {
-        let a = &rep.all;
-        let _ = writeln!(
-            s,
-            "| {case} | {} | {} | {} | {} | {} |",
-            a.requests,
-            a.ok,
-            a.timeouts + a.partial,
-            a.turnaround.compact(),
-            a.total.compact()
-        );
+        let _ = writeln!(s, "| {case} | {} |", phase_cells(&rep.all));
     }
     let _ = writeln!(
         s,
@@ -415,7 +338,7 @@ mod tests {
         assert!(r.turnaround_p99_ratio > 0.0);
         let md = lan_markdown(&r);
         assert!(
-            md.contains("| 4 LAN readers × 20 Hz × 125 registers | 120 | 120 | 0 |"),
+            md.contains("| 4 LAN readers × 20 Hz × 125 registers | 120 | 120 | 0 | 0 |"),
             "{md}"
         );
     }

@@ -1,12 +1,69 @@
-//! The bench's markdown: the `bench rtu` table and the `bench e2e` README section.
-//! Pure formatting of reports.
+//! The bench's markdown: the `bench rtu` table, the `bench e2e` README section, and the
+//! header every in-one-run report opens with ([`RunHeader`]: command, machine, notes).
+//! Pure formatting of reports (the header also reads the CPU count and load average).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use serde::{Deserialize, Serialize};
+
 use super::e2e::E2eReport;
 use super::hist::fmt_us;
+use super::push::PushBenchReport;
 use super::rtu::{wire_time, RtuBenchReport};
+
+/// What every multi-phase report says first: how it was run and on what machine.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunHeader {
+    /// The command line, printed with the results.
+    pub command: String,
+    /// CPUs available to the process (everything in the run shares them).
+    pub cpus: usize,
+    /// The 1-minute load average of the machine when the run began (shared machines).
+    #[serde(default)]
+    pub loadavg_1m: Option<f64>,
+    /// How to read the numbers (printed above the tables).
+    pub notes: Vec<String>,
+}
+
+impl RunHeader {
+    /// Taken when the run begins (the load average is the machine's before the bench).
+    pub fn begin(command: String) -> Self {
+        RunHeader {
+            command,
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            loadavg_1m: loadavg_1m(),
+            notes: Vec::new(),
+        }
+    }
+
+    /// The command, the machine and the notes as markdown.
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let load = self
+            .loadavg_1m
+            .map_or_else(|| "unknown".to_string(), |l| format!("{l:.2}"));
+        let _ = writeln!(
+            s,
+            "Measured with `{}` on {} CPUs, load average (1 min) at start {load}.\n",
+            self.command, self.cpus
+        );
+        for n in &self.notes {
+            let _ = writeln!(s, "- {n}");
+        }
+        s
+    }
+}
+
+/// The 1-minute load average (`/proc/loadavg`), if readable.
+fn loadavg_1m() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
 
 /// Markdown table of an RTU report. `wire` = (baud, bits per char) on a real UART.
 pub fn rtu_table(report: &RtuBenchReport, wire: Option<(u32, u32)>) -> String {
@@ -67,11 +124,7 @@ pub(super) fn fmt_exceptions(e: &BTreeMap<u8, u64>) -> String {
 
 /// The e2e results as markdown, ready to paste into the README.
 pub fn e2e_markdown(r: &E2eReport) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "Measured with `{}`.\n", r.command);
-    for n in &r.notes {
-        let _ = writeln!(s, "- {n}");
-    }
+    let mut s = r.run.markdown();
     s.push_str("\n**RTU reads (FC03 from address 0, back to back)**\n\n");
     s.push_str("| load | registers | requests | ok | timeouts | exceptions | bad frames | turnaround p50/p90/p99/p99.9/max µs | total p50/p90/p99/p99.9/max µs |\n");
     s.push_str("|---|---|---|---|---|---|---|---|---|\n");
@@ -108,30 +161,19 @@ pub fn e2e_markdown(r: &E2eReport) -> String {
     );
     for c in &r.rtu {
         if let Some(p) = &c.push {
-            let _ = writeln!(
-                s,
-                "| push write latency during the RTU flood case ({} conn) | {} | {} | {:.0} writes/s; {} errors; exceptions {} |",
-                p.connections,
-                p.writes_ok,
-                p.latency.compact(),
-                p.writes_per_s,
-                p.errors,
-                fmt_exceptions(&p.exceptions)
+            let what = format!(
+                "push write latency during the RTU flood case ({} conn)",
+                p.connections
             );
+            let _ = writeln!(s, "{}", push_row(&what, p, false));
         }
     }
     for p in &r.push {
-        let _ = writeln!(
-            s,
-            "| push throughput, {} conn, max rate, RTU idle | {} | {} | **{:.0} writes/s** ({:.0} registers/s); {} errors; exceptions {} |",
-            p.connections,
-            p.writes_ok,
-            p.latency.compact(),
-            p.writes_per_s,
-            p.registers_per_s,
-            p.errors,
-            fmt_exceptions(&p.exceptions)
+        let what = format!(
+            "push throughput, {} conn, max rate, RTU idle",
+            p.connections
         );
+        let _ = writeln!(s, "{}", push_row(&what, p, true));
     }
     let n = &r.nominal;
     s.push_str("\n**Resources at nominal load** (5 Hz push, inverter polling 0..74 + 74..74 every 160 ms)\n\n");
@@ -159,4 +201,24 @@ pub fn e2e_markdown(r: &E2eReport) -> String {
         st.push_ack_to_ready.compact()
     );
     s
+}
+
+/// One push row of the e2e table: `what`, writes, latency, rate (bold with the register
+/// rate for a throughput row), errors and exceptions.
+fn push_row(what: &str, p: &PushBenchReport, throughput: bool) -> String {
+    let rate = if throughput {
+        format!(
+            "**{:.0} writes/s** ({:.0} registers/s)",
+            p.writes_per_s, p.registers_per_s
+        )
+    } else {
+        format!("{:.0} writes/s", p.writes_per_s)
+    };
+    format!(
+        "| {what} | {} | {} | {rate}; {} errors; exceptions {} |",
+        p.writes_ok,
+        p.latency.compact(),
+        p.errors,
+        fmt_exceptions(&p.exceptions)
+    )
 }
