@@ -415,11 +415,25 @@ async fn serial_broadcast_writes_are_never_answered_nor_applied() {
     pusher.set(PushFault::Stop); // so the image only changes if a broadcast wrote to it
     tokio::time::sleep(Duration::from_millis(200)).await;
     let gen = rig.gateway.handles.image.load().generation;
+    let tx = rig.gateway.handles.rtu.tx_bytes.load(Relaxed);
     bus_write(&mut rig, &bus::broadcast(0, &[0xBAD])).await;
     tokio::time::sleep(Duration::from_millis(25)).await;
     bus_write(&mut rig, &bus::broadcast(0, &[1, 2, 3])).await;
-    assert_quiet(&rig, "broadcast").await;
+    // Under load the slave's thread may take a while to see the frames: wait (bounded)
+    // until both were taken as broadcasts, then check that nothing was sent since before.
+    for _ in 0..100 {
+        if rig.gateway.handles.rtu.broadcast.load(Relaxed) >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(rig.gateway.handles.rtu.broadcast.load(Relaxed), 2);
+    assert_quiet(&rig, "broadcast").await;
+    assert_eq!(
+        rig.gateway.handles.rtu.tx_bytes.load(Relaxed),
+        tx,
+        "broadcast: the gateway answered"
+    );
     assert_eq!(
         rig.gateway.handles.image.load().generation,
         gen,
