@@ -541,6 +541,7 @@ mod tests {
             fallback_poll: None,
             values: BTreeMap::new(),
             function: None,
+            device: 0,
         }
     }
 
