@@ -179,6 +179,7 @@ mod tests {
             on_stale: OnStale::Silence,
             accepts_push: true,
             table,
+            device: 0,
         }
     }
 
