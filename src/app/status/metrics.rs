@@ -12,6 +12,9 @@ use tokio::time::Instant;
 use super::StatusContext;
 use crate::ops::stats::RESULTS;
 
+/// Two results of one counter family, from a device's counters.
+type Pair = fn(&crate::sources::rtu_poll::RtuPollStats) -> [(&'static str, u64); 2];
+
 /// The poller's per-device families (`devices:` only; nothing in the one-device form).
 fn rtu_poll_devices(o: &mut Out, devices: &[crate::sources::rtu_poll::DeviceStats]) {
     if devices.is_empty() {
@@ -30,7 +33,7 @@ fn rtu_poll_devices(o: &mut Out, devices: &[crate::sources::rtu_poll::DeviceStat
             online,
         );
     }
-    let families: [(&str, &str, fn(&crate::sources::rtu_poll::RtuPollStats) -> [(&'static str, u64); 2]); 4] = [
+    let families: [(&str, &str, Pair); 4] = [
         ("airbridge_rtu_poll_regions_total", "Region polls of the device by result (ok = read completely and committed).", |s| [("ok", s.regions_ok.load(Relaxed)), ("failed", s.regions_failed.load(Relaxed))]),
         ("airbridge_rtu_poll_requests_total", "Requests to the device by result (timeout = no reply within rtu_poll.timeout).", |s| [("sent", s.requests.load(Relaxed)), ("timeout", s.timeouts.load(Relaxed))]),
         ("airbridge_rtu_poll_writes_total", "Writes to the device by result (failed: refused, unanswered or refused while offline).", |s| [("ok", s.writes_ok.load(Relaxed)), ("failed", s.writes_failed.load(Relaxed))]),
