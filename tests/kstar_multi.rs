@@ -63,6 +63,24 @@ async fn until(
     }
 }
 
+/// The body of `GET path` from the status endpoint at `addr`.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("status connect");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("send");
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .expect("status answers")
+        .expect("read");
+    out.split_once("\r\n\r\n")
+        .map_or(out.clone(), |(_, b)| b.to_string())
+}
+
 /// Polls that reached each unit during `window`.
 async fn polls_in(devs: &[Arc<Device>; 2], window: Duration) -> [u64; 2] {
     let before = devs.each_ref().map(|d| d.stats.requests.load(Relaxed));
@@ -98,6 +116,7 @@ async fn two_devices_on_one_pty_bus_one_falls_silent_and_returns() {
     tokio::spawn(async move { device::serve_bus(dev_end, &bus, c).await });
 
     let port = free_port().await;
+    let status_port = free_port().await;
     let dir = std::env::temp_dir().join(format!("airbridge-kstar-multi-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let cfg = dir.join("two.yaml");
@@ -107,6 +126,7 @@ async fn two_devices_on_one_pty_bus_one_falls_silent_and_returns() {
         format!(
             "rtu_poll: {{device: '{path}', baud: 9600, timeout: 200ms, gap: 5ms, retries: 0, offline_after: 1, probe_max: 2s}}
 tcp_server: {{listen: '127.0.0.1:{port}', allow_from: [127.0.0.1]}}
+status: {{listen: '127.0.0.1:{status_port}'}}
 devices:
   - name: battery1
     unit_id: 1
@@ -204,6 +224,26 @@ devices:
         read(&mut ctx, 2).await,
         Some(Err(ExceptionCode::GatewayTargetDevice))
     );
+    // /status and /metrics show each device.
+    let status_addr = format!("127.0.0.1:{status_port}").parse().expect("addr");
+    let st: serde_json::Value =
+        serde_json::from_str(&http_get(status_addr, "/status").await).expect("status JSON");
+    let devices = &st["upstream"]["rtu_poll"]["devices"];
+    assert_eq!(devices[0]["name"], "battery1", "{st}");
+    assert_eq!(devices[0]["state"], "polling", "{st}");
+    assert_eq!(devices[1]["state"], "offline", "{st}");
+    assert_eq!(devices[1]["regions"][0]["stale"], true, "{st}");
+    assert!(devices[1]["counters"]["probes"].as_u64() >= Some(1), "{st}");
+    assert_eq!(st["upstream"]["rtu_poll"]["state"], "offline", "{st}");
+    let metrics = http_get(status_addr, "/metrics").await;
+    for line in [
+        "airbridge_region_stale{region=\"live\",device=\"battery2\"} 1",
+        "airbridge_region_stale{region=\"live\",device=\"battery1\"} 0",
+        "airbridge_rtu_poll_device_online{device=\"battery2\"} 0",
+        "airbridge_rtu_poll_writes_total{device=\"battery1\",result=\"ok\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
 
     // It answers again: a probe finds it and its data is served again.
     devs[1].set_silent(false);
