@@ -4,7 +4,6 @@
 //! device, never timed), the silent one answers 0B and is only probed; it recovers when it
 //! answers again.
 
-use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,18 +17,7 @@ use tokio_serial::{SerialPort as _, SerialStream};
 use tokio_util::sync::CancellationToken;
 
 mod common;
-use common::{wait_exit, Child};
-
-fn manifest(rel: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-async fn free_port() -> u16 {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    l.local_addr().expect("addr").port()
-}
+use common::{free_port, manifest};
 
 /// One FC04 read of 3000..3001 from `unit`: the words, the exception, or `None` when the
 /// transport failed or timed out.
@@ -142,16 +130,7 @@ devices:
         ),
     )
     .expect("write config");
-    let mut child = Child(
-        common::airbridge_cmd()
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn airbridge run"),
-    );
+    let child = common::run_quiet(&cfg);
     let addr = format!("127.0.0.1:{port}").parse().expect("addr");
     let mut ctx = None;
     for _ in 0..100 {
@@ -256,11 +235,6 @@ devices:
     .await;
     assert!(matches!(read(&mut ctx, 1).await, Some(Ok(w)) if w[0] == 1111));
 
-    Command::new("kill")
-        .arg(child.0.id().to_string())
-        .status()
-        .expect("kill");
-    let exit = wait_exit(&mut child, Duration::from_secs(10)).expect("exits after SIGTERM");
-    assert!(exit.success(), "{exit:?}");
+    common::terminate(child);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -188,7 +188,8 @@ impl Validator<'_> {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{parse, ConfigError, UnitIds};
+    use crate::config::validate::tests::invalid;
+    use crate::config::{parse, UnitIds};
 
     const BUS: &str = "rtu_poll: {device: /dev/ttyUSB0, baud: 9600}
 tcp_server: {listen: '127.0.0.1:0', allow_from: [127.0.0.1]}
@@ -196,15 +197,6 @@ tcp_server: {listen: '127.0.0.1:0', allow_from: [127.0.0.1]}
 
     fn dev(name: &str, unit: &str) -> String {
         format!("  - name: {name}\n    {unit}\n    regions:\n      - {{name: live, start: 3000, count: 100, function: input, every: 1s}}\n")
-    }
-
-    fn invalid(text: &str) -> (u64, String, String) {
-        match parse(text, "d.yaml") {
-            Err(ConfigError::Invalid {
-                line, key, message, ..
-            }) => (line, key, message),
-            other => panic!("expected an invalid config, got {other:?}\n---\n{text}"),
-        }
     }
 
     #[test]

@@ -421,7 +421,7 @@ mod tests {
     }
 
     /// The (line, key, message) of an invalid config; panics on any other outcome.
-    fn invalid(text: &str) -> (u64, String, String) {
+    pub(super) fn invalid(text: &str) -> (u64, String, String) {
         match check(text) {
             Err(ConfigError::Invalid {
                 line, key, message, ..

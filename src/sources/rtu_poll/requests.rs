@@ -37,40 +37,32 @@ impl RtuPoller {
         }
     }
 
-    /// One request to device `d` with the gap before it; counts the outcome.
-    async fn read_once<S: AsyncRead + AsyncWrite + Unpin>(
+    /// A read of device `d`, with the gap before each request, tried up to `1 + retries`
+    /// times; counts every outcome. Exceptions (the device answered) and I/O errors are not
+    /// retried.
+    async fn read<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         master: &mut RtuMaster<S>,
         d: usize,
         req: Read,
+        retries: u32,
         cancel: &CancellationToken,
     ) -> Result<Vec<u16>, ReplyError> {
-        self.wait_gap(cancel).await;
-        // Shutdown began during the gap: nothing more goes on the bus.
-        if cancel.is_cancelled() {
-            return Err(ReplyError::Io(shutdown()));
-        }
         let unit = self.devices.get(d).map_or(0, |x| x.unit);
-        self.counts(d).bump(|s| &s.requests);
-        let r = master.read(unit, req.fc, req.address, req.count).await;
-        self.quiet_since = Some(Instant::now());
-        count_reply(&self.counts(d), &r);
-        r
-    }
-
-    /// A read with retries: exceptions (the device answered) and I/O errors are not retried.
-    async fn read_retrying<S: AsyncRead + AsyncWrite + Unpin>(
-        &mut self,
-        master: &mut RtuMaster<S>,
-        d: usize,
-        req: Read,
-        cancel: &CancellationToken,
-    ) -> Result<Vec<u16>, ReplyError> {
         let mut attempt = 0;
         loop {
-            match self.read_once(master, d, req, cancel).await {
+            self.wait_gap(cancel).await;
+            // Shutdown began during the gap: nothing more goes on the bus.
+            if cancel.is_cancelled() {
+                return Err(ReplyError::Io(shutdown()));
+            }
+            self.counts(d).bump(|s| &s.requests);
+            let r = master.read(unit, req.fc, req.address, req.count).await;
+            self.quiet_since = Some(Instant::now());
+            count_reply(&self.counts(d), &r);
+            match r {
                 Err(ReplyError::Timeout | ReplyError::BadCrc | ReplyError::BadFrame(_))
-                    if attempt < self.cfg.retries && !cancel.is_cancelled() =>
+                    if attempt < retries && !cancel.is_cancelled() =>
                 {
                     attempt += 1;
                     self.counts(d).bump(|s| &s.retries);
@@ -104,7 +96,7 @@ impl RtuPoller {
                 address: addr as u16,
                 count: n,
             };
-            match self.read_retrying(master, d, req, cancel).await {
+            match self.read(master, d, req, self.cfg.retries, cancel).await {
                 Ok(chunk) => words.extend_from_slice(&chunk),
                 Err(ReplyError::Io(e)) => return Err(e),
                 Err(e) => {
@@ -184,7 +176,7 @@ impl RtuPoller {
             return Ok(());
         };
         self.counts(d).bump(|s| &s.probes);
-        let r = self.read_once(master, d, req, cancel).await;
+        let r = self.read(master, d, req, 0, cancel).await;
         let now = Instant::now();
         let Some(dev) = self.devices.get_mut(d) else {
             return Ok(());

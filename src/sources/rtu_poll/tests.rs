@@ -18,7 +18,19 @@ fn poller() -> (
     Arc<RtuPollStats>,
     mpsc::Sender<WriteJob>,
 ) {
-    let cfg = crate::config::parse(YAML, "test")
+    poller_of(YAML)
+}
+
+/// A poller over the config `yaml`, its stats and the write queue's sender.
+fn poller_of(
+    yaml: &str,
+) -> (
+    RtuPoller,
+    Arc<Image>,
+    Arc<RtuPollStats>,
+    mpsc::Sender<WriteJob>,
+) {
+    let cfg = crate::config::parse(yaml, "test")
         .unwrap_or_else(|e| panic!("{e}"))
         .config;
     let image = Arc::new(Image::new(&cfg.regions));
@@ -31,24 +43,30 @@ fn poller() -> (
 
 /// A device on the other end of `s`: answers reads of unit 1 with `address + 1000` per
 /// register and confirms single writes, while `answering`; counts the requests.
-async fn device(mut s: DuplexStream, answering: Arc<AtomicBool>, seen: Arc<AtomicU64>) {
+async fn device(s: DuplexStream, answering: Arc<AtomicBool>, seen: Arc<AtomicU64>) {
+    respond(s, |unit, _| {
+        seen.fetch_add(1, Relaxed);
+        (answering.load(Relaxed) && unit == 1).then_some(1000)
+    })
+    .await;
+}
+
+/// Answer RTU requests on `s`: `base(unit, fc)` says whether the unit answers and what it
+/// adds to each register's address as its value; writes are confirmed.
+async fn respond(mut s: DuplexStream, base: impl Fn(u8, u8) -> Option<u16>) {
     let mut req = [0u8; 8];
     while s.read_exact(&mut req).await.is_ok() {
-        seen.fetch_add(1, Relaxed);
-        if !answering.load(Relaxed) {
-            continue;
-        }
         let [unit, fc, ah, al, nh, nl, ..] = req;
+        let Some(base) = base(unit, fc) else { continue };
         let mut out = vec![unit, fc];
-        match fc {
-            3 | 4 => {
-                let (a, n) = (u16::from_be_bytes([ah, al]), u16::from_be_bytes([nh, nl]));
-                out.push((n * 2) as u8);
-                for r in a..a + n {
-                    out.extend_from_slice(&(r + 1000).to_be_bytes());
-                }
+        if let 3 | 4 = fc {
+            let (a, n) = (u16::from_be_bytes([ah, al]), u16::from_be_bytes([nh, nl]));
+            out.push((n * 2) as u8);
+            for r in a..a + n {
+                out.extend_from_slice(&(r + base).to_be_bytes());
             }
-            _ => out.extend_from_slice(&[ah, al, nh, nl]),
+        } else {
+            out.extend_from_slice(&[ah, al, nh, nl]);
         }
         let len = out.len();
         out.extend_from_slice(&[0, 0]);
@@ -57,6 +75,18 @@ async fn device(mut s: DuplexStream, answering: Arc<AtomicBool>, seen: Arc<Atomi
             return;
         }
     }
+}
+
+/// Run `p` on `ours` in a task (until cancelled or aborted); the task hands the poller back.
+fn spawn_serving(
+    mut p: RtuPoller,
+    ours: DuplexStream,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<(RtuPoller, io::Result<()>)> {
+    tokio::spawn(async move {
+        let r = p.serve(ours, &cancel).await;
+        (p, r)
+    })
 }
 
 /// An FC06 write of `value` at `address`, and where its outcome arrives.
@@ -99,16 +129,12 @@ async fn polls_commits_and_beats_while_idle_even_without_a_write_queue() {
 
 #[tokio::test(start_paused = true)]
 async fn a_silent_device_goes_offline_gets_probed_and_refuses_writes() {
-    let (mut p, _image, stats, tx) = poller();
+    let (p, _image, stats, tx) = poller();
     let (ours, theirs) = tokio::io::duplex(256);
     let answering = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(AtomicU64::new(0));
     tokio::spawn(device(theirs, Arc::clone(&answering), Arc::clone(&seen)));
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(async move {
-        let r = p.serve(ours, &cancel).await;
-        (p, r)
-    });
+    let task = spawn_serving(p, ours, CancellationToken::new());
     // Two failed polls (each with one retry) → offline.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(stats.went_offline.load(Relaxed), 1);
@@ -192,49 +218,37 @@ devices:
 ";
 
 /// A bus of units 1 and 2 on the other end of `s`: unit `u` answers reads with
-/// `address + 1000 * u` and confirms writes, unless `silent` holds `u`; writes are counted
-/// by unit in `writes`.
+/// `address + 1000 * u` and confirms writes, unless `silent` holds `u`; the writes it
+/// confirms are counted by unit in `writes`.
 async fn two_units(
-    mut s: DuplexStream,
+    s: DuplexStream,
     silent: Arc<std::sync::atomic::AtomicU8>,
     writes: Arc<[AtomicU64; 3]>,
 ) {
-    let mut req = [0u8; 8];
-    while s.read_exact(&mut req).await.is_ok() {
-        let [unit, fc, ah, al, nh, nl, ..] = req;
-        if silent.load(Relaxed) == unit || !(1..=2).contains(&unit) {
-            continue;
+    respond(s, |unit, fc| {
+        if !(1..=2).contains(&unit) || silent.load(Relaxed) == unit {
+            return None;
         }
-        let mut out = vec![unit, fc];
-        if let 3 | 4 = fc {
-            let (a, n) = (u16::from_be_bytes([ah, al]), u16::from_be_bytes([nh, nl]));
-            out.push((n * 2) as u8);
-            for r in a..a + n {
-                out.extend_from_slice(&(r + 1000 * u16::from(unit)).to_be_bytes());
-            }
-        } else {
+        if fc == 6 {
             writes[usize::from(unit)].fetch_add(1, Relaxed);
-            out.extend_from_slice(&[ah, al, nh, nl]);
         }
-        let len = out.len();
-        out.extend_from_slice(&[0, 0]);
-        append_crc(&mut out, len);
-        if s.write_all(&out).await.is_err() {
-            return;
-        }
-    }
+        Some(1000 * u16::from(unit))
+    })
+    .await;
+}
+
+/// Queue an FC06 write for device `d` and await its outcome.
+async fn write_to(tx: &mpsc::Sender<WriteJob>, d: usize) -> WriteOutcome {
+    let (job, rx) = write_job(100, 7);
+    tx.send(job.to_device(d))
+        .await
+        .unwrap_or_else(|_| panic!("queued"));
+    rx.await.unwrap_or_else(|_| panic!("answered"))
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_silent_device_costs_the_other_only_its_probes_and_writes_go_to_their_device() {
-    let cfg = crate::config::parse(TWO, "test")
-        .unwrap_or_else(|e| panic!("{e}"))
-        .config;
-    let image = Arc::new(Image::new(&cfg.regions));
-    let stats = Arc::new(RtuPollStats::default());
-    let (tx, rx) = mpsc::channel(4);
-    let mut p = RtuPoller::new(&cfg, Arc::clone(&image), Arc::clone(&stats), rx)
-        .unwrap_or_else(|| panic!("rtu_poll configured"));
+    let (p, image, stats, tx) = poller_of(TWO);
     let devs: Vec<Arc<RtuPollStats>> = stats
         .devices()
         .iter()
@@ -245,11 +259,7 @@ async fn a_silent_device_costs_the_other_only_its_probes_and_writes_go_to_their_
     let silent = Arc::new(std::sync::atomic::AtomicU8::new(2));
     let writes: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
     tokio::spawn(two_units(theirs, Arc::clone(&silent), Arc::clone(&writes)));
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(async move {
-        let r = p.serve(ours, &cancel).await;
-        (p, r)
-    });
+    let task = spawn_serving(p, ours, CancellationToken::new());
     // 20 s with unit 2 silent: it goes offline and is only probed; unit 1 keeps its 1 s.
     tokio::time::sleep(Duration::from_millis(20_500)).await;
     let a_ok = devs[0].regions_ok.load(Relaxed);
@@ -275,11 +285,7 @@ async fn a_silent_device_costs_the_other_only_its_probes_and_writes_go_to_their_
     assert!(image.age(&snap, b, Instant::now()).is_none(), "never read");
     drop(snap);
     // A write to the offline device is refused at once; nothing reaches unit 2.
-    let (job, rx) = write_job(100, 7);
-    tx.send(job.to_device(1))
-        .await
-        .unwrap_or_else(|_| panic!("queued"));
-    let outcome = rx.await.unwrap_or_else(|_| panic!("answered"));
+    let outcome = write_to(&tx, 1).await;
     assert!(matches!(outcome, WriteOutcome::Offline), "{outcome:?}");
     // Unit 2 returns: online within one probe interval, its region read.
     silent.store(0, Relaxed);
@@ -297,11 +303,7 @@ async fn a_silent_device_costs_the_other_only_its_probes_and_writes_go_to_their_
     );
     drop(snap);
     // Its writes go to unit 2, unit 1's to unit 1.
-    let (job, rx) = write_job(100, 7);
-    tx.send(job.to_device(1))
-        .await
-        .unwrap_or_else(|_| panic!("queued"));
-    let outcome = rx.await.unwrap_or_else(|_| panic!("answered"));
+    let outcome = write_to(&tx, 1).await;
     assert!(matches!(outcome, WriteOutcome::Done), "{outcome:?}");
     assert_eq!((writes[1].load(Relaxed), writes[2].load(Relaxed)), (0, 1));
     assert_eq!(devs[1].writes_ok.load(Relaxed), 1);
