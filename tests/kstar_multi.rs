@@ -69,11 +69,12 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
         .map_or(out.clone(), |(_, b)| b.to_string())
 }
 
-/// Polls that reached each unit during `window`.
+/// Requests that reached each unit during `window` (heard, whether it answered or not).
 async fn polls_in(devs: &[Arc<Device>; 2], window: Duration) -> [u64; 2] {
-    let before = devs.each_ref().map(|d| d.stats.requests.load(Relaxed));
+    let heard = |d: &Arc<Device>| d.stats.requests.load(Relaxed) + d.stats.ignored.load(Relaxed);
+    let before = devs.each_ref().map(heard);
     tokio::time::sleep(window).await;
-    let after = devs.each_ref().map(|d| d.stats.requests.load(Relaxed));
+    let after = devs.each_ref().map(heard);
     [after[0] - before[0], after[1] - before[1]]
 }
 
@@ -188,6 +189,7 @@ devices:
     })
     .await;
     let silent = polls_in(&devs, window).await;
+    assert!(silent[1] >= 1, "the silent unit is probed: {silent:?}");
     assert!(
         silent[0] * 5 >= both[0] * 4,
         "unit 1 keeps at least 80 % of its polls while unit 2 is silent: {} of {}",
