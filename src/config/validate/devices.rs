@@ -221,6 +221,17 @@ tcp_server: {listen: '127.0.0.1:0', allow_from: [127.0.0.1]}
         assert_eq!(names, [("battery1.live", 0), ("battery2.live", 1)]);
         assert!(c.regions.iter().all(|r| r.source.rtu_poll));
         assert_eq!(c.region_lines.get("battery2.live"), Some(&12));
+        // `check` lists the devices; the bus line names no unit of its own.
+        let d = c.describe();
+        assert!(
+            d.contains("\n  battery2: unit 2 tcp unit 12 profile none writable []\n"),
+            "{d}"
+        );
+        assert!(
+            d.lines()
+                .any(|l| l.starts_with("rtu_poll: ") && !l.contains(" unit ")),
+            "{d}"
+        );
     }
 
     #[test]
