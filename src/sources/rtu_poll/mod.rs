@@ -292,9 +292,12 @@ impl RtuPoller {
         }
     }
 
-    /// The bus counters' `online`: every device answers.
+    /// The bus counters' `online`: every device with regions to poll answers.
     fn update_online(&self) {
-        let all = self.devices.iter().all(Device::is_online);
+        let all = self
+            .devices
+            .iter()
+            .all(|d| d.tasks.is_empty() || d.is_online());
         self.stats.online.store(all, Relaxed);
     }
 
