@@ -98,10 +98,13 @@ pub struct Snapshot {
 /// Why a write was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum WriteError {
+    /// Part of the range lies outside the push regions (push answers 02).
     #[error("the range is not entirely inside regions that accept pushes")]
     NotWritable,
+    /// A poll commit for a region index the image does not have.
     #[error("no such region")]
     NoRegion,
+    /// A poll commit whose words do not fill the region exactly.
     #[error("length does not match the region")]
     Length,
 }

@@ -247,11 +247,11 @@ async fn push_listener_limits_connections_and_refuses_writes_outside_push_region
     // Second connection beyond max_connections: closed at accept.
     let mut second = push_client(addr).await;
     assert!(write(&mut second, 0, &[1]).await.is_err(), "over the limit");
-    assert_eq!(stats.refused_limit.load(Relaxed), 1);
+    assert_eq!(stats.front.refused_limit.load(Relaxed), 1);
     drop(first);
     // The slot is freed when the first client leaves.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    while stats.open.load(Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+    while stats.front.open.load(Relaxed) > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut third = push_client(addr).await;
@@ -269,7 +269,7 @@ async fn push_listener_closes_connections_from_outside_allow_from() {
     let mut ctx = push_client(rig.gateway.push_addr.expect("push")).await;
     assert!(write(&mut ctx, 0, &[1]).await.is_err(), "closed at accept");
     let stats = &rig.gateway.handles.push;
-    assert_eq!(stats.refused_not_allowed.load(Relaxed), 1);
+    assert_eq!(stats.front.refused_not_allowed.load(Relaxed), 1);
     assert_eq!(stats.writes_ok.load(Relaxed), 0);
     assert_eq!(rig.gateway.handles.image.load().generation, 0);
 }
@@ -293,7 +293,7 @@ async fn idle_push_connections_time_out_even_when_blocked_in_a_write() {
         .await
         .expect("closed in time");
     assert!(matches!(n, Ok(0) | Err(_)), "closed, got {n:?}");
-    assert_eq!(stats.idle_timeouts.load(Relaxed), 1);
+    assert_eq!(stats.front.idle_timeouts.load(Relaxed), 1);
 
     // 2. A client that floods reads and never reads the replies: the server blocks in a
     //    write; the slot must still be freed after idle_timeout.
@@ -312,11 +312,11 @@ async fn idle_push_connections_time_out_even_when_blocked_in_a_write() {
         }
     });
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while stats.open.load(Relaxed) > 0 || stats.idle_timeouts.load(Relaxed) < 2 {
+    while stats.front.open.load(Relaxed) > 0 || stats.front.idle_timeouts.load(Relaxed) < 2 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "slot never freed: open {}",
-            stats.open.load(Relaxed)
+            stats.front.open.load(Relaxed)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -254,7 +254,7 @@ async fn push_stops_with_the_connection_open_then_resumes() {
     until_stale(&mut rig, "push stops").await;
     // Silent for longer than idle_timeout: the gateway closes the connection.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while rig.gateway.handles.push.idle_timeouts.load(Relaxed) == 0 {
+    while rig.gateway.handles.push.front.idle_timeouts.load(Relaxed) == 0 {
         assert!(Instant::now() < deadline, "idle connection never closed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -268,7 +268,7 @@ async fn push_stops_with_the_connection_open_then_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_garbage_closes_the_connection_and_writes_nothing() {
     let (mut rig, pusher) = push_rig(LOCAL_PUSH).await;
-    let accepted = rig.gateway.handles.push.connections_accepted.load(Relaxed);
+    let accepted = rig.gateway.handles.push.front.accepted.load(Relaxed);
     pusher.set(PushFault::Garbage);
     until_stale(&mut rig, "push garbage").await;
     let gen = rig.gateway.handles.image.load().generation;
@@ -282,7 +282,7 @@ async fn push_garbage_closes_the_connection_and_writes_nothing() {
     assert_eq!(rig.gateway.handles.push.writes_ok.load(Relaxed), ok);
     assert!(pusher.stats().garbage_bytes.load(Relaxed) > 0);
     assert!(
-        rig.gateway.handles.push.connections_accepted.load(Relaxed) > accepted + 1,
+        rig.gateway.handles.push.front.accepted.load(Relaxed) > accepted + 1,
         "garbage connections are closed (and the KSEM reconnects)"
     );
     recover_push(&mut rig, &pusher, "push: garbage").await;
@@ -322,17 +322,17 @@ async fn push_connections_beyond_the_limit() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let push = &rig.gateway.handles.push;
     assert!(
-        push.refused_limit.load(Relaxed) >= 1,
+        push.front.refused_limit.load(Relaxed) >= 1,
         "the KSEM is refused while hogs hold the slots"
     );
-    assert!(push.open.load(Relaxed) <= 2);
+    assert!(push.front.open.load(Relaxed) <= 2);
     // The hogs are idle: closed after idle_timeout, and the KSEM gets in.
     let w = rtu_read_eventually(&mut rig, 0, 28, Duration::from_secs(10))
         .await
         .expect("served once the hogs timed out");
     report("push: connections beyond the limit", t0.elapsed());
     one_push(&w, 0);
-    assert!(rig.gateway.handles.push.idle_timeouts.load(Relaxed) >= 2);
+    assert!(rig.gateway.handles.push.front.idle_timeouts.load(Relaxed) >= 2);
     assert_alive(&mut rig.gateway).await;
     drop(hogs);
     drop(pusher);

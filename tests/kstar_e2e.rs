@@ -519,7 +519,9 @@ async fn unit_ids_allow_list_and_connection_limit() {
         .is_ok());
     let tcp = &rig.gateway.handles.tcp;
     assert_eq!(
-        tcp.refused_limit.load(std::sync::atomic::Ordering::Relaxed),
+        tcp.front
+            .refused_limit
+            .load(std::sync::atomic::Ordering::Relaxed),
         1
     );
 
@@ -556,6 +558,7 @@ regions:
         && gw
             .handles
             .tcp
+            .front
             .refused_not_allowed
             .load(std::sync::atomic::Ordering::Relaxed)
             == 1

@@ -113,7 +113,7 @@ async fn accept_allow_list_admits_and_expels_on_the_next_request() {
     // Not allowed: closed at accept, the write fails.
     let mut refused = common::push_client(addr).await;
     assert!(common::write(&mut refused, 0, &[1]).await.is_err());
-    assert_eq!(stats.refused_not_allowed.load(Relaxed), 1);
+    assert_eq!(stats.front.refused_not_allowed.load(Relaxed), 1);
 
     let outcome = reload::apply(
         &rig.gateway.handles,

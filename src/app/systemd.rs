@@ -66,22 +66,23 @@ pub fn status_line(handles: &Handles, now: Instant) -> String {
 /// [`Notifier::period`] from the supervising loop.
 #[derive(Debug)]
 pub struct Notifier {
-    /// `NOTIFY_SOCKET` is set.
+    /// `NOTIFY_SOCKET` is set: systemd listens (without it every notify is skipped).
     enabled: bool,
-    /// `WatchdogSec=` as systemd passed it; `None`: no watchdog pings.
+    /// `WatchdogSec=` as systemd passed it: the ping period derives from it; `None`: no pings.
     watchdog: Option<Duration>,
-    /// `READY=1` was sent.
+    /// `READY=1` was sent, so it goes out once.
     ready: bool,
-    /// Judges the RTU slave's heartbeat.
+    /// Judges the RTU slave's heartbeat, so a hung serving loop stops the pings and
+    /// systemd restarts the gateway.
     liveness: Liveness,
-    /// Judges the RTU poller's heartbeat (watched in a config with `rtu_poll:`).
+    /// Judges the RTU poller's heartbeat the same way (watched in a config with `rtu_poll:`).
     poll_liveness: Liveness,
     /// Withhold the watchdog ping when the RTU serving loop stops beating. Off for a
     /// config without an RTU slave (KSTAR): there the supervisor's own tick is the proof.
     watch_rtu_slave: bool,
-    /// The stall was logged (once per stall).
+    /// The stall was logged, so a long stall logs once, not every period.
     said_stalled: bool,
-    /// A failed notify was logged (once).
+    /// A failed notify was logged, so a broken socket logs once, not every period.
     said_error: bool,
 }
 

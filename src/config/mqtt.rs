@@ -115,8 +115,11 @@ pub(super) struct RawMqtt {
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum IntervalText {
+    /// A bare integer: refused with a hint to add a unit.
     Number(i64),
+    /// A bare decimal: refused like a bare integer.
     Float(f64),
+    /// A duration with its unit (`1s`, `500ms`).
     Text(String),
 }
 
@@ -124,7 +127,9 @@ enum IntervalText {
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum DiscoveryText {
+    /// `true`: the default prefix; `false`: no discovery.
     On(bool),
+    /// The discovery prefix to publish under.
     Prefix(String),
 }
 

@@ -56,12 +56,16 @@ pub struct WritePolicy {
 /// Why a write is refused before it reaches the bus.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Refusal {
+    /// The function code is not a register write (FC06/FC16).
     #[error("function code {0} does not write registers")]
     Function(u8),
+    /// The profile refuses it (unknown, read-only, wrong function, partial, out of range).
     #[error("{0}")]
     Profile(WriteRefusal),
+    /// The register is in the profile but not listed under `writable:`.
     #[error("{0} is not listed under `writable:`")]
     NotListed(String),
+    /// No profile register at this address for this function code.
     #[error("no register is written with function code {fc} at {address}")]
     Unknown { fc: u8, address: u16 },
 }

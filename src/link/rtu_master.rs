@@ -445,7 +445,9 @@ pub async fn drain_quiet<S: AsyncRead + Unpin>(
 mod tests {
     use super::*;
     use crate::modbus::crc::append_crc;
+    use std::future::Future;
     use tokio::io::{duplex, DuplexStream};
+    use tokio::task::JoinHandle;
     use tokio::time::sleep;
 
     /// Build a normal FC03/FC04 reply for `words`.
@@ -495,20 +497,46 @@ mod tests {
 
     const LIMIT: Duration = Duration::from_secs(5);
 
+    /// What the fake device sends back for a request.
+    type Answer = Box<dyn FnOnce(&[u8; 8]) -> Vec<u8> + Send>;
+
+    /// A normal reply of `w` to whatever was asked.
+    fn words(w: &'static [u16]) -> Answer {
+        Box::new(move |req| reply(req[0], req[1], w))
+    }
+
+    /// A device answering the next requests in turn: wait `after`, then send the answer.
+    /// The handle gives its end back, so the link stays open until the test ends.
+    fn device(script: Vec<(Duration, Answer)>) -> (DuplexStream, JoinHandle<DuplexStream>) {
+        let (a, mut b) = duplex(1024);
+        let handle = tokio::spawn(async move {
+            for (after, answer) in script {
+                let req = next_request(&mut b).await.unwrap();
+                if !after.is_zero() {
+                    sleep(after).await;
+                }
+                b.write_all(&answer(&req)).await.unwrap();
+            }
+            b
+        });
+        (a, handle)
+    }
+
+    /// `f`, failing the test if it takes longer than [`LIMIT`].
+    async fn within<T>(f: impl Future<Output = T>) -> T {
+        tokio::time::timeout(LIMIT, f).await.unwrap()
+    }
+
     #[tokio::test]
     async fn good_reply() {
         let (a, b) = duplex(1024);
         let responder = tokio::spawn(echo_responder(b));
         let mut m = RtuMaster::new(a, Duration::from_millis(500));
-        let words = tokio::time::timeout(LIMIT, m.read(1, 3, 100, 4))
-            .await
-            .unwrap()
-            .unwrap();
+        let words = within(m.read(1, 3, 100, 4)).await.unwrap();
         assert_eq!(words, vec![100, 101, 102, 103]);
 
-        let tx = tokio::time::timeout(LIMIT, m.transact(&encode_read(1, 3, 7, 1), 7))
+        let tx = within(m.transact(&encode_read(1, 3, 7, 1), 7))
             .await
-            .unwrap()
             .unwrap();
         assert_eq!(tx.reply, reply(1, 3, &[7]));
         assert!(tx.sent_at <= tx.first_byte_at && tx.first_byte_at <= tx.last_byte_at);
@@ -519,16 +547,10 @@ mod tests {
 
     #[tokio::test]
     async fn exception_reply() {
-        let (a, mut b) = duplex(1024);
-        let responder = tokio::spawn(async move {
-            let req = next_request(&mut b).await.unwrap();
-            b.write_all(&exception(req[0], req[1], 0x02)).await.unwrap();
-            b
-        });
+        let answer: Answer = Box::new(|req| exception(req[0], req[1], 0x02));
+        let (a, responder) = device(vec![(Duration::ZERO, answer)]);
         let mut m = RtuMaster::new(a, Duration::from_millis(500));
-        let r = tokio::time::timeout(LIMIT, m.read(1, 3, 300, 10))
-            .await
-            .unwrap();
+        let r = within(m.read(1, 3, 300, 10)).await;
         assert!(matches!(r, Err(ReplyError::Exception(2))), "{r:?}");
         let _b = responder.await.unwrap();
     }
@@ -538,9 +560,7 @@ mod tests {
         let (a, b) = duplex(1024);
         let mut m = RtuMaster::new(a, Duration::from_millis(100));
         let start = Instant::now();
-        let r = tokio::time::timeout(LIMIT, m.read(1, 3, 0, 10))
-            .await
-            .unwrap();
+        let r = within(m.read(1, 3, 0, 10)).await;
         assert!(matches!(r, Err(ReplyError::Timeout)), "{r:?}");
         assert!(start.elapsed() >= Duration::from_millis(100));
         assert!(start.elapsed() < Duration::from_millis(200));
@@ -549,26 +569,21 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn bad_crc_then_recovers() {
-        let (a, mut b) = duplex(1024);
-        let responder = tokio::spawn(async move {
-            let req = next_request(&mut b).await.unwrap();
+        let bad_crc: Answer = Box::new(|req| {
             let mut r = reply(req[0], req[1], &[1, 2]);
             let last = r.len() - 1;
             r[last] ^= 0xFF;
-            b.write_all(&r).await.unwrap();
-            // Second request gets a good answer.
-            let req = next_request(&mut b).await.unwrap();
-            b.write_all(&reply(req[0], req[1], &[3, 4])).await.unwrap();
-            b
+            r
         });
+        // The second request gets a good answer.
+        let (a, responder) = device(vec![
+            (Duration::ZERO, bad_crc),
+            (Duration::ZERO, words(&[3, 4])),
+        ]);
         let mut m = RtuMaster::new(a, Duration::from_millis(100));
-        let r = tokio::time::timeout(LIMIT, m.read(1, 3, 0, 2))
-            .await
-            .unwrap();
+        let r = within(m.read(1, 3, 0, 2)).await;
         assert!(matches!(r, Err(ReplyError::BadCrc)), "{r:?}");
-        let r = tokio::time::timeout(LIMIT, m.read(1, 3, 0, 2))
-            .await
-            .unwrap();
+        let r = within(m.read(1, 3, 0, 2)).await;
         assert_eq!(r.unwrap(), vec![3, 4]);
         let _b = responder.await.unwrap();
     }
@@ -588,9 +603,8 @@ mod tests {
             b
         });
         let mut m = RtuMaster::new(a, Duration::from_millis(100));
-        let tx = tokio::time::timeout(LIMIT, m.transact(&encode_read(1, 3, 0, 74), 153))
+        let tx = within(m.transact(&encode_read(1, 3, 0, 74), 153))
             .await
-            .unwrap()
             .unwrap();
         assert_eq!(tx.reply.len(), 153);
         assert!(tx.total() >= Duration::from_millis(24), "{:?}", tx.total());
@@ -601,31 +615,17 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn late_reply_is_discarded() {
-        let (a, mut b) = duplex(1024);
-        let responder = tokio::spawn(async move {
-            // First request: answer after the master has given up.
-            let req = next_request(&mut b).await.unwrap();
-            sleep(Duration::from_millis(150)).await;
-            b.write_all(&reply(req[0], req[1], &[0x1111]))
-                .await
-                .unwrap();
-            // Second request: answer promptly.
-            let req = next_request(&mut b).await.unwrap();
-            b.write_all(&reply(req[0], req[1], &[0x2222]))
-                .await
-                .unwrap();
-            b
-        });
+        // First request: answer after the master has given up; second: promptly.
+        let (a, responder) = device(vec![
+            (Duration::from_millis(150), words(&[0x1111])),
+            (Duration::ZERO, words(&[0x2222])),
+        ]);
         let mut m = RtuMaster::new(a, Duration::from_millis(100));
-        let r = tokio::time::timeout(LIMIT, m.read(1, 3, 1, 1))
-            .await
-            .unwrap();
+        let r = within(m.read(1, 3, 1, 1)).await;
         assert!(matches!(r, Err(ReplyError::Timeout)), "{r:?}");
         // The poll interval passes; the late reply lands in the meantime.
         sleep(Duration::from_millis(100)).await;
-        let r = tokio::time::timeout(LIMIT, m.read(1, 3, 2, 1))
-            .await
-            .unwrap();
+        let r = within(m.read(1, 3, 2, 1)).await;
         assert_eq!(r.unwrap(), vec![0x2222]);
         assert_eq!(m.discarded_bytes(), 7);
         let _b = responder.await.unwrap();
@@ -635,29 +635,16 @@ mod tests {
     /// window ends) must not be taken as the answer to the next request of the same shape.
     #[tokio::test(start_paused = true)]
     async fn late_reply_within_the_window_is_not_the_next_answer() {
-        let (a, mut b) = duplex(1024);
-        let responder = tokio::spawn(async move {
-            let req = next_request(&mut b).await.unwrap();
-            sleep(Duration::from_millis(150)).await;
-            b.write_all(&reply(req[0], req[1], &[0x1111]))
-                .await
-                .unwrap();
-            let req = next_request(&mut b).await.unwrap();
-            b.write_all(&reply(req[0], req[1], &[0x2222]))
-                .await
-                .unwrap();
-            b
-        });
+        let (a, responder) = device(vec![
+            (Duration::from_millis(150), words(&[0x1111])),
+            (Duration::ZERO, words(&[0x2222])),
+        ]);
         let mut m = RtuMaster::new(a, Duration::from_millis(100))
             .with_late_reply_window(Duration::from_millis(100));
-        let r = tokio::time::timeout(LIMIT, m.read(1, 3, 1, 1))
-            .await
-            .unwrap();
+        let r = within(m.read(1, 3, 1, 1)).await;
         assert!(matches!(r, Err(ReplyError::Timeout)), "{r:?}");
         // The next request goes out at once (no poll interval in between).
-        let r = tokio::time::timeout(LIMIT, m.read(1, 3, 2, 1))
-            .await
-            .unwrap();
+        let r = within(m.read(1, 3, 2, 1)).await;
         assert_eq!(r.unwrap(), vec![0x2222]);
         let _b = responder.await.unwrap();
     }
@@ -666,17 +653,10 @@ mod tests {
     /// a bad frame at once, not a timeout.
     #[tokio::test(start_paused = true)]
     async fn short_valid_reply_is_read_to_its_own_length() {
-        let (a, mut b) = duplex(1024);
-        let responder = tokio::spawn(async move {
-            let req = next_request(&mut b).await.unwrap();
-            b.write_all(&reply(req[0], req[1], &[1, 2])).await.unwrap();
-            b
-        });
+        let (a, responder) = device(vec![(Duration::ZERO, words(&[1, 2]))]);
         let mut m = RtuMaster::new(a, Duration::from_millis(100));
         let start = Instant::now();
-        let r = tokio::time::timeout(LIMIT, m.read(1, 3, 0, 10))
-            .await
-            .unwrap();
+        let r = within(m.read(1, 3, 0, 10)).await;
         assert!(matches!(r, Err(ReplyError::BadFrame(_))), "{r:?}");
         assert!(
             start.elapsed() < Duration::from_millis(100),
@@ -689,19 +669,15 @@ mod tests {
     /// function, length and CRC: noise and another unit's frame before it are skipped.
     #[tokio::test(start_paused = true)]
     async fn reply_is_hunted_by_unit_function_length_and_crc() {
-        let (a, mut b) = duplex(1024);
-        let responder = tokio::spawn(async move {
-            let req = next_request(&mut b).await.unwrap();
+        let noisy: Answer = Box::new(|req| {
             let mut out = vec![0x00, 0xFF, req[0]];
             out.extend_from_slice(&reply(7, req[1], &[0x0707]));
             out.extend_from_slice(&reply(req[0], req[1], &[0x4242]));
-            b.write_all(&out).await.unwrap();
-            b
+            out
         });
+        let (a, responder) = device(vec![(Duration::ZERO, noisy)]);
         let mut m = RtuMaster::new(a, Duration::from_millis(100));
-        let r = tokio::time::timeout(LIMIT, m.read(1, 3, 0, 1))
-            .await
-            .unwrap();
+        let r = within(m.read(1, 3, 0, 1)).await;
         assert_eq!(r.unwrap(), vec![0x4242]);
         assert_eq!(m.discarded_bytes(), 3 + 7);
         let _b = responder.await.unwrap();
@@ -709,49 +685,28 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn dropped_transaction_leaves_master_draining() {
-        let (a, mut b) = duplex(1024);
-        let responder = tokio::spawn(async move {
-            let req = next_request(&mut b).await.unwrap();
-            sleep(Duration::from_millis(52)).await;
-            b.write_all(&reply(req[0], req[1], &[0x1111]))
-                .await
-                .unwrap();
-            let req = next_request(&mut b).await.unwrap();
-            b.write_all(&reply(req[0], req[1], &[0x2222]))
-                .await
-                .unwrap();
-            b
-        });
+        let (a, responder) = device(vec![
+            (Duration::from_millis(52), words(&[0x1111])),
+            (Duration::ZERO, words(&[0x2222])),
+        ]);
         let mut m = RtuMaster::new(a, Duration::from_secs(1));
         // The caller gives up after 50 ms (e.g. cancellation) and retries at once;
         // the first answer lands within the drain window and must not be taken.
         let dropped = tokio::time::timeout(Duration::from_millis(50), m.read(1, 3, 1, 1)).await;
         assert!(dropped.is_err());
-        let r = tokio::time::timeout(LIMIT, m.read(1, 3, 2, 1))
-            .await
-            .unwrap();
+        let r = within(m.read(1, 3, 2, 1)).await;
         assert_eq!(r.unwrap(), vec![0x2222]);
         let _b = responder.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
     async fn write_single_echo_and_exception() {
-        let (a, mut b) = duplex(1024);
-        let responder = tokio::spawn(async move {
-            let req = next_request(&mut b).await.unwrap();
-            b.write_all(&req).await.unwrap();
-            let req = next_request(&mut b).await.unwrap();
-            b.write_all(&exception(req[0], req[1], 3)).await.unwrap();
-            b
-        });
+        let echo: Answer = Box::new(|req| req.to_vec());
+        let refuse: Answer = Box::new(|req| exception(req[0], req[1], 3));
+        let (a, responder) = device(vec![(Duration::ZERO, echo), (Duration::ZERO, refuse)]);
         let mut m = RtuMaster::new(a, Duration::from_millis(100));
-        tokio::time::timeout(LIMIT, m.write_single(1, 4004, 85))
-            .await
-            .unwrap()
-            .unwrap();
-        let r = tokio::time::timeout(LIMIT, m.write_single(1, 4004, 200))
-            .await
-            .unwrap();
+        within(m.write_single(1, 4004, 85)).await.unwrap();
+        let r = within(m.write_single(1, 4004, 200)).await;
         assert!(matches!(r, Err(ReplyError::Exception(3))), "{r:?}");
         let _b = responder.await.unwrap();
     }
@@ -761,9 +716,7 @@ mod tests {
         let (a, b) = duplex(64);
         drop(b);
         let mut m = RtuMaster::new(a, Duration::from_millis(100));
-        let r = tokio::time::timeout(LIMIT, m.read(1, 3, 0, 1))
-            .await
-            .unwrap();
+        let r = within(m.read(1, 3, 0, 1)).await;
         assert!(matches!(r, Err(ReplyError::Io(_))), "{r:?}");
     }
 

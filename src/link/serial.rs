@@ -115,12 +115,16 @@ impl std::fmt::Display for Rs485State {
 /// Why the RS485 mode could not be set.
 #[derive(Debug, thiserror::Error)]
 pub enum Rs485Error {
+    /// The driver has no kernel RS485 mode (TIOCSRS485 not supported).
     #[error("rtu.rs485 is enabled, but this adapter's driver does not support the kernel RS485 mode (TIOCSRS485: {0}); use an adapter with automatic direction control and remove rtu.rs485 (or set enabled: false)")]
     Unsupported(std::io::Error),
+    /// TIOCSRS485 failed for another reason.
     #[error("setting the kernel RS485 mode failed (TIOCSRS485: {0})")]
     Set(std::io::Error),
+    /// TIOCGRS485 (the read-back check) failed.
     #[error("reading back the kernel RS485 mode failed (TIOCGRS485: {0})")]
     Get(std::io::Error),
+    /// The driver accepted the mode but reports a different one back.
     #[error("the driver did not keep the RS485 mode: asked for {asked}, it reports {got}")]
     NotKept { asked: Rs485State, got: Rs485State },
 }

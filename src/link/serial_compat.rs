@@ -186,6 +186,24 @@ regions:
         rtu
     }
 
+    /// `bytes` written to `port` arrive unchanged at the pty's `master` end (within 5 s).
+    async fn carries(
+        port: &mut (impl tokio::io::AsyncWrite + Unpin),
+        master: &mut tokio_serial::SerialStream,
+        bytes: &[u8],
+    ) {
+        port.write_all(bytes).await.expect("write");
+        let mut got = vec![0u8; bytes.len()];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            master.read_exact(&mut got),
+        )
+        .await
+        .expect("in time")
+        .expect("read");
+        assert_eq!(got, bytes);
+    }
+
     fn pty() -> (tokio_serial::SerialStream, String) {
         let (master, slave) = tokio_serial::SerialStream::pair().expect("pty pair");
         let device = slave.name().expect("pty path");
@@ -236,18 +254,8 @@ regions:
         assert_eq!(unsafe { libc::cfgetospeed(&t) }, libc::B19200);
         assert_eq!(t.c_lflag & (libc::ICANON | libc::ECHO), 0, "raw mode");
 
-        port.write_all(&[0x01, 0x03, 0x0a, 0x0d])
-            .await
-            .expect("write");
-        let mut got = [0u8; 4];
-        tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            master.read_exact(&mut got),
-        )
-        .await
-        .expect("in time")
-        .expect("read");
-        assert_eq!(got, [0x01, 0x03, 0x0a, 0x0d], "no CR/LF translation");
+        // No CR/LF translation.
+        carries(&mut port, &mut master, &[0x01, 0x03, 0x0a, 0x0d]).await;
     }
 
     #[tokio::test]
@@ -283,15 +291,6 @@ regions:
         // Natively the termios2 path opens it; under qemu-user the fallback does. Either
         // way the caller gets a working stream for the same config.
         let mut port = crate::link::serial::open(&cfg).expect("opens");
-        port.write_all(&[0x11, 0x0d]).await.expect("write");
-        let mut got = [0u8; 2];
-        tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            master.read_exact(&mut got),
-        )
-        .await
-        .expect("in time")
-        .expect("read");
-        assert_eq!(got, [0x11, 0x0d]);
+        carries(&mut port, &mut master, &[0x11, 0x0d]).await;
     }
 }

@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
 use tokio_modbus::server::tcp::Server;
 use tokio_modbus::server::Service;
-use tokio_modbus::SlaveRequest;
+use tokio_modbus::{ExceptionCode, Response, SlaveRequest};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{PushConfig, TcpServerConfig};
@@ -62,24 +62,25 @@ macro_rules! front_settings {
 
 front_settings!(PushConfig, TcpServerConfig);
 
-/// The counters a front keeps, inside a server's own stats.
-#[derive(Debug, Clone, Copy)]
-pub struct FrontCounters<'a> {
-    /// Connections admitted.
-    pub accepted: &'a AtomicU64,
-    /// Refused at accept: address not in `allow_from`.
-    pub refused_not_allowed: &'a AtomicU64,
-    /// Refused at accept: `max_connections` reached.
-    pub refused_limit: &'a AtomicU64,
+/// The counters a front keeps, inside a server's own stats (its `front` field).
+#[derive(Debug, Default)]
+pub struct FrontCounters {
+    /// Connections admitted at accept.
+    pub accepted: AtomicU64,
+    /// Refused at accept: address not in the section's `allow_from`.
+    pub refused_not_allowed: AtomicU64,
+    /// Refused at accept: the section's `max_connections` reached.
+    pub refused_limit: AtomicU64,
     /// Connections closed for idleness.
-    pub idle_timeouts: &'a AtomicU64,
+    pub idle_timeouts: AtomicU64,
     /// Connections open now.
-    pub open: &'a AtomicUsize,
+    pub open: AtomicUsize,
 }
 
 /// A server's stats that hold the front's counters.
 pub trait FrontStats: Send + Sync + 'static {
-    fn front(&self) -> FrontCounters<'_>;
+    /// The front's counters among the server's own.
+    fn front(&self) -> &FrontCounters;
 }
 
 /// How a front names itself in logs and errors.
@@ -195,6 +196,79 @@ impl<C: FrontSettings, K: FrontStats> TcpFront<C, K> {
             }
         }
     }
+}
+
+/// A tokio-modbus service that answers every request at once with its function (nothing
+/// to await): the push server's and the simulators' handlers.
+#[derive(Clone)]
+pub struct Answering<F>(pub F);
+
+impl<F> Service for Answering<F>
+where
+    F: Fn(SlaveRequest<'static>) -> Result<Response, ExceptionCode>,
+{
+    type Request = SlaveRequest<'static>;
+    type Response = Response;
+    type Exception = ExceptionCode;
+    type Future = std::future::Ready<Result<Response, ExceptionCode>>;
+
+    fn call(&self, req: Self::Request) -> Self::Future {
+        std::future::ready((self.0)(req))
+    }
+}
+
+/// A bound server whose connections share one state `Sh`, ready to run. A server module
+/// names it (`pub type TcpServer = FrontServer<…>`), brings its `bind` and implements
+/// tokio-modbus's `Service` for [`Connection`]`<Sh>`.
+pub struct FrontServer<C, K, Sh> {
+    /// The listening socket, admission and the live settings.
+    front: TcpFront<C, K>,
+    /// What every connection's service shares.
+    shared: Arc<Sh>,
+}
+
+impl<C: FrontSettings, K: FrontStats, Sh: Send + Sync + 'static> FrontServer<C, K, Sh> {
+    /// A server of `front` whose connections share `shared`.
+    pub fn new(front: TcpFront<C, K>, shared: Sh) -> Self {
+        FrontServer {
+            front,
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// Where it listens (port 0 resolved).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.front.local_addr()
+    }
+
+    /// The live settings (allow list, limit, idle timeout; see [`TcpFront::settings`]).
+    /// What the server reads at bind (`listen`, a server's `unit_id`) is not re-read.
+    pub fn settings(&self) -> Arc<ArcSwap<C>> {
+        self.front.settings()
+    }
+
+    /// Serve until `cancel` fires, one [`Connection`] per client; accept errors restart
+    /// the server after a pause (see [`TcpFront::run`]).
+    pub async fn run(self, cancel: CancellationToken)
+    where
+        Connection<Sh>: Service<Request = SlaveRequest<'static>> + Send + Sync + 'static,
+    {
+        let FrontServer { front, shared } = self;
+        let service = |peer| Connection {
+            shared: Arc::clone(&shared),
+            peer,
+        };
+        front.run(service, cancel).await;
+    }
+}
+
+/// One connection's request handler, for a server whose connections share one state: the
+/// server implements tokio-modbus's `Service` for `Connection<its state>`.
+pub struct Connection<Sh> {
+    /// What every connection of the server shares.
+    pub shared: Arc<Sh>,
+    /// The client, for the logs.
+    pub peer: SocketAddr,
 }
 
 /// Decide at accept; `Some` holds the connection's slot until dropped.
@@ -377,25 +451,12 @@ mod tests {
     use tokio_modbus::client::{Context as Client, Reader as _};
     use tokio_modbus::{ExceptionCode, Request, Response};
 
-    /// The front's counters, as a server would hold them.
-    #[derive(Debug, Default)]
-    struct Counts {
-        accepted: AtomicU64,
-        refused_not_allowed: AtomicU64,
-        refused_limit: AtomicU64,
-        idle_timeouts: AtomicU64,
-        open: AtomicUsize,
-    }
+    /// A server's stats with nothing but the front's counters.
+    type Counts = FrontCounters;
 
-    impl FrontStats for Counts {
-        fn front(&self) -> FrontCounters<'_> {
-            FrontCounters {
-                accepted: &self.accepted,
-                refused_not_allowed: &self.refused_not_allowed,
-                refused_limit: &self.refused_limit,
-                idle_timeouts: &self.idle_timeouts,
-                open: &self.open,
-            }
+    impl FrontStats for FrontCounters {
+        fn front(&self) -> &FrontCounters {
+            self
         }
     }
 

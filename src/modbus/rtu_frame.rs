@@ -72,7 +72,9 @@ pub struct FramerStats {
 /// Which way a frame travels: decides its classification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
+    /// Master to slave: what the RTU slave answers.
     Request,
+    /// Slave to master: what the master waits for.
     Response,
 }
 

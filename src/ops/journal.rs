@@ -30,20 +30,26 @@ pub enum Link {
 /// gateway sent (polls).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dir {
+    /// Received: a request to the gateway.
     In,
+    /// Sent: a request of the gateway's poller.
     Out,
 }
 
 /// Why a frame was dropped without an answer (RTU framer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
+    /// The frame's CRC was wrong.
     Crc,
+    /// A frame for another unit id (or a response on the bus).
     ForeignUnit,
+    /// Unit 0: a broadcast, never answered.
     Broadcast,
     /// A partial frame discarded at silence.
     Partial,
     /// Bytes discarded while hunting for a frame (`count` = bytes).
     Garbage,
+    /// More bytes than a Modbus RTU frame can hold.
     Oversize,
 }
 
@@ -73,6 +79,7 @@ pub enum Action {
 /// Why a poll read failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PollFailure {
+    /// No reply in time.
     Timeout,
     /// The KSEM answered with this exception code.
     Exception(u8),
@@ -124,6 +131,31 @@ pub struct Record {
     pub action: Action,
     /// Frame received → reply written (see [`Entry::latency_us`]).
     pub latency: Duration,
+}
+
+impl Record {
+    /// A request received on `link` at `at`; `head` is its (function, address, count).
+    pub fn received(
+        link: Link,
+        at: Instant,
+        unit: u8,
+        head: (u8, u16, u16),
+        action: Action,
+        latency: Duration,
+    ) -> Record {
+        let (function, address, count) = head;
+        Record {
+            at,
+            link,
+            dir: Dir::In,
+            unit,
+            function,
+            address,
+            count,
+            action,
+            latency,
+        }
+    }
 }
 
 struct Slot {

@@ -10,18 +10,15 @@
 //! (others get 0A). Admission, the allow list, the connection limit and the idle timeout
 //! are the shared [`TcpFront`]'s. Touches the image (reads only) and its counters.
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{TcpServerConfig, UnitIds};
 use crate::image::Image;
-use crate::link::tcp_front::{Names, TcpFront};
+use crate::link::tcp_front::{Connection, FrontServer, Names, TcpFront};
 use crate::ops::logging::limited;
 use crate::servers::modbus_tcp::{read_image, TcpStats};
 
@@ -32,15 +29,10 @@ const NAMES: Names = Names {
 };
 
 /// A bound meter server, ready to run.
-pub struct MeterTcpServer {
-    /// The listening socket, admission and the live settings.
-    front: TcpFront<TcpServerConfig, TcpStats>,
-    /// What every connection's service shares.
-    shared: Arc<Shared>,
-}
+pub type MeterTcpServer = FrontServer<TcpServerConfig, TcpStats, Shared>;
 
 /// What every connection's service shares.
-struct Shared {
+pub struct Shared {
     /// The unit ids answered (read at bind).
     units: UnitIds,
     /// Where reads are answered from.
@@ -57,47 +49,19 @@ impl MeterTcpServer {
         stats: Arc<TcpStats>,
     ) -> anyhow::Result<Self> {
         let units = cfg.unit_id.clone();
-        Ok(MeterTcpServer {
-            front: TcpFront::bind(NAMES, cfg, Arc::clone(&stats)).await?,
-            shared: Arc::new(Shared {
+        let front = TcpFront::bind(NAMES, cfg, Arc::clone(&stats)).await?;
+        Ok(FrontServer::new(
+            front,
+            Shared {
                 units,
                 image,
                 stats,
-            }),
-        })
-    }
-
-    /// Where it listens (port 0 resolved).
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.front.local_addr()
-    }
-
-    /// The live settings (allow list, limit, idle timeout); `unit_id` and `listen` are read
-    /// at bind only.
-    pub fn settings(&self) -> Arc<ArcSwap<TcpServerConfig>> {
-        self.front.settings()
-    }
-
-    /// Serve until `cancel` fires.
-    pub async fn run(self, cancel: CancellationToken) {
-        let MeterTcpServer { front, shared } = self;
-        let service = |peer| Service {
-            shared: Arc::clone(&shared),
-            peer,
-        };
-        front.run(service, cancel).await;
+            },
+        ))
     }
 }
 
-/// One connection's request handler.
-struct Service {
-    /// What every connection shares.
-    shared: Arc<Shared>,
-    /// The client, for the logs.
-    peer: SocketAddr,
-}
-
-impl tokio_modbus::server::Service for Service {
+impl tokio_modbus::server::Service for Connection<Shared> {
     type Request = SlaveRequest<'static>;
     type Response = Response;
     type Exception = ExceptionCode;
@@ -161,6 +125,7 @@ mod tests {
     use tokio::time::Instant;
     use tokio_modbus::client::{Context as Client, Reader as _, Writer as _};
     use tokio_modbus::Slave;
+    use tokio_util::sync::CancellationToken;
 
     /// A KSEM config with a meter server: push totals (stale after 1 s, silence), energy
     /// (stale after 1 s, but `serve`) and a static block nobody fills but its values.
@@ -353,7 +318,7 @@ regions:
             None,
             "over the limit: closed"
         );
-        assert_eq!(m.stats.refused_limit.load(Relaxed), 1);
+        assert_eq!(m.stats.front.refused_limit.load(Relaxed), 1);
         // All sixteen still served, concurrently.
         let mut set = tokio::task::JoinSet::new();
         for mut c in clients {

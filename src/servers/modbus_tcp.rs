@@ -6,25 +6,22 @@
 //! [`crate::link::tcp_front`]. Touches the image, the write queue and its own counters.
 
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{Function, TcpServerConfig, UnitIds, MAX_READ};
 use crate::control::writes::{
     WriteJob, WriteOutcome, WritePolicy, WriteQueue, FC_WRITE_MULTIPLE, FC_WRITE_SINGLE,
 };
 use crate::image::{Image, ReadRefusal, Table};
-use crate::link::tcp_front::{FrontCounters, FrontStats, Names, TcpFront};
+use crate::link::tcp_front::{Connection, FrontCounters, FrontServer, FrontStats, Names, TcpFront};
 
 /// Counters of the TCP server.
 #[derive(Debug, Default)]
@@ -43,27 +40,13 @@ pub struct TcpStats {
     pub writes_failed: AtomicU64,
     /// Requests with an unsupported function code or a foreign unit id.
     pub bad_requests: AtomicU64,
-    /// Connections admitted at accept.
-    pub connections_accepted: AtomicU64,
-    /// Refused at accept: address not in `tcp_server.allow_from`.
-    pub refused_not_allowed: AtomicU64,
-    /// Refused at accept: `tcp_server.max_connections` reached.
-    pub refused_limit: AtomicU64,
-    /// Connections closed for idleness.
-    pub idle_timeouts: AtomicU64,
-    /// Connections open now.
-    pub open: AtomicUsize,
+    /// Admission and idleness, counted by the TCP front (`tcp_server.allow_from`, limits).
+    pub front: FrontCounters,
 }
 
 impl FrontStats for TcpStats {
-    fn front(&self) -> FrontCounters<'_> {
-        FrontCounters {
-            accepted: &self.connections_accepted,
-            refused_not_allowed: &self.refused_not_allowed,
-            refused_limit: &self.refused_limit,
-            idle_timeouts: &self.idle_timeouts,
-            open: &self.open,
-        }
+    fn front(&self) -> &FrontCounters {
+        &self.front
     }
 }
 
@@ -74,12 +57,7 @@ const NAMES: Names = Names {
 };
 
 /// A bound TCP server, ready to run.
-pub struct TcpServer {
-    /// The listening socket, admission and the live settings.
-    front: TcpFront<TcpServerConfig, TcpStats>,
-    /// What every connection's service shares.
-    shared: Arc<Shared>,
-}
+pub type TcpServer = FrontServer<TcpServerConfig, TcpStats, Shared>;
 
 /// One device of the bus as LAN clients see it.
 pub struct LanDevice {
@@ -90,7 +68,7 @@ pub struct LanDevice {
 }
 
 /// What every connection's service shares.
-struct Shared {
+pub struct Shared {
     /// The devices, in config order (a device's index selects its tables and write jobs).
     devices: Vec<LanDevice>,
     /// Where reads are answered from.
@@ -122,49 +100,22 @@ impl TcpServer {
         devices: Vec<LanDevice>,
         write_deadline: Duration,
     ) -> anyhow::Result<Self> {
-        Ok(TcpServer {
-            front: TcpFront::bind(NAMES, cfg, Arc::clone(&stats)).await?,
-            shared: Arc::new(Shared {
+        let front = TcpFront::bind(NAMES, cfg, Arc::clone(&stats)).await?;
+        Ok(FrontServer::new(
+            front,
+            Shared {
                 devices,
                 image,
                 stats,
                 write_deadline,
-            }),
-        })
+            },
+        ))
     }
-
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.front.local_addr()
-    }
-
-    /// The live settings (allow list, limit, idle timeout; see [`TcpFront::settings`]).
-    /// `unit_id` and `listen` are read at bind only.
-    pub fn settings(&self) -> Arc<ArcSwap<TcpServerConfig>> {
-        self.front.settings()
-    }
-
-    /// Serve until `cancel` fires; accept errors restart the server after a pause.
-    pub async fn run(self, cancel: CancellationToken) {
-        let TcpServer { front, shared } = self;
-        let service = |peer| Service {
-            shared: Arc::clone(&shared),
-            peer,
-        };
-        front.run(service, cancel).await;
-    }
-}
-
-/// One connection's request handler.
-struct Service {
-    /// What every connection shares.
-    shared: Arc<Shared>,
-    /// The client, for the logs.
-    peer: SocketAddr,
 }
 
 type Answer = Result<Response, ExceptionCode>;
 
-impl tokio_modbus::server::Service for Service {
+impl tokio_modbus::server::Service for Connection<Shared> {
     type Request = SlaveRequest<'static>;
     type Response = Response;
     type Exception = ExceptionCode;

@@ -105,14 +105,19 @@ struct Task {
 /// Why a region read failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PollError {
+    /// No reply within the poll timeout.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// The connection or the Modbus TCP framing failed.
     #[error("{0}")]
     Transport(#[from] tokio_modbus::Error),
+    /// The KSEM answered with a Modbus exception.
     #[error("exception {0}")]
     Exception(tokio_modbus::ExceptionCode),
+    /// The reply carries another number of registers than asked for.
     #[error("reply has {got} registers, asked for {want}")]
     Length { got: usize, want: u16 },
+    /// The reply is of another kind (function) than the request.
     #[error("reply of another kind than the request")]
     Unexpected,
 }

@@ -1,6 +1,12 @@
+//! The push server: the KSEM writes its measurements here (FC16/FC06 into the push
+//! regions of the image), and may read them back (FC03/FC04) for diagnosis. Admission,
+//! the allow list, limits and the idle timeout are the shared [`TcpFront`]'s; every
+//! request and its answer can be journalled. Touches the image (push writes), its own
+//! counters and the journal.
+
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -10,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{PushConfig, MAX_READ};
 use crate::image::Image;
-use crate::link::tcp_front::{FrontCounters, FrontStats, Names, TcpFront};
+use crate::link::tcp_front::{Answering, FrontCounters, FrontStats, Names, TcpFront};
 use crate::ops::journal::{self, Journal};
 
 /// Counters of the push side.
@@ -24,27 +30,13 @@ pub struct PushStats {
     pub reads: AtomicU64,
     /// Requests with an unsupported function code (exception 01) or bad count (03).
     pub bad_requests: AtomicU64,
-    /// Connections admitted at accept.
-    pub connections_accepted: AtomicU64,
-    /// Refused at accept: address not in `allow_from`.
-    pub refused_not_allowed: AtomicU64,
-    /// Refused at accept: `max_connections` reached.
-    pub refused_limit: AtomicU64,
-    /// Connections closed for idleness.
-    pub idle_timeouts: AtomicU64,
-    /// Connections open now.
-    pub open: AtomicUsize,
+    /// Admission and idleness, counted by the TCP front (`push.allow_from`, limits).
+    pub front: FrontCounters,
 }
 
 impl FrontStats for PushStats {
-    fn front(&self) -> FrontCounters<'_> {
-        FrontCounters {
-            accepted: &self.connections_accepted,
-            refused_not_allowed: &self.refused_not_allowed,
-            refused_limit: &self.refused_limit,
-            idle_timeouts: &self.idle_timeouts,
-            open: &self.open,
-        }
+    fn front(&self) -> &FrontCounters {
+        &self.front
     }
 }
 
@@ -107,11 +99,14 @@ impl PushServer {
             stats,
             journal,
         } = self;
-        let service = |peer| PushService {
-            image: Arc::clone(&image),
-            stats: Arc::clone(&stats),
-            peer,
-            journal: journal.clone(),
+        let service = |peer| {
+            let svc = PushService {
+                image: Arc::clone(&image),
+                stats: Arc::clone(&stats),
+                peer,
+                journal: journal.clone(),
+            };
+            Answering(move |req| svc.answer(req))
         };
         front.run(service, cancel).await;
     }
@@ -129,16 +124,12 @@ struct PushService {
     journal: Option<Arc<Journal>>,
 }
 
-impl tokio_modbus::server::Service for PushService {
-    type Request = SlaveRequest<'static>;
-    type Response = Response;
-    type Exception = ExceptionCode;
-    type Future = std::future::Ready<Result<Response, ExceptionCode>>;
-
-    fn call(&self, req: Self::Request) -> Self::Future {
+impl PushService {
+    /// Answer one request (and journal it).
+    fn answer(&self, req: SlaveRequest<'static>) -> Result<Response, ExceptionCode> {
         let at = std::time::Instant::now();
         let unit = req.slave;
-        let (function, address, count) = journal_fields(&req.request);
+        let head = journal_fields(&req.request);
         let result = self.handle(req.request);
         if let Some(j) = &self.journal {
             let action = match &result {
@@ -152,19 +143,16 @@ impl tokio_modbus::server::Service for PushService {
                     code: u8::from(*code),
                 },
             };
-            j.record(&journal::Record {
+            j.record(&journal::Record::received(
+                journal::Link::Push,
                 at,
-                link: journal::Link::Push,
-                dir: journal::Dir::In,
                 unit,
-                function,
-                address,
-                count,
+                head,
                 action,
-                latency: at.elapsed(),
-            });
+                at.elapsed(),
+            ));
         }
-        std::future::ready(result)
+        result
     }
 }
 
@@ -237,7 +225,6 @@ impl PushService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio_modbus::server::Service as _;
 
     const YAML: &str = "rtu: {device: /dev/test}
 push: {listen: '127.0.0.1:0'}
@@ -262,7 +249,7 @@ regions:
     }
 
     async fn call(svc: &PushService, request: Request<'static>) -> Result<Response, ExceptionCode> {
-        svc.call(SlaveRequest { slave: 1, request }).await
+        svc.answer(SlaveRequest { slave: 1, request })
     }
 
     #[tokio::test]

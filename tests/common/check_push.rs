@@ -234,7 +234,7 @@ impl Harness {
             writes_refused: s.writes_refused.load(Relaxed),
             reads: s.reads.load(Relaxed),
             bad_requests: s.bad_requests.load(Relaxed),
-            accepted: s.connections_accepted.load(Relaxed),
+            accepted: s.front.accepted.load(Relaxed),
         }
     }
 
@@ -376,7 +376,7 @@ impl Harness {
 
         // The slot is freed once the connection is gone.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while self.stats.open.load(Relaxed) != 0 {
+        while self.stats.front.open.load(Relaxed) != 0 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "connection slot never freed"

@@ -4,7 +4,7 @@
 //! Owns the metric names, their HELP texts and label escaping. Reads only.
 
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, UNIX_EPOCH};
 
 use tokio::time::Instant;
@@ -100,6 +100,26 @@ impl Out {
         self.family(name, kind, help);
         self.sample(name, &[], value);
     }
+
+    /// Several families of one unlabelled sample each: `(name, kind, help, value)`.
+    fn ones(&mut self, rows: &[(&str, &str, &str, f64)]) {
+        for (name, kind, help, value) in rows {
+            self.one(name, kind, help, *value);
+        }
+    }
+
+    /// A family whose samples differ in one label: `name{label="v"} n` for each `(v, n)`.
+    fn by(&mut self, name: &str, kind: &str, help: &str, label: &str, samples: &[(&str, f64)]) {
+        self.family(name, kind, help);
+        for (v, n) in samples {
+            self.sample(name, &[(label, v)], *n);
+        }
+    }
+}
+
+/// A counter's value as a sample value.
+fn n(c: &AtomicU64) -> f64 {
+    c.load(Relaxed) as f64
 }
 
 fn number(v: f64) -> String {
@@ -249,61 +269,52 @@ pub fn render(ctx: &StatusContext) -> String {
 
     // Push.
     let p = &h.push;
-    o.family("airbridge_push_writes_total", "counter", "Push writes (FC06/FC16) by result: ok = applied, refused = exception 02 (outside the push regions).");
-    o.sample(
+    o.by(
         "airbridge_push_writes_total",
-        &[("result", "ok")],
-        p.writes_ok.load(Relaxed) as f64,
-    );
-    o.sample(
-        "airbridge_push_writes_total",
-        &[("result", "refused")],
-        p.writes_refused.load(Relaxed) as f64,
-    );
-    o.one(
-        "airbridge_push_reads_total",
         "counter",
-        "Diagnostic reads (FC03/FC04) answered by the push server.",
-        p.reads.load(Relaxed) as f64,
+        "Push writes (FC06/FC16) by result: ok = applied, refused = exception 02 (outside the push regions).",
+        "result",
+        &[("ok", n(&p.writes_ok)), ("refused", n(&p.writes_refused))],
     );
-    o.one(
-        "airbridge_push_bad_requests_total",
-        "counter",
-        "Push requests with an unsupported function (exception 01) or count (exception 03).",
-        p.bad_requests.load(Relaxed) as f64,
-    );
-    o.family(
+    o.ones(&[
+        (
+            "airbridge_push_reads_total",
+            "counter",
+            "Diagnostic reads (FC03/FC04) answered by the push server.",
+            n(&p.reads),
+        ),
+        (
+            "airbridge_push_bad_requests_total",
+            "counter",
+            "Push requests with an unsupported function (exception 01) or count (exception 03).",
+            n(&p.bad_requests),
+        ),
+    ]);
+    o.by(
         "airbridge_push_connections_total",
         "counter",
         "Push connections by what happened at accept.",
+        "result",
+        &[
+            ("accepted", n(&p.front.accepted)),
+            ("not_allowed", n(&p.front.refused_not_allowed)),
+            ("limit", n(&p.front.refused_limit)),
+        ],
     );
-    o.sample(
-        "airbridge_push_connections_total",
-        &[("result", "accepted")],
-        p.connections_accepted.load(Relaxed) as f64,
-    );
-    o.sample(
-        "airbridge_push_connections_total",
-        &[("result", "not_allowed")],
-        p.refused_not_allowed.load(Relaxed) as f64,
-    );
-    o.sample(
-        "airbridge_push_connections_total",
-        &[("result", "limit")],
-        p.refused_limit.load(Relaxed) as f64,
-    );
-    o.one(
-        "airbridge_push_idle_timeouts_total",
-        "counter",
-        "Push connections closed for idleness.",
-        p.idle_timeouts.load(Relaxed) as f64,
-    );
-    o.one(
-        "airbridge_push_connections",
-        "gauge",
-        "Push connections open now (upstream connection state of the push side).",
-        p.open.load(Relaxed) as f64,
-    );
+    o.ones(&[
+        (
+            "airbridge_push_idle_timeouts_total",
+            "counter",
+            "Push connections closed for idleness.",
+            n(&p.front.idle_timeouts),
+        ),
+        (
+            "airbridge_push_connections",
+            "gauge",
+            "Push connections open now (upstream connection state of the push side).",
+            p.front.open.load(Relaxed) as f64,
+        ),
+    ]);
 
     // Poll.
     let q = &h.poll;
@@ -313,29 +324,21 @@ pub fn render(ctx: &StatusContext) -> String {
         "1 while the poller's connection to the KSEM's Modbus TCP slave is up.",
         b(q.connected.load(Relaxed)),
     );
-    o.family(
+    o.by(
         "airbridge_poll_connects_total",
         "counter",
         "Poller connection attempts by result.",
-    );
-    o.sample(
-        "airbridge_poll_connects_total",
-        &[("result", "ok")],
-        q.connects.load(Relaxed) as f64,
-    );
-    o.sample(
-        "airbridge_poll_connects_total",
-        &[("result", "failed")],
-        q.connect_failures.load(Relaxed) as f64,
+        "result",
+        &[("ok", n(&q.connects)), ("failed", n(&q.connect_failures))],
     );
     o.family("airbridge_poll_requests_total", "counter", "Region reads by the poller, by region and result (superseded = discarded, a newer push landed).");
     if let Ok(m) = q.by_region.lock() {
         for (region, c) in m.iter() {
-            for (result, n) in c.by_result() {
+            for (result, count) in c.by_result() {
                 o.sample(
                     "airbridge_poll_requests_total",
                     &[("region", region), ("result", result)],
-                    n as f64,
+                    count as f64,
                 );
             }
         }
@@ -344,7 +347,7 @@ pub fn render(ctx: &StatusContext) -> String {
         "airbridge_poll_fallback_total",
         "counter",
         "Region reads done as fallback for a push region whose pushes are missing.",
-        q.fallback_polls.load(Relaxed) as f64,
+        n(&q.fallback_polls),
     );
 
     // RTU.
@@ -360,52 +363,53 @@ pub fn render(ctx: &StatusContext) -> String {
     for fc in fcs {
         let counts = r.requests_by_function.of(fc);
         let f = fc.to_string();
-        for (result, n) in RESULTS.iter().zip(counts) {
+        for (result, count) in RESULTS.iter().zip(counts) {
             o.sample(
                 "airbridge_rtu_requests_total",
                 &[("function", &f), ("result", result)],
-                n as f64,
+                count as f64,
             );
         }
     }
-    o.family("airbridge_rtu_frames_dropped_total", "counter", "RTU frames not answered, by reason: crc, foreign_unit (other units' requests and all responses), broadcast, partial (incomplete at silence), oversize.");
-    for (reason, n) in [
-        ("crc", r.crc_errors.load(Relaxed)),
-        ("foreign_unit", r.foreign.load(Relaxed)),
-        ("broadcast", r.broadcast.load(Relaxed)),
-        ("partial", r.partial_discarded.load(Relaxed)),
-        ("oversize", r.oversize.load(Relaxed)),
-    ] {
-        o.sample(
-            "airbridge_rtu_frames_dropped_total",
-            &[("reason", reason)],
-            n as f64,
-        );
-    }
-    o.one(
-        "airbridge_rtu_garbage_bytes_total",
+    o.by(
+        "airbridge_rtu_frames_dropped_total",
         "counter",
-        "Bytes discarded while hunting for a frame (line noise, wrong baud rate).",
-        r.garbage_bytes.load(Relaxed) as f64,
+        "RTU frames not answered, by reason: crc, foreign_unit (other units' requests and all responses), broadcast, partial (incomplete at silence), oversize.",
+        "reason",
+        &[
+            ("crc", n(&r.crc_errors)),
+            ("foreign_unit", n(&r.foreign)),
+            ("broadcast", n(&r.broadcast)),
+            ("partial", n(&r.partial_discarded)),
+            ("oversize", n(&r.oversize)),
+        ],
     );
-    o.one(
-        "airbridge_rtu_echoes_total",
-        "counter",
-        "Own replies echoed back by the RS485 adapter (ignored).",
-        r.echoes.load(Relaxed) as f64,
-    );
-    o.one(
-        "airbridge_rtu_reply_bytes_total",
-        "counter",
-        "Bytes sent as RTU replies.",
-        r.tx_bytes.load(Relaxed) as f64,
-    );
+    o.ones(&[
+        (
+            "airbridge_rtu_garbage_bytes_total",
+            "counter",
+            "Bytes discarded while hunting for a frame (line noise, wrong baud rate).",
+            n(&r.garbage_bytes),
+        ),
+        (
+            "airbridge_rtu_echoes_total",
+            "counter",
+            "Own replies echoed back by the RS485 adapter (ignored).",
+            n(&r.echoes),
+        ),
+        (
+            "airbridge_rtu_reply_bytes_total",
+            "counter",
+            "Bytes sent as RTU replies.",
+            n(&r.tx_bytes),
+        ),
+    ]);
     let lat = r.latency.snapshot();
     let name = "airbridge_rtu_reply_latency_seconds";
     o.family(name, "histogram", "Request's last byte received to reply written, per RTU reply (includes the configured turnaround).");
-    for (le, n) in &lat.buckets {
+    for (le, count) in &lat.buckets {
         let le = number(*le);
-        o.sample(&format!("{name}_bucket"), &[("le", &le)], *n as f64);
+        o.sample(&format!("{name}_bucket"), &[("le", &le)], *count as f64);
     }
     o.sample(
         &format!("{name}_bucket"),
@@ -417,59 +421,40 @@ pub fn render(ctx: &StatusContext) -> String {
 
     // Journal.
     let j = &h.journal;
-    o.one(
-        "airbridge_journal_entries_total",
-        "counter",
-        "Frames recorded in the frame journal.",
-        j.recorded() as f64,
-    );
-    o.one(
-        "airbridge_journal_dropped_total",
-        "counter",
-        "Journal entries dropped because their slot was being written concurrently.",
-        j.dropped() as f64,
-    );
+    o.ones(&[
+        (
+            "airbridge_journal_entries_total",
+            "counter",
+            "Frames recorded in the frame journal.",
+            j.recorded() as f64,
+        ),
+        (
+            "airbridge_journal_dropped_total",
+            "counter",
+            "Journal entries dropped because their slot was being written concurrently.",
+            j.dropped() as f64,
+        ),
+    ]);
     // MQTT (all 0 without an `mqtt:` section).
     let m = &h.mqtt;
     o.one(
         "airbridge_mqtt_connected",
         "gauge",
         "1 while connected to the MQTT broker.",
-        m.connected.load(Relaxed) as f64,
+        n(&m.connected),
     );
-    o.family(
+    o.by(
         "airbridge_mqtt_connects_total",
         "counter",
         "MQTT connection attempts by result (failed includes dropped connections).",
+        "result",
+        &[("ok", n(&m.connects)), ("failed", n(&m.failures))],
     );
-    o.sample(
-        "airbridge_mqtt_connects_total",
-        &[("result", "ok")],
-        m.connects.load(Relaxed) as f64,
-    );
-    o.sample(
-        "airbridge_mqtt_connects_total",
-        &[("result", "failed")],
-        m.failures.load(Relaxed) as f64,
-    );
-    o.one(
-        "airbridge_mqtt_published_total",
-        "counter",
-        "MQTT messages handed to the client (state, availability, discovery, results).",
-        m.published.load(Relaxed) as f64,
-    );
-    o.one(
-        "airbridge_mqtt_dropped_total",
-        "counter",
-        "MQTT state messages dropped because the client's queue was full (slow broker; the next tick sends the newest).",
-        m.dropped.load(Relaxed) as f64,
-    );
-    o.one(
-        "airbridge_mqtt_commands_total",
-        "counter",
-        "MQTT commands received (any outcome).",
-        m.commands.load(Relaxed) as f64,
-    );
+    o.ones(&[
+        ("airbridge_mqtt_published_total", "counter", "MQTT messages handed to the client (state, availability, discovery, results).", n(&m.published)),
+        ("airbridge_mqtt_dropped_total", "counter", "MQTT state messages dropped because the client's queue was full (slow broker; the next tick sends the newest).", n(&m.dropped)),
+        ("airbridge_mqtt_commands_total", "counter", "MQTT commands received (any outcome).", n(&m.commands)),
+    ]);
     o.s
 }
 

@@ -281,7 +281,7 @@ pub fn status_json(ctx: &StatusContext) -> Json {
         "values": values,
         "regions": regions,
         "upstream": {
-            "push_connections_open": h.push.open.load(Relaxed),
+            "push_connections_open": h.push.front.open.load(Relaxed),
             "rtu_device": {
                 "path": config.rtu_slave.then(|| config.rtu.device.clone()),
                 "opens": h.rtu.device_opens.load(Relaxed),
@@ -311,9 +311,9 @@ pub fn status_json(ctx: &StatusContext) -> Json {
                 "writes_refused": h.push.writes_refused.load(Relaxed),
                 "reads": h.push.reads.load(Relaxed),
                 "bad_requests": h.push.bad_requests.load(Relaxed),
-                "connections_accepted": h.push.connections_accepted.load(Relaxed),
-                "refused_not_allowed": h.push.refused_not_allowed.load(Relaxed),
-                "refused_limit": h.push.refused_limit.load(Relaxed),
+                "connections_accepted": h.push.front.accepted.load(Relaxed),
+                "refused_not_allowed": h.push.front.refused_not_allowed.load(Relaxed),
+                "refused_limit": h.push.front.refused_limit.load(Relaxed),
             },
             "poll": {
                 "regions_ok": h.poll.regions_ok.load(Relaxed),

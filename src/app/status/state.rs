@@ -216,7 +216,7 @@ pub fn assess(h: &Handles, now: Instant) -> State {
                 .filter_map(|&i| snap.regions[i].pushed)
                 .max()
                 .map(|t| now.saturating_duration_since(t));
-            cause.push(match (h.push.open.load(Relaxed), last_push) {
+            cause.push(match (h.push.front.open.load(Relaxed), last_push) {
                 (0, _) => "no push connection: the KSEM is not pushing".to_string(),
                 (_, Some(a)) => format!(
                     "the KSEM is connected but its last push was {} ago",

@@ -84,10 +84,15 @@ pub fn sanitize(s: &str) -> String {
 pub struct Device {
     /// Stable identifier: from the meter's serial number where the image has one.
     pub id: String,
+    /// The name Home Assistant shows for the device.
     pub name: String,
+    /// The maker, from the profile.
     pub manufacturer: String,
+    /// The model, from the profile.
     pub model: String,
+    /// Firmware version, where the image has one.
     pub sw_version: Option<String>,
+    /// Serial number, where the image has one.
     pub serial_number: Option<String>,
 }
 
@@ -295,9 +300,9 @@ pub fn command(
 
 #[cfg(test)]
 mod tests {
+    use super::super::state::tests::spec;
     use super::*;
-    use crate::image::RegionSpec;
-    use crate::model::{Function, OnStale};
+    use crate::model::Function;
     use std::time::Duration;
 
     fn cfg() -> MqttConfig {
@@ -319,19 +324,6 @@ mod tests {
     fn load(name: &str) -> crate::control::profile::Profile {
         let p = format!("{}/profiles/{name}", env!("CARGO_MANIFEST_DIR"));
         crate::control::profile::load(std::path::Path::new(&p)).unwrap()
-    }
-
-    fn spec(name: &str, start: u16, count: u16, table: Option<Function>) -> RegionSpec {
-        RegionSpec {
-            name: name.into(),
-            start,
-            count,
-            max_age: Duration::from_secs(2),
-            on_stale: OnStale::Silence,
-            accepts_push: true,
-            table,
-            device: 0,
-        }
     }
 
     #[test]

@@ -94,6 +94,7 @@ pub struct MqttServer {
     writable: Vec<crate::control::profile::Register>,
     /// `Some` with `mqtt.commands: true` and a write queue.
     commands: Option<Commands>,
+    /// Connection and publish counters, for `/metrics`.
     stats: Arc<MqttStats>,
 }
 
@@ -463,7 +464,9 @@ impl MqttServer {
 
 /// What a connection's session ended with.
 enum Ended {
+    /// The gateway is stopping: do not reconnect.
     Cancelled,
+    /// The connection failed or dropped (why, for the log): reconnect after a backoff.
     Failed(String),
 }
 

@@ -165,12 +165,18 @@ pub fn plan(specs: &[RegionSpec], profile: &Profile) -> Vec<RegionPlan> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::model::OnStale;
     use std::time::Duration;
 
-    fn spec(name: &str, start: u16, count: u16, table: Option<Function>) -> RegionSpec {
+    /// A push region `name` of `count` registers at `start` (max_age 2s), for the MQTT tests.
+    pub(in crate::servers::mqtt) fn spec(
+        name: &str,
+        start: u16,
+        count: u16,
+        table: Option<Function>,
+    ) -> RegionSpec {
         RegionSpec {
             name: name.into(),
             start,

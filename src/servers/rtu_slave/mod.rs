@@ -172,17 +172,14 @@ impl RtuSlave {
         latency: Duration,
     ) {
         if let Some(j) = &self.journal {
-            j.record(&journal::Record {
-                at: at.into_std(),
-                link: journal::Link::Rtu,
-                dir: journal::Dir::In,
+            j.record(&journal::Record::received(
+                journal::Link::Rtu,
+                at.into_std(),
                 unit,
-                function,
-                address,
-                count,
+                (function, address, count),
                 action,
                 latency,
-            });
+            ));
         }
     }
 
@@ -192,30 +189,17 @@ impl RtuSlave {
         if self.journal.is_some() {
             use journal::{Action::Dropped, DropReason};
             let unit = self.params.unit;
-            for _ in 0..(now.crc_errors - last.crc_errors).min(8) {
-                self.journal(at, unit, 0, 0, 0, Dropped(DropReason::Crc), Duration::ZERO);
-            }
-            for _ in 0..(now.partial_discarded - last.partial_discarded).min(8) {
-                self.journal(
-                    at,
-                    unit,
-                    0,
-                    0,
-                    0,
-                    Dropped(DropReason::Partial),
-                    Duration::ZERO,
-                );
-            }
-            for _ in 0..(now.oversize - last.oversize).min(8) {
-                self.journal(
-                    at,
-                    unit,
-                    0,
-                    0,
-                    0,
-                    Dropped(DropReason::Oversize),
-                    Duration::ZERO,
-                );
+            for (new, reason) in [
+                (now.crc_errors - last.crc_errors, DropReason::Crc),
+                (
+                    now.partial_discarded - last.partial_discarded,
+                    DropReason::Partial,
+                ),
+                (now.oversize - last.oversize, DropReason::Oversize),
+            ] {
+                for _ in 0..new.min(8) {
+                    self.journal(at, unit, 0, 0, 0, Dropped(reason), Duration::ZERO);
+                }
             }
             let garbage = now.garbage_bytes - last.garbage_bytes;
             if garbage > 0 {

@@ -453,8 +453,8 @@ pub async fn bench_e2e(opts: &E2eOptions, command: String) -> anyhow::Result<E2e
         rtu_partial_discarded: r.partial_discarded.load(Relaxed),
         push_writes_ok: p.writes_ok.load(Relaxed),
         push_writes_refused: p.writes_refused.load(Relaxed),
-        push_refused_limit: p.refused_limit.load(Relaxed),
-        push_connections_accepted: p.connections_accepted.load(Relaxed),
+        push_refused_limit: p.front.refused_limit.load(Relaxed),
+        push_connections_accepted: p.front.accepted.load(Relaxed),
     };
     cancel.cancel();
     gateway.join(Duration::from_secs(2)).await;

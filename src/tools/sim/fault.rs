@@ -54,7 +54,9 @@ pub fn slave_word(epoch: u16, address: u16) -> u16 {
 /// Counters of a [`FaultySlave`].
 #[derive(Debug, Default)]
 pub struct FaultySlaveStats {
+    /// Connections accepted (a reconnecting poller shows here).
     pub accepted: AtomicU64,
+    /// Requests received, answered or not.
     pub requests: AtomicU64,
     /// Correct replies sent.
     pub replies: AtomicU64,
@@ -62,15 +64,21 @@ pub struct FaultySlaveStats {
     pub faulted: AtomicU64,
 }
 
+/// What the slave's connections share with its handle.
 struct SlaveShared {
+    /// The fault in force; switched by the test at any time.
     fault: Mutex<SlaveFault>,
+    /// The generation the served words encode ([`slave_word`]).
     epoch: Mutex<u16>,
+    /// The slave's counters.
     stats: FaultySlaveStats,
 }
 
 /// A Modbus TCP slave with switchable faults. Dropping it stops it.
 pub struct FaultySlave {
+    /// Where it listens (kept across restarts of the listener).
     addr: SocketAddr,
+    /// Fault, epoch and counters, shared with the connections.
     shared: Arc<SlaveShared>,
     /// Cancels the current listener and its connections.
     running: Mutex<Option<CancellationToken>>,
@@ -290,14 +298,17 @@ pub fn push_seq(word: u16, address: u16) -> u16 {
 /// Counters of a [`FaultyPusher`].
 #[derive(Debug, Default)]
 pub struct FaultyPusherStats {
+    /// Connections made to the push port.
     pub connects: AtomicU64,
     /// Pushes acknowledged (both groups of one cycle count as one).
     pub pushes_ok: AtomicU64,
     /// Sequence number of the last push acknowledged.
     pub last_seq: AtomicU64,
+    /// Pushes answered with a Modbus exception.
     pub exceptions: AtomicU64,
     /// Connect failures, resets, timeouts.
     pub errors: AtomicU64,
+    /// Junk bytes sent under the garbage fault.
     pub garbage_bytes: AtomicU64,
 }
 
@@ -306,9 +317,13 @@ type SentLog = Arc<Mutex<std::collections::VecDeque<(u32, tokio::time::Instant)>
 
 /// A KSEM push client with switchable faults. Dropping it stops it.
 pub struct FaultyPusher {
+    /// The fault in force; switched by the test at any time.
     fault: Arc<Mutex<PushFault>>,
+    /// The pusher's counters.
     stats: Arc<FaultyPusherStats>,
+    /// When recent pushes were sent, to measure their age on the other side.
     sent: SentLog,
+    /// Stops the push task (on drop).
     cancel: CancellationToken,
 }
 

@@ -256,6 +256,7 @@ mod tests {
     use crate::modbus::crc::{append_crc, frame_crc_ok};
     use crate::tools::sim::ksem::KsemModel;
     use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
+    use tokio::task::JoinHandle;
     use tokio::time::sleep;
 
     const LIMIT: Duration = Duration::from_secs(30);
@@ -323,6 +324,19 @@ mod tests {
         }
     }
 
+    /// The inverter sim on `a` with default options: its counters, its stop, its task.
+    fn spawn_inverter(a: DuplexStream) -> (Arc<InverterStats>, CancellationToken, JoinHandle<()>) {
+        let stats = Arc::new(InverterStats::default());
+        let cancel = CancellationToken::new();
+        let inv = tokio::spawn(run(
+            a,
+            InverterOptions::default(),
+            stats.clone(),
+            cancel.clone(),
+        ));
+        (stats, cancel, inv)
+    }
+
     async fn wait_for_polls(stats: &InverterStats, polls: u64) {
         while stats.snapshot().polls < polls {
             sleep(Duration::from_millis(10)).await;
@@ -339,14 +353,7 @@ mod tests {
                 requests.clone(),
                 serve_fixed(sample_regs(), 2),
             ));
-            let stats = Arc::new(InverterStats::default());
-            let cancel = CancellationToken::new();
-            let inv = tokio::spawn(run(
-                a,
-                InverterOptions::default(),
-                stats.clone(),
-                cancel.clone(),
-            ));
+            let (stats, cancel, inv) = spawn_inverter(a);
             wait_for_polls(&stats, 3).await;
             cancel.cancel();
             inv.await.unwrap();
@@ -401,14 +408,7 @@ mod tests {
             let slave = tokio::spawn(fake_slave(b, Requests::default(), move |addr, n| {
                 m.read(addr, n)
             }));
-            let stats = Arc::new(InverterStats::default());
-            let cancel = CancellationToken::new();
-            let inv = tokio::spawn(run(
-                a,
-                InverterOptions::default(),
-                stats.clone(),
-                cancel.clone(),
-            ));
+            let (stats, cancel, inv) = spawn_inverter(a);
             wait_for_polls(&stats, 1).await;
             cancel.cancel();
             inv.await.unwrap();
@@ -436,14 +436,7 @@ mod tests {
                 let mut buf = [0u8; 64];
                 while matches!(b.read(&mut buf).await, Ok(n) if n > 0) {}
             });
-            let stats = Arc::new(InverterStats::default());
-            let cancel = CancellationToken::new();
-            let inv = tokio::spawn(run(
-                a,
-                InverterOptions::default(),
-                stats.clone(),
-                cancel.clone(),
-            ));
+            let (stats, cancel, inv) = spawn_inverter(a);
             sleep(Duration::from_secs(2)).await;
             cancel.cancel();
             inv.await.unwrap();
@@ -469,14 +462,7 @@ mod tests {
                 Requests::default(),
                 serve_fixed(Vec::new(), 0),
             ));
-            let stats = Arc::new(InverterStats::default());
-            let cancel = CancellationToken::new();
-            let inv = tokio::spawn(run(
-                a,
-                InverterOptions::default(),
-                stats.clone(),
-                cancel.clone(),
-            ));
+            let (stats, cancel, inv) = spawn_inverter(a);
             while stats.snapshot().exceptions < 4 {
                 sleep(Duration::from_millis(10)).await;
             }

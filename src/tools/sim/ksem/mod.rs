@@ -217,6 +217,7 @@ async fn step_model(
 mod tests {
     use super::model::tests::{u32_at, u64_at};
     use super::*;
+    use crate::link::tcp_front::Answering;
     use tokio::time::sleep;
     use tokio_modbus::prelude::{Reader as _, Slave};
     use tokio_modbus::server::tcp::{accept_tcp_connection, Server};
@@ -295,14 +296,9 @@ mod tests {
         exception: bool,
     }
 
-    impl tokio_modbus::server::Service for Recorder {
-        type Request = SlaveRequest<'static>;
-        type Response = Response;
-        type Exception = ExceptionCode;
-        type Future = std::future::Ready<Result<Response, ExceptionCode>>;
-
-        fn call(&self, req: Self::Request) -> Self::Future {
-            let result = match req.request {
+    impl Recorder {
+        fn answer(&self, req: SlaveRequest<'static>) -> Result<Response, ExceptionCode> {
+            match req.request {
                 Request::WriteMultipleRegisters(addr, words) => {
                     self.writes
                         .lock()
@@ -315,8 +311,7 @@ mod tests {
                     }
                 }
                 _ => Err(ExceptionCode::IllegalFunction),
-            };
-            std::future::ready(result)
+            }
         }
     }
 
@@ -332,7 +327,12 @@ mod tests {
             let server = Server::new(listener);
             let on_connected = |stream, socket_addr| {
                 let rec = rec.clone();
-                async move { accept_tcp_connection(stream, socket_addr, move |_| Ok(Some(rec.clone()))) }
+                async move {
+                    accept_tcp_connection(stream, socket_addr, move |_| {
+                        let rec = rec.clone();
+                        Ok(Some(Answering(move |req| rec.answer(req))))
+                    })
+                }
             };
             let _ = server.serve(&on_connected, |_| {}).await;
         });

@@ -7,6 +7,8 @@ use tokio_modbus::server::tcp::{accept_tcp_connection, Server};
 use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 use tokio_util::sync::CancellationToken;
 
+use crate::link::tcp_front::Answering;
+
 use super::{lock_model, SharedModel, MAX_READ_COUNT};
 
 /// Answer one request from the model: FC03/FC04 over the three blocks, any unit id.
@@ -30,24 +32,6 @@ fn answer(model: &SharedModel, request: &Request<'_>) -> Result<Response, Except
     }
 }
 
-/// The tokio-modbus service of one connection.
-#[derive(Clone)]
-struct SlaveService {
-    /// The household the answers are read from.
-    model: SharedModel,
-}
-
-impl tokio_modbus::server::Service for SlaveService {
-    type Request = SlaveRequest<'static>;
-    type Response = Response;
-    type Exception = ExceptionCode;
-    type Future = std::future::Ready<Result<Response, ExceptionCode>>;
-
-    fn call(&self, req: Self::Request) -> Self::Future {
-        std::future::ready(answer(&self.model, &req.request))
-    }
-}
-
 /// Serve the KSEM's Modbus TCP slave on `listener` until `cancel`.
 ///
 /// FC03 and FC04 (same data) for any unit id; exception 02 for ranges outside the
@@ -62,9 +46,10 @@ pub async fn serve_slave(
         let model = model.clone();
         async move {
             accept_tcp_connection(stream, socket_addr, move |_| {
-                Ok(Some(SlaveService {
-                    model: model.clone(),
-                }))
+                let model = model.clone();
+                Ok(Some(Answering(move |req: SlaveRequest<'static>| {
+                    answer(&model, &req.request)
+                })))
             })
         }
     };
