@@ -32,6 +32,28 @@ pub struct RegionSpec {
     pub accepts_push: bool,
     /// The table it serves (`None`: the one untyped table of a KSEM layout).
     pub table: Option<Function>,
+    /// The device on the RTU bus it belongs to (0 in a KSEM or one-device config): each
+    /// device has its own tables, so two devices may use the same addresses.
+    pub device: usize,
+}
+
+/// Which table a read is served from: one device's table of one function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Table {
+    /// The device (index in `Config::devices`; 0 in a KSEM or one-device config).
+    pub device: usize,
+    /// Its input or holding table (`None`: the one untyped table of a KSEM layout).
+    pub function: Option<Function>,
+}
+
+/// A function's table of device 0: what every reader of a one-device image means.
+impl From<Option<Function>> for Table {
+    fn from(function: Option<Function>) -> Self {
+        Table {
+            device: 0,
+            function,
+        }
+    }
 }
 
 impl RegionSpec {
@@ -121,8 +143,9 @@ impl Image {
     pub fn new(regions: &[Region]) -> Self {
         let now = Instant::now();
         let mut sorted: Vec<&Region> = regions.iter().collect();
-        // By table, then start: each table's regions are contiguous and in address order.
-        sorted.sort_by_key(|r| (r.function, r.start));
+        // By device and table, then start: each table's regions are contiguous and in
+        // address order.
+        sorted.sort_by_key(|r| (r.device, r.function, r.start));
         let specs: Box<[RegionSpec]> = sorted
             .iter()
             .map(|r| RegionSpec {
@@ -133,6 +156,7 @@ impl Image {
                 on_stale: r.on_stale,
                 accepts_push: r.source.push,
                 table: r.function,
+                device: r.device,
             })
             .collect();
         let states: Box<[RegionState]> = sorted
@@ -307,26 +331,35 @@ impl Image {
         }
     }
 
+    /// The table device `device` serves to a read with function code `fc` (see
+    /// [`Image::table_for`]).
+    pub fn device_table(&self, device: usize, fc: u8) -> Table {
+        Table {
+            device,
+            function: self.table_for(fc),
+        }
+    }
+
     /// Like [`Image::covering`], within the regions of `table`.
     pub fn covering_in(
         &self,
-        table: Option<Function>,
+        table: impl Into<Table>,
         address: u16,
         len: usize,
     ) -> Option<std::ops::Range<usize>> {
+        let t: Table = table.into();
+        let in_table = |s: &RegionSpec| s.table == t.function && s.device == t.device;
         let end = u32::from(address) + u32::try_from(len).ok()?;
         if len == 0 || end > 65_536 {
             return None;
         }
         let first = self.specs.iter().position(|s| {
-            s.table == table
-                && u32::from(s.start) <= u32::from(address)
-                && u32::from(address) < s.end()
+            in_table(s) && u32::from(s.start) <= u32::from(address) && u32::from(address) < s.end()
         })?;
         let mut last = first;
         while self.specs[last].end() < end {
             let next = self.specs.get(last + 1)?;
-            if next.table != table || u32::from(next.start) != self.specs[last].end() {
+            if !in_table(next) || u32::from(next.start) != self.specs[last].end() {
                 return None;
             }
             last += 1;
@@ -341,7 +374,7 @@ impl Image {
     pub fn check_read_in(
         &self,
         snap: &Snapshot,
-        table: Option<Function>,
+        table: impl Into<Table>,
         address: u16,
         count: u16,
         now: Instant,
@@ -370,7 +403,7 @@ impl Image {
     pub fn read_words_in(
         &self,
         snap: &Snapshot,
-        table: Option<Function>,
+        table: impl Into<Table>,
         address: u16,
         count: u16,
     ) -> Option<Vec<u16>> {
@@ -544,6 +577,7 @@ mod tests {
             fallback_poll: None,
             values: BTreeMap::new(),
             function: None,
+            device: 0,
         }
     }
 
@@ -553,6 +587,33 @@ mod tests {
             region("totals", 0, 40, true, OnStale::Silence),
             region("energy", 512, 280, false, OnStale::Exception),
         ])
+    }
+
+    #[test]
+    fn devices_have_their_own_tables_at_the_same_addresses() {
+        let on = |name: &str, device: usize| Region {
+            function: Some(Function::Input),
+            device,
+            ..region(name, 3000, 10, false, OnStale::Exception)
+        };
+        let img = Image::new(&[on("b.live", 1), on("a.live", 0)]);
+        let t = |device| Table {
+            device,
+            function: Some(Function::Input),
+        };
+        let a = img.region_index("a.live");
+        let b = img.region_index("b.live");
+        assert_eq!(img.covering_in(t(0), 3000, 10).map(|r| r.start), a);
+        assert_eq!(img.covering_in(t(1), 3002, 8).map(|r| r.start), b);
+        assert_eq!(img.covering_in(t(2), 3000, 1), None, "no such device");
+        assert_eq!(img.device_table(1, 4), t(1));
+        // Adjacent in the specs, but another device's: never spanned.
+        assert_eq!(img.covering_in(t(0), 3005, 10), None);
+        img.commit_poll(b.unwrap_or(9), &[7; 10], Instant::now(), Instant::now())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let snap = img.load();
+        assert_eq!(img.read_words_in(&snap, t(1), 3000, 2), Some(vec![7, 7]));
+        assert_eq!(img.read_words_in(&snap, t(0), 3000, 2), Some(vec![0, 0]));
     }
 
     #[test]

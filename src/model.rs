@@ -111,6 +111,9 @@ pub struct Region {
     /// The register table the region is read from and served as (`function: input|holding`);
     /// `None`: one table served to FC03 (and FC04 with `rtu.input_registers`), as for the KSEM.
     pub function: Option<Function>,
+    /// The device on the `rtu_poll:` bus it belongs to (index in `Config::devices`); 0 in a
+    /// KSEM or one-device config. Devices may use the same addresses.
+    pub device: usize,
 }
 
 impl Region {

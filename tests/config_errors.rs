@@ -123,7 +123,7 @@ fn broken_configs_get_the_exact_message() {
         (
             "misspelt section",
             r("regions:", "regoins:"),
-            "gw.yaml:8:1: unknown field `regoins`, expected one of rtu, push, poll, regions, profile, rtu_poll, tcp_server, writable, log, status, mqtt; did you mean `regions`?",
+            "gw.yaml:8:1: unknown field `regoins`, expected one of rtu, push, poll, regions, devices, profile, rtu_poll, tcp_server, writable, log, status, mqtt; did you mean `regions`?",
         ),
         (
             "missing colon",

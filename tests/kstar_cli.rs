@@ -201,9 +201,25 @@ fn demo_with_a_profile_shows_reads_and_both_writes() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("writes 1 accepted, 1 refused; the device received 1 write(s)"),
+        stdout.contains("writes 1 accepted, 1 refused; battery1 received 1 write(s), battery2 0"),
         "{stdout}"
     );
+    // Two devices on the bus, both read by the client through their unit ids.
+    let done = stdout
+        .lines()
+        .find(|l| l.starts_with("demo done: reads "))
+        .unwrap_or_else(|| panic!("closing line: {stdout}"));
+    let per: Vec<u64> = ["battery1 ", "battery2 "]
+        .iter()
+        .map(|n| {
+            done.split(n)
+                .nth(1)
+                .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|d| d.parse().ok())
+                .unwrap_or(0)
+        })
+        .collect();
+    assert!(per.iter().all(|&n| n > 0), "both devices served: {done}");
     assert!(
         !stdout.contains("Ok(") && !stdout.contains("Err("),
         "no debug formatting: {stdout}"

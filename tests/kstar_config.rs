@@ -286,4 +286,48 @@ fn shipped_kstar_configs_check() {
         assert!(loaded.config.tcp_server.is_some(), "{name}");
         assert!(!loaded.config.writable.is_empty(), "{name}");
     }
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/kstar-two-devices.yaml");
+    let c = config::load(&path).unwrap_or_else(|e| panic!("{e}")).config;
+    let names: Vec<&str> = c.devices.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["battery1", "battery2"]);
+    assert!(c.devices.iter().all(|d| d.profile.is_some()));
+    assert_eq!(c.devices[0].writable.len(), 2);
+    assert!(c
+        .regions
+        .iter()
+        .any(|r| r.name == "battery2.live" && r.device == 1));
+}
+
+/// `check` on a `devices:` config: the two forms together, and two devices with one address,
+/// are refused with the file and line.
+#[test]
+fn check_refuses_mixed_forms_and_shared_addresses() {
+    let dev = |name: &str, unit: u8| {
+        format!("  - name: {name}\n    unit_id: {unit}\n    regions:\n      - {{name: live, start: 3000, count: 100, function: input, every: 1s}}\n")
+    };
+    let bus = "rtu_poll: {device: /dev/ttyUSB0}\ntcp_server: {listen: '127.0.0.1:1502', allow_from: [127.0.0.1]}\n";
+    let cases = [
+        (
+            format!("{bus}writable: [3044]\ndevices:\n{}", dev("a", 1)),
+            ":3: writable: `devices:` and the one-device form exclude each other",
+        ),
+        (
+            format!("{bus}devices:\n{}{}", dev("a", 1), dev("b", 1)),
+            ":9: devices[1] (b).unit_id: 1 is the address of `a` too",
+        ),
+    ];
+    for (text, want) in cases {
+        let f = Temp::new(&text);
+        let out = common::airbridge_cmd()
+            .args(["check", "--config"])
+            .arg(f.path())
+            .output()
+            .expect("run airbridge");
+        assert!(!out.status.success(), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("{}{want}", f.path().display())),
+            "{err}"
+        );
+    }
 }

@@ -32,6 +32,7 @@ fn image(words: &[u16]) -> Image {
         fallback_poll: None,
         values: BTreeMap::new(),
         function: None,
+        device: 0,
     }]);
     img.write_push(100, words, Instant::now()).expect("push");
     img

@@ -29,6 +29,7 @@ fn region(name: String, start: u16, count: u16, push: bool) -> Region {
         fallback_poll: None,
         values: BTreeMap::new(),
         function: None,
+        device: 0,
     }
 }
 

@@ -21,7 +21,7 @@ use crate::control::writes::{WritePolicy, QUEUE_DEPTH};
 use crate::image::Image;
 use crate::link::reopen::{self, Device};
 use crate::ops::journal::Journal;
-use crate::servers::modbus_tcp::TcpServer;
+use crate::servers::modbus_tcp::{LanDevice, TcpServer};
 use crate::servers::rtu_slave::RtuSlave;
 use crate::sources::ksem_poll::Poller;
 use crate::sources::push::PushServer;
@@ -230,15 +230,20 @@ async fn start_kstar(
     mqtt_writes: &mut Option<MqttWrites>,
 ) -> anyhow::Result<Option<SocketAddr>> {
     let (queue, jobs) = tokio::sync::mpsc::channel(QUEUE_DEPTH);
-    let policy = match (&config.profile, config.writable.is_empty()) {
-        (Some(p), false) => {
-            let profile = crate::control::profile::load(&p.path)?;
-            let policy = WritePolicy::new(profile, &config.writable)
-                .map_err(|(line, m)| anyhow::anyhow!("writable (line {line}): {m}"))?;
-            Some(Arc::new(policy))
-        }
-        _ => None,
-    };
+    // Each device's write policy: its profile and `writable:` list (the one-device form's
+    // top-level ones are its device's).
+    let mut policies = Vec::with_capacity(config.devices.len());
+    for d in &config.devices {
+        policies.push(match (&d.profile, d.writable.is_empty()) {
+            (Some(p), false) => {
+                let profile = crate::control::profile::load(&p.path)?;
+                let policy = WritePolicy::new(profile, &d.writable)
+                    .map_err(|(line, m)| anyhow::anyhow!("writable (line {line}): {m}"))?;
+                Some(Arc::new(policy))
+            }
+            _ => None,
+        });
+    }
     let mut tcp_addr = None;
     // A KSEM config's `tcp_server:` is the meter's read-only server ([`start_meter_tcp`]).
     if let Some(tcp_cfg) = config
@@ -246,15 +251,20 @@ async fn start_kstar(
         .clone()
         .filter(|_| config.rtu_poll.is_some())
     {
-        let writes = match (&policy, &config.rtu_poll) {
-            (Some(p), Some(_)) => Some((Arc::clone(p), queue.clone())),
-            _ => None,
-        };
+        let devices = config
+            .devices
+            .iter()
+            .zip(&policies)
+            .map(|(d, p)| LanDevice {
+                units: d.tcp_unit_id.clone(),
+                writes: p.as_ref().map(|p| (Arc::clone(p), queue.clone())),
+            })
+            .collect();
         let server = TcpServer::bind(
             tcp_cfg,
             Arc::clone(&handles.image),
             Arc::clone(&handles.tcp),
-            writes,
+            devices,
             write_deadline(config),
         )
         .await?;
@@ -267,7 +277,8 @@ async fn start_kstar(
             "tcp server"
         });
     }
-    if let (Some(p), Some(_)) = (&policy, &config.rtu_poll) {
+    // MQTT commands go to the one device of the one-device form (`devices:` has no mqtt yet).
+    if let (Some(Some(p)), false) = (policies.first(), config.named_devices()) {
         *mqtt_writes = Some((Arc::clone(p), queue.clone()));
     }
     drop(queue);

@@ -228,6 +228,13 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
             a.line = b.line;
         }
     }
+    for (a, b) in live.devices.iter_mut().zip(&new.devices) {
+        if let (Some(a), Some(b)) = (&mut a.profile, &b.profile) {
+            if a.path == b.path {
+                a.line = b.line;
+            }
+        }
+    }
     if d.restart.is_empty() && live != *new {
         let mut keys = Vec::new();
         macro_rules! section {
@@ -239,7 +246,7 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
         }
         section!(
             rtu, push, poll, regions, profile, rtu_slave, rtu_poll, tcp_server, writable, log,
-            status, mqtt
+            status, mqtt, devices
         );
         let keys = if keys.is_empty() {
             "a setting".to_string()

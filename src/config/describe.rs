@@ -71,23 +71,50 @@ impl Config {
                 Parity::Even => 'E',
                 Parity::Odd => 'O',
             };
+            // With `devices:` the units are the devices' (listed below), not the bus's.
+            let unit = if self.named_devices() {
+                String::new()
+            } else {
+                format!(" unit {}", p.unit_id)
+            };
             let _ = writeln!(
                 s,
-                "rtu_poll: {} {} 8{}{} unit {} timeout {:?} gap {:?} retries {} offline_after {} probe_max {:?}",
-                p.device, p.baud, parity, p.stop_bits, p.unit_id, p.timeout, p.gap, p.retries, p.offline_after, p.probe_max
+                "rtu_poll: {} {} 8{}{}{unit} timeout {:?} gap {:?} retries {} offline_after {} probe_max {:?}",
+                p.device, p.baud, parity, p.stop_bits, p.timeout, p.gap, p.retries, p.offline_after, p.probe_max
             );
         }
         if let Some(t) = &self.tcp_server {
             let allow: Vec<String> = t.allow_from.iter().map(ToString::to_string).collect();
+            let unit = if self.named_devices() {
+                String::new()
+            } else {
+                format!(" unit {}", t.unit_id)
+            };
             let _ = writeln!(
                 s,
-                "tcp_server: listen {} allow_from [{}] max_connections {} unit {} idle_timeout {:?}",
+                "tcp_server: listen {} allow_from [{}] max_connections {}{unit} idle_timeout {:?}",
                 t.listen,
                 allow.join(", "),
                 t.max_connections,
-                t.unit_id,
                 t.idle_timeout
             );
+        }
+        if self.named_devices() {
+            let _ = writeln!(s, "devices:");
+            for d in &self.devices {
+                let w: Vec<String> = d.writable.iter().map(|e| e.target.to_string()).collect();
+                let _ = writeln!(
+                    s,
+                    "  {}: unit {} tcp unit {} profile {} writable [{}]",
+                    d.name,
+                    d.unit_id,
+                    d.tcp_unit_id,
+                    d.profile
+                        .as_ref()
+                        .map_or_else(|| "none".to_string(), |p| p.path.display().to_string()),
+                    w.join(", ")
+                );
+            }
         }
         if !self.writable.is_empty() {
             let w: Vec<String> = self.writable.iter().map(|e| e.target.to_string()).collect();
@@ -100,9 +127,17 @@ impl Config {
             let _ = writeln!(s, "{}", m.describe());
         }
         let _ = writeln!(s, "regions:");
+        // Wide enough for the longest name (`battery1.settings` with `devices:`).
+        let w = self
+            .regions
+            .iter()
+            .map(|g| g.name.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(12);
         let _ = writeln!(
             s,
-            "  {:<12} {:>11} {:>5}  {:<12} {:>8} {:>8}  {:<9} {:>8}",
+            "  {:<w$} {:>11} {:>5}  {:<12} {:>8} {:>8}  {:<9} {:>8}",
             "name", "registers", "count", "source", "every", "max_age", "on_stale", "fallback"
         );
         for g in &self.regions {
@@ -118,7 +153,7 @@ impl Config {
             };
             let _ = writeln!(
                 s,
-                "  {:<12} {:>5}..{:<5} {:>5}  {:<12} {:>8} {:>8}  {:<9} {:>8}",
+                "  {:<w$} {:>5}..{:<5} {:>5}  {:<12} {:>8} {:>8}  {:<9} {:>8}",
                 g.name,
                 g.start,
                 g.end() - 1,

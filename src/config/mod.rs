@@ -29,7 +29,7 @@ mod validate;
 mod yaml_errors;
 
 pub use host::host_warnings;
-pub use validate::check_against_profile;
+pub use validate::{check_against_profile, check_device_against_profile};
 
 use schema::RawConfig;
 
@@ -67,6 +67,32 @@ pub struct Config {
     pub status: Option<StatusConfig>,
     /// Publishing to an MQTT broker (Home Assistant); off when absent.
     pub mqtt: Option<MqttConfig>,
+    /// The devices on the `rtu_poll:` bus: `devices:`, or the one-device form as one unnamed
+    /// device; empty without `rtu_poll:`. A region's `device` indexes this list.
+    pub devices: Vec<DeviceConfig>,
+}
+
+/// One device on the `rtu_poll:` bus.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceConfig {
+    /// `devices[].name`: labels it in logs, metrics and `/status`; empty in the one-device
+    /// form, whose output stays as it was.
+    pub name: String,
+    /// Its RS485 address (`unit_id`, or `rtu_poll.unit_id`).
+    pub unit_id: u8,
+    /// The unit ids LAN clients select it with (`tcp_unit_id`, or `tcp_server.unit_id`).
+    pub tcp_unit_id: UnitIds,
+    /// Its register profile (write policy, checks); the top-level one in the one-device form.
+    pub profile: Option<ProfileRef>,
+    /// Its registers LAN clients may write.
+    pub writable: Vec<WritableEntry>,
+}
+
+impl Config {
+    /// `devices:` was written (names label the output); false for the one-device form.
+    pub fn named_devices(&self) -> bool {
+        self.devices.first().is_some_and(|d| !d.name.is_empty())
+    }
 }
 
 /// The status HTTP endpoint.
@@ -438,41 +464,79 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     })?;
     let origin = path.display().to_string();
     let mut loaded = parse(&text, &origin)?;
-    if let Some(p) = &mut loaded.config.profile {
-        if p.path.is_relative() {
-            if let Some(dir) = path.parent() {
-                p.path = dir.join(&p.path);
-            }
-        }
-        // A profile that does not load makes the config unusable: say so now, not later.
-        if !p.path.exists() {
-            let shown = std::path::absolute(&p.path).unwrap_or_else(|_| p.path.clone());
-            return Err(ConfigError::Invalid {
-                path: origin.clone(),
-                line: p.line,
-                key: "profile".into(),
-                message: format!(
-                    "{} does not exist (a relative path is taken from the config's directory); \
-                     copy the profiles/ directory next to the config (install.sh puts it in \
-                     /etc/airbridge/profiles/) or write an absolute path",
-                    shown.display()
-                ),
-            });
-        }
-        let profile = crate::control::profile::load(&p.path).map_err(|e| ConfigError::Invalid {
-            path: origin.clone(),
-            line: p.line,
-            key: "profile".into(),
-            message: e.to_string(),
-        })?;
+    if let Some(mut p) = loaded.config.profile.take() {
+        let profile = load_profile(&mut p, path, &origin, "profile")?;
+        loaded.config.profile = Some(p);
         let warnings = check_against_profile(&loaded.config, &profile, &origin)?;
         loaded.warnings.extend(warnings);
+    }
+    if loaded.config.named_devices() {
+        for i in 0..loaded.config.devices.len() {
+            let key = format!("devices ({}).profile", loaded.config.devices[i].name);
+            let Some(mut p) = loaded.config.devices[i].profile.take() else {
+                continue;
+            };
+            let profile = load_profile(&mut p, path, &origin, &key)?;
+            loaded.config.devices[i].profile = Some(p);
+            let w =
+                validate::check_device_against_profile(&loaded.config, Some(i), &profile, &origin)?;
+            loaded.warnings.extend(w);
+        }
+    } else if let (Some(d), Some(p)) = (loaded.config.devices.first_mut(), &loaded.config.profile) {
+        // The one device's profile is the resolved top-level one.
+        d.profile = Some(p.clone());
     }
     Ok(loaded)
 }
 
+/// Resolve `p` against the config file's directory and load it; `key` names it in errors.
+fn load_profile(
+    p: &mut ProfileRef,
+    path: &Path,
+    origin: &str,
+    key: &str,
+) -> Result<crate::control::profile::Profile, ConfigError> {
+    if p.path.is_relative() {
+        if let Some(dir) = path.parent() {
+            p.path = dir.join(&p.path);
+        }
+    }
+    // A profile that does not load makes the config unusable: say so now, not later.
+    if !p.path.exists() {
+        let shown = std::path::absolute(&p.path).unwrap_or_else(|_| p.path.clone());
+        return Err(ConfigError::Invalid {
+            path: origin.to_string(),
+            line: p.line,
+            key: key.into(),
+            message: format!(
+                "{} does not exist (a relative path is taken from the config's directory); \
+                 copy the profiles/ directory next to the config (install.sh puts it in \
+                 /etc/airbridge/profiles/) or write an absolute path",
+                shown.display()
+            ),
+        });
+    }
+    crate::control::profile::load(&p.path).map_err(|e| ConfigError::Invalid {
+        path: origin.to_string(),
+        line: p.line,
+        key: key.into(),
+        message: e.to_string(),
+    })
+}
+
 /// Validate a config given as text; `origin` names it in messages.
 pub fn parse(text: &str, origin: &str) -> Result<Loaded, ConfigError> {
+    // Every section may be absent now (`regions:` or `devices:`), so the parser no longer
+    // notices an empty file.
+    if text.trim().is_empty() {
+        return Err(ConfigError::Parse {
+            path: origin.to_string(),
+            line: 1,
+            column: 1,
+            message: "the file is empty; start from the shipped gateway.yaml".into(),
+            snippet: String::new(),
+        });
+    }
     let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| {
         let x = yaml_errors::explain(text, origin, &e);
         ConfigError::Parse {

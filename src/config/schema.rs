@@ -22,8 +22,12 @@ pub(super) struct RawConfig {
     /// `poll:` (we read the KSEM).
     #[serde(default)]
     pub(super) poll: Option<Spanned<RawPoll>>,
-    /// `regions:`, the register map.
-    pub(super) regions: Spanned<Vec<Spanned<RawRegion>>>,
+    /// `regions:`, the register map (absent with `devices:`, whose entries hold theirs).
+    #[serde(default)]
+    pub(super) regions: Option<Spanned<Vec<Spanned<RawRegion>>>>,
+    /// `devices:`, several devices on the `rtu_poll:` bus (instead of the one-device form).
+    #[serde(default)]
+    pub(super) devices: Option<Spanned<Vec<Spanned<RawDevice>>>>,
     /// `profile:`, a path relative to the config file.
     #[serde(default)]
     pub(super) profile: Option<Spanned<String>>,
@@ -249,8 +253,9 @@ pub(super) struct RawRegion {
     pub(super) start: u16,
     /// Registers in the region.
     pub(super) count: Spanned<u16>,
-    /// Where its words come from.
-    pub(super) source: Spanned<SourceText>,
+    /// Where its words come from (required at the top level; `rtu_poll` in a device).
+    #[serde(default)]
+    pub(super) source: Option<Spanned<SourceText>>,
     /// Poll period (polled regions).
     #[serde(default)]
     pub(super) every: Option<Spanned<DurationText>>,
@@ -269,6 +274,27 @@ pub(super) struct RawRegion {
     /// The register table (input or holding) it belongs to.
     #[serde(default)]
     pub(super) function: Option<Spanned<Function>>,
+}
+
+/// One `devices:` entry as written: a device on the `rtu_poll:` bus.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDevice {
+    /// Its name (logs, metrics labels, `/status`).
+    pub(super) name: Spanned<String>,
+    /// Its RS485 address.
+    pub(super) unit_id: Spanned<i64>,
+    /// The unit id LAN clients address it with (default: `unit_id`).
+    #[serde(default)]
+    pub(super) tcp_unit_id: Option<Spanned<i64>>,
+    /// Its register profile, relative to the config file.
+    #[serde(default)]
+    pub(super) profile: Option<Spanned<String>>,
+    /// Its registers LAN clients may write.
+    #[serde(default)]
+    pub(super) writable: Option<Spanned<Vec<Spanned<WritableText>>>>,
+    /// Its regions (source `rtu_poll` unless written).
+    pub(super) regions: Spanned<Vec<Spanned<RawRegion>>>,
 }
 
 /// `push`, `poll`, `static`, or a list of them.

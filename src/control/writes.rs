@@ -199,6 +199,8 @@ pub struct WriteJob {
     /// When the client's request arrived: a job older than `rtu_poll.write_timeout` when the
     /// bus is free is dropped, never sent (see [`WriteOutcome::Expired`]).
     pub queued_at: Instant,
+    /// The device on the bus it goes to (index in `Config::devices`; 0 with one device).
+    pub device: usize,
 }
 
 impl WriteJob {
@@ -215,7 +217,14 @@ impl WriteJob {
             values,
             reply,
             queued_at: Instant::now(),
+            device: 0,
         }
+    }
+
+    /// The same job for device `device` of the bus.
+    pub fn to_device(mut self, device: usize) -> Self {
+        self.device = device;
+        self
     }
 }
 

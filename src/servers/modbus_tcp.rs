@@ -1,7 +1,8 @@
-//! The Modbus TCP server for LAN clients of a KSTAR device: reads answered from the image
-//! (one snapshot per reply, 0B while a region is stale), writes checked against the write
-//! policy and queued for the RTU poller, which runs them between polls and hands back the
-//! device's outcome. Admission, allow list, limits and idle timeout are the one
+//! The Modbus TCP server for LAN clients of the KSTAR devices on the bus: the unit id
+//! selects the device (others get 0A); reads answered from its tables in the image (one
+//! snapshot per reply, 0B while a region is stale), writes checked against that device's
+//! write policy and queued for the RTU poller, which runs them between polls and hands back
+//! the device's outcome. Admission, allow list, limits and idle timeout are the one
 //! [`crate::link::tcp_front`]. Touches the image, the write queue and its own counters.
 
 use std::future::Future;
@@ -19,7 +20,7 @@ use crate::config::{Function, TcpServerConfig, UnitIds, MAX_READ};
 use crate::control::writes::{
     WriteJob, WriteOutcome, WritePolicy, WriteQueue, FC_WRITE_MULTIPLE, FC_WRITE_SINGLE,
 };
-use crate::image::{Image, ReadRefusal};
+use crate::image::{Image, ReadRefusal, Table};
 use crate::link::tcp_front::{Connection, FrontCounters, FrontServer, FrontStats, Names, TcpFront};
 
 /// Counters of the TCP server.
@@ -58,38 +59,54 @@ const NAMES: Names = Names {
 /// A bound TCP server, ready to run.
 pub type TcpServer = FrontServer<TcpServerConfig, TcpStats, Shared>;
 
+/// One device of the bus as LAN clients see it.
+pub struct LanDevice {
+    /// The unit ids that select it (`tcp_unit_id`, or `tcp_server.unit_id`).
+    pub units: UnitIds,
+    /// Its write policy and the bus's write queue; `None`: every write to it gets 02.
+    pub writes: Option<(Arc<WritePolicy>, WriteQueue)>,
+}
+
 /// What every connection's service shares.
 pub struct Shared {
-    /// The unit ids clients address.
-    unit_id: UnitIds,
+    /// The devices, in config order (a device's index selects its tables and write jobs).
+    devices: Vec<LanDevice>,
     /// Where reads are answered from.
     image: Arc<Image>,
     /// Request counters.
     stats: Arc<TcpStats>,
-    /// `None`: no writes configured (every write gets 02).
-    writes: Option<(Arc<WritePolicy>, WriteQueue)>,
     /// How long a client waits for its write: queue + bus.
     write_deadline: Duration,
 }
 
+impl Shared {
+    /// The device unit id `unit` selects: the one whose ids include it, or with a single
+    /// device also 255, the Modbus TCP "no unit" id many clients send.
+    fn device_for(&self, unit: u8) -> Option<usize> {
+        self.devices
+            .iter()
+            .position(|d| d.units.accepts(unit))
+            .or_else(|| (unit == 0xFF && self.devices.len() == 1).then_some(0))
+    }
+}
+
 impl TcpServer {
-    /// Bind the listening socket (port 0 picks a free port).
+    /// Bind the listening socket (port 0 picks a free port) for `devices` (the bus's, in
+    /// config order; their unit ids replace `cfg.unit_id`).
     pub async fn bind(
         cfg: TcpServerConfig,
         image: Arc<Image>,
         stats: Arc<TcpStats>,
-        writes: Option<(Arc<WritePolicy>, WriteQueue)>,
+        devices: Vec<LanDevice>,
         write_deadline: Duration,
     ) -> anyhow::Result<Self> {
-        let unit_id = cfg.unit_id.clone();
         let front = TcpFront::bind(NAMES, cfg, Arc::clone(&stats)).await?;
         Ok(FrontServer::new(
             front,
             Shared {
-                unit_id,
+                devices,
                 image,
                 stats,
-                writes,
                 write_deadline,
             },
         ))
@@ -107,31 +124,37 @@ impl tokio_modbus::server::Service for Connection<Shared> {
     fn call(&self, req: Self::Request) -> Self::Future {
         let shared = Arc::clone(&self.shared);
         let peer = self.peer;
-        // The configured unit id, or 255, the Modbus TCP "no unit" id many clients send.
-        if !shared.unit_id.accepts(req.slave) && req.slave != 0xFF {
+        let Some(dev) = shared.device_for(req.slave) else {
             shared.stats.bad_requests.fetch_add(1, Relaxed);
             tracing::debug!(%peer, unit = req.slave, "tcp: request for an unknown unit id");
             return Box::pin(std::future::ready(Err(
                 ExceptionCode::GatewayPathUnavailable,
             )));
-        }
+        };
         match req.request {
             Request::ReadHoldingRegisters(a, n) => Box::pin(std::future::ready(
-                read(&shared, Function::Holding, a, n).map(Response::ReadHoldingRegisters),
+                read(&shared, dev, Function::Holding, a, n).map(Response::ReadHoldingRegisters),
             )),
             Request::ReadInputRegisters(a, n) => Box::pin(std::future::ready(
-                read(&shared, Function::Input, a, n).map(Response::ReadInputRegisters),
+                read(&shared, dev, Function::Input, a, n).map(Response::ReadInputRegisters),
             )),
             Request::WriteSingleRegister(a, v) => Box::pin(async move {
-                write(&shared, peer, FC_WRITE_SINGLE, a, vec![v])
+                write(&shared, peer, dev, FC_WRITE_SINGLE, a, vec![v])
                     .await
                     .map(|()| Response::WriteSingleRegister(a, v))
             }),
             Request::WriteMultipleRegisters(a, values) => Box::pin(async move {
                 let n = values.len() as u16;
-                write(&shared, peer, FC_WRITE_MULTIPLE, a, values.into_owned())
-                    .await
-                    .map(|()| Response::WriteMultipleRegisters(a, n))
+                write(
+                    &shared,
+                    peer,
+                    dev,
+                    FC_WRITE_MULTIPLE,
+                    a,
+                    values.into_owned(),
+                )
+                .await
+                .map(|()| Response::WriteMultipleRegisters(a, n))
             }),
             other => {
                 shared.stats.bad_requests.fetch_add(1, Relaxed);
@@ -152,12 +175,23 @@ pub(crate) fn read_image(
     address: u16,
     count: u16,
 ) -> Result<Vec<u16>, ExceptionCode> {
+    read_table(image, stats, image.table_for(fc).into(), address, count)
+}
+
+/// [`read_image`] from `table` (one device's table of one function).
+fn read_table(
+    image: &Image,
+    stats: &TcpStats,
+    table: Table,
+    address: u16,
+    count: u16,
+) -> Result<Vec<u16>, ExceptionCode> {
     if count == 0 || count > MAX_READ {
         stats.reads_refused.fetch_add(1, Relaxed);
         return Err(ExceptionCode::IllegalDataValue);
     }
     let snap = image.load();
-    match image.check_read_in(&snap, image.table_for(fc), address, count, Instant::now()) {
+    match image.check_read_in(&snap, table, address, count, Instant::now()) {
         Ok(touched) => {
             let mut out = Vec::with_capacity(usize::from(count));
             image.for_each_word(&snap, touched, address, count, |w| out.push(w));
@@ -175,29 +209,26 @@ pub(crate) fn read_image(
     }
 }
 
-/// Answer a read from the image: the table `function`, each touched region fresh.
+/// Answer a read from the image: device `dev`'s table `function`, each touched region fresh.
 fn read(
     shared: &Shared,
+    dev: usize,
     function: Function,
     address: u16,
     count: u16,
 ) -> Result<Vec<u16>, ExceptionCode> {
-    read_image(
-        &shared.image,
-        &shared.stats,
-        function.read_code(),
-        address,
-        count,
-    )
+    let table = shared.image.device_table(dev, function.read_code());
+    read_table(&shared.image, &shared.stats, table, address, count)
 }
 
 /// The most registers one FC16 may write (Modbus application protocol, 6.12).
 const MAX_WRITE: usize = 123;
 
-/// Check, queue and await a write; log it with its outcome.
+/// Check, queue and await a write to device `dev`; log it with its outcome.
 async fn write(
     shared: &Shared,
     peer: SocketAddr,
+    dev: usize,
     fc: u8,
     address: u16,
     values: Vec<u16>,
@@ -210,7 +241,7 @@ async fn write(
         tracing::warn!(%peer, fc, address, quantity = values.len(), "write refused: FC16 quantity must be 1..={MAX_WRITE}");
         return Err(ExceptionCode::IllegalDataValue);
     }
-    let Some((policy, queue)) = &shared.writes else {
+    let Some((policy, queue)) = shared.devices.get(dev).and_then(|d| d.writes.as_ref()) else {
         stats.writes_refused.fetch_add(1, Relaxed);
         tracing::warn!(%peer, fc, address, "write refused: no register is writable (no `writable:` list)");
         return Err(ExceptionCode::IllegalDataAddress);
@@ -234,7 +265,7 @@ async fn write(
             .access
             .readable()
             .then(|| {
-                let table = shared.image.table_for(r.function.read_code());
+                let table = shared.image.device_table(dev, r.function.read_code());
                 shared.image.read_words_in(&snap, table, r.address, r.words)
             })
             .flatten()
@@ -250,7 +281,7 @@ async fn write(
     drop(snap);
     let change = changes.join(", ");
     let (tx, rx) = oneshot::channel();
-    let job = WriteJob::new(fc, address, values, tx);
+    let job = WriteJob::new(fc, address, values, tx).to_device(dev);
     if queue.try_send(job).is_err() {
         stats.writes_failed.fetch_add(1, Relaxed);
         tracing::warn!(%peer, "write not queued (queue full or bus gone): {change}");

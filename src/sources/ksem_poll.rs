@@ -23,6 +23,7 @@ use crate::config::{Config, PollConfig, MAX_READ};
 use crate::image::Image;
 use crate::link::reopen::Backoff;
 use crate::ops::journal::{self, Journal};
+use crate::sources::schedule::Slot;
 
 /// Counters of the poll side.
 #[derive(Debug, Default)]
@@ -90,24 +91,13 @@ enum Kind {
 
 #[derive(Debug)]
 struct Task {
-    /// The region's index in the image.
-    region: usize,
-    /// The region's name, for logs and per-region counters.
-    name: String,
-    /// First register.
-    start: u16,
-    /// Registers in the region.
-    count: u16,
-    /// Poll interval.
-    every: Duration,
+    /// The region, its interval, and when it is next read (after a success: last + every;
+    /// after a failure: a retry).
+    slot: Slot,
     /// Regular poll or push fallback.
     kind: Kind,
-    /// Earliest time of the next read (after a success: last + every; after a failure: a retry).
-    next: Instant,
     /// Retry delay after a failed read.
     retry: Backoff,
-    /// The last read failed (logged once per streak).
-    failing: bool,
     /// A fallback task whose last commit fed the region (logged once at info each way).
     feeding: Option<Instant>,
 }
@@ -172,15 +162,9 @@ impl Poller {
                     _ => return None,
                 };
                 Some(Task {
-                    region,
-                    name: r.name.clone(),
-                    start: r.start,
-                    count: r.count,
-                    every,
+                    slot: Slot::new(region, r, every, now),
                     kind,
-                    next: now,
                     retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
-                    failing: false,
                     feeding: None,
                 })
             })
@@ -210,7 +194,7 @@ impl Poller {
             self.cfg.timeout = p.timeout;
         }
         for t in &mut self.tasks {
-            let Some(r) = cfg.regions.iter().find(|r| r.name == t.name) else {
+            let Some(r) = cfg.regions.iter().find(|r| r.name == t.slot.name) else {
                 continue;
             };
             let every = match t.kind {
@@ -218,14 +202,15 @@ impl Poller {
                 Kind::Fallback { .. } => r.fallback_poll,
             };
             if let Some(every) = every {
-                if every != t.every && !t.failing {
+                if every != t.slot.every && !t.slot.failing {
                     // Re-time the next read from the last one.
-                    t.next = t
+                    t.slot.next = t
+                        .slot
                         .next
-                        .checked_sub(t.every)
-                        .map_or(t.next, |last| last + every);
+                        .checked_sub(t.slot.every)
+                        .map_or(t.slot.next, |last| last + every);
                 }
-                t.every = every;
+                t.slot.every = every;
             }
             if let Kind::Fallback { max_age } = &mut t.kind {
                 *max_age = r.max_age;
@@ -244,7 +229,7 @@ impl Poller {
         let Some(t) = self.tasks.get(i) else { return };
         let action = match result {
             Ok(true) => journal::Action::Polled {
-                bytes: t.count.saturating_mul(2),
+                bytes: t.slot.count.saturating_mul(2),
             },
             Ok(false) => journal::Action::Superseded,
             Err(PollError::Timeout(_)) => {
@@ -256,7 +241,7 @@ impl Poller {
             Err(_) => journal::Action::PollFailed(journal::PollFailure::Transport),
         };
         if let Ok(mut m) = self.stats.by_region.lock() {
-            let c = m.entry(t.name.clone()).or_default();
+            let c = m.entry(t.slot.name.clone()).or_default();
             match action {
                 journal::Action::Polled { .. } => c.ok += 1,
                 journal::Action::Superseded => c.superseded += 1,
@@ -275,8 +260,8 @@ impl Poller {
                 dir: journal::Dir::Out,
                 unit: self.cfg.unit_id,
                 function: 3,
-                address: t.start,
-                count: t.count,
+                address: t.slot.start,
+                count: t.slot.count,
                 action,
                 latency: done.saturating_duration_since(started),
             });
@@ -286,16 +271,16 @@ impl Poller {
     /// When task `t` is next due, given the pushes seen so far.
     fn due(&self, t: &Task) -> Instant {
         match t.kind {
-            Kind::Regular => t.next,
+            Kind::Regular => t.slot.next,
             Kind::Fallback { max_age } => {
                 let snap = self.image.load();
                 let pushed = snap
                     .regions
-                    .get(t.region)
+                    .get(t.slot.region)
                     .and_then(|r| r.pushed)
                     .unwrap_or(self.image.created());
                 // Due once pushes have been missing for longer than max_age.
-                t.next.max(pushed + max_age + Duration::from_millis(1))
+                t.slot.next.max(pushed + max_age + Duration::from_millis(1))
             }
         }
     }
@@ -377,15 +362,17 @@ impl Poller {
                 let started = Instant::now();
                 let result = tokio::select! {
                     () = cancel.cancelled() => return,
-                    r = read_region(ctx, t.start, t.count, self.cfg.timeout) => r,
+                    r = read_region(ctx, t.slot.start, t.slot.count, self.cfg.timeout) => r,
                 };
                 let done = Instant::now();
                 match result {
                     Ok(words) => {
-                        match self
-                            .image
-                            .commit_poll(self.tasks[i].region, &words, started, done)
-                        {
+                        match self.image.commit_poll(
+                            self.tasks[i].slot.region,
+                            &words,
+                            started,
+                            done,
+                        ) {
                             Ok(true) => {
                                 self.note(i, started, done, Ok(true));
                                 self.stats.regions_ok.fetch_add(1, Relaxed);
@@ -393,7 +380,7 @@ impl Poller {
                                     self.stats.fallback_polls.fetch_add(1, Relaxed);
                                     let t = &mut self.tasks[i];
                                     if t.feeding.is_none() {
-                                        tracing::info!(region = %t.name, "the KSEM is not pushing region {}: serving it from the fallback poll every {:?}", t.name, t.every);
+                                        tracing::info!(region = %t.slot.name, "the KSEM is not pushing region {}: serving it from the fallback poll every {:?}", t.slot.name, t.slot.every);
                                     }
                                     t.feeding = Some(done);
                                 }
@@ -405,7 +392,7 @@ impl Poller {
                             }
                             // The region's length is fixed by the config; cannot happen.
                             Err(e) => {
-                                tracing::error!(region = %self.tasks[i].name, "poll commit: {e}")
+                                tracing::error!(region = %self.tasks[i].slot.name, "poll commit: {e}")
                             }
                         }
                         backoff.reset();
@@ -414,23 +401,23 @@ impl Poller {
                             said_up = Some(true);
                         }
                         let t = &mut self.tasks[i];
-                        if t.failing {
-                            tracing::info!(region = %t.name, "poll of region recovered");
+                        if t.slot.failing {
+                            tracing::info!(region = %t.slot.name, "poll of region recovered");
                         }
-                        t.failing = false;
+                        t.slot.failing = false;
                         t.retry.reset();
-                        t.next = done + t.every;
+                        t.slot.next = done + t.slot.every;
                     }
                     Err(e) => {
                         self.note(i, started, done, Err(&e));
                         self.stats.regions_failed.fetch_add(1, Relaxed);
                         let t = &mut self.tasks[i];
-                        if !t.failing {
-                            tracing::warn!(region = %t.name, start = t.start, count = t.count, "poll failed: {e}");
+                        if !t.slot.failing {
+                            tracing::warn!(region = %t.slot.name, start = t.slot.start, count = t.slot.count, "poll failed: {e}");
                         }
-                        t.failing = true;
-                        t.next = done + t.retry.next_delay().min(t.every);
-                        let msg = format!("region {}: {e}", t.name);
+                        t.slot.failing = true;
+                        t.slot.next = done + t.retry.next_delay().min(t.slot.every);
+                        let msg = format!("region {}: {e}", t.slot.name);
                         let broken = e.breaks_connection();
                         self.set_error(msg);
                         if broken {
@@ -455,11 +442,11 @@ impl Poller {
             let Some(fed) = t.feeding else { continue };
             if snap
                 .regions
-                .get(t.region)
+                .get(t.slot.region)
                 .and_then(|r| r.pushed)
                 .is_some_and(|p| p > fed)
             {
-                tracing::info!(region = %t.name, "the KSEM pushes region {} again: fallback poll idle", t.name);
+                tracing::info!(region = %t.slot.name, "the KSEM pushes region {} again: fallback poll idle", t.slot.name);
                 t.feeding = None;
             }
         }

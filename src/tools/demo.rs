@@ -241,11 +241,19 @@ pub struct KstarDemoSummary {
     pub forbidden_write: Option<Result<(), String>>,
     /// Write frames the simulated device received.
     pub device_writes: usize,
+    /// TCP reads answered with data, per device (`battery1`, `battery2`).
+    pub reads_by_device: [u64; 2],
+    /// Write frames the second device received (none: it has no `writable:`).
+    pub second_device_writes: usize,
 }
 
-/// `airbridge demo --profile FILE`: a simulated device on one end of a pseudo-terminal, the
-/// real gateway (RTU poller + TCP server on loopback) on the other, and a TCP client that
-/// prints decoded values every second, makes one permitted and one forbidden write.
+/// The demo bus: two devices of the profile, by name and RS485 address.
+const DEMO_DEVICES: [(&str, u8); 2] = [("battery1", 1), ("battery2", 2)];
+
+/// `airbridge demo --profile FILE`: two simulated devices (units 1 and 2) on one end of a
+/// pseudo-terminal, the real gateway (RTU poller + TCP server on loopback, `devices:`) on the
+/// other, and a TCP client that prints decoded values of both every second and makes one
+/// permitted and one forbidden write to the first.
 pub async fn run_kstar(
     profile_path: &std::path::Path,
     duration: Option<Duration>,
@@ -256,6 +264,7 @@ pub async fn run_kstar(
     use crate::control::profile::{Function, Kind};
     use crate::tools::sim::device::{self, Device, DeviceOptions};
     use tokio_modbus::client::{Reader as _, Writer as _};
+    use tokio_modbus::slave::SlaveContext as _;
 
     let cancel = cancel.child_token();
     let profile = crate::control::profile::load(profile_path)?;
@@ -283,10 +292,13 @@ pub async fn run_kstar(
     };
     let mut regions = String::new();
     if let Some(a) = first(Function::Input) {
-        regions.push_str(&format!("  - {{name: live, start: {a}, count: {}, function: input, source: rtu_poll, every: 1s, max_age: 5s}}\n", 250.min(65_536 - u32::from(a))));
+        regions.push_str(&format!("      - {{name: live, start: {a}, count: {}, function: input, every: 1s, max_age: 5s}}\n", 250.min(65_536 - u32::from(a))));
     }
     if let Some(a) = first(Function::Holding) {
-        regions.push_str(&format!("  - {{name: identity, start: {a}, count: {}, function: holding, source: rtu_poll, every: 10s}}\n", 38.min(65_536 - u32::from(a))));
+        regions.push_str(&format!(
+            "      - {{name: identity, start: {a}, count: {}, function: holding, every: 10s}}\n",
+            38.min(65_536 - u32::from(a))
+        ));
     }
     // The demo's permitted write: the active power limit, if the profile has one.
     let limit = ["active_power_setting", "set_active_power_percent"]
@@ -299,28 +311,47 @@ pub async fn run_kstar(
         .find_map(|n| profile.get(n))
         .map(|r| r.address);
     let writable = limit.map_or_else(|| "[]".to_string(), |a| format!("[{a}]"));
+    let [(first_name, first_unit), (second_name, second_unit)] = DEMO_DEVICES;
     let yaml = format!(
-        "profile: '{}'
-rtu_poll: {{device: in-process-pty, timeout: 300ms, gap: 5ms, offline_after: 3, probe_max: 2s}}
-tcp_server: {{listen: '127.0.0.1:0', allow_from: [127.0.0.1], unit_id: 1}}
-regions:
-{regions}writable: {writable}
-",
-        abs.display()
+        "rtu_poll: {{device: in-process-pty, timeout: 300ms, gap: 5ms, offline_after: 3, probe_max: 2s}}
+tcp_server: {{listen: '127.0.0.1:0', allow_from: [127.0.0.1]}}
+devices:
+  - name: {first_name}
+    unit_id: {first_unit}
+    profile: '{p}'
+    writable: {writable}
+    regions:
+{regions}  - name: {second_name}
+    unit_id: {second_unit}
+    profile: '{p}'
+    regions:
+{regions}",
+        p = abs.display()
     );
     let config = config::parse(&yaml, "demo")?.config;
-    config::check_against_profile(&config, &profile, "demo")?;
+    for d in 0..config.devices.len() {
+        config::check_device_against_profile(&config, Some(d), &profile, "demo")?;
+    }
 
-    let dev = Device::new(
-        profile.clone(),
-        DeviceOptions {
-            seed,
-            ..Default::default()
-        },
-    );
+    let devs: Vec<Arc<Device>> = DEMO_DEVICES
+        .iter()
+        .zip(seed..)
+        .map(|(&(_, unit), seed)| {
+            Device::new(
+                profile.clone(),
+                DeviceOptions {
+                    unit,
+                    seed,
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
     let (dev_end, gw_end) = tokio_serial::SerialStream::pair()
         .map_err(|e| anyhow::anyhow!("cannot create a pseudo-terminal pair: {e}"))?;
-    let sim = tokio::spawn(device::serve(dev_end, Arc::clone(&dev), cancel.clone()));
+    let bus = devs.clone();
+    let c = cancel.clone();
+    let sim = tokio::spawn(async move { device::serve_bus(dev_end, &bus, c).await });
     let gateway = Gateway::start_with_bus(
         config,
         RtuPort::Off,
@@ -333,13 +364,13 @@ regions:
         .ok_or_else(|| anyhow::anyhow!("demo gateway has no TCP server"))?;
     let mut ctx = tokio::time::timeout(
         Duration::from_secs(5),
-        tokio_modbus::client::tcp::connect_slave(addr, tokio_modbus::Slave(1)),
+        tokio_modbus::client::tcp::connect_slave(addr, tokio_modbus::Slave(first_unit)),
     )
     .await
     .map_err(|_| anyhow::anyhow!("TCP connect timed out"))??;
     if report {
         println!(
-            "airbridge demo: simulated {} on a pty → gateway (RTU poller, TCP server on {addr}) → TCP client",
+            "airbridge demo: two simulated {} ({first_name} unit {first_unit}, {second_name} unit {second_unit}) on one pty bus → gateway (RTU poller, TCP server on {addr}; the unit id selects the device) → TCP client",
             profile.name
         );
     }
@@ -375,37 +406,46 @@ regions:
             _ = tick.tick() => {}
         }
         seconds += 1;
-        let read = tokio::time::timeout(
-            Duration::from_secs(2),
-            ctx.read_input_registers(live_start, 125),
-        )
-        .await;
-        let mut line = format!("t={seconds:>3}s ");
-        match read {
-            Ok(Ok(Ok(words))) => {
-                summary.reads_ok += 1;
-                for r in &shown {
-                    let off = usize::from(r.address.saturating_sub(live_start));
-                    if let Some(w) = words.get(off..off + usize::from(r.words)) {
-                        let _ = write!(
-                            line,
-                            " {} {} {}",
-                            r.name,
-                            r.decode(w),
-                            r.unit.as_deref().unwrap_or("")
-                        );
+        let mut line = format!("t={seconds:>3}s");
+        for (d, &(name, unit)) in DEMO_DEVICES.iter().enumerate() {
+            ctx.set_slave(tokio_modbus::Slave(unit));
+            let read = tokio::time::timeout(
+                Duration::from_secs(2),
+                ctx.read_input_registers(live_start, 125),
+            )
+            .await;
+            let _ = write!(line, "  {name}:");
+            match read {
+                Ok(Ok(Ok(words))) => {
+                    summary.reads_ok += 1;
+                    if let Some(n) = summary.reads_by_device.get_mut(d) {
+                        *n += 1;
+                    }
+                    // The second device shows its first values only, to keep the line short.
+                    for r in shown.iter().take(if d == 0 { shown.len() } else { 2 }) {
+                        let off = usize::from(r.address.saturating_sub(live_start));
+                        if let Some(w) = words.get(off..off + usize::from(r.words)) {
+                            let _ = write!(
+                                line,
+                                " {} {} {}",
+                                r.name,
+                                r.decode(w),
+                                r.unit.as_deref().unwrap_or("")
+                            );
+                        }
                     }
                 }
+                Ok(Ok(Err(code))) => {
+                    summary.reads_refused += 1;
+                    let _ = write!(line, " read refused: {}", exception_text(u8::from(code)));
+                }
+                Ok(Err(e)) => {
+                    let _ = write!(line, " read failed: {e}");
+                }
+                Err(_) => line.push_str(" read timed out"),
             }
-            Ok(Ok(Err(code))) => {
-                summary.reads_refused += 1;
-                let _ = write!(line, " read refused: {}", exception_text(u8::from(code)));
-            }
-            Ok(Err(e)) => {
-                let _ = write!(line, " read failed: {e}");
-            }
-            Err(_) => line.push_str(" read timed out"),
         }
+        ctx.set_slave(tokio_modbus::Slave(first_unit));
         let rp = &gateway.handles.rtu_poll;
         let _ = write!(
             line,
@@ -448,18 +488,24 @@ regions:
     cancel.cancel();
     let _ = sim.await;
     gateway.join(Duration::from_secs(2)).await;
-    summary.device_writes = dev
-        .received()
-        .iter()
-        .filter(|f| matches!(f.get(1), Some(0x06 | 0x10)))
-        .count();
+    let writes_of = |d: Option<&Arc<Device>>| {
+        d.map_or(0, |d| {
+            d.received()
+                .iter()
+                .filter(|f| matches!(f.get(1), Some(0x06 | 0x10)))
+                .count()
+        })
+    };
+    summary.device_writes = writes_of(devs.first());
+    summary.second_device_writes = writes_of(devs.get(1));
     if report {
         let writes = [&summary.permitted_write, &summary.forbidden_write];
         let accepted = writes.iter().filter(|w| matches!(w, Some(Ok(())))).count();
         let refused = writes.iter().filter(|w| matches!(w, Some(Err(_)))).count();
+        let [a, b] = summary.reads_by_device;
         println!(
-            "demo done: reads {} served, {} refused; writes {accepted} accepted, {refused} refused; the device received {} write(s)",
-            summary.reads_ok, summary.reads_refused, summary.device_writes
+            "demo done: reads {} served ({first_name} {a}, {second_name} {b}), {} refused; writes {accepted} accepted, {refused} refused; {first_name} received {} write(s), {second_name} {}",
+            summary.reads_ok, summary.reads_refused, summary.device_writes, summary.second_device_writes
         );
     }
     Ok(summary)

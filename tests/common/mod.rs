@@ -168,6 +168,44 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::Ex
     None
 }
 
+/// A file of the package, by its path relative to the package root.
+pub fn manifest(rel: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub async fn free_port() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// `airbridge run --config cfg` with its output discarded, killed if the test fails.
+pub fn run_quiet(cfg: &std::path::Path) -> Child {
+    Child(
+        airbridge_cmd()
+            .args(["run", "--config"])
+            .arg(cfg)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn airbridge run"),
+    )
+}
+
+/// Stop `child` as systemd does (SIGTERM) and require a clean exit within 10 s.
+pub fn terminate(mut child: Child) {
+    let pid = child.0.id().to_string();
+    std::process::Command::new("kill")
+        .arg(pid)
+        .status()
+        .expect("kill");
+    let exit = wait_exit(&mut child, Duration::from_secs(10)).expect("exits after SIGTERM");
+    assert!(exit.success(), "{exit:?}");
+}
+
 /// Outside tools a test needs.
 pub mod tool;
 

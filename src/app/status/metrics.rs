@@ -12,6 +12,43 @@ use tokio::time::Instant;
 use super::StatusContext;
 use crate::ops::stats::RESULTS;
 
+/// Two results of one counter family, from a device's counters.
+type Pair = fn(&crate::sources::rtu_poll::RtuPollStats) -> [(&'static str, u64); 2];
+
+/// The poller's per-device families (`devices:` only; nothing in the one-device form).
+fn rtu_poll_devices(o: &mut Out, devices: &[crate::sources::rtu_poll::DeviceStats]) {
+    if devices.is_empty() {
+        return;
+    }
+    o.family(
+        "airbridge_rtu_poll_device_online",
+        "gauge",
+        "1 while the device on the RTU bus answers; 0 while it is offline (only probed).",
+    );
+    for d in devices {
+        let online = b(d.stats.online.load(Relaxed));
+        o.sample(
+            "airbridge_rtu_poll_device_online",
+            &[("device", &d.name)],
+            online,
+        );
+    }
+    let families: [(&str, &str, Pair); 4] = [
+        ("airbridge_rtu_poll_regions_total", "Region polls of the device by result (ok = read completely and committed).", |s| [("ok", s.regions_ok.load(Relaxed)), ("failed", s.regions_failed.load(Relaxed))]),
+        ("airbridge_rtu_poll_requests_total", "Requests to the device by result (timeout = no reply within rtu_poll.timeout).", |s| [("sent", s.requests.load(Relaxed)), ("timeout", s.timeouts.load(Relaxed))]),
+        ("airbridge_rtu_poll_writes_total", "Writes to the device by result (failed: refused, unanswered or refused while offline).", |s| [("ok", s.writes_ok.load(Relaxed)), ("failed", s.writes_failed.load(Relaxed))]),
+        ("airbridge_rtu_poll_offline_total", "Times the device went offline, and probes sent while it was.", |s| [("went_offline", s.went_offline.load(Relaxed)), ("probe", s.probes.load(Relaxed))]),
+    ];
+    for (name, help, values) in families {
+        o.family(name, "counter", help);
+        for d in devices {
+            for (result, n) in values(&d.stats) {
+                o.sample(name, &[("device", &d.name), ("result", result)], n as f64);
+            }
+        }
+    }
+}
+
 /// Escape a label value: backslash, double quote and newline.
 pub fn escape_label(v: &str) -> String {
     let mut s = String::with_capacity(v.len());
@@ -51,6 +88,12 @@ impl Out {
             self.s.push('}');
         }
         let _ = writeln!(self.s, " {}", number(value));
+    }
+
+    /// [`Out::sample`] with owned label values.
+    fn sample_owned(&mut self, name: &str, labels: &[(&str, String)], value: f64) {
+        let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.sample(name, &labels, value);
     }
 
     fn one(&mut self, name: &str, kind: &str, help: &str, value: f64) {
@@ -168,6 +211,21 @@ pub fn render(ctx: &StatusContext) -> String {
             .find(|r| r.name == name)
             .map_or_else(|| "?".to_string(), |r| r.source.to_string())
     };
+    // With `devices:` a region is labelled by its device and its name there
+    // (`region="live",device="battery1"`); in the one-device form as before.
+    let devices = h.rtu_poll.devices();
+    let region_labels = |spec: &crate::image::RegionSpec| -> Vec<(&'static str, String)> {
+        match devices.get(spec.device).and_then(|d| {
+            let short = spec.name.strip_prefix(d.name.as_str())?.strip_prefix('.')?;
+            Some((short.to_string(), d.name.clone()))
+        }) {
+            Some((short, dev)) => vec![("region", short), ("device", dev)],
+            None => vec![("region", spec.name.clone())],
+        }
+    };
+    let with = |labels: &[(&'static str, String)], extra: &[(&'static str, String)]| {
+        labels.iter().chain(extra).cloned().collect::<Vec<_>>()
+    };
     o.family(
         "airbridge_region_age_seconds",
         "gauge",
@@ -175,11 +233,8 @@ pub fn render(ctx: &StatusContext) -> String {
     );
     for (i, spec) in image.specs().iter().enumerate() {
         if let Some(age) = image.age(&snap, i, now) {
-            o.sample(
-                "airbridge_region_age_seconds",
-                &[("region", &spec.name), ("source", &source(&spec.name))],
-                age.as_secs_f64(),
-            );
+            let labels = with(&region_labels(spec), &[("source", source(&spec.name))]);
+            o.sample_owned("airbridge_region_age_seconds", &labels, age.as_secs_f64());
         }
     }
     o.family(
@@ -191,9 +246,9 @@ pub fn render(ctx: &StatusContext) -> String {
         // The rule in force (hot reload), not the one at start.
         let max_age = image.freshness(i).map_or(spec.max_age, |f| f.max_age);
         if max_age != Duration::MAX {
-            o.sample(
+            o.sample_owned(
                 "airbridge_region_max_age_seconds",
-                &[("region", &spec.name)],
+                &region_labels(spec),
                 max_age.as_secs_f64(),
             );
         }
@@ -204,12 +259,13 @@ pub fn render(ctx: &StatusContext) -> String {
         "1 while the region is older than its max_age or was never filled.",
     );
     for (i, spec) in image.specs().iter().enumerate() {
-        o.sample(
+        o.sample_owned(
             "airbridge_region_stale",
-            &[("region", &spec.name)],
+            &region_labels(spec),
             b(image.is_stale(&snap, i, now)),
         );
     }
+    rtu_poll_devices(&mut o, devices);
 
     // Push.
     let p = &h.push;

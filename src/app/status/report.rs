@@ -339,7 +339,9 @@ pub fn status_json(ctx: &StatusContext) -> Json {
 
 /// The RTU poller's link (`null` without `rtu_poll:`): `state` is `polling`, `offline`
 /// (the device does not answer; probing), `reopening` (the serial device is missing) or
-/// `stalled` (the loop stopped beating since the last look, 10 s or more ago).
+/// `stalled` (the loop stopped beating since the last look, 10 s or more ago). With
+/// `devices:`, `offline` means some device does not answer, and `devices` lists each with
+/// its own state, region ages and counters.
 fn rtu_poll_json(ctx: &StatusContext, now: Instant) -> Json {
     let h = &ctx.handles;
     if h.live.current().rtu_poll.is_none() {
@@ -361,13 +363,53 @@ fn rtu_poll_json(ctx: &StatusContext, now: Instant) -> Json {
     } else {
         "polling"
     };
-    json!({
+    let mut out = json!({
         "state": state,
         "online": online,
         "device_opens": s.device_opens.load(Relaxed),
         "device_failures": s.device_failures.load(Relaxed),
         "counters": rtu_poll_counters(s),
-    })
+    });
+    // With `devices:` each device on its own (the one-device form's output is as before).
+    if !s.devices().is_empty() {
+        let image = &h.image;
+        let snap = image.load();
+        let devices: Vec<Json> = s
+            .devices()
+            .iter()
+            .enumerate()
+            .map(|(d, dev)| {
+                let online = dev.stats.online.load(Relaxed);
+                let regions: Vec<Json> = image
+                    .specs()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, spec)| spec.device == d)
+                    .map(|(i, spec)| {
+                        json!({
+                            "name": spec.name,
+                            "age_s": image.age(&snap, i, now).map(|a| a.as_secs_f64()),
+                            "stale": image.is_stale(&snap, i, now),
+                        })
+                    })
+                    .collect();
+                json!({
+                    "name": dev.name,
+                    "unit_id": dev.unit_id,
+                    "state": match (state, online) {
+                        ("polling" | "offline", true) => "polling",
+                        ("polling" | "offline", false) => "offline",
+                        (other, _) => other,
+                    },
+                    "online": online,
+                    "regions": regions,
+                    "counters": rtu_poll_counters(&dev.stats),
+                })
+            })
+            .collect();
+        out["devices"] = Json::Array(devices);
+    }
+    out
 }
 
 /// The RTU poller's bus counters: polls, timeouts and what became of each write.

@@ -8,6 +8,7 @@
 //! the checks against
 //! the loaded profile in `profile`. Touches nothing but what it is given.
 
+mod devices;
 mod kstar;
 mod lan;
 mod profile;
@@ -29,7 +30,8 @@ use crate::config::{
     ProfileRef, PushConfig, StatusConfig,
 };
 
-pub use profile::check_against_profile;
+use devices::Device;
+pub use profile::{check_against_profile, check_device_against_profile};
 use serial::placeholder_rtu;
 
 /// Validate a parsed file; `origin` names it in messages.
@@ -118,20 +120,45 @@ impl Validator<'_> {
             .as_ref()
             .map(|t| self.tcp_server(t))
             .transpose()?;
+        // Where the map is written, for messages that have no key of their own.
+        let map_line = match (&raw.regions, &raw.devices) {
+            (Some(r), _) => line(r),
+            (None, Some(d)) => line(d),
+            (None, None) => {
+                // What the parser said when `regions:` was required: a shape error.
+                return Err(ConfigError::Parse {
+                    path: self.origin.to_string(),
+                    line: 1,
+                    column: 1,
+                    message: "missing `regions:`, the register map to serve (or `devices:`, several devices on the `rtu_poll:` bus)".into(),
+                    snippet: String::new(),
+                });
+            }
+        };
         if raw.rtu.is_none() && tcp_server.is_none() {
             return Err(self.err(
-                line(&raw.regions),
+                map_line,
                 "rtu",
                 "no server: add `rtu:` (serve an inverter on RS485) or `tcp_server:` (serve LAN clients)",
             ));
         }
-        let regions = self.regions(&raw.regions, push.is_some(), poll.is_some())?;
-        let region_lines: BTreeMap<String, u64> = raw
-            .regions
-            .value
-            .iter()
-            .map(|r| (r.value.name.clone(), line(r)))
-            .collect();
+        let mut region_lines: BTreeMap<String, u64> = BTreeMap::new();
+        let (named_devices, regions) = match (&raw.devices, &raw.regions) {
+            (Some(list), _) => {
+                self.devices_exclusive(&raw, list)?;
+                let (d, r) = self.devices(&raw, list, &mut region_lines)?;
+                (Some(d), r)
+            }
+            (None, Some(list)) => {
+                region_lines.extend(list.value.iter().map(|r| (r.value.name.clone(), line(r))));
+                (
+                    None,
+                    self.regions(list, push.is_some(), poll.is_some(), None)?,
+                )
+            }
+            // Refused above (`map_line`).
+            (None, None) => (None, Vec::new()),
+        };
         if let (Some(raw_p), Some(p)) = (&raw.rtu_poll, &rtu_poll) {
             self.reply_fits_timeout(raw_p, p, &regions);
         }
@@ -187,12 +214,35 @@ impl Validator<'_> {
             .map(|s| self.status(s, push.as_ref()))
             .transpose()?;
         let writes = rtu_poll.is_some() && !writable.is_empty();
+        if let (Some(m), Some(_)) = (&raw.mqtt, &named_devices) {
+            return Err(self.err(
+                line(m),
+                "mqtt",
+                "not yet with `devices:` (one HA device per RS485 device is issue 12); use the one-device form or leave mqtt out",
+            ));
+        }
         let mqtt = raw
             .mqtt
             .as_ref()
             .map(|m| mqtt::validate(m, self.origin, raw.profile.is_some(), writes))
             .transpose()?;
+        // One code path: the one-device form is a list of one unnamed device.
+        let devices = match (named_devices, &rtu_poll) {
+            (Some(d), _) => d,
+            (None, Some(p)) => vec![crate::config::DeviceConfig {
+                name: String::new(),
+                unit_id: p.unit_id,
+                tcp_unit_id: tcp_server.as_ref().map_or_else(
+                    || crate::config::UnitIds::Only(vec![1]),
+                    |t| t.unit_id.clone(),
+                ),
+                profile: profile.clone(),
+                writable: writable.clone(),
+            }],
+            (None, None) => Vec::new(),
+        };
         Ok(Config {
+            devices,
             mqtt,
             rtu,
             push,
@@ -371,7 +421,7 @@ mod tests {
     }
 
     /// The (line, key, message) of an invalid config; panics on any other outcome.
-    fn invalid(text: &str) -> (u64, String, String) {
+    pub(super) fn invalid(text: &str) -> (u64, String, String) {
         match check(text) {
             Err(ConfigError::Invalid {
                 line, key, message, ..

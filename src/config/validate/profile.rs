@@ -1,38 +1,59 @@
 //! The rules that need the register profile: `writable:` entries as written, and
 //! [`check_against_profile`] once the profile is loaded. Touches nothing.
 
+use serde_saphyr::Spanned;
+
 use crate::config::schema::{RawConfig, WritableText};
 use crate::config::{Config, ConfigError, Function, WritableEntry, WritableTarget};
 
 use super::{line, Validator};
 
 impl Validator<'_> {
+    /// The top-level `writable:` (one-device form).
     pub(super) fn writable(&mut self, raw: &RawConfig) -> Result<Vec<WritableEntry>, ConfigError> {
-        let Some(list) = &raw.writable else {
+        self.writable_list(
+            raw.writable.as_ref(),
+            raw.tcp_server.is_some(),
+            raw.rtu_poll.is_some(),
+            raw.profile.is_some(),
+            "writable",
+        )
+    }
+
+    /// A `writable:` list (top level or a device's) under `key`.
+    pub(super) fn writable_list(
+        &mut self,
+        list: Option<&Spanned<Vec<Spanned<WritableText>>>>,
+        have_tcp: bool,
+        have_bus: bool,
+        have_profile: bool,
+        key: &str,
+    ) -> Result<Vec<WritableEntry>, ConfigError> {
+        let Some(list) = list else {
             return Ok(Vec::new());
         };
         if list.value.is_empty() {
             return Ok(Vec::new());
         }
         let l = line(list);
-        if raw.tcp_server.is_none() {
+        if !have_tcp {
             return Err(self.err(
                 l,
-                "writable",
+                key,
                 "writes come from LAN clients: needs a `tcp_server:` section",
             ));
         }
-        if raw.rtu_poll.is_none() {
+        if !have_bus {
             return Err(self.err(
                 l,
-                "writable",
+                key,
                 "writes go to the device's bus: needs an `rtu_poll:` section",
             ));
         }
-        if raw.profile.is_none() {
+        if !have_profile {
             return Err(self.err(
                 l,
-                "writable",
+                key,
                 "needs a `profile:` that says which registers are writable and their ranges",
             ));
         }
@@ -41,12 +62,12 @@ impl Validator<'_> {
             let target = match &e.value {
                 WritableText::Address(a) => WritableTarget::Address(*a),
                 WritableText::Name(n) if n.trim().is_empty() => {
-                    return Err(self.err(line(e), "writable", "empty register name"))
+                    return Err(self.err(line(e), key, "empty register name"))
                 }
                 WritableText::Name(n) => WritableTarget::Name(n.trim().to_string()),
             };
             if out.iter().any(|o| o.target == target) {
-                return Err(self.err(line(e), "writable", format!("{target} is listed twice")));
+                return Err(self.err(line(e), key, format!("{target} is listed twice")));
             }
             out.push(WritableEntry {
                 target,
@@ -65,6 +86,17 @@ pub fn check_against_profile(
     profile: &crate::control::profile::Profile,
     origin: &str,
 ) -> Result<Vec<String>, ConfigError> {
+    check_device_against_profile(config, None, profile, origin)
+}
+
+/// [`check_against_profile`] for one device of `devices:` (`Some(index)`: its regions and
+/// its `writable:`), or for the whole one-device config (`None`).
+pub fn check_device_against_profile(
+    config: &Config,
+    device: Option<usize>,
+    profile: &crate::control::profile::Profile,
+    origin: &str,
+) -> Result<Vec<String>, ConfigError> {
     let mut warnings = Vec::new();
     let err = |line: u64, key: String, message: String| ConfigError::Invalid {
         path: origin.to_string(),
@@ -72,7 +104,11 @@ pub fn check_against_profile(
         key,
         message,
     };
-    for r in &config.regions {
+    let regions = config
+        .regions
+        .iter()
+        .filter(|r| device.is_none_or(|d| r.device == d));
+    for r in regions {
         let l = config.region_lines.get(&r.name).copied().unwrap_or(0);
         let Some(f) = r.function else { continue };
         if r.source.fixed {
@@ -117,7 +153,11 @@ pub fn check_against_profile(
             }
         }
     }
-    crate::control::writes::WritePolicy::resolve(profile, &config.writable)
-        .map_err(|(line, message)| err(line, "writable".into(), message))?;
+    let (writable, key) = match device.and_then(|d| config.devices.get(d)) {
+        Some(d) => (&d.writable, format!("devices ({}).writable", d.name)),
+        None => (&config.writable, "writable".to_string()),
+    };
+    crate::control::writes::WritePolicy::resolve(profile, writable)
+        .map_err(|(line, message)| err(line, key.clone(), message))?;
     Ok(warnings)
 }

@@ -9,7 +9,7 @@ use serde_saphyr::Spanned;
 use crate::config::schema::{RawRegion, SourceText};
 use crate::config::{ConfigError, OnStale, Region, Sources};
 
-use super::{line, Validator};
+use super::{line, Device, Validator};
 
 impl Validator<'_> {
     pub(super) fn regions(
@@ -17,17 +17,27 @@ impl Validator<'_> {
         raw: &Spanned<Vec<Spanned<RawRegion>>>,
         have_push: bool,
         have_poll: bool,
+        device: Option<&Device<'_>>,
     ) -> Result<Vec<Region>, ConfigError> {
+        let prefix = device.map_or_else(String::new, |d| d.key.clone());
         if raw.value.is_empty() {
-            return Err(self.err(line(raw), "regions", "at least one region is needed"));
+            return Err(self.err(
+                line(raw),
+                &format!("{prefix}regions"),
+                "at least one region is needed",
+            ));
         }
         let mut out: Vec<(Region, u64)> = Vec::new();
         for (i, sr) in raw.value.iter().enumerate() {
             let r = &sr.value;
             let l = line(sr);
-            let key = |k: &str| format!("regions[{i}] ({}).{k}", r.name);
+            let key = |k: &str| format!("{prefix}regions[{i}] ({}).{k}", r.name);
             if r.name.trim().is_empty() {
-                return Err(self.err(l, &format!("regions[{i}].name"), "must not be empty"));
+                return Err(self.err(
+                    l,
+                    &format!("{prefix}regions[{i}].name"),
+                    "must not be empty",
+                ));
             }
             if let Some((other, _)) = out.iter().find(|(o, _)| o.name == r.name) {
                 return Err(self.err(l, &key("name"), format!("`{}` is used twice", other.name)));
@@ -43,24 +53,47 @@ impl Validator<'_> {
                     "region runs past register 65535",
                 ));
             }
-            let source = self.sources(&r.source, &key("source"))?;
+            let (source, source_line) = match (&r.source, device) {
+                (Some(s), _) => (self.sources(s, &key("source"))?, line(s)),
+                (None, Some(_)) => (
+                    Sources {
+                        rtu_poll: true,
+                        ..Sources::default()
+                    },
+                    l,
+                ),
+                (None, None) => {
+                    return Err(self.err(
+                        l,
+                        &key("source"),
+                        "missing; write push, poll, static, [push, poll] or rtu_poll",
+                    ))
+                }
+            };
+            if device.is_some() && !(source.rtu_poll || source.fixed) {
+                return Err(self.err(
+                    source_line,
+                    &key("source"),
+                    "a device's regions are polled on its bus (rtu_poll, the default) or static",
+                ));
+            }
             if source.push && !have_push {
                 return Err(self.err(
-                    line(&r.source),
+                    source_line,
                     &key("source"),
                     "takes pushes but there is no `push:` section",
                 ));
             }
             if source.poll && !have_poll {
                 return Err(self.err(
-                    line(&r.source),
+                    source_line,
                     &key("source"),
                     "is polled but there is no `poll:` section",
                 ));
             }
             if source.rtu_poll && !self.have_rtu_poll {
                 return Err(self.err(
-                    line(&r.source),
+                    source_line,
                     &key("source"),
                     "is polled over RTU but there is no `rtu_poll:` section",
                 ));
@@ -231,6 +264,7 @@ impl Validator<'_> {
                 fallback_poll,
                 values,
                 function,
+                device: 0,
             };
             // Regions of different tables (input, holding) may share numbers.
             if let Some((o, ol)) = out.iter().find(|(o, _)| {
@@ -254,6 +288,13 @@ impl Validator<'_> {
             out.push((region, l));
         }
         let mut regions: Vec<Region> = out.into_iter().map(|(r, _)| r).collect();
+        if let Some(d) = device {
+            // Unique across the bus (logs, reload, the image's index); labels show the parts.
+            for r in &mut regions {
+                r.name = format!("{}.{}", d.name, r.name);
+                r.device = d.index;
+            }
+        }
         regions.sort_by_key(|r| r.start);
         Ok(regions)
     }

@@ -185,6 +185,7 @@ pub(super) mod tests {
             on_stale: OnStale::Silence,
             accepts_push: true,
             table,
+            device: 0,
         }
     }
 

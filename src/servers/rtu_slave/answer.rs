@@ -116,6 +116,7 @@ mod tests {
             fallback_poll: None,
             values: BTreeMap::new(),
             function: None,
+            device: 0,
         };
         let mut energy = push("energy", 512, 280);
         energy.source = Sources {

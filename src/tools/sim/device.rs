@@ -53,8 +53,11 @@ impl Default for DeviceOptions {
 /// A write the device accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppliedWrite {
+    /// Function code of the write (6 or 16).
     pub fc: u8,
+    /// First register written.
     pub address: u16,
+    /// The words written.
     pub values: Vec<u16>,
     /// Names of the profile registers written.
     pub registers: Vec<String>,
@@ -63,9 +66,13 @@ pub struct AppliedWrite {
 /// Counters.
 #[derive(Debug, Default)]
 pub struct DeviceStats {
+    /// CRC-valid requests addressed to this unit (or broadcast) while it answers.
     pub requests: AtomicU64,
+    /// Reads answered with data.
     pub reads: AtomicU64,
+    /// Writes applied and echoed.
     pub writes: AtomicU64,
+    /// Requests answered with an exception.
     pub exceptions: AtomicU64,
     /// Requests ignored while silent.
     pub ignored: AtomicU64,
@@ -73,23 +80,33 @@ pub struct DeviceStats {
 
 /// The simulated device: profile, tables and what it received.
 pub struct Device {
+    /// What its registers are (spans, writability, kinds for plausible values).
     profile: Profile,
+    /// Its address and behaviour.
     opts: DeviceOptions,
+    /// Its input and holding words.
     tables: Mutex<Tables>,
     /// Every CRC-valid frame addressed to this unit or broadcast, in order.
     received: Mutex<Vec<Vec<u8>>>,
+    /// Writes it accepted, in order.
     applied: Mutex<Vec<AppliedWrite>>,
+    /// It ignores every request (a device switched off or asleep); see `set_silent`.
     silent: AtomicBool,
+    /// What it answered.
     pub stats: DeviceStats,
     /// Documented span (first, one past last) per table.
     spans: BTreeMap<Function, (u16, u32)>,
     /// Phase per register (by index), from the seed.
     phases: Vec<f64>,
+    /// When it was made: the changing values move with the time since.
     started: Instant,
 }
 
+/// A device's two register tables, whole (65536 words each).
 struct Tables {
+    /// FC04's table.
     input: Vec<u16>,
+    /// FC03's table (FC06/FC16 write here).
     holding: Vec<u16>,
     /// Registers a client wrote: their value stays as written.
     written: std::collections::BTreeSet<(Function, u16)>,
