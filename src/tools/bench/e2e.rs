@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
+use crate::image::Image;
+
 use super::age::{bench_age, AgeBenchOptions, AgeReport};
 use super::guard::LivePolicy;
 use super::hist::{LatencyHist, Percentiles};
@@ -150,6 +152,24 @@ pub struct StartupReport {
     pub push_ack_to_ready: Percentiles,
 }
 
+/// Warms up a bench's own gateway: pushes for 300 ms at 5 Hz, then waits (at most 10 s)
+/// until every region is filled.
+pub(super) async fn warm_up(push_addr: SocketAddr, image: &Image) -> anyhow::Result<()> {
+    let mut warm = PushBenchOptions::new(push_addr);
+    warm.live = LivePolicy::Owned; // our own gateway, fed by our own simulator
+    warm.duration = Duration::from_millis(300);
+    warm.rate = Some(5.0);
+    let w = bench_push(&warm).await?;
+    anyhow::ensure!(w.writes_ok > 0, "warm-up push failed: {w:?}");
+    tokio::time::timeout(Duration::from_secs(10), image.wait_warm())
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the gateway did not warm up within 10 s (poll of the simulated KSEM failed?)"
+            )
+        })
+}
+
 /// Push both groups once, as the KSEM does right after connecting.
 async fn push_both_groups_once(target: SocketAddr) -> anyhow::Result<()> {
     use tokio_modbus::client::Writer as _;
@@ -274,20 +294,7 @@ pub async fn bench_e2e(opts: &E2eOptions, command: String) -> anyhow::Result<E2e
         .ok_or_else(|| anyhow::anyhow!("bench gateway has no push listener"))?;
     let handles = gateway.handles.clone();
 
-    // Warm-up: one push of both groups, then wait until every region is filled.
-    let mut warm = PushBenchOptions::new(push_addr);
-    warm.live = LivePolicy::Owned; // our own gateway, fed by our own simulator
-    warm.duration = Duration::from_millis(300);
-    warm.rate = Some(5.0);
-    let w = bench_push(&warm).await?;
-    anyhow::ensure!(w.writes_ok > 0, "warm-up push failed: {w:?}");
-    tokio::time::timeout(Duration::from_secs(10), handles.image.wait_warm())
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "the gateway did not warm up within 10 s (poll of the simulated KSEM failed?)"
-            )
-        })?;
+    warm_up(push_addr, &handles.image).await?;
 
     let rtu_opts =
         |label: &str| super::phase_reads(&opts.read_sizes, opts.count, opts.progress, label);

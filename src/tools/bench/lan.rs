@@ -16,7 +16,6 @@ use tokio_modbus::client::Reader as _;
 use tokio_util::sync::CancellationToken;
 
 use super::hist::{LatencyHist, Percentiles};
-use super::push::{bench_push, PushBenchOptions};
 use super::report::RunHeader;
 use super::rtu::{bench_rtu, RtuBenchReport};
 use super::{
@@ -185,14 +184,7 @@ pub async fn bench_lan(opts: &LanBenchOptions, command: String) -> anyhow::Resul
         .ok_or_else(|| anyhow::anyhow!("bench gateway has no tcp_server"))?;
     let handles = gateway.handles.clone();
 
-    let mut warm = PushBenchOptions::new(push_addr);
-    warm.duration = Duration::from_millis(300);
-    warm.rate = Some(5.0);
-    let w = bench_push(&warm).await?;
-    anyhow::ensure!(w.writes_ok > 0, "warm-up push failed: {w:?}");
-    tokio::time::timeout(Duration::from_secs(10), handles.image.wait_warm())
-        .await
-        .map_err(|_| anyhow::anyhow!("the gateway did not warm up within 10 s"))?;
+    super::e2e::warm_up(push_addr, &handles.image).await?;
     // The KSEM pushes at 5 Hz through both runs, as in the field.
     let pusher = tokio::spawn(ksem::run_pusher(
         push_addr,

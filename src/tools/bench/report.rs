@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::e2e::E2eReport;
 use super::hist::fmt_us;
 use super::push::PushBenchReport;
-use super::rtu::{wire_time, RtuBenchReport};
+use super::rtu::{wire_time, RtuBenchReport, RtuRangeReport};
 
 /// What every multi-phase report says first: how it was run and on what machine.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -82,13 +82,9 @@ pub fn rtu_table(report: &RtuBenchReport, wire: Option<(u32, u32)>) -> String {
     for r in report.ranges.iter().chain(std::iter::once(&report.all)) {
         let _ = write!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |",
             r.range,
-            r.requests,
-            r.ok,
-            r.timeouts + r.partial,
-            fmt_exceptions(&r.exceptions),
-            r.bad_frames(),
+            outcome_cells(r),
             r.stray_bytes,
             r.turnaround.compact(),
             r.total.compact()
@@ -112,6 +108,18 @@ pub fn rtu_table(report: &RtuBenchReport, wire: Option<(u32, u32)>) -> String {
     s
 }
 
+/// The outcome columns of one range's row: requests | ok | timeouts | exceptions | bad frames.
+fn outcome_cells(r: &RtuRangeReport) -> String {
+    format!(
+        "{} | {} | {} | {} | {}",
+        r.requests,
+        r.ok,
+        r.timeouts + r.partial,
+        fmt_exceptions(&r.exceptions),
+        r.bad_frames()
+    )
+}
+
 pub(super) fn fmt_exceptions(e: &BTreeMap<u8, u64>) -> String {
     if e.is_empty() {
         return "0".into();
@@ -132,14 +140,10 @@ pub fn e2e_markdown(r: &E2eReport) -> String {
         for x in &c.rtu.ranges {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} |",
                 c.case,
                 x.registers,
-                x.requests,
-                x.ok,
-                x.timeouts + x.partial,
-                fmt_exceptions(&x.exceptions),
-                x.bad_frames(),
+                outcome_cells(x),
                 x.turnaround.compact(),
                 x.total.compact()
             );
