@@ -82,15 +82,22 @@ async fn status(addr: SocketAddr) -> Json {
 
 /// Wait (bounded) until `/status` reports `id`; the document then.
 async fn wait_state(addr: SocketAddr, id: &str) -> Json {
+    wait_detail(addr, id, "").await
+}
+
+/// Waits until the state is `id` and its detail starts with `prefix` (regions go stale one
+/// by one, so a detail naming several of them may trail the state by a moment).
+async fn wait_detail(addr: SocketAddr, id: &str, prefix: &str) -> Json {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let st = status(addr).await;
-        if st["state"]["id"] == id {
+        let detail = st["state"]["detail"].as_str().unwrap_or("");
+        if st["state"]["id"] == id && detail.starts_with(prefix) {
             return st;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "state never became {id}; last:\n{:#}",
+            "state never became {id} with a detail starting {prefix:?}; last:\n{:#}",
             st["state"]
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -236,7 +243,12 @@ async fn warming_up_then_serving_then_silent_when_the_ksem_stops() {
     views_agree(&r, &st).await;
     // The KSEM stops pushing and goes away: the inverter gets silence, and it is red.
     stop.cancel();
-    let st = wait_state(r.status, "silent_stale").await;
+    let st = wait_detail(
+        r.status,
+        "silent_stale",
+        "the inverter gets silence: totals, phases older than max_age; ",
+    )
+    .await;
     assert_eq!(st["state"]["level"], "bad");
     let detail = st["state"]["detail"].as_str().expect("detail");
     assert!(
