@@ -116,6 +116,11 @@ enum Simulate {
         baud: u32,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Pace every reply as a real bus at --baud would (8N1: the request's and the
+        /// reply's time on the wire): a pty or socat delivers at once, so poll intervals
+        /// measured on one need the wire put back.
+        #[arg(long)]
+        wire_time: bool,
         /// Stop after this long; default: until Ctrl-C.
         #[arg(long, value_parser = parse_duration)]
         duration: Option<Duration>,
@@ -183,8 +188,16 @@ fn main() -> ExitCode {
             unit,
             baud,
             seed,
+            wire_time,
             duration,
-        }) => block_on(simulate_device(profile, device, unit, baud, seed, duration)),
+        }) => block_on(simulate_device(
+            profile,
+            device,
+            unit,
+            (baud, wire_time),
+            seed,
+            duration,
+        )),
         Command::Simulate(Simulate::Ksem {
             listen,
             push_to,
@@ -378,7 +391,7 @@ async fn simulate_device(
     profile: PathBuf,
     device: String,
     units: Vec<u8>,
-    baud: u32,
+    (baud, wire_time): (u32, bool),
     seed: u64,
     duration: Option<Duration>,
 ) -> anyhow::Result<()> {
@@ -410,6 +423,7 @@ async fn simulate_device(
                 DeviceOptions {
                     unit,
                     seed,
+                    wire: wire_time.then_some((baud, 10)),
                     ..Default::default()
                 },
             )
@@ -417,8 +431,13 @@ async fn simulate_device(
         .collect();
     let list: Vec<String> = units.iter().map(ToString::to_string).collect();
     let which = if units.len() == 1 { "unit" } else { "units" };
+    let paced = if wire_time {
+        ", replies paced to the wire"
+    } else {
+        ""
+    };
     println!(
-        "simulated {name}: {which} {} on {device} at {baud} 8N1",
+        "simulated {name}: {which} {} on {device} at {baud} 8N1{paced}",
         list.join(", ")
     );
     let cancel = CancellationToken::new();

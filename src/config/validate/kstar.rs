@@ -212,7 +212,6 @@ impl Validator<'_> {
 /// How long the reply to a read of `registers` registers takes on the wire of `p`'s bus.
 pub(crate) fn reply_wire_time(p: &RtuPollConfig, registers: u16) -> Duration {
     let bits =
-        1 + u64::from(p.data_bits) + u64::from(p.parity != Parity::None) + u64::from(p.stop_bits);
-    let bytes = 5 + 2 * u64::from(registers);
-    Duration::from_micros(bytes * bits * 1_000_000 / u64::from(p.baud.max(1)))
+        1 + u32::from(p.data_bits) + u32::from(p.parity != Parity::None) + u32::from(p.stop_bits);
+    crate::config::wire_time(5 + 2 * usize::from(registers), p.baud, bits)
 }

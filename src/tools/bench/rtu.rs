@@ -297,10 +297,8 @@ pub fn bits_per_char(parity: bool, stop_bits: u8) -> u32 {
     1 + 8 + u32::from(parity) + u32::from(stop_bits)
 }
 
-/// Theoretical time on the wire of `bytes` at `baud` (8N2 unless told otherwise).
-pub fn wire_time(bytes: usize, baud: u32, bits_per_char: u32) -> Duration {
-    Duration::from_secs_f64(bytes as f64 * f64::from(bits_per_char) / f64::from(baud.max(1)))
-}
+/// Theoretical time on the wire of `bytes` at `baud` (the config's one rule).
+pub use crate::config::wire_time;
 
 /// True when `device` looks like a pseudo-terminal: a `/dev/pts/*` path (also behind a
 /// symlink, as socat's `link=`), `/dev/ptmx`, or "pty" in the name.

@@ -36,6 +36,10 @@ pub struct DeviceOptions {
     pub tick: Duration,
     /// Silence before a reply.
     pub reply_delay: Duration,
+    /// `Some((baud, bits per character))`: pace each reply as a real bus would, writing it
+    /// only after the request's and the reply's time on the wire (a pty or a socket
+    /// delivers at once, so measurements of poll intervals need the wire put back).
+    pub wire: Option<(u32, u32)>,
 }
 
 impl Default for DeviceOptions {
@@ -46,6 +50,7 @@ impl Default for DeviceOptions {
             frozen: false,
             tick: Duration::from_secs(1),
             reply_delay: Duration::from_millis(2),
+            wire: None,
         }
     }
 }
@@ -526,8 +531,12 @@ pub async fn serve_bus<S: AsyncRead + AsyncWrite + Unpin>(
                     continue;
                 }
                 if let Some(reply) = device.answer(&frame) {
-                    if !device.opts.reply_delay.is_zero() {
-                        tokio::time::sleep(device.opts.reply_delay).await;
+                    let wire = device.opts.wire.map_or(Duration::ZERO, |(baud, bits)| {
+                        crate::config::wire_time(frame.len() + reply.len(), baud, bits)
+                    });
+                    let pause = device.opts.reply_delay + wire;
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
                     }
                     stream.write_all(&reply).await?;
                 }
@@ -588,6 +597,37 @@ registers:
             two.received().len(),
             2,
             "the silent device still heard its request"
+        );
+        cancel.cancel();
+        task.await.expect("task").expect("served");
+    }
+
+    /// `wire`: the reply comes no sooner than the request's and the reply's wire time
+    /// (paused clock: virtual time, exact).
+    #[tokio::test(start_paused = true)]
+    async fn replies_are_paced_to_the_wire_when_asked() {
+        let (a, b) = tokio::io::duplex(1024);
+        let p = crate::control::profile::parse(PROFILE, "test").expect("profile");
+        let d = Device::new(
+            p,
+            DeviceOptions {
+                frozen: true,
+                reply_delay: Duration::ZERO,
+                wire: Some((9600, 10)),
+                ..Default::default()
+            },
+        );
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        let task = tokio::spawn(async move { serve_bus(b, &[d], c).await });
+        let mut m = RtuMaster::new(a, Duration::from_secs(1));
+        let t0 = tokio::time::Instant::now();
+        m.read(1, 4, 3000, 1).await.expect("read");
+        // 8 request bytes + 7 reply bytes, 10 bits each, at 9600 baud: 15.625 ms.
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_micros(15_625) && took < Duration::from_millis(60),
+            "{took:?}"
         );
         cancel.cancel();
         task.await.expect("task").expect("served");
