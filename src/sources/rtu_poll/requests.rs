@@ -123,7 +123,10 @@ impl RtuPoller {
         let Some(t) = dev.tasks.get_mut(i) else {
             return Ok(());
         };
-        t.slot.next = done + t.slot.every;
+        // Fixed rate: `every` counts from the start of this read, so a region keeps its
+        // configured interval however long the read takes on a slow bus; a read that took
+        // longer than `every` makes the region due at once (never a burst of catch-ups).
+        t.slot.next = (started + t.slot.every).max(done);
         match result {
             Ok(()) => {
                 if let Err(e) = image.commit_poll(t.slot.region, &words, started, done) {

@@ -53,11 +53,17 @@ async fn device(s: DuplexStream, answering: Arc<AtomicBool>, seen: Arc<AtomicU64
 
 /// Answer RTU requests on `s`: `base(unit, fc)` says whether the unit answers and what it
 /// adds to each register's address as its value; writes are confirmed.
-async fn respond(mut s: DuplexStream, base: impl Fn(u8, u8) -> Option<u16>) {
+async fn respond(s: DuplexStream, base: impl Fn(u8, u8) -> Option<u16>) {
+    respond_after(s, Duration::ZERO, base).await;
+}
+
+/// [`respond`], each reply `delay` after its request (a slow bus: the wire time).
+async fn respond_after(mut s: DuplexStream, delay: Duration, base: impl Fn(u8, u8) -> Option<u16>) {
     let mut req = [0u8; 8];
     while s.read_exact(&mut req).await.is_ok() {
         let [unit, fc, ah, al, nh, nl, ..] = req;
         let Some(base) = base(unit, fc) else { continue };
+        tokio::time::sleep(delay).await;
         let mut out = vec![unit, fc];
         if let 3 | 4 = fc {
             let (a, n) = (u16::from_be_bytes([ah, al]), u16::from_be_bytes([nh, nl]));
@@ -125,6 +131,28 @@ async fn polls_commits_and_beats_while_idle_even_without_a_write_queue() {
     // Every 1 s for 3.5 s: at 0, 1, 2, 3.
     assert_eq!(stats.regions_ok.load(Relaxed), 4);
     assert!(stats.heartbeat.load(Relaxed) >= 4, "beats between polls");
+}
+
+/// `every` is a rate, not a pause: on a slow bus (each reply 300 ms after its request) a
+/// region read every 1 s is still read every 1 s, not every 1.3 s.
+#[tokio::test(start_paused = true)]
+async fn a_slow_reply_does_not_stretch_the_poll_interval() {
+    let (mut p, _image, stats, _tx) = poller_of(&YAML.replace("timeout: 200ms", "timeout: 500ms"));
+    let (ours, theirs) = tokio::io::duplex(256);
+    tokio::spawn(respond_after(theirs, Duration::from_millis(300), |_, _| {
+        Some(1000)
+    }));
+    let cancel = CancellationToken::new();
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(10_500)).await;
+        stop.cancel();
+    });
+    p.serve(ours, &cancel)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Reads start at 0, 1, …, 10 s: eleven (from the end of each read it would be nine).
+    assert_eq!(stats.regions_ok.load(Relaxed), 11);
 }
 
 #[tokio::test(start_paused = true)]
