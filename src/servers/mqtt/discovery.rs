@@ -11,24 +11,43 @@ use super::state::{Field, RegionPlan};
 use crate::config::MqttConfig;
 use crate::control::profile::Register;
 
-/// The gateway's topics, from the config.
+/// The topics of one HA device, from the config.
+///
+/// The one-device form: `<topic>/<region>/state`, `<topic>/set/<register>`, node
+/// `<topic>`. With `devices:`, each device one level down: `<topic>/<device>/<region>/state`,
+/// `<topic>/<device>/set/<register>`, node `<topic>_<device>` (device names are letters,
+/// digits, `_` and `-`, so every level is a valid topic level and object id).
 #[derive(Debug, Clone)]
 pub struct Topics {
-    /// Base topic (`airbridge`).
+    /// Base topic (`airbridge`): the gateway's own status lives here.
     pub base: String,
+    /// Where this device's state, availability and command topics live: the base topic, or
+    /// `<base>/<device>` with `devices:`.
+    pub prefix: String,
     /// Discovery prefix (`homeassistant`), `None` when discovery is off.
     pub discovery: Option<String>,
-    /// The node id in discovery topics: the base topic with `/` as `_`.
+    /// The node id in discovery topics: the base topic with `/` as `_` (and `_<device>`).
     pub node: String,
 }
 
 impl Topics {
+    /// The topics of the one-device form.
     pub fn new(cfg: &MqttConfig) -> Self {
         Topics {
             base: cfg.topic.clone(),
+            prefix: cfg.topic.clone(),
             discovery: cfg.discovery.clone(),
             node: sanitize(&cfg.topic),
         }
+    }
+    /// The topics of device `name` of `devices:` (the one-device form for an empty name).
+    pub fn device(cfg: &MqttConfig, name: &str) -> Self {
+        let mut t = Topics::new(cfg);
+        if !name.is_empty() {
+            t.prefix = format!("{}/{name}", t.base);
+            t.node = format!("{}_{}", t.node, sanitize(name));
+        }
+        t
     }
     /// The gateway's availability (`online`/`offline`, retained; the last will).
     pub fn gateway(&self) -> String {
@@ -36,23 +55,31 @@ impl Topics {
     }
     /// A region's state messages (JSON).
     pub fn state(&self, region: &str) -> String {
-        format!("{}/{}/state", self.base, region)
+        format!("{}/{}/state", self.prefix, region)
     }
     /// A region's availability (`online` while fresh, `offline` when stale; retained).
     pub fn availability(&self, region: &str) -> String {
-        format!("{}/{}/availability", self.base, region)
+        format!("{}/{}/availability", self.prefix, region)
     }
     /// The command topic of a register (a value to write).
     pub fn command(&self, register: &str) -> String {
-        format!("{}/set/{}", self.base, register)
+        format!("{}/set/{}", self.prefix, register)
     }
-    /// Every command topic (the subscription).
+    /// Every command topic of this device (the subscription).
     pub fn commands(&self) -> String {
-        format!("{}/set/+", self.base)
+        format!("{}/set/+", self.prefix)
+    }
+    /// The register a message on `topic` commands, if it is one of this device's command
+    /// topics.
+    pub fn command_name<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        topic
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix("/set/")
+            .filter(|n| !n.is_empty() && !n.contains('/'))
     }
     /// Where a command's outcome is published.
     pub fn result(&self, register: &str) -> String {
-        format!("{}/set/{}/result", self.base, register)
+        format!("{}/set/{}/result", self.prefix, register)
     }
     /// Home Assistant's birth/will topic (`online` after it starts).
     pub fn ha_status(&self) -> Option<String> {
@@ -135,6 +162,19 @@ impl Device {
             sw_version,
             serial_number: serial,
         }
+    }
+
+    /// Device `name` of `devices:` (node `<topic>_<device>`): named after it, and identified
+    /// by the node, plus the serial number where its profile has one. The node alone keeps
+    /// two devices apart even if they report the same serial number (or none).
+    pub fn named(name: &str, profile_name: &str, node: &str, values: &Map<String, Json>) -> Device {
+        let mut d = Device::new(profile_name, node, values);
+        d.id = match &d.serial_number {
+            Some(s) => format!("airbridge_{node}_{}", sanitize(s)),
+            None => format!("airbridge_{node}"),
+        };
+        d.name = name.to_string();
+        d
     }
 
     fn json(&self) -> Json {

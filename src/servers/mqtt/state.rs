@@ -124,8 +124,22 @@ impl RegionPlan {
 /// inverter reads). Registers cut by a region's edge are left out (they would be torn), and
 /// so are regions without any named value.
 pub fn plan(specs: &[RegionSpec], profile: &Profile) -> Vec<RegionPlan> {
+    plan_device(specs, profile, 0, "")
+}
+
+/// [`plan`] for the regions of device `device` only (index in `Config::devices`), named
+/// without the `<name>.` prefix `devices:` gives them (`battery1.live` → `live`).
+pub fn plan_device(
+    specs: &[RegionSpec],
+    profile: &Profile,
+    device: usize,
+    name: &str,
+) -> Vec<RegionPlan> {
     let mut out = Vec::new();
     for (index, spec) in specs.iter().enumerate() {
+        if spec.device != device {
+            continue;
+        }
         let table = spec.table.unwrap_or(Function::Holding);
         let end = u32::from(spec.start) + u32::from(spec.count);
         let mut fields = Vec::new();
@@ -154,9 +168,15 @@ pub fn plan(specs: &[RegionSpec], profile: &Profile) -> Vec<RegionPlan> {
             }
         }
         if !fields.is_empty() {
+            let short = spec
+                .name
+                .strip_prefix(name)
+                .and_then(|n| n.strip_prefix('.'))
+                .filter(|_| !name.is_empty())
+                .unwrap_or(&spec.name);
             out.push(RegionPlan {
                 index,
-                name: spec.name.clone(),
+                name: short.to_string(),
                 fields,
             });
         }
