@@ -485,4 +485,77 @@ mod tests {
         assert_eq!(c["options"].as_array().unwrap().len(), 3);
         assert_eq!(c["availability"], json!([{"topic": "home/meter/status"}]));
     }
+
+    #[test]
+    fn each_device_of_devices_has_its_own_topics_node_and_ids() {
+        let c = cfg();
+        // The one-device form's topics are what they always were.
+        let one = Topics::device(&c, "");
+        assert_eq!(one.state("live"), Topics::new(&c).state("live"));
+        assert_eq!(one.node, "home_meter");
+        assert_eq!(
+            one.command_name("home/meter/set/working_mode"),
+            Some("working_mode")
+        );
+        let (a, b) = (
+            Topics::device(&c, "battery1"),
+            Topics::device(&c, "battery2"),
+        );
+        assert_eq!(a.gateway(), "home/meter/status");
+        assert_eq!(a.state("live"), "home/meter/battery1/live/state");
+        assert_eq!(
+            a.availability("live"),
+            "home/meter/battery1/live/availability"
+        );
+        assert_eq!(a.commands(), "home/meter/battery1/set/+");
+        assert_eq!(
+            a.result("working_mode"),
+            "home/meter/battery1/set/working_mode/result"
+        );
+        assert_eq!(
+            a.config("sensor", "pv1_voltage").as_deref(),
+            Some("homeassistant/sensor/home_meter_battery1/pv1_voltage/config")
+        );
+        // A command is routed by its device level only.
+        assert_eq!(a.command_name("home/meter/battery1/set/x"), Some("x"));
+        assert_eq!(b.command_name("home/meter/battery1/set/x"), None);
+        assert_eq!(a.command_name("home/meter/battery1/set/x/result"), None);
+        assert_eq!(a.command_name("home/meter/battery10/set/x"), None);
+        assert_eq!(a.command_name("home/meter/battery1/set/"), None);
+        for t in [&a, &b] {
+            for topic in [t.state("live"), t.commands(), t.result("x")] {
+                assert!(!topic.contains('#') && !topic.contains('.'), "{topic}");
+            }
+        }
+
+        // Same profile, same serial (or none): still two HA devices, and no entity shared.
+        let p = load("kstar-hybrid.yaml");
+        let plan = super::super::state::plan(&[spec("live", 3000, 125, Some(Function::Input))], &p);
+        let f = &plan[0].fields[0];
+        let mut serial = Map::new();
+        serial.insert("serial_number".into(), json!("KS-1"));
+        for values in [Map::new(), serial] {
+            let da = Device::named("battery1", &p.name, &a.node, &values);
+            let db = Device::named("battery2", &p.name, &b.node, &values);
+            assert_ne!(da.id, db.id);
+            assert_eq!(da.name, "battery1");
+            let (ta, ca) = sensor(&a, &da, &plan[0], f).unwrap();
+            let (tb, cb) = sensor(&b, &db, &plan[0], f).unwrap();
+            assert_ne!(ta, tb);
+            assert_ne!(ca["unique_id"], cb["unique_id"]);
+            assert_ne!(ca["device"]["identifiers"], cb["device"]["identifiers"]);
+            assert_eq!(ca["state_topic"], "home/meter/battery1/live/state");
+            assert_eq!(
+                ca["availability"][1]["topic"],
+                "home/meter/battery1/live/availability"
+            );
+        }
+        let with = Device::named("battery1", &p.name, &a.node, &{
+            let mut m = Map::new();
+            m.insert("serial_number".into(), json!("KS 1"));
+            m
+        });
+        assert_eq!(with.id, "airbridge_home_meter_battery1_KS_1");
+        assert_eq!(with.serial_number.as_deref(), Some("KS 1"));
+    }
 }

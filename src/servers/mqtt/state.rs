@@ -303,4 +303,23 @@ pub(super) mod tests {
         assert_eq!(number(f64::NAN), Json::Null);
         assert_eq!(number(f64::INFINITY), Json::Null);
     }
+
+    #[test]
+    fn a_devices_plan_holds_its_own_regions_under_their_short_names() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/profiles/kstar-hybrid.yaml");
+        let h = crate::control::profile::load(std::path::Path::new(path)).unwrap();
+        let on = |name: &str, device: usize| RegionSpec {
+            device,
+            ..spec(name, 3000, 125, Some(Function::Input))
+        };
+        let specs = [on("battery1.live", 0), on("battery2.live", 1)];
+        let p = plan_device(&specs, &h, 1, "battery2");
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[0].index, p[0].name.as_str()), (1, "live"));
+        let p = plan_device(&specs, &h, 0, "battery1");
+        assert_eq!((p[0].index, p[0].name.as_str()), (0, "live"));
+        // The one-device form keeps its names as they are.
+        let p = plan(&[spec("live.x", 3000, 125, Some(Function::Input))], &h);
+        assert_eq!(p[0].name, "live.x");
+    }
 }
