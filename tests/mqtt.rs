@@ -4,8 +4,9 @@
 //! the state of `active_power_import` against the simulated KSEM, stale → offline → online,
 //! Home Assistant's `online` → configs republished, broker restart → state again, SIGKILL
 //! of the real binary → the last will, wrong credentials → one clear error while the RTU
-//! side is served, TLS with a CA made here (openssl), and KSTAR commands (accepted, refused,
-//! no answer).
+//! side is served, TLS with a CA made here (openssl), KSTAR commands (accepted, refused,
+//! no answer), and two KSTAR devices on one bus (`devices:`) as two HA devices through the
+//! real binary.
 //!
 //! Without the Mosquitto tools a test is skipped with a reason, except under `CI=true`,
 //! where it fails (`.ci/run` installs them).
@@ -1023,4 +1024,205 @@ writable: [3044, 3200]
         .json("ks/set/working_mode/result", Duration::from_secs(30))
         .await;
     assert_eq!(r["outcome"], "no_answer", "{r}");
+}
+
+/// Read `sub` until each topic of `want` has its latest payload accepted by `ok` (JSON
+/// payloads parsed, others as strings); panics naming the missing ones after `within`.
+/// Retained configs, states and availabilities arrive in any order.
+async fn collect(
+    sub: &mut Sub,
+    want: &[&str],
+    ok: impl Fn(&str, &Json) -> bool,
+    within: Duration,
+) -> std::collections::HashMap<String, Json> {
+    let mut got = std::collections::HashMap::new();
+    let done = |got: &std::collections::HashMap<String, Json>| {
+        want.iter().all(|t| got.get(*t).is_some_and(|j| ok(t, j)))
+    };
+    let all = sub
+        .wait(
+            |line| {
+                if let Some((topic, body)) = line.split_once(' ') {
+                    if want.contains(&topic) {
+                        let j = serde_json::from_str::<Json>(body)
+                            .unwrap_or_else(|_| Json::String(body.to_string()));
+                        got.insert(topic.to_string(), j);
+                    }
+                }
+                done(&got)
+            },
+            within,
+        )
+        .await;
+    assert!(
+        all.is_some(),
+        "within {within:?}, missing {:?} in {got:?}",
+        want.iter()
+            .filter(|t| !got.get(**t).is_some_and(|j| ok(t, j)))
+            .collect::<Vec<_>>()
+    );
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_devices_on_one_bus_are_two_ha_devices_with_their_own_commands() {
+    if !tools(&[]) {
+        return;
+    }
+    let broker = Broker::start("devices", "allow_anonymous true");
+    let path = profile("kstar-hybrid.yaml");
+    let prof = airbridge::control::profile::load(&path).expect("profile");
+    let unit = |u: u8| {
+        Device::new(
+            prof.clone(),
+            DeviceOptions {
+                unit: u,
+                seed: u64::from(u),
+                frozen: true,
+                ..Default::default()
+            },
+        )
+    };
+    let devs = [unit(1), unit(2)];
+    assert!(devs[0].set("pv1_voltage", &[1111]));
+    assert!(devs[1].set("pv1_voltage", &[2222]));
+    let (dev_end, gw_end) = SerialStream::pair().expect("pty pair");
+    let tty = tokio_serial::SerialPort::name(&gw_end).expect("pty has a path");
+    drop(gw_end); // the gateway opens it itself
+    let cancel = CancellationToken::new();
+    let _guard = cancel.clone().drop_guard();
+    let bus = devs.to_vec();
+    let c = cancel.clone();
+    tokio::spawn(async move { device::serve_bus(dev_end, &bus, c).await });
+
+    let mut sub = Sub::start(
+        broker.port,
+        &["gw/+/+/state", "gw/+/+/availability", "homeassistant/#"],
+        false,
+    )
+    .await;
+    let mut results = Sub::start(broker.port, &["gw/+/set/+/result"], false).await;
+    let dir = temp_dir("devices");
+    let cfg = dir.join("gateway.yaml");
+    let region =
+        "{name: live, start: 3000, count: 100, function: input, every: 300ms, max_age: 3s}";
+    std::fs::write(
+        &cfg,
+        format!(
+            "rtu_poll: {{device: '{tty}', baud: 9600, timeout: 200ms, gap: 5ms, retries: 1, offline_after: 3, probe_max: 1s}}
+tcp_server: {{listen: '127.0.0.1:{tcp}', allow_from: [127.0.0.1]}}
+mqtt: {{broker: 'mqtt://127.0.0.1:{mqtt}', client_id: gw-devices, topic: gw, interval: 200ms, commands: true}}
+devices:
+  - name: battery1
+    unit_id: 1
+    profile: '{prof}'
+    writable: [3200]
+    regions: [{region}]
+  - name: battery2
+    unit_id: 2
+    profile: '{prof}'
+    writable: [3044, 3200]
+    regions: [{region}]
+",
+            tcp = free_port(),
+            mqtt = broker.port,
+            prof = path.display()
+        ),
+    )
+    .expect("write config");
+    let child = common::run_quiet(&cfg);
+
+    // Two HA devices: own discovery node, own identifiers, own state topics.
+    let configs = [
+        "homeassistant/sensor/gw_battery1/pv1_voltage/config",
+        "homeassistant/sensor/gw_battery2/pv1_voltage/config",
+        "homeassistant/select/gw_battery2/working_mode/config",
+        "homeassistant/number/gw_battery1/active_power_setting/config",
+        "homeassistant/number/gw_battery2/active_power_setting/config",
+    ];
+    let states = ["gw/battery1/live/state", "gw/battery2/live/state"];
+    let online = [
+        "gw/battery1/live/availability",
+        "gw/battery2/live/availability",
+    ];
+    let want: Vec<&str> = configs
+        .iter()
+        .chain(&states)
+        .chain(&online)
+        .copied()
+        .collect();
+    let got = collect(
+        &mut sub,
+        &want,
+        |t, j| !t.ends_with("/availability") || j == "online",
+        Duration::from_secs(30),
+    )
+    .await;
+    let (s1, s2) = (&got[configs[0]], &got[configs[1]]);
+    assert_eq!(s1["state_topic"], "gw/battery1/live/state", "{s1}");
+    assert_eq!(s2["state_topic"], "gw/battery2/live/state", "{s2}");
+    assert_eq!(
+        s2["availability"],
+        serde_json::json!([{"topic": "gw/status"}, {"topic": "gw/battery2/live/availability"}])
+    );
+    let ids = |c: &Json| c["device"]["identifiers"].clone();
+    assert!(ids(s1).as_array().is_some_and(|a| !a.is_empty()), "{s1}");
+    assert_ne!(ids(s1), ids(s2), "two HA devices");
+    assert_ne!(s1["unique_id"], s2["unique_id"]);
+    assert_eq!(s1["device"]["name"], "battery1");
+    assert_eq!(s2["device"]["name"], "battery2");
+    // One device block per device; command entities from each device's `writable:`.
+    assert_eq!(ids(&got[configs[3]]), ids(s1));
+    assert_eq!(ids(&got[configs[2]]), ids(s2));
+    assert_eq!(ids(&got[configs[4]]), ids(s2));
+    assert_eq!(
+        got[configs[2]]["command_topic"],
+        "gw/battery2/set/working_mode"
+    );
+    assert_eq!(
+        got[configs[3]]["command_topic"],
+        "gw/battery1/set/active_power_setting"
+    );
+    // Each state carries its own unit's values; both regions are online.
+    assert_eq!(got[states[0]]["pv1_voltage"], serde_json::json!(111.1));
+    assert_eq!(got[states[1]]["pv1_voltage"], serde_json::json!(222.2));
+
+    // A command on device 2's topic reaches unit 2 only.
+    publish(broker.port, "gw/battery2/set/working_mode", "1", false);
+    let r = results
+        .json("gw/battery2/set/working_mode/result", PATIENCE)
+        .await;
+    assert_eq!(r["outcome"], "accepted", "{r}");
+    let mode = prof.get("working_mode").expect("reg").clone();
+    assert_eq!(devs[1].words(&mode), vec![1]);
+    assert_eq!((devs[0].applied().len(), devs[1].applied().len()), (0, 1));
+    // Device 1 has 3044 off its `writable:` list: refused on its own result topic.
+    publish(broker.port, "gw/battery1/set/working_mode", "1", false);
+    let r = results
+        .json("gw/battery1/set/working_mode/result", PATIENCE)
+        .await;
+    assert_eq!(r["outcome"], "refused", "{r}");
+    assert!(
+        r["reason"].as_str().is_some_and(|s| s.contains("writable")),
+        "{r}"
+    );
+    assert_eq!((devs[0].applied().len(), devs[1].applied().len()), (0, 1));
+    // What it lists goes to unit 1 only.
+    publish(
+        broker.port,
+        "gw/battery1/set/active_power_setting",
+        "85",
+        false,
+    );
+    let r = results
+        .json("gw/battery1/set/active_power_setting/result", PATIENCE)
+        .await;
+    assert_eq!(r["outcome"], "accepted", "{r}");
+    let limit = prof.get("active_power_setting").expect("reg").clone();
+    assert_eq!(devs[0].words(&limit), vec![85]);
+    assert_ne!(devs[1].words(&limit), vec![85]);
+    assert_eq!((devs[0].applied().len(), devs[1].applied().len()), (1, 1));
+
+    common::terminate(child);
+    let _ = std::fs::remove_dir_all(&dir);
 }

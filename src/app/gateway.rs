@@ -154,7 +154,7 @@ impl Gateway {
                 "poller"
             });
         }
-        let mut writes = None;
+        let mut writes = Vec::new();
         let tcp_addr = match start_meter_tcp(&config, &handles, &mut tasks, &cancel).await? {
             Some(addr) => Some(addr),
             None => start_kstar(&config, &handles, bus, &mut tasks, &cancel, &mut writes).await?,
@@ -227,7 +227,7 @@ async fn start_kstar(
     bus: BusPort,
     tasks: &mut JoinSet<&'static str>,
     cancel: &CancellationToken,
-    mqtt_writes: &mut Option<MqttWrites>,
+    mqtt_writes: &mut Vec<Option<MqttWrites>>,
 ) -> anyhow::Result<Option<SocketAddr>> {
     let (queue, jobs) = tokio::sync::mpsc::channel(QUEUE_DEPTH);
     // Each device's write policy: its profile and `writable:` list (the one-device form's
@@ -277,10 +277,11 @@ async fn start_kstar(
             "tcp server"
         });
     }
-    // MQTT commands go to the one device of the one-device form (`devices:` has no mqtt yet).
-    if let (Some(Some(p)), false) = (policies.first(), config.named_devices()) {
-        *mqtt_writes = Some((Arc::clone(p), queue.clone()));
-    }
+    // MQTT commands: each device's own policy, into the same queue as the TCP writes.
+    *mqtt_writes = policies
+        .iter()
+        .map(|p| p.as_ref().map(|p| (Arc::clone(p), queue.clone())))
+        .collect();
     drop(queue);
     if let Some(mut poller) = RtuPoller::new(
         config,
@@ -348,41 +349,73 @@ async fn start_meter_tcp(
 type MqttWrites = (Arc<WritePolicy>, crate::control::writes::WriteQueue);
 
 /// Start the MQTT publisher if the config has `mqtt:`. It never fails the start: a profile
-/// that does not load is logged and MQTT stays off (the Modbus side runs on).
+/// that does not load is logged and MQTT stays off (the Modbus side runs on). `writes`: per
+/// device of the bus (as `config.devices`), its write policy and queue, if it takes writes.
 fn start_mqtt(
     config: &Config,
     profile: Option<&crate::control::profile::Profile>,
     handles: &Handles,
-    writes: Option<MqttWrites>,
+    mut writes: Vec<Option<MqttWrites>>,
     tasks: &mut JoinSet<&'static str>,
     cancel: &CancellationToken,
 ) {
-    use crate::servers::mqtt::{commands::Commands, MqttServer};
+    use crate::servers::mqtt::{commands::Commands, DeviceSource, MqttServer};
     let Some(mqtt) = &config.mqtt else { return };
-    let profile = match (profile, &config.profile) {
-        (Some(p), _) => p.clone(),
-        (None, Some(r)) => match crate::control::profile::load(&r.path) {
-            Ok(p) => p,
+    let load = |r: Option<&crate::config::ProfileRef>| match r {
+        Some(r) => crate::control::profile::load(&r.path).map_err(|e| e.to_string()),
+        None => Err("no register profile".to_string()),
+    };
+    let deadline = write_deadline(config);
+    let mut commands = |index: usize| {
+        writes
+            .get_mut(index)
+            .and_then(Option::take)
+            .map(|(policy, queue)| Commands {
+                policy,
+                queue,
+                deadline,
+                device: index,
+            })
+    };
+    // `devices:`: one HA device per device of the bus, each from its own profile.
+    let profiles: Vec<(String, usize, crate::control::profile::Profile)> = if config.named_devices()
+    {
+        let mut out = Vec::new();
+        for (i, d) in config.devices.iter().enumerate() {
+            match load(d.profile.as_ref()) {
+                Ok(p) => out.push((d.name.clone(), i, p)),
+                Err(e) => {
+                    tracing::error!(device = %d.name, "mqtt: {e}; MQTT stays off");
+                    return;
+                }
+            }
+        }
+        out
+    } else {
+        match profile
+            .cloned()
+            .map_or_else(|| load(config.profile.as_ref()), Ok)
+        {
+            Ok(p) => vec![(String::new(), 0, p)],
             Err(e) => {
                 tracing::error!("mqtt: {e}; MQTT stays off");
                 return;
             }
-        },
-        (None, None) => {
-            tracing::error!("mqtt: no register profile; MQTT stays off");
-            return;
         }
     };
-    let commands = writes.map(|(policy, queue)| Commands {
-        policy,
-        queue,
-        deadline: write_deadline(config),
-    });
-    let server = MqttServer::new(
+    let sources = profiles
+        .iter()
+        .map(|(name, index, profile)| DeviceSource {
+            name: name.clone(),
+            index: *index,
+            profile,
+            commands: commands(*index),
+        })
+        .collect();
+    let server = MqttServer::with_devices(
         mqtt.clone(),
         Arc::clone(&handles.image),
-        &profile,
-        commands,
+        sources,
         Arc::clone(&handles.mqtt),
     );
     let c = cancel.clone();

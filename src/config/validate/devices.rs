@@ -299,4 +299,37 @@ tcp_server: {listen: '127.0.0.1:0', allow_from: [127.0.0.1]}
         );
         assert!(m.contains("overlaps"), "{m}");
     }
+
+    #[test]
+    fn mqtt_works_with_devices_each_with_its_profile() {
+        let with = |name: &str, extra: &str| {
+            format!("  - name: {name}\n    unit_id: {}\n    profile: p.yaml\n{extra}    regions:\n      - {{name: live, start: 3000, count: 100, function: input, every: 1s}}\n", name.len())
+        };
+        let mqtt = "mqtt: {broker: 'mqtt://127.0.0.1', topic: ks, commands: true}\n";
+        // Commands, with a `writable:` list on one device: accepted (was refused outright).
+        let text = format!(
+            "{BUS}{mqtt}devices:\n{}{}",
+            with("a", "    writable: [3044]\n"),
+            with("bb", "")
+        );
+        let c = parse(&text, "d.yaml")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .config;
+        assert!(c.mqtt.as_ref().is_some_and(|m| m.commands));
+        assert!(c.named_devices());
+        // Commands without any device's `writable:` list: refused as in the one-device form.
+        let text = format!("{BUS}{mqtt}devices:\n{}{}", with("a", ""), with("bb", ""));
+        let (_, key, m) = invalid(&text);
+        assert_eq!(key, "mqtt.commands");
+        assert!(m.contains("writable"), "{m}");
+        // A device without a profile: nothing to name its values by.
+        let text = format!(
+            "{BUS}{mqtt}devices:\n{}{}",
+            with("a", "    writable: [3044]\n"),
+            dev("bb", "unit_id: 2")
+        );
+        let (l, key, m) = invalid(&text);
+        assert_eq!((l, key.as_str()), (3, "mqtt"));
+        assert!(m.contains("`bb` has no `profile:`"), "{m}");
+    }
 }

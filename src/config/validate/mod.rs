@@ -213,18 +213,29 @@ impl Validator<'_> {
             .as_ref()
             .map(|s| self.status(s, push.as_ref()))
             .transpose()?;
-        let writes = rtu_poll.is_some() && !writable.is_empty();
-        if let (Some(m), Some(_)) = (&raw.mqtt, &named_devices) {
-            return Err(self.err(
-                line(m),
-                "mqtt",
-                "not yet with `devices:` (one HA device per RS485 device is issue 12); use the one-device form or leave mqtt out",
-            ));
-        }
+        // With `devices:`, MQTT publishes each device from its own profile (one HA device
+        // each), and commands need some device with a `writable:` list.
+        let (has_profile, writes) = match &named_devices {
+            Some(d) => {
+                if let (Some(m), Some(bare)) = (&raw.mqtt, d.iter().find(|d| d.profile.is_none())) {
+                    return Err(self.err(
+                        line(m),
+                        "mqtt",
+                        format!("device `{}` has no `profile:`; MQTT publishes the values each device's profile names (one Home Assistant device per device)", bare.name),
+                    ));
+                }
+                let writes = d.iter().any(|d| !d.writable.is_empty());
+                (true, rtu_poll.is_some() && writes)
+            }
+            None => (
+                raw.profile.is_some(),
+                rtu_poll.is_some() && !writable.is_empty(),
+            ),
+        };
         let mqtt = raw
             .mqtt
             .as_ref()
-            .map(|m| mqtt::validate(m, self.origin, raw.profile.is_some(), writes))
+            .map(|m| mqtt::validate(m, self.origin, has_profile, writes))
             .transpose()?;
         // One code path: the one-device form is a list of one unnamed device.
         let devices = match (named_devices, &rtu_poll) {

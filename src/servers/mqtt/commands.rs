@@ -1,7 +1,8 @@
 //! Commands over MQTT (KSTAR, off unless `mqtt.commands: true`): a value published on
 //! `<topic>/set/<register>` becomes the same [`WriteJob`] a Modbus TCP client's write
 //! would, through the same [`WritePolicy`] (profile, `writable:` list, range), the same
-//! queue and the same deadline; its outcome is published on `<topic>/set/<register>/result`
+//! queue and the same deadline (with `devices:`, `<topic>/<device>/set/<register>`: that
+//! device's policy and writes); its outcome is published on `<topic>/set/<register>/result`
 //! and logged like a TCP write. Touches the write queue and reads the image (for the old
 //! value in the log line); never the bus.
 
@@ -26,6 +27,8 @@ pub struct Commands {
     pub queue: WriteQueue,
     /// How long a write may wait for queue + bus (the TCP server's deadline).
     pub deadline: Duration,
+    /// The device on the bus the writes go to (index in `Config::devices`; 0 with one).
+    pub device: usize,
 }
 
 /// What became of one command.
@@ -172,7 +175,7 @@ impl Commands {
             .readable()
             .then(|| {
                 let snap = image.load();
-                let table = image.table_for(register.function.read_code());
+                let table = image.device_table(self.device, register.function.read_code());
                 image.read_words_in(&snap, table, register.address, register.words)
             })
             .flatten()
@@ -182,7 +185,7 @@ impl Commands {
             );
         let change = format!("{name} {address} {old} -> {new}");
         let (tx, rx) = oneshot::channel();
-        let job = WriteJob::new(fc, address, values, tx);
+        let job = WriteJob::new(fc, address, values, tx).to_device(self.device);
         if self.queue.try_send(job).is_err() {
             tracing::warn!(
                 source = "mqtt",

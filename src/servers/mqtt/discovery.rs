@@ -11,24 +11,43 @@ use super::state::{Field, RegionPlan};
 use crate::config::MqttConfig;
 use crate::control::profile::Register;
 
-/// The gateway's topics, from the config.
+/// The topics of one HA device, from the config.
+///
+/// The one-device form: `<topic>/<region>/state`, `<topic>/set/<register>`, node
+/// `<topic>`. With `devices:`, each device one level down: `<topic>/<device>/<region>/state`,
+/// `<topic>/<device>/set/<register>`, node `<topic>_<device>` (device names are letters,
+/// digits, `_` and `-`, so every level is a valid topic level and object id).
 #[derive(Debug, Clone)]
 pub struct Topics {
-    /// Base topic (`airbridge`).
+    /// Base topic (`airbridge`): the gateway's own status lives here.
     pub base: String,
+    /// Where this device's state, availability and command topics live: the base topic, or
+    /// `<base>/<device>` with `devices:`.
+    pub prefix: String,
     /// Discovery prefix (`homeassistant`), `None` when discovery is off.
     pub discovery: Option<String>,
-    /// The node id in discovery topics: the base topic with `/` as `_`.
+    /// The node id in discovery topics: the base topic with `/` as `_` (and `_<device>`).
     pub node: String,
 }
 
 impl Topics {
+    /// The topics of the one-device form.
     pub fn new(cfg: &MqttConfig) -> Self {
         Topics {
             base: cfg.topic.clone(),
+            prefix: cfg.topic.clone(),
             discovery: cfg.discovery.clone(),
             node: sanitize(&cfg.topic),
         }
+    }
+    /// The topics of device `name` of `devices:` (the one-device form for an empty name).
+    pub fn device(cfg: &MqttConfig, name: &str) -> Self {
+        let mut t = Topics::new(cfg);
+        if !name.is_empty() {
+            t.prefix = format!("{}/{name}", t.base);
+            t.node = format!("{}_{}", t.node, sanitize(name));
+        }
+        t
     }
     /// The gateway's availability (`online`/`offline`, retained; the last will).
     pub fn gateway(&self) -> String {
@@ -36,23 +55,31 @@ impl Topics {
     }
     /// A region's state messages (JSON).
     pub fn state(&self, region: &str) -> String {
-        format!("{}/{}/state", self.base, region)
+        format!("{}/{}/state", self.prefix, region)
     }
     /// A region's availability (`online` while fresh, `offline` when stale; retained).
     pub fn availability(&self, region: &str) -> String {
-        format!("{}/{}/availability", self.base, region)
+        format!("{}/{}/availability", self.prefix, region)
     }
     /// The command topic of a register (a value to write).
     pub fn command(&self, register: &str) -> String {
-        format!("{}/set/{}", self.base, register)
+        format!("{}/set/{}", self.prefix, register)
     }
-    /// Every command topic (the subscription).
+    /// Every command topic of this device (the subscription).
     pub fn commands(&self) -> String {
-        format!("{}/set/+", self.base)
+        format!("{}/set/+", self.prefix)
+    }
+    /// The register a message on `topic` commands, if it is one of this device's command
+    /// topics.
+    pub fn command_name<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        topic
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix("/set/")
+            .filter(|n| !n.is_empty() && !n.contains('/'))
     }
     /// Where a command's outcome is published.
     pub fn result(&self, register: &str) -> String {
-        format!("{}/set/{}/result", self.base, register)
+        format!("{}/set/{}/result", self.prefix, register)
     }
     /// Home Assistant's birth/will topic (`online` after it starts).
     pub fn ha_status(&self) -> Option<String> {
@@ -135,6 +162,19 @@ impl Device {
             sw_version,
             serial_number: serial,
         }
+    }
+
+    /// Device `name` of `devices:` (node `<topic>_<device>`): named after it, and identified
+    /// by the node, plus the serial number where its profile has one. The node alone keeps
+    /// two devices apart even if they report the same serial number (or none).
+    pub fn named(name: &str, profile_name: &str, node: &str, values: &Map<String, Json>) -> Device {
+        let mut d = Device::new(profile_name, node, values);
+        d.id = match &d.serial_number {
+            Some(s) => format!("airbridge_{node}_{}", sanitize(s)),
+            None => format!("airbridge_{node}"),
+        };
+        d.name = name.to_string();
+        d
     }
 
     fn json(&self) -> Json {
@@ -444,5 +484,78 @@ mod tests {
         assert_eq!(topic, "homeassistant/select/home_meter/working_mode/config");
         assert_eq!(c["options"].as_array().unwrap().len(), 3);
         assert_eq!(c["availability"], json!([{"topic": "home/meter/status"}]));
+    }
+
+    #[test]
+    fn each_device_of_devices_has_its_own_topics_node_and_ids() {
+        let c = cfg();
+        // The one-device form's topics are what they always were.
+        let one = Topics::device(&c, "");
+        assert_eq!(one.state("live"), Topics::new(&c).state("live"));
+        assert_eq!(one.node, "home_meter");
+        assert_eq!(
+            one.command_name("home/meter/set/working_mode"),
+            Some("working_mode")
+        );
+        let (a, b) = (
+            Topics::device(&c, "battery1"),
+            Topics::device(&c, "battery2"),
+        );
+        assert_eq!(a.gateway(), "home/meter/status");
+        assert_eq!(a.state("live"), "home/meter/battery1/live/state");
+        assert_eq!(
+            a.availability("live"),
+            "home/meter/battery1/live/availability"
+        );
+        assert_eq!(a.commands(), "home/meter/battery1/set/+");
+        assert_eq!(
+            a.result("working_mode"),
+            "home/meter/battery1/set/working_mode/result"
+        );
+        assert_eq!(
+            a.config("sensor", "pv1_voltage").as_deref(),
+            Some("homeassistant/sensor/home_meter_battery1/pv1_voltage/config")
+        );
+        // A command is routed by its device level only.
+        assert_eq!(a.command_name("home/meter/battery1/set/x"), Some("x"));
+        assert_eq!(b.command_name("home/meter/battery1/set/x"), None);
+        assert_eq!(a.command_name("home/meter/battery1/set/x/result"), None);
+        assert_eq!(a.command_name("home/meter/battery10/set/x"), None);
+        assert_eq!(a.command_name("home/meter/battery1/set/"), None);
+        for t in [&a, &b] {
+            for topic in [t.state("live"), t.commands(), t.result("x")] {
+                assert!(!topic.contains('#') && !topic.contains('.'), "{topic}");
+            }
+        }
+
+        // Same profile, same serial (or none): still two HA devices, and no entity shared.
+        let p = load("kstar-hybrid.yaml");
+        let plan = super::super::state::plan(&[spec("live", 3000, 125, Some(Function::Input))], &p);
+        let f = &plan[0].fields[0];
+        let mut serial = Map::new();
+        serial.insert("serial_number".into(), json!("KS-1"));
+        for values in [Map::new(), serial] {
+            let da = Device::named("battery1", &p.name, &a.node, &values);
+            let db = Device::named("battery2", &p.name, &b.node, &values);
+            assert_ne!(da.id, db.id);
+            assert_eq!(da.name, "battery1");
+            let (ta, ca) = sensor(&a, &da, &plan[0], f).unwrap();
+            let (tb, cb) = sensor(&b, &db, &plan[0], f).unwrap();
+            assert_ne!(ta, tb);
+            assert_ne!(ca["unique_id"], cb["unique_id"]);
+            assert_ne!(ca["device"]["identifiers"], cb["device"]["identifiers"]);
+            assert_eq!(ca["state_topic"], "home/meter/battery1/live/state");
+            assert_eq!(
+                ca["availability"][1]["topic"],
+                "home/meter/battery1/live/availability"
+            );
+        }
+        let with = Device::named("battery1", &p.name, &a.node, &{
+            let mut m = Map::new();
+            m.insert("serial_number".into(), json!("KS 1"));
+            m
+        });
+        assert_eq!(with.id, "airbridge_home_meter_battery1_KS_1");
+        assert_eq!(with.serial_number.as_deref(), Some("KS 1"));
     }
 }

@@ -15,6 +15,11 @@
 //! - Discovery configs ([`discovery`]), republished when Home Assistant announces `online`.
 //! - Commands ([`commands`]), only with `mqtt.commands: true`.
 //!
+//! With `devices:` each device on the bus is its own Home Assistant device: its topics one
+//! level down (`<topic>/<device>/<region>/state`, `…/availability`, `<topic>/<device>/set/…`),
+//! its own discovery node, `device` block and entities, from its own profile; commands go
+//! to its own write policy. `<topic>/status` stays the gateway's.
+//!
 //! It reads the [`Image`] through snapshots only and never waits on anything the RTU side
 //! waits on: a broker that is down, slow or refusing costs the inverter nothing. Nothing
 //! queues up while disconnected: each connection gets a fresh client, and a state that does
@@ -78,28 +83,50 @@ pub struct MqttStats {
     pub commands: AtomicU64,
 }
 
-/// The MQTT publisher of one gateway.
-pub struct MqttServer {
-    /// The `mqtt:` section.
-    cfg: MqttConfig,
-    /// Topic layout.
+/// What the publisher needs to know about one device on the bus (or the one device).
+pub struct DeviceSource<'a> {
+    /// `devices[].name`; empty for the one-device form (whose topics stay as they were).
+    pub name: String,
+    /// Its index in `Config::devices` (its regions carry it; 0 for the one device).
+    pub index: usize,
+    /// Its profile: the names, units and scales of its values.
+    pub profile: &'a Profile,
+    /// Its write policy and queue, with `mqtt.commands: true` and a `writable:` list.
+    pub commands: Option<Commands>,
+}
+
+/// One Home Assistant device the publisher serves.
+struct Unit {
+    /// `devices[].name`, empty for the one-device form.
+    name: String,
+    /// Its topic layout.
     topics: Topics,
-    /// What the servers read; snapshots only.
-    image: Arc<Image>,
     /// The profile's name (device name and fallback model).
     profile_name: String,
-    /// Regions with named values.
+    /// Its regions with named values.
     plan: Vec<RegionPlan>,
     /// Writable registers that get a command entity (empty without commands).
     writable: Vec<crate::control::profile::Register>,
     /// `Some` with `mqtt.commands: true` and a write queue.
     commands: Option<Commands>,
+}
+
+/// The MQTT publisher of one gateway.
+pub struct MqttServer {
+    /// The `mqtt:` section.
+    cfg: MqttConfig,
+    /// The gateway's own topics (status, Home Assistant's birth).
+    topics: Topics,
+    /// What the servers read; snapshots only.
+    image: Arc<Image>,
+    /// The HA devices: one, or one per device of `devices:`.
+    units: Vec<Unit>,
     /// Connection and publish counters, for `/metrics`.
     stats: Arc<MqttStats>,
 }
 
 impl MqttServer {
-    /// A publisher for `image` decoded through `profile`.
+    /// A publisher for `image` decoded through `profile` (the one-device form).
     pub fn new(
         cfg: MqttConfig,
         image: Arc<Image>,
@@ -107,26 +134,52 @@ impl MqttServer {
         commands: Option<Commands>,
         stats: Arc<MqttStats>,
     ) -> Self {
-        let plan = state::plan(image.specs(), profile);
-        let commands = commands.filter(|_| cfg.commands);
-        let writable = commands
-            .as_ref()
-            .map(|c| {
-                c.policy
-                    .allowed()
-                    .iter()
-                    .filter_map(|n| c.policy.profile().get(n).cloned())
-                    .collect()
+        let one = DeviceSource {
+            name: String::new(),
+            index: 0,
+            profile,
+            commands,
+        };
+        Self::with_devices(cfg, image, vec![one], stats)
+    }
+
+    /// A publisher with one HA device per entry of `devices` (`devices:`).
+    pub fn with_devices(
+        cfg: MqttConfig,
+        image: Arc<Image>,
+        devices: Vec<DeviceSource<'_>>,
+        stats: Arc<MqttStats>,
+    ) -> Self {
+        let units = devices
+            .into_iter()
+            .map(|d| {
+                let plan = state::plan_device(image.specs(), d.profile, d.index, &d.name);
+                let commands = d.commands.filter(|_| cfg.commands);
+                let writable = commands
+                    .as_ref()
+                    .map(|c| {
+                        c.policy
+                            .allowed()
+                            .iter()
+                            .filter_map(|n| c.policy.profile().get(n).cloned())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Unit {
+                    topics: Topics::device(&cfg, &d.name),
+                    name: d.name,
+                    profile_name: d.profile.name.clone(),
+                    plan,
+                    writable,
+                    commands,
+                }
             })
-            .unwrap_or_default();
+            .collect();
         MqttServer {
             topics: Topics::new(&cfg),
             cfg,
             image,
-            profile_name: profile.name.clone(),
-            plan,
-            writable,
-            commands,
+            units,
             stats,
         }
     }
@@ -174,8 +227,11 @@ impl MqttServer {
 
     /// Room for one full set of messages (discovery, availability, states) and some results.
     fn queue_capacity(&self) -> usize {
-        let fields: usize = self.plan.iter().map(|r| r.fields.len()).sum();
-        fields + self.writable.len() + 2 * self.plan.len() + 64
+        let per_unit = |u: &Unit| {
+            let fields: usize = u.plan.iter().map(|r| r.fields.len()).sum();
+            fields + u.writable.len() + 2 * u.plan.len()
+        };
+        self.units.iter().map(per_unit).sum::<usize>() + 64
     }
 
     /// Connection options for one attempt (reads the password and CA files now).
@@ -218,7 +274,7 @@ impl MqttServer {
         problem: &mut Option<String>,
         backoff: &mut Backoff,
     ) -> Ended {
-        let mut s = Session::new(self.plan.len());
+        let mut s = self.new_session();
         let mut tick = tokio::time::interval(self.cfg.interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let broker = format!("{}:{}", self.cfg.host, self.cfg.port);
@@ -233,7 +289,7 @@ impl MqttServer {
                 _ = tick.tick(), if s.connected => self.publish(&client, &mut s),
                 ev = events.poll() => match ev {
                     Ok(Event::Incoming(Packet::ConnAck(ack))) if ack.code == ConnectReturnCode::Success => {
-                        s = Session::new(self.plan.len());
+                        s = self.new_session();
                         s.connected = true;
                         self.stats.connected.store(1, Relaxed);
                         self.stats.connects.fetch_add(1, Relaxed);
@@ -268,10 +324,22 @@ impl MqttServer {
         if let Some(t) = self.topics.ha_status() {
             let _ = client.try_subscribe(t, QoS::AtLeastOnce);
         }
-        if self.commands.is_some() {
-            let _ = client.try_subscribe(self.topics.commands(), QoS::AtLeastOnce);
+        for u in self.units.iter().filter(|u| u.commands.is_some()) {
+            let _ = client.try_subscribe(u.topics.commands(), QoS::AtLeastOnce);
         }
         self.publish(client, s);
+    }
+
+    fn new_session(&self) -> Session {
+        Session {
+            connected: false,
+            started: Instant::now(),
+            units: self
+                .units
+                .iter()
+                .map(|u| UnitSession::new(u.plan.len()))
+                .collect(),
+        }
     }
 
     /// A message from the broker: Home Assistant's birth, or a command.
@@ -280,23 +348,22 @@ impl MqttServer {
         if Some(&p.topic) == self.topics.ha_status().as_ref() {
             if payload.trim() == "online" {
                 tracing::info!("mqtt: Home Assistant is online; republishing discovery and state");
-                s.discovery_sent = false;
-                s.last = vec![None; self.plan.len()];
-                s.last_sent = vec![None; self.plan.len()];
+                for us in &mut s.units {
+                    us.discovery_sent = false;
+                    us.last.iter_mut().for_each(|l| *l = None);
+                    us.last_sent.iter_mut().for_each(|l| *l = None);
+                }
                 self.publish(client, s);
             }
             return;
         }
-        let Some(commands) = &self.commands else {
+        let Some((k, commands, name)) = self.units.iter().enumerate().find_map(|(k, u)| {
+            let commands = u.commands.as_ref()?;
+            Some((k, commands, u.topics.command_name(&p.topic)?))
+        }) else {
             return;
         };
-        let Some(name) = p
-            .topic
-            .strip_prefix(&format!("{}/set/", self.topics.base))
-            .filter(|n| !n.is_empty() && !n.contains('/'))
-        else {
-            return;
-        };
+        let topics = &self.units[k].topics;
         self.stats.commands.fetch_add(1, Relaxed);
         let name = name.to_string();
         if p.retain {
@@ -305,27 +372,39 @@ impl MqttServer {
             let out = commands::Outcome::Refused(
                 "retained commands are ignored (they would be written at every reconnect)".into(),
             );
-            self.send_json(
-                client,
-                self.topics.result(&name),
-                &out.json(&name, &payload),
-            );
+            self.send_json(client, topics.result(&name), &out.json(&name, &payload));
             return;
         }
         let (me, client, commands) = (Arc::clone(self), client.clone(), commands.clone());
         tokio::spawn(async move {
             let out = commands.execute(&me.image, &name, &payload).await;
-            me.send_json(&client, me.topics.result(&name), &out.json(&name, &payload));
+            let topic = me.units[k].topics.result(&name);
+            me.send_json(&client, topic, &out.json(&name, &payload));
         });
     }
 
-    /// One tick: discovery when due, then per region availability and state.
+    /// One tick: for every device, discovery when due, then availability and state.
     fn publish(&self, client: &AsyncClient, s: &mut Session) {
         let snap = self.image.load_full();
         let now = Instant::now();
+        for (u, us) in self.units.iter().zip(&mut s.units) {
+            self.publish_unit(client, u, us, &snap, now, s.started);
+        }
+    }
+
+    /// One device's tick: discovery when due, then per region availability and state.
+    fn publish_unit(
+        &self,
+        client: &AsyncClient,
+        u: &Unit,
+        s: &mut UnitSession,
+        snap: &crate::image::Snapshot,
+        now: Instant,
+        started: Instant,
+    ) {
         let filled = |i: usize| snap.regions.get(i).is_some_and(|r| r.written.is_some());
-        if !s.discovery_sent && self.topics.discovery.is_some() {
-            let info: Vec<(usize, bool)> = self
+        if !s.discovery_sent && u.topics.discovery.is_some() {
+            let info: Vec<(usize, bool)> = u
                 .plan
                 .iter()
                 .filter_map(|r| {
@@ -336,23 +415,27 @@ impl MqttServer {
                 .collect();
             let serial_ready = info.iter().all(|&(i, serial)| !serial || filled(i));
             let all_ready = info.iter().all(|&(i, _)| filled(i));
-            if serial_ready && (all_ready || s.started.elapsed() >= DEVICE_WAIT) {
+            if serial_ready && (all_ready || started.elapsed() >= DEVICE_WAIT) {
                 let mut values = Map::new();
-                for r in self.plan.iter().filter(|r| filled(r.index)) {
+                for r in u.plan.iter().filter(|r| filled(r.index)) {
                     values.extend(r.payload(&snap.regions[r.index].words));
                 }
-                let device = Device::new(&self.profile_name, &self.topics.node, &values);
-                s.discovery_sent = self.discover(client, &device);
+                let device = if u.name.is_empty() {
+                    Device::new(&u.profile_name, &u.topics.node, &values)
+                } else {
+                    Device::named(&u.name, &u.profile_name, &u.topics.node, &values)
+                };
+                s.discovery_sent = self.discover(client, u, &device);
                 // Home Assistant subscribes to the state topics only after it has read the
                 // configs: send every state again on the next tick.
                 s.resend = s.discovery_sent;
             }
         }
-        for (k, r) in self.plan.iter().enumerate() {
-            let live = filled(r.index) && !self.image.is_stale(&snap, r.index, now);
+        for (k, r) in u.plan.iter().enumerate() {
+            let live = filled(r.index) && !self.image.is_stale(snap, r.index, now);
             if !live {
                 if s.online[k] != Some(false) {
-                    let t = self.topics.availability(&r.name);
+                    let t = u.topics.availability(&r.name);
                     if self.send(client, t, "offline", true, QoS::AtMostOnce) {
                         s.online[k] = Some(false);
                     }
@@ -366,7 +449,7 @@ impl MqttServer {
                 let body = Json::Object(payload.clone()).to_string();
                 if self.send(
                     client,
-                    self.topics.state(&r.name),
+                    u.topics.state(&r.name),
                     body,
                     false,
                     QoS::AtMostOnce,
@@ -382,35 +465,36 @@ impl MqttServer {
                 continue;
             }
             if going_online {
-                let t = self.topics.availability(&r.name);
+                let t = u.topics.availability(&r.name);
                 if self.send(client, t, "online", true, QoS::AtMostOnce) {
                     s.online[k] = Some(true);
                 }
             }
         }
         if std::mem::take(&mut s.resend) {
-            s.last = vec![None; self.plan.len()];
+            s.last.iter_mut().for_each(|l| *l = None);
         }
     }
 
-    /// Every discovery config; false if the client's queue was full (retried next tick).
-    fn discover(&self, client: &AsyncClient, device: &Device) -> bool {
+    /// Every discovery config of one device; false if the client's queue was full (retried
+    /// next tick).
+    fn discover(&self, client: &AsyncClient, u: &Unit, device: &Device) -> bool {
         let mut all = true;
         let mut n = 0usize;
-        for r in &self.plan {
+        for r in &u.plan {
             for f in &r.fields {
-                if let Some((topic, cfg)) = discovery::sensor(&self.topics, device, r, f) {
+                if let Some((topic, cfg)) = discovery::sensor(&u.topics, device, r, f) {
                     all &= self.send(client, topic, cfg.to_string(), true, QoS::AtMostOnce);
                     n += 1;
                 }
             }
         }
-        for reg in &self.writable {
-            let state = self
+        for reg in &u.writable {
+            let state = u
                 .plan
                 .iter()
                 .find_map(|r| r.field(&reg.name).map(|f| (r, f)));
-            if let Some((topic, cfg)) = discovery::command(&self.topics, device, reg, state) {
+            if let Some((topic, cfg)) = discovery::command(&u.topics, device, reg, state) {
                 all &= self.send(client, topic, cfg.to_string(), true, QoS::AtMostOnce);
                 n += 1;
             }
@@ -476,6 +560,12 @@ struct Session {
     connected: bool,
     /// When the connection attempt began (bounds the wait for device details).
     started: Instant,
+    /// Per HA device (as [`MqttServer::units`]): what went out for it.
+    units: Vec<UnitSession>,
+}
+
+/// What one connection has published for one HA device.
+struct UnitSession {
     /// The discovery configs went out on this connection.
     discovery_sent: bool,
     /// Forget the states sent, so that the next due tick sends them all again.
@@ -488,11 +578,9 @@ struct Session {
     last_sent: Vec<Option<Instant>>,
 }
 
-impl Session {
+impl UnitSession {
     fn new(regions: usize) -> Self {
-        Session {
-            connected: false,
-            started: Instant::now(),
+        UnitSession {
             discovery_sent: false,
             resend: false,
             online: vec![None; regions],

@@ -124,8 +124,22 @@ impl RegionPlan {
 /// inverter reads). Registers cut by a region's edge are left out (they would be torn), and
 /// so are regions without any named value.
 pub fn plan(specs: &[RegionSpec], profile: &Profile) -> Vec<RegionPlan> {
+    plan_device(specs, profile, 0, "")
+}
+
+/// [`plan`] for the regions of device `device` only (index in `Config::devices`), named
+/// without the `<name>.` prefix `devices:` gives them (`battery1.live` → `live`).
+pub fn plan_device(
+    specs: &[RegionSpec],
+    profile: &Profile,
+    device: usize,
+    name: &str,
+) -> Vec<RegionPlan> {
     let mut out = Vec::new();
     for (index, spec) in specs.iter().enumerate() {
+        if spec.device != device {
+            continue;
+        }
         let table = spec.table.unwrap_or(Function::Holding);
         let end = u32::from(spec.start) + u32::from(spec.count);
         let mut fields = Vec::new();
@@ -154,9 +168,15 @@ pub fn plan(specs: &[RegionSpec], profile: &Profile) -> Vec<RegionPlan> {
             }
         }
         if !fields.is_empty() {
+            let short = spec
+                .name
+                .strip_prefix(name)
+                .and_then(|n| n.strip_prefix('.'))
+                .filter(|_| !name.is_empty())
+                .unwrap_or(&spec.name);
             out.push(RegionPlan {
                 index,
-                name: spec.name.clone(),
+                name: short.to_string(),
                 fields,
             });
         }
@@ -282,5 +302,24 @@ pub(super) mod tests {
         );
         assert_eq!(number(f64::NAN), Json::Null);
         assert_eq!(number(f64::INFINITY), Json::Null);
+    }
+
+    #[test]
+    fn a_devices_plan_holds_its_own_regions_under_their_short_names() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/profiles/kstar-hybrid.yaml");
+        let h = crate::control::profile::load(std::path::Path::new(path)).unwrap();
+        let on = |name: &str, device: usize| RegionSpec {
+            device,
+            ..spec(name, 3000, 125, Some(Function::Input))
+        };
+        let specs = [on("battery1.live", 0), on("battery2.live", 1)];
+        let p = plan_device(&specs, &h, 1, "battery2");
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[0].index, p[0].name.as_str()), (1, "live"));
+        let p = plan_device(&specs, &h, 0, "battery1");
+        assert_eq!((p[0].index, p[0].name.as_str()), (0, "live"));
+        // The one-device form keeps its names as they are.
+        let p = plan(&[spec("live.x", 3000, 125, Some(Function::Input))], &h);
+        assert_eq!(p[0].name, "live.x");
     }
 }
