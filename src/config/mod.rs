@@ -348,8 +348,12 @@ impl RtuConfig {
 /// Time on the wire of `bytes` characters of `bits_per_char` bits each at `baud`: the one
 /// rule for the check's timeout warning, the bench's wire columns and the simulator's pacing.
 pub fn wire_time(bytes: usize, baud: u32, bits_per_char: u32) -> Duration {
-    let bits = (bytes as u64).saturating_mul(u64::from(bits_per_char));
-    Duration::from_micros(bits.saturating_mul(1_000_000) / u64::from(baud.max(1)))
+    let (bits, baud) = (
+        (bytes as u64).saturating_mul(u64::from(bits_per_char)),
+        u64::from(baud.max(1)),
+    );
+    // To the nearest microsecond.
+    Duration::from_micros((bits.saturating_mul(1_000_000) + baud / 2) / baud)
 }
 
 /// t3.5 for a baud rate, as the Modbus spec fixes it: 1750 µs above 19200 baud.
