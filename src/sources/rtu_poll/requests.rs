@@ -123,10 +123,17 @@ impl RtuPoller {
         let Some(t) = dev.tasks.get_mut(i) else {
             return Ok(());
         };
-        // Fixed rate: `every` counts from the start of this read, so a region keeps its
-        // configured interval however long the read takes on a slow bus; a read that took
-        // longer than `every` makes the region due at once (never a burst of catch-ups).
-        t.slot.next = (started + t.slot.every).max(done);
+        // Fixed rate: the next read is due one `every` after this one was due, so a region
+        // keeps its configured interval however long its read takes or waits behind other
+        // reads on a slow bus. A region that fell more than one interval behind is re-timed
+        // from this read's start (at once if the read took longer than `every`): never a
+        // burst of catch-up reads.
+        let on_time = t.slot.next + t.slot.every;
+        t.slot.next = if on_time > done {
+            on_time
+        } else {
+            (started + t.slot.every).max(done)
+        };
         match result {
             Ok(()) => {
                 if let Err(e) = image.commit_poll(t.slot.region, &words, started, done) {
