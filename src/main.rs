@@ -148,6 +148,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        quiet_on_closed_pipe();
+    }
     airbridge::ops::logging::init(cli.log_format);
     match cli.command {
         Command::Check { config } => check(&config),
@@ -495,5 +498,15 @@ async fn every_second_until_stopped(duration: Option<Duration>, mut report: impl
             () = &mut end => break,
             _ = tick.tick() => report(),
         }
+    }
+}
+
+/// A tool's output into a pipe that closed (`airbridge demo | head`) ends it quietly, as any
+/// Unix tool ends, instead of a panic in `println!`. Not for `run`: the gateway writes only to
+/// sockets (sent without SIGPIPE) and devices, and a vanished peer is an error it handles.
+fn quiet_on_closed_pipe() {
+    // SAFETY: called once at start, before any thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

@@ -161,3 +161,42 @@ fn help_describes_both_directions_and_every_option() {
         }
     }
 }
+
+/// `airbridge demo | head -1`: the demo prints on after the reader closed the pipe; it must
+/// end quietly (SIGPIPE, as any Unix tool), never with a panic ("failed printing to stdout").
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = common::airbridge_cmd()
+        .args(["demo", "--duration", "20s"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run airbridge demo");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    out.read_line(&mut first).expect("a first line");
+    assert!(!first.is_empty(), "the demo printed nothing");
+    drop(out); // the reader is gone, like `head -1` after its line
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the demo went on for 30 s after its reader closed the pipe");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+        .expect("stderr");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        status.signal() == Some(libc::SIGPIPE) || status.success(),
+        "{status:?}\n{err}"
+    );
+}
