@@ -438,3 +438,34 @@ async fn nothing_is_sent_after_shutdown_began() {
         start.elapsed()
     );
 }
+
+/// The device answers, then falls silent: the state is red and says who gets what (LAN
+/// clients, 0B — there is no inverter on a KSTAR config) and why (the device, not "nothing
+/// newer").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_falls_silent_is_named_in_the_state() {
+    let script: Script = Box::new(|n, _| (n < 3).then_some(Duration::ZERO));
+    let regions = "  - {name: live, start: 3000, count: 10, function: input, source: rtu_poll, every: 200ms, max_age: 1s, on_stale: exception}";
+    let rig = rig(
+        "timeout: 100ms, gap: 2ms, retries: 0, offline_after: 2, probe_max: 1s",
+        regions,
+        script,
+    )
+    .await;
+    let status = rig.gateway.status_addr.expect("status endpoint");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let st = loop {
+        let st = status_json(status).await;
+        if st["state"]["id"] == "silent_stale" {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "never silent_stale: {st:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(st["state"]["level"], "bad");
+    assert_eq!(
+        st["state"]["detail"],
+        "LAN clients get exception 0B: live older than max_age; the RS485 device does not answer (wiring, address, baud; a KSG sleeps at night)",
+        "{st:#}"
+    );
+}

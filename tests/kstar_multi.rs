@@ -216,6 +216,13 @@ devices:
     assert_eq!(devices[1]["regions"][0]["stale"], true, "{st}");
     assert!(devices[1]["counters"]["probes"].as_u64() >= Some(1), "{st}");
     assert_eq!(st["upstream"]["rtu_poll"]["state"], "offline", "{st}");
+    // The state says who gets what, and which device is the cause.
+    assert_eq!(st["state"]["id"], "silent_stale", "{st}");
+    assert_eq!(
+        st["state"]["detail"],
+        "LAN clients get exception 0B: battery2.live older than max_age; not answering: battery2 (unit 2)",
+        "{st}"
+    );
     let metrics = http_get(status_addr, "/metrics").await;
     for line in [
         "airbridge_region_stale{region=\"live\",device=\"battery2\"} 1",

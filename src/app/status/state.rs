@@ -27,8 +27,12 @@ pub enum State {
         /// Regions that never got data.
         waiting: Vec<String>,
     },
-    /// A region the inverter reads is older than its `max_age`: it gets silence.
+    /// A region is older than its `max_age`: the inverter gets silence (KSEM), LAN clients
+    /// get exception 0B (KSTAR).
     Silent {
+        /// Who gets what instead of the data: "the inverter gets silence", "LAN clients get
+        /// exception 0B".
+        clients: &'static str,
         /// The stale regions whose policy is not `serve`.
         regions: Vec<String>,
         /// Why they are stale (push missing, poller down), as far as known.
@@ -107,8 +111,12 @@ impl State {
                 "no reply until every region was filled once; waiting for {}",
                 waiting.join(", ")
             ),
-            State::Silent { regions, cause } => format!(
-                "the inverter gets silence: {} older than max_age; {cause}",
+            State::Silent {
+                clients,
+                regions,
+                cause,
+            } => format!(
+                "{clients}: {} older than max_age; {cause}",
                 regions.join(", ")
             ),
             State::PollerDown { cause, waiting } if waiting.is_empty() => {
@@ -228,10 +236,18 @@ pub fn assess(h: &Handles, now: Instant) -> State {
         if let Some(c) = &poller {
             cause.push(format!("the poller cannot read: {c}"));
         }
+        if config.rtu_poll.is_some() {
+            cause.extend(rtu_devices_offline(h));
+        }
         if cause.is_empty() {
             cause.push("their source delivers nothing newer".into());
         }
         return State::Silent {
+            clients: if config.rtu_slave {
+                "the inverter gets silence"
+            } else {
+                "LAN clients get exception 0B"
+            },
             regions: silent.iter().map(|&i| specs[i].name.clone()).collect(),
             cause: cause.join("; "),
         };
@@ -252,6 +268,23 @@ pub fn assess(h: &Handles, now: Instant) -> State {
         return State::ServingFallback { regions: fallback };
     }
     State::Serving
+}
+
+/// Which RS485 devices of the KSTAR bus do not answer, as a cause (`None` if all answer).
+fn rtu_devices_offline(h: &Handles) -> Option<String> {
+    let s = &h.rtu_poll;
+    if s.devices().is_empty() {
+        return (!s.online.load(Relaxed)).then(|| {
+            "the RS485 device does not answer (wiring, address, baud; a KSG sleeps at night)".into()
+        });
+    }
+    let offline: Vec<String> = s
+        .devices()
+        .iter()
+        .filter(|d| !d.stats.online.load(Relaxed))
+        .map(|d| format!("{} (unit {})", d.name, d.unit_id))
+        .collect();
+    (!offline.is_empty()).then(|| format!("not answering: {}", offline.join(", ")))
 }
 
 fn human(d: Duration) -> String {
