@@ -51,8 +51,11 @@ impl Default for DemoOptions {
 /// What the simulated inverter saw, at the end.
 #[derive(Debug, Clone)]
 pub struct DemoSummary {
+    /// The simulated inverter's request/reply/error counts: did the RTU side answer?
     pub inverter: inverter::InverterCounts,
+    /// The last values it decoded (grid power, voltages, frequency); `None` if no reply.
     pub last_view: Option<inverter::InverterView>,
+    /// Pushes of the simulated KSEM the gateway acknowledged: did the push side work?
     pub push_writes_ok: u64,
 }
 

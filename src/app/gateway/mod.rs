@@ -6,6 +6,14 @@
 //! stale/fresh). Everything is stopped by one
 //! [`CancellationToken`]. It reads the config and hands each role its part; the roles only
 //! meet in the [`Image`].
+//!
+//! The files: `kstar` (the RTU poller, the LAN TCP server and their write queue),
+//! `rtu_thread` (the RTU slave's own thread and its serial device). This file: the start
+//! (push server, KSEM poller, meter TCP server, MQTT, status page, journal dump) and the
+//! running gateway's task set.
+
+mod kstar;
+mod rtu_thread;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,15 +25,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::handles::Handles;
 use crate::config::Config;
-use crate::control::writes::{WritePolicy, QUEUE_DEPTH};
 use crate::image::Image;
-use crate::link::reopen::{self, Device};
 use crate::ops::journal::Journal;
-use crate::servers::modbus_tcp::{LanDevice, TcpServer};
 use crate::servers::rtu_slave::RtuSlave;
 use crate::sources::ksem_poll::Poller;
 use crate::sources::push::PushServer;
-use crate::sources::rtu_poll::RtuPoller;
+use kstar::{start_kstar, write_deadline, MqttWrites};
+use rtu_thread::spawn_rtu_thread;
 
 /// A byte stream the RTU slave can serve (a serial port, a pseudo-terminal, a test pipe).
 pub trait RtuStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -219,98 +225,6 @@ impl Gateway {
     }
 }
 
-/// Start the RTU poller (`rtu_poll:`) and the TCP server for LAN clients (`tcp_server:`),
-/// joined by the write queue. Returns where the TCP server listens.
-async fn start_kstar(
-    config: &Config,
-    handles: &Handles,
-    bus: BusPort,
-    tasks: &mut JoinSet<&'static str>,
-    cancel: &CancellationToken,
-    mqtt_writes: &mut Vec<Option<MqttWrites>>,
-) -> anyhow::Result<Option<SocketAddr>> {
-    let (queue, jobs) = tokio::sync::mpsc::channel(QUEUE_DEPTH);
-    // Each device's write policy: its profile and `writable:` list (the one-device form's
-    // top-level ones are its device's).
-    let mut policies = Vec::with_capacity(config.devices.len());
-    for d in &config.devices {
-        policies.push(match (&d.profile, d.writable.is_empty()) {
-            (Some(p), false) => {
-                let profile = crate::control::profile::load(&p.path)?;
-                let policy = WritePolicy::new(profile, &d.writable)
-                    .map_err(|(line, m)| anyhow::anyhow!("writable (line {line}): {m}"))?;
-                Some(Arc::new(policy))
-            }
-            _ => None,
-        });
-    }
-    let mut tcp_addr = None;
-    // A KSEM config's `tcp_server:` is the meter's read-only server ([`start_meter_tcp`]).
-    if let Some(tcp_cfg) = config
-        .tcp_server
-        .clone()
-        .filter(|_| config.rtu_poll.is_some())
-    {
-        let devices = config
-            .devices
-            .iter()
-            .zip(&policies)
-            .map(|(d, p)| LanDevice {
-                units: d.tcp_unit_id.clone(),
-                writes: p.as_ref().map(|p| (Arc::clone(p), queue.clone())),
-            })
-            .collect();
-        let server = TcpServer::bind(
-            tcp_cfg,
-            Arc::clone(&handles.image),
-            Arc::clone(&handles.tcp),
-            devices,
-            write_deadline(config),
-        )
-        .await?;
-        let addr = server.local_addr()?;
-        tracing::info!(%addr, "tcp server listening");
-        tcp_addr = Some(addr);
-        let c = cancel.clone();
-        tasks.spawn(async move {
-            server.run(c).await;
-            "tcp server"
-        });
-    }
-    // MQTT commands: each device's own policy, into the same queue as the TCP writes.
-    *mqtt_writes = policies
-        .iter()
-        .map(|p| p.as_ref().map(|p| (Arc::clone(p), queue.clone())))
-        .collect();
-    drop(queue);
-    if let Some(mut poller) = RtuPoller::new(
-        config,
-        Arc::clone(&handles.image),
-        Arc::clone(&handles.rtu_poll),
-        jobs,
-    ) {
-        let c = cancel.clone();
-        match bus {
-            BusPort::Device => {
-                tasks.spawn(async move {
-                    poller.run_device(c).await;
-                    "RTU poller"
-                });
-            }
-            BusPort::Stream(stream) => {
-                tasks.spawn(async move {
-                    if let Err(e) = poller.serve(stream, &c).await {
-                        tracing::error!("RTU bus stream failed: {e}");
-                    }
-                    c.cancelled().await;
-                    "RTU poller"
-                });
-            }
-        }
-    }
-    Ok(tcp_addr)
-}
-
 /// Start the meter's read-only TCP server for the house if this is a KSEM config with a
 /// `tcp_server:` section (no `rtu_poll:`). Returns where it listens.
 async fn start_meter_tcp(
@@ -344,9 +258,6 @@ async fn start_meter_tcp(
     });
     Ok(Some(addr))
 }
-
-/// What MQTT commands need from the KSTAR side: the write policy and the write queue.
-type MqttWrites = (Arc<WritePolicy>, crate::control::writes::WriteQueue);
 
 /// Start the MQTT publisher if the config has `mqtt:`. It never fails the start: a profile
 /// that does not load is logged and MQTT stays off (the Modbus side runs on). `writes`: per
@@ -423,126 +334,6 @@ fn start_mqtt(
         server.run(c).await;
         "mqtt"
     });
-}
-
-/// How long a LAN client's write may wait for its outcome: `write_timeout` in the queue
-/// (older writes are dropped unsent, with 0B), then the gap, the drain of a late reply and
-/// the reply timeout of its own transaction, plus a margin for the outcome to travel back.
-fn write_deadline(config: &Config) -> Duration {
-    let Some(p) = &config.rtu_poll else {
-        return Duration::from_secs(5);
-    };
-    p.write_timeout + p.gap + p.late_reply_window + p.timeout + Duration::from_millis(500)
-}
-
-/// Run the RTU slave on its own OS thread, in a current-thread runtime of its own, so that
-/// nothing else the gateway does (LAN readers, push floods, the status page) can delay a
-/// reply to the inverter: the slave's precise turnaround wait sleeps its thread (up to
-/// ~1 ms per reply), which on the shared two-worker runtime would block a worker every
-/// other task needs, and its frames would queue behind other tasks. The serial device is
-/// opened on that thread (its I/O is driven there); a [`RtuPort::Stream`] made elsewhere
-/// keeps the driver of the runtime it was made in. A task in `tasks` ends when the thread
-/// does, so [`Gateway::failed`] sees it end (or panic) as any other task.
-fn spawn_rtu_thread(
-    port: RtuPort,
-    slave: RtuSlave,
-    config: &Config,
-    cancel: &CancellationToken,
-    tasks: &mut JoinSet<&'static str>,
-) -> anyhow::Result<()> {
-    if matches!(port, RtuPort::Off) {
-        return Ok(());
-    }
-    let (done, ended) = tokio::sync::oneshot::channel::<()>();
-    let (config, cancel) = (config.clone(), cancel.clone());
-    std::thread::Builder::new()
-        .name("rtu-slave".into())
-        .spawn(move || {
-            // Built (and dropped) on this thread: a runtime may not be dropped in async code.
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!("RTU slave: cannot build its runtime: {e}");
-                    return;
-                }
-            };
-            runtime.block_on(async move {
-                match port {
-                    RtuPort::Off => {}
-                    RtuPort::Stream(stream) => {
-                        if let Err(e) = slave.serve(stream, &cancel).await {
-                            tracing::error!("RTU stream failed: {e}");
-                        }
-                    }
-                    RtuPort::Device => serve_device(config, slave, cancel).await,
-                }
-            });
-            // Dropped without a send when the thread panics: the task ends all the same.
-            let _ = done.send(());
-        })?;
-    tasks.spawn(async move {
-        let _ = ended.await;
-        "RTU slave"
-    });
-    Ok(())
-}
-
-/// The RTU slave's serial device (`rtu.device`), for the [`reopen`] loop.
-struct SlaveDevice {
-    /// The `rtu:` section: the device's path and line settings.
-    cfg: crate::config::RtuConfig,
-    /// The slave that serves every stream the device gives.
-    slave: RtuSlave,
-}
-
-impl Device for SlaveDevice {
-    type Stream = crate::link::line::Line;
-    fn label(&self) -> &'static str {
-        "serial device"
-    }
-    fn path(&self) -> String {
-        self.cfg.device.clone()
-    }
-    async fn open(&mut self) -> anyhow::Result<Self::Stream> {
-        let r = crate::link::line::open(&self.cfg).await;
-        let error = r.as_ref().err().map(|e| format!("{e:#}"));
-        if let Ok(mut g) = self.slave.stats().device_error.lock() {
-            *g = error;
-        }
-        r
-    }
-    async fn serve(
-        &mut self,
-        stream: Self::Stream,
-        cancel: &CancellationToken,
-    ) -> std::io::Result<()> {
-        let r = self.slave.serve(stream, cancel).await;
-        if let Ok(mut g) = self.slave.stats().device_error.lock() {
-            *g = Some(match &r {
-                Ok(()) => "the device closed (unplugged?)".to_string(),
-                Err(e) => e.to_string(),
-            });
-        }
-        r
-    }
-}
-
-/// Open the serial device and serve the inverter on it, reopening it with backoff.
-async fn serve_device(config: Config, slave: RtuSlave, cancel: CancellationToken) {
-    let stats = Arc::clone(slave.stats());
-    let mut device = SlaveDevice {
-        cfg: config.rtu,
-        slave,
-    };
-    let counters = reopen::Counters {
-        opens: &stats.device_opens,
-        failures: &stats.device_failures,
-        heartbeat: &stats.heartbeat,
-    };
-    reopen::run(&mut device, counters, &cancel).await;
 }
 
 /// Bind and start the status endpoint if the config has one. A busy port is fatal (as for

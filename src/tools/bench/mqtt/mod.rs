@@ -16,26 +16,34 @@
 //! Every process it starts, it stops: on drop (an error, Ctrl-C in the runner), and by
 //! `PR_SET_PDEATHSIG` if the bench itself is killed.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+//!
+//! The files: `procs` (child processes, the run's directory, Mosquitto) · `gateway` (the
+//! gateway under test: config, start, `/metrics`). This file: the options, the report, the
+//! phase runner and the markdown.
+
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::report::RunHeader;
 use super::rtu::{bench_rtu, RtuBenchReport};
 use super::{
-    phase_cells, phase_reads, ratio, ser_duration_ms, BENCH_REGIONS, PHASE_COLUMNS, PHASE_SIZES,
-    PTY_NOTE,
+    phase_cells, phase_reads, ratio, ser_duration_ms, PHASE_COLUMNS, PHASE_SIZES, PTY_NOTE,
 };
 
+mod gateway;
+mod procs;
+
+use gateway::{gateway_yaml, scrape, start_gateway, wait_metrics};
+pub use procs::find_mosquitto;
+use procs::{free_port, start_broker, TempDir};
+
 /// The KSEM profile the MQTT gateway decodes with (written next to its config).
-const KSEM_PROFILE: &str = include_str!("../../../profiles/ksem-g2.yaml");
+const KSEM_PROFILE: &str = include_str!("../../../../profiles/ksem-g2.yaml");
 /// Base topic of the bench gateway.
 const TOPIC: &str = "airbridge-bench";
 /// How long a gateway, the broker or the first publish may take to come up.
@@ -130,325 +138,6 @@ pub struct MqttBenchReport {
     pub broker_down_turnaround_p99_ratio: f64,
     /// RTU total p99, broker killed ÷ off.
     pub broker_down_total_p99_ratio: f64,
-}
-
-// ---------------------------------------------------------------------------------------
-// Processes and files of the run.
-
-/// A child process: SIGKILLed and reaped on drop, and (`PR_SET_PDEATHSIG`) when the bench
-/// dies first.
-struct Proc {
-    /// `None` once reaped.
-    child: Option<std::process::Child>,
-    /// For messages.
-    what: &'static str,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command, what: &'static str) -> anyhow::Result<Proc> {
-        use std::os::unix::process::CommandExt as _;
-        // The signal comes when the spawning thread ends: a runtime worker, which lives as
-        // long as the bench.
-        // SAFETY: prctl is async-signal-safe and touches nothing of the parent's state.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {what}"))?;
-        Ok(Proc {
-            child: Some(child),
-            what,
-        })
-    }
-
-    /// Fail if it exited (e.g. a config it refused).
-    fn check_running(&mut self) -> anyhow::Result<()> {
-        if let Some(c) = &mut self.child {
-            if let Ok(Some(status)) = c.try_wait() {
-                self.child = None;
-                anyhow::bail!("{} exited early: {status}", self.what);
-            }
-        }
-        Ok(())
-    }
-
-    /// SIGKILL, then reap.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM, up to 5 s for a clean exit, then SIGKILL.
-    async fn stop(&mut self) {
-        let Some(c) = &mut self.child else { return };
-        if let Ok(pid) = i32::try_from(c.id()) {
-            // SAFETY: kill has no memory preconditions; the pid is our unreaped child.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = c.try_wait() {
-                self.child = None;
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.kill();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// The run's directory (configs, the profile, the broker's log); removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> anyhow::Result<TempDir> {
-        let d = std::env::temp_dir().join(format!(
-            "airbridge-bench-mqtt-{}-{}",
-            std::process::id(),
-            fastrand::u32(..)
-        ));
-        std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
-        Ok(TempDir(d))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A loopback port free right now (bound and released).
-fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
-/// The Mosquitto binary: on PATH or where Debian puts it.
-pub fn find_mosquitto() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
-        .map(|d| d.join("mosquitto"))
-        .find(|p| p.is_file())
-}
-
-/// Until something accepts on `addr`, `proc` still running, or `PATIENCE`.
-async fn wait_listening(addr: SocketAddr, proc: &mut Proc) -> anyhow::Result<()> {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        proc.check_running()?;
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{} did not listen on {addr} within {PATIENCE:?}",
-            proc.what
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Mosquitto on 127.0.0.1:`port`, anonymous, logging into `dir`.
-async fn start_broker(bin: &Path, dir: &Path, port: u16) -> anyhow::Result<Proc> {
-    let conf = dir.join("mosquitto.conf");
-    // As root, mosquitto would drop to user `mosquitto`, which cannot read this directory.
-    // SAFETY: geteuid has no preconditions.
-    let user = if unsafe { libc::geteuid() } == 0 {
-        "user root\n"
-    } else {
-        ""
-    };
-    std::fs::write(
-        &conf,
-        format!(
-            "{user}per_listener_settings false\nlog_dest file {}\nlistener {port} 127.0.0.1\nallow_anonymous true\n",
-            dir.join("mosquitto.log").display()
-        ),
-    )?;
-    let mut cmd = Command::new(bin);
-    cmd.arg("-c")
-        .arg(&conf)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut p = Proc::spawn(cmd, "mosquitto")?;
-    wait_listening(SocketAddr::from(([127, 0, 0, 1], port)), &mut p).await?;
-    Ok(p)
-}
-
-// ---------------------------------------------------------------------------------------
-// The gateway.
-
-/// Where one gateway listens.
-#[derive(Clone, Copy)]
-struct GatewayPorts {
-    /// The push listener (the simulated KSEM pushes here).
-    push: SocketAddr,
-    /// The status endpoint (`/metrics`).
-    status: SocketAddr,
-}
-
-/// The bench gateway's config: the bench regions, the real turnaround, the RTU slave on
-/// `device`, and `mqtt` (a flow mapping body) when given.
-fn gateway_yaml(
-    device: &str,
-    ksem_slave: SocketAddr,
-    ports: GatewayPorts,
-    turnaround: Duration,
-    mqtt: Option<(&str, &Path)>,
-) -> String {
-    let turnaround_us = turnaround.as_micros();
-    let mqtt = match mqtt {
-        Some((section, profile)) => {
-            format!("profile: '{}'\nmqtt: {{{section}}}\n", profile.display())
-        }
-        None => String::new(),
-    };
-    format!(
-        "rtu: {{device: '{device}', baud: 38400, stop_bits: 2, unit_id: 1, turnaround: {turnaround_us}us}}
-push: {{listen: '{}', allow_from: [127.0.0.1], max_connections: 8}}
-poll: {{host: '{ksem_slave}', unit_id: 1, timeout: 1s}}
-status: {{listen: '{}'}}
-log: {{level: warn}}
-{mqtt}{BENCH_REGIONS}",
-        ports.push, ports.status
-    )
-}
-
-/// A plain HTTP/1.0 GET on loopback; the body.
-async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let io = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: bench\r\n\r\n").as_bytes())
-            .await?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).await?;
-        Ok::<_, std::io::Error>(out)
-    };
-    let reply = tokio::time::timeout(Duration::from_secs(5), io)
-        .await
-        .with_context(|| format!("GET {path} on {addr} timed out"))?
-        .with_context(|| format!("GET {path} on {addr}"))?;
-    let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    Ok(body.to_string())
-}
-
-/// The value of the sample `name` (with its labels, as printed) in a Prometheus text page.
-fn metric(page: &str, name: &str) -> Option<f64> {
-    page.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-/// The MQTT counters and whether the gateway is ready, from one `/metrics` page.
-fn counters(page: &str) -> (MqttCounters, bool) {
-    let n = |name: &str| metric(page, name).map_or(0, |v| v as u64);
-    let c = MqttCounters {
-        connected: n("airbridge_mqtt_connected"),
-        connects: n("airbridge_mqtt_connects_total{result=\"ok\"}"),
-        failures: n("airbridge_mqtt_connects_total{result=\"failed\"}"),
-        published: n("airbridge_mqtt_published_total"),
-        dropped: n("airbridge_mqtt_dropped_total"),
-    };
-    (c, n("airbridge_ready") == 1)
-}
-
-async fn scrape(status: SocketAddr) -> anyhow::Result<(MqttCounters, bool)> {
-    Ok(counters(&http_get(status, "/metrics").await?))
-}
-
-/// Poll `/metrics` until `done` holds, the gateway exits, or `PATIENCE`.
-async fn wait_metrics(
-    gw: &mut Proc,
-    status: SocketAddr,
-    what: &str,
-    done: impl Fn(&MqttCounters, bool) -> bool,
-) -> anyhow::Result<MqttCounters> {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        gw.check_running()?;
-        if let Ok((c, ready)) = scrape(status).await {
-            if done(&c, ready) {
-                return Ok(c);
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "the gateway was not {what} within {PATIENCE:?} (counters {c:?}, ready {ready})"
-            );
-        } else {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "the gateway's /metrics did not answer within {PATIENCE:?}"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A running gateway with the KSEM pushing to it.
-struct Running {
-    proc: Proc,
-    ports: GatewayPorts,
-    pusher: CancellationToken,
-}
-
-/// Write the config, start `airbridge run`, push at 5 Hz, wait until ready.
-async fn start_gateway(
-    opts: &MqttBenchOptions,
-    dir: &Path,
-    name: &str,
-    yaml: impl FnOnce(GatewayPorts) -> String,
-    model: crate::tools::sim::ksem::SharedModel,
-    cancel: &CancellationToken,
-) -> anyhow::Result<Running> {
-    use crate::tools::sim::ksem;
-    let ports = GatewayPorts {
-        push: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
-        status: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
-    };
-    let path = dir.join(format!("{name}.yaml"));
-    std::fs::write(&path, yaml(ports))?;
-    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-    let mut cmd = Command::new(&opts.gateway);
-    cmd.args(["run", "--config"])
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
-    let mut proc = Proc::spawn(cmd, "the gateway (airbridge run)")?;
-    wait_listening(ports.push, &mut proc).await?;
-    let pusher = cancel.child_token();
-    tokio::spawn(ksem::run_pusher(
-        ports.push,
-        Duration::from_millis(200),
-        model,
-        pusher.clone(),
-        Arc::new(ksem::PushStats::default()),
-    ));
-    wait_metrics(&mut proc, ports.status, "ready", |_, ready| ready).await?;
-    Ok(Running {
-        proc,
-        ports,
-        pusher,
-    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -678,66 +367,4 @@ pub fn mqtt_markdown(r: &MqttBenchReport) -> String {
         r.broker_down_total_p99_ratio
     );
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counters_are_read_from_a_metrics_page() {
-        let page = "# HELP airbridge_mqtt_connected 1 while connected.\n\
-            # TYPE airbridge_mqtt_connected gauge\n\
-            airbridge_mqtt_connected 1\n\
-            airbridge_mqtt_connects_total{result=\"ok\"} 2\n\
-            airbridge_mqtt_connects_total{result=\"failed\"} 5\n\
-            airbridge_mqtt_published_total 1234\n\
-            airbridge_mqtt_dropped_total 0\n\
-            airbridge_ready 1\n";
-        let (c, ready) = counters(page);
-        assert!(ready);
-        assert_eq!(
-            c,
-            MqttCounters {
-                connected: 1,
-                connects: 2,
-                failures: 5,
-                published: 1234,
-                dropped: 0
-            }
-        );
-        // A prefix of another name is not that name; a missing sample is 0.
-        let (c, ready) = counters("airbridge_mqtt_connected_x 7\nairbridge_ready 0\n");
-        assert_eq!((c.connected, ready), (0, false));
-    }
-
-    #[test]
-    fn the_mqtt_gateway_differs_from_the_plain_one_by_mqtt_only() {
-        let ports = GatewayPorts {
-            push: "127.0.0.1:1502".parse().expect("addr"),
-            status: "127.0.0.1:8080".parse().expect("addr"),
-        };
-        let slave = "127.0.0.1:502".parse().expect("addr");
-        let t = Duration::from_micros(1750);
-        let off = gateway_yaml("/dev/pts/9", slave, ports, t, None);
-        let on = gateway_yaml(
-            "/dev/pts/9",
-            slave,
-            ports,
-            t,
-            Some(("broker: 'mqtt://127.0.0.1:1883'", Path::new("/tmp/p.yaml"))),
-        );
-        crate::config::parse(&off, "off").expect("the plain config parses");
-        let extra: Vec<&str> = on
-            .lines()
-            .filter(|l| !off.lines().any(|o| o == *l))
-            .collect();
-        assert_eq!(
-            extra,
-            [
-                "profile: '/tmp/p.yaml'",
-                "mqtt: {broker: 'mqtt://127.0.0.1:1883'}"
-            ]
-        );
-    }
 }
