@@ -8,13 +8,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use airbridge::control::profile;
-use airbridge::tools::sim::device::{self, Device, DeviceOptions};
+use airbridge::tools::sim::device::Device;
 use tokio_modbus::client::{Context, Reader as _, Writer as _};
 use tokio_modbus::slave::SlaveContext as _;
 use tokio_modbus::{ExceptionCode, Slave};
-use tokio_serial::{SerialPort as _, SerialStream};
-use tokio_util::sync::CancellationToken;
 
 mod common;
 use common::{free_port, manifest};
@@ -80,29 +77,7 @@ async fn polls_in(devs: &[Arc<Device>; 2], window: Duration) -> [u64; 2] {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_devices_on_one_pty_bus_one_falls_silent_and_returns() {
-    let prof = profile::load(&manifest("profiles/kstar-hybrid.yaml")).expect("profile");
-    let unit = |u: u8| {
-        Device::new(
-            prof.clone(),
-            DeviceOptions {
-                unit: u,
-                seed: u64::from(u),
-                frozen: true,
-                ..Default::default()
-            },
-        )
-    };
-    let devs = [unit(1), unit(2)];
-    assert!(devs[0].set("pv1_voltage", &[1111]));
-    assert!(devs[1].set("pv1_voltage", &[2222]));
-    let (dev_end, gw_end) = SerialStream::pair().expect("pty pair");
-    let path = gw_end.name().expect("pty has a path");
-    drop(gw_end); // the gateway opens it itself
-    let cancel = CancellationToken::new();
-    let _guard = cancel.clone().drop_guard();
-    let bus = devs.to_vec();
-    let c = cancel.clone();
-    tokio::spawn(async move { device::serve_bus(dev_end, &bus, c).await });
+    let (devs, path, _bus) = common::bus::two_unit_bus(&manifest("profiles/kstar-hybrid.yaml"));
 
     let port = free_port().await;
     let status_port = free_port().await;

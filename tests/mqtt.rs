@@ -1072,28 +1072,7 @@ async fn two_devices_on_one_bus_are_two_ha_devices_with_their_own_commands() {
     let broker = Broker::start("devices", "allow_anonymous true");
     let path = profile("kstar-hybrid.yaml");
     let prof = airbridge::control::profile::load(&path).expect("profile");
-    let unit = |u: u8| {
-        Device::new(
-            prof.clone(),
-            DeviceOptions {
-                unit: u,
-                seed: u64::from(u),
-                frozen: true,
-                ..Default::default()
-            },
-        )
-    };
-    let devs = [unit(1), unit(2)];
-    assert!(devs[0].set("pv1_voltage", &[1111]));
-    assert!(devs[1].set("pv1_voltage", &[2222]));
-    let (dev_end, gw_end) = SerialStream::pair().expect("pty pair");
-    let tty = tokio_serial::SerialPort::name(&gw_end).expect("pty has a path");
-    drop(gw_end); // the gateway opens it itself
-    let cancel = CancellationToken::new();
-    let _guard = cancel.clone().drop_guard();
-    let bus = devs.to_vec();
-    let c = cancel.clone();
-    tokio::spawn(async move { device::serve_bus(dev_end, &bus, c).await });
+    let (devs, tty, _bus) = common::bus::two_unit_bus(&path);
 
     let mut sub = Sub::start(
         broker.port,

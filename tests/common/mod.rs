@@ -206,6 +206,7 @@ pub fn terminate(mut child: Child) {
     assert!(exit.success(), "{exit:?}");
 }
 
+pub mod bus;
 /// Outside tools a test needs.
 pub mod tool;
 
