@@ -7,7 +7,8 @@
 //!    ↓
 //! image      one lock-free register image: a snapshot per reader, an age per region
 //!    ↓
-//! servers/   rtu_slave (the inverter on RS485) · modbus_tcp (LAN clients)
+//! servers/   rtu_slave (the inverter on RS485) · modbus_tcp (KSTAR LAN clients) · meter_tcp (the
+//!            KSEM image for the house) · mqtt (Home Assistant)
 //! ```
 //!
 //! Beneath them: [`model`] (domain types), [`modbus`] (the pure codec: bytes in, frames
