@@ -3,47 +3,20 @@
 //! answers as the profile says; `airbridge demo --profile` runs without hardware.
 
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use airbridge::control::profile;
 use airbridge::link::rtu_master::{ReplyError, RtuMaster};
-use airbridge::tools::sim::device::{self, Device, DeviceOptions};
 use tokio_modbus::client::{Reader as _, Writer as _};
 use tokio_serial::{SerialPort as _, SerialStream};
-use tokio_util::sync::CancellationToken;
 
 mod common;
-use common::{wait_exit, Child};
-
-fn manifest(rel: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-async fn free_port() -> u16 {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    l.local_addr().expect("addr").port()
-}
+use common::{free_port, manifest, wait_exit, Child};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_polls_a_device_on_a_pty_and_serves_tcp() {
-    let prof = profile::load(&manifest("profiles/kstar-hybrid.yaml")).expect("profile");
-    let dev = Device::new(
-        prof,
-        DeviceOptions {
-            frozen: true,
-            ..Default::default()
-        },
-    );
-    assert!(dev.set("pv1_voltage", &[2345]));
-    let (dev_end, gw_end) = SerialStream::pair().expect("pty pair");
-    let path = gw_end.name().expect("pty has a path");
-    drop(gw_end); // the gateway opens it itself
-    let cancel = CancellationToken::new();
-    let _guard = cancel.clone().drop_guard();
-    tokio::spawn(device::serve(dev_end, Arc::clone(&dev), cancel.clone()));
+    let (devs, path, _bus) =
+        common::bus::pty_bus(&manifest("profiles/kstar-hybrid.yaml"), &[(1, 2345)]);
+    let dev = &devs[0];
 
     let port = free_port().await;
     let dir = std::env::temp_dir().join(format!("airbridge-kstar-run-{}", std::process::id()));

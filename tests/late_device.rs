@@ -15,13 +15,9 @@ use tokio_serial::{SerialPort as _, SerialStream};
 use tokio_util::sync::CancellationToken;
 
 mod common;
-use common::{wait_exit, Child};
+use common::{manifest, wait_exit, Child};
 
 const BIN: &str = env!("CARGO_BIN_EXE_airbridge");
-
-fn manifest(rel: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
 
 /// One read of the first two input registers; `None` on any failure.
 async fn read_once(addr: std::net::SocketAddr) -> Option<Vec<u16>> {

@@ -4,12 +4,9 @@
 //! `--help` describes both directions.
 
 mod common;
+use common::manifest;
 
 use airbridge::config;
-
-fn manifest(p: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
-}
 
 #[test]
 fn a_reload_that_needs_a_restart_names_the_section() {
