@@ -80,7 +80,7 @@ enum Kind {
 
 /// Length of one candidate interpretation of the bytes at the head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Len {
+pub enum Len {
     /// This many bytes (already checked to be `<= MAX_ADU`).
     Known(usize),
     /// The byte(s) giving the length have not arrived yet.
@@ -118,6 +118,16 @@ fn cap(len: usize) -> Len {
 fn counted(b: &[u8], idx: usize, base: usize) -> Len {
     match b.get(idx) {
         Some(&c) => cap(base + usize::from(c)),
+        None => Len::NeedMore,
+    }
+}
+
+/// Length of the request frame at the head of `b` (unit id to CRC), by the framer's own
+/// rule, for other readers of requests (the device simulator); [`Len::NeedMore`] until the
+/// function code is there.
+pub fn request_frame_len(b: &[u8]) -> Len {
+    match b.get(1) {
+        Some(&f) => request_len(f, b),
         None => Len::NeedMore,
     }
 }

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::control::profile::{Function, Kind, Profile, Register, WriteRefusal};
 use crate::modbus::crc::{append_crc, frame_crc_ok};
+use crate::modbus::rtu_frame::{request_frame_len, Len};
 
 /// How the simulated device behaves.
 #[derive(Debug, Clone)]
@@ -440,19 +441,6 @@ fn to_words(r: &Register, raw: i128) -> Vec<u16> {
         .collect()
 }
 
-/// Length of the request at the head of `buf`: `Some(len)` when known, `None` when more
-/// bytes are needed; `Err(())` when the head cannot start a request.
-fn request_len(buf: &[u8]) -> Result<Option<usize>, ()> {
-    let Some(&fc) = buf.get(1) else {
-        return Ok(None);
-    };
-    match fc {
-        0x01..=0x06 => Ok(Some(8)),
-        0x0F | 0x10 => Ok(buf.get(6).map(|&n| 9 + usize::from(n))),
-        _ => Err(()),
-    }
-}
-
 /// Serve the device on `stream` until `cancel` fires or the stream ends.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
@@ -503,10 +491,10 @@ pub async fn serve_bus<S: AsyncRead + AsyncWrite + Unpin>(
         }
         // Take every complete request off the head of the buffer.
         loop {
-            let len = match request_len(&buf) {
-                Ok(Some(len)) => len,
-                Ok(None) => break,
-                Err(()) => {
+            let len = match request_frame_len(&buf) {
+                Len::Known(len) => len,
+                Len::NeedMore => break,
+                Len::Never => {
                     buf.remove(0);
                     continue;
                 }
@@ -598,6 +586,29 @@ registers:
             2,
             "the silent device still heard its request"
         );
+        cancel.cancel();
+        task.await.expect("task").expect("served");
+    }
+
+    /// A request of a function it does not implement (FC08, framed by the slave framer's
+    /// rule) gets exception 01 like a real device, instead of being dropped as noise.
+    #[tokio::test]
+    async fn an_unknown_function_gets_exception_01() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (mut a, b) = tokio::io::duplex(1024);
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        let task = tokio::spawn(async move { serve_bus(b, &[device(1)], c).await });
+        let mut req = vec![1, 8, 0, 0, 0x12, 0x34, 0, 0];
+        append_crc(&mut req, 6);
+        a.write_all(&req).await.expect("send");
+        let mut reply = [0u8; 5];
+        tokio::time::timeout(Duration::from_secs(2), a.read_exact(&mut reply))
+            .await
+            .expect("a reply in time")
+            .expect("read");
+        assert_eq!(&reply[..3], &[1, 0x88, 0x01]);
+        assert!(frame_crc_ok(&reply));
         cancel.cancel();
         task.await.expect("task").expect("served");
     }
