@@ -391,7 +391,14 @@ impl Framer {
             // unit is still delimited: by the bytes after it, or by the silence.
             return Head::Wait;
         }
-        let resp = valid(response_len(f, b));
+        // Unit 0 is never a response: no slave has address 0 and none answers a broadcast.
+        // (Found by property testing: a broadcast FC16 whose first 8 bytes happen to pass
+        // the CRC of an FC16 response was taken as a foreign response when fed bytewise.)
+        let resp = if unit == 0 {
+            None
+        } else {
+            valid(response_len(f, b))
+        };
         match (req, resp) {
             (Some(q), Some(r)) if r < q => Head::Frame(r, Kind::Response),
             (Some(q), _) => Head::Frame(q, Kind::Request),
@@ -417,12 +424,15 @@ impl Framer {
 
     /// Interpretation of a whole, CRC-valid buffer delimited by silence.
     fn whole_kind(b: &[u8]) -> Kind {
-        let f = match b {
-            [_, f, ..] => *f,
+        let (unit, f) = match b {
+            [u, f, ..] => (*u, *f),
             _ => return Kind::Request,
         };
         let len = Len::Known(b.len());
-        if f & 0x80 != 0 {
+        if unit == 0 {
+            // Nobody answers from address 0: a broadcast, however malformed.
+            Kind::Request
+        } else if f & 0x80 != 0 {
             Kind::Response
         } else if request_len(f, b) == len {
             // Also when a response of the same length fits (rule 2: equal lengths, the
@@ -547,6 +557,30 @@ mod tests {
                 break;
             }
         }
+    }
+
+    /// A broadcast FC16 whose first 8 bytes pass the CRC of an FC16 response (found by
+    /// tests/prop_framer.rs), fed byte by byte: still one broadcast, never a foreign response.
+    #[test]
+    fn a_broadcast_is_never_taken_for_a_response() {
+        let frame = write_multiple(0, 46306, &[7936, 0, 0]);
+        assert!(
+            frame_crc_ok(&frame[..8]),
+            "the case needs the CRC coincidence"
+        );
+        let mut f = Framer::new(1);
+        let mut out = Vec::new();
+        for b in &frame {
+            feed(&mut f, std::slice::from_ref(b), &mut out);
+        }
+        out.extend(f.on_silence());
+        assert_eq!(out, vec![Frame::Broadcast { function: 16 }]);
+        // Delimited by silence as a whole, too.
+        let mut f = Framer::new(1);
+        let mut out = Vec::new();
+        feed(&mut f, &frame, &mut out);
+        out.extend(f.on_silence());
+        assert_eq!(out, vec![Frame::Broadcast { function: 16 }]);
     }
 
     fn run(unit: u8, ops: &[Op]) -> (Vec<Frame>, FramerStats) {
