@@ -17,12 +17,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use airbridge::config;
-use airbridge::image::Image;
-use airbridge::modbus::crc::append_crc;
-use airbridge::modbus::rtu_frame::{Frame, Framer, Request, MAX_ADU};
-use airbridge::model::Outcome;
-use airbridge::servers::rtu_slave::answer::{self, SlaveParams};
+use airbridge_gateway::config;
+use airbridge_gateway::image::Image;
+use airbridge_gateway::servers::rtu_slave::answer::{self, SlaveParams};
+use airbridge_modbus::crc::append_crc;
+use airbridge_modbus::model::Outcome;
+use airbridge_modbus::rtu_frame::{Frame, Framer, Request, MAX_ADU};
 use criterion::{criterion_group, criterion_main, Criterion};
 use tokio::time::Instant;
 

@@ -1,15 +1,16 @@
-//! `airbridge`: the command line. A thin layer over the library: parse arguments, set up
-//! logging, call into `airbridge::*`, turn errors into exit codes.
+//! `airbridge`: the command line. Parses arguments, sets up logging, hands each subcommand
+//! to its crate (`run` and `check` to the gateway, `demo` and `simulate` to the simulators,
+//! `bench` to the bench) and turns errors into exit codes.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use airbridge::app::supervisor::shutdown_signal;
-use airbridge::config;
+use airbridge_gateway::config;
+use airbridge_gateway::ops::logging::LogFormat;
+use airbridge_sim::commands;
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -26,8 +27,27 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Log line format on stderr: text, or json (one object per line, for log shippers).
-    #[arg(long, global = true, value_enum, default_value_t = airbridge::ops::logging::LogFormat::Text)]
-    log_format: airbridge::ops::logging::LogFormat,
+    #[arg(long, global = true, value_enum, default_value_t = LogFormatArg::Text)]
+    log_format: LogFormatArg,
+}
+
+/// `--log-format`: the gateway's [`LogFormat`] as the command line names it (the gateway
+/// crate has no clap).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormatArg {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields).
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(arg: LogFormatArg) -> Self {
+        match arg {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -75,7 +95,7 @@ enum Command {
     Profile(ProfileCmd),
     /// Measure latency, throughput, data age and resources (see README).
     #[command(subcommand)]
-    Bench(airbridge::tools::bench::BenchCmd),
+    Bench(airbridge_bench::BenchCmd),
 }
 
 #[derive(Subcommand)]
@@ -151,10 +171,10 @@ fn main() -> ExitCode {
     if !matches!(cli.command, Command::Run { .. }) {
         quiet_on_closed_pipe();
     }
-    airbridge::ops::logging::init(cli.log_format);
+    airbridge_gateway::ops::logging::init(cli.log_format.into());
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Run { config } => block_on(airbridge::app::supervisor::run(config)),
+        Command::Run { config } => block_on(airbridge_gateway::app::supervisor::run(config)),
         Command::Demo {
             profile: Some(_),
             status: Some(_),
@@ -177,14 +197,14 @@ fn main() -> ExitCode {
             profile: Some(profile),
             status: None,
             mqtt: None,
-        } => block_on(demo_profile(profile, duration, seed)),
+        } => block_on(commands::demo_profile(profile, duration, seed)),
         Command::Demo {
             duration,
             seed,
             profile: None,
             status,
             mqtt,
-        } => block_on(demo(duration, seed, status, mqtt)),
+        } => block_on(commands::demo(duration, seed, status, mqtt)),
         Command::Simulate(Simulate::Device {
             profile,
             device,
@@ -193,7 +213,7 @@ fn main() -> ExitCode {
             seed,
             wire_time,
             duration,
-        }) => block_on(simulate_device(
+        }) => block_on(commands::device(
             profile,
             device,
             unit,
@@ -206,39 +226,22 @@ fn main() -> ExitCode {
             push_to,
             interval,
             seed,
-        }) => {
-            let opts = airbridge::tools::sim::ksem::KsemSimOptions {
-                listen,
-                push_to,
-                interval,
-                seed,
-            };
-            block_on(async move {
-                let cancel = CancellationToken::new();
-                let sim = airbridge::tools::sim::ksem::start(opts, cancel.clone()).await?;
-                println!(
-                    "simulated KSEM: Modbus TCP slave on {}{}",
-                    sim.slave_addr(),
-                    push_to
-                        .map(|p| format!(", pushing to {p}"))
-                        .unwrap_or_default()
-                );
-                tokio::select! {
-                    r = sim.wait() => r,
-                    () = shutdown_signal() => { cancel.cancel(); Ok(()) }
-                }
-            })
-        }
+        }) => block_on(commands::ksem(airbridge_sim::ksem::KsemSimOptions {
+            listen,
+            push_to,
+            interval,
+            seed,
+        })),
         Command::Simulate(Simulate::Inverter {
             device,
             unit,
             interval,
             baud,
             duration,
-        }) => block_on(simulate_inverter(device, unit, interval, baud, duration)),
-        Command::Bench(cmd) => block_on(airbridge::tools::bench::run(cmd)),
+        }) => block_on(commands::inverter(device, unit, interval, baud, duration)),
+        Command::Bench(cmd) => block_on(airbridge_bench::run(cmd)),
         Command::Profile(ProfileCmd::Show { file }) => {
-            match airbridge::control::profile::load(&file) {
+            match airbridge_gateway::control::profile::load(&file) {
                 Ok(p) => {
                     print_out(&p.show());
                     ExitCode::SUCCESS
@@ -296,207 +299,6 @@ fn check(path: &std::path::Path) -> ExitCode {
         Err(e) => {
             eprintln!("{e}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-async fn demo(
-    duration: Option<Duration>,
-    seed: u64,
-    status: Option<SocketAddr>,
-    mqtt: Option<String>,
-) -> anyhow::Result<()> {
-    let cancel = CancellationToken::new();
-    let opts = airbridge::tools::demo::DemoOptions {
-        duration,
-        seed,
-        status,
-        mqtt,
-        ..Default::default()
-    };
-    let run = airbridge::tools::demo::run(opts, cancel.clone());
-    tokio::pin!(run);
-    let summary = tokio::select! {
-        r = &mut run => r?,
-        () = shutdown_signal() => { cancel.cancel(); run.await? }
-    };
-    if summary.inverter.replies == 0 {
-        anyhow::bail!("the simulated inverter got no reply at all");
-    }
-    Ok(())
-}
-
-async fn simulate_inverter(
-    device: String,
-    unit: u8,
-    interval: Duration,
-    baud: u32,
-    duration: Option<Duration>,
-) -> anyhow::Result<()> {
-    use airbridge::tools::sim::inverter::{self, InverterOptions, InverterStats};
-    use std::sync::Arc;
-    let rtu = config::RtuConfig::master_line(device, baud, 8, config::Parity::None, 2, unit);
-    let stream = airbridge::link::serial::open(&rtu)?;
-    let cancel = CancellationToken::new();
-    let stats = Arc::new(InverterStats::default());
-    let opts = InverterOptions {
-        unit,
-        interval,
-        ..Default::default()
-    };
-    let task = tokio::spawn(inverter::run(
-        stream,
-        opts,
-        Arc::clone(&stats),
-        cancel.clone(),
-    ));
-    every_second_until_stopped(duration, || {
-        let c = stats.snapshot();
-        let view = stats.last_view().map_or_else(
-            || "no data yet".to_string(),
-            |v| {
-                format!(
-                    "grid {:+.1} W  L1 {:.1} V  L2 {:.1} V  L3 {:.1} V",
-                    v.grid_power_w, v.voltages_v[0], v.voltages_v[1], v.voltages_v[2]
-                )
-            },
-        );
-        println!(
-            "{view}  | replies {} exceptions {} timeouts {} bad frames {}",
-            c.replies, c.exceptions, c.timeouts, c.bad_frames
-        );
-    })
-    .await;
-    cancel.cancel();
-    let _ = task.await;
-    Ok(())
-}
-
-async fn demo_profile(
-    profile: PathBuf,
-    duration: Option<Duration>,
-    seed: u64,
-) -> anyhow::Result<()> {
-    let cancel = CancellationToken::new();
-    let run = airbridge::tools::demo::run_kstar(&profile, duration, seed, true, cancel.clone());
-    tokio::pin!(run);
-    let summary = tokio::select! {
-        r = &mut run => r?,
-        () = shutdown_signal() => { cancel.cancel(); run.await? }
-    };
-    if summary.reads_ok == 0 {
-        anyhow::bail!("the TCP client got no data at all");
-    }
-    Ok(())
-}
-
-async fn simulate_device(
-    profile: PathBuf,
-    device: String,
-    units: Vec<u8>,
-    (baud, wire_time): (u32, bool),
-    seed: u64,
-    duration: Option<Duration>,
-) -> anyhow::Result<()> {
-    use airbridge::tools::sim::device::{self, Device, DeviceOptions};
-    use std::sync::atomic::Ordering::Relaxed;
-    let mut seen = std::collections::BTreeSet::new();
-    for &u in &units {
-        if !(1..=247).contains(&u) || !seen.insert(u) {
-            anyhow::bail!("--unit {u}: each RS485 address must be 1..247 and given once");
-        }
-    }
-    let prof = airbridge::control::profile::load(&profile)?;
-    let name = prof.name.clone();
-    let line = config::RtuConfig::master_line(
-        device.clone(),
-        baud,
-        8,
-        config::Parity::None,
-        1,
-        units.first().copied().unwrap_or(1),
-    );
-    let stream = airbridge::link::serial::open(&line)?;
-    let devices: Vec<_> = units
-        .iter()
-        .zip(seed..)
-        .map(|(&unit, seed)| {
-            Device::new(
-                prof.clone(),
-                DeviceOptions {
-                    unit,
-                    seed,
-                    wire: wire_time.then_some((baud, 10)),
-                    ..Default::default()
-                },
-            )
-        })
-        .collect();
-    let list: Vec<String> = units.iter().map(ToString::to_string).collect();
-    let which = if units.len() == 1 { "unit" } else { "units" };
-    let paced = if wire_time {
-        ", replies paced to the wire"
-    } else {
-        ""
-    };
-    println!(
-        "simulated {name}: {which} {} on {device} at {baud} 8N1{paced}",
-        list.join(", ")
-    );
-    let cancel = CancellationToken::new();
-    let bus = devices.clone();
-    let c = cancel.clone();
-    let task = tokio::spawn(async move { device::serve_bus(stream, &bus, c).await });
-    every_second_until_stopped(duration, || {
-        let lines: Vec<String> = devices
-            .iter()
-            .map(|d| {
-                let s = &d.stats;
-                format!(
-                    "requests {} reads {} writes {} exceptions {}",
-                    s.requests.load(Relaxed),
-                    s.reads.load(Relaxed),
-                    s.writes.load(Relaxed),
-                    s.exceptions.load(Relaxed)
-                )
-            })
-            .collect();
-        match lines.as_slice() {
-            [one] => println!("{one}"),
-            many => {
-                let per: Vec<String> = units
-                    .iter()
-                    .zip(many)
-                    .map(|(u, l)| format!("unit {u}: {l}"))
-                    .collect();
-                println!("{}", per.join(" | "));
-            }
-        }
-    })
-    .await;
-    cancel.cancel();
-    match task.await {
-        Ok(r) => r.map_err(Into::into),
-        Err(e) => Err(anyhow::anyhow!("device task: {e}")),
-    }
-}
-
-/// Call `report` every second until SIGINT/SIGTERM or, if given, `duration` has passed.
-async fn every_second_until_stopped(duration: Option<Duration>, mut report: impl FnMut()) {
-    let start = tokio::time::Instant::now();
-    let mut tick = tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
-    let end = async {
-        match duration {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(end);
-    loop {
-        tokio::select! {
-            () = shutdown_signal() => break,
-            () = &mut end => break,
-            _ = tick.tick() => report(),
         }
     }
 }

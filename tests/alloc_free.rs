@@ -11,11 +11,11 @@ use std::cell::Cell;
 use std::hint::black_box;
 use std::time::Duration;
 
-use airbridge::config;
-use airbridge::image::Image;
-use airbridge::modbus::crc::append_crc;
-use airbridge::modbus::rtu_frame::{Frame, Framer, Request, MAX_ADU};
-use airbridge::servers::rtu_slave::answer::{self, exception, Outcome, SlaveParams};
+use airbridge_gateway::config;
+use airbridge_gateway::image::Image;
+use airbridge_gateway::servers::rtu_slave::answer::{self, exception, Outcome, SlaveParams};
+use airbridge_modbus::crc::append_crc;
+use airbridge_modbus::rtu_frame::{Frame, Framer, Request, MAX_ADU};
 use tokio::time::Instant;
 
 struct Counting;
@@ -392,7 +392,7 @@ fn first_reply_on_a_thread_allocates_at_most_once() {
 /// answers every request, for `requests` requests, on a current-thread runtime (the
 /// slave task runs on this thread too, so its allocations would count: it has none).
 fn bench_rtu_allocations(requests: u64) -> u64 {
-    use airbridge::tools::bench::{bench_rtu, RegRange, RtuBenchOptions};
+    use airbridge_bench::{bench_rtu, RegRange, RtuBenchOptions};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let rt = tokio::runtime::Builder::new_current_thread()

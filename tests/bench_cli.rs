@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use airbridge::tools::bench::{
+use airbridge_bench::{
     age_analysis, bench_rtu, e2e_markdown, fmt_us, parse_ranges, rtu_table, with_crc, E2eReport,
     LatencyHist, Percentiles, RegRange, RtuBenchOptions, RtuBenchReport, RtuRangeReport,
 };
@@ -109,7 +109,7 @@ fn e2e_binary_json() {
 /// its right reply. Nothing of the run may outlive it.
 #[test]
 fn mqtt_binary_three_phases() {
-    use airbridge::tools::bench::{find_mosquitto, mqtt_markdown, MqttBenchReport};
+    use airbridge_bench::{find_mosquitto, mqtt_markdown, MqttBenchReport};
     if find_mosquitto().is_none() {
         common::tool::missing("mosquitto", "apt-get install mosquitto");
         return;
@@ -414,8 +414,8 @@ async fn bench_rtu_counts_outcomes() {
 /// its `/dev/pts/N` path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtu_age_push_subcommands_json() {
-    use airbridge::app::gateway::{Gateway, RtuPort};
-    use airbridge::tools::sim::ksem;
+    use airbridge_gateway::app::gateway::{Gateway, RtuPort};
+    use airbridge_sim::ksem;
     use tokio_serial::SerialPort as _;
     use tokio_util::sync::CancellationToken;
 
@@ -426,7 +426,7 @@ async fn rtu_age_push_subcommands_json() {
         .expect("KSEM sim");
     let (gw_end, inv_end) = tokio_serial::SerialStream::pair().expect("pty pair");
     let device = inv_end.name().expect("the pty's slave end has a path");
-    let cfg = airbridge::tools::bench::e2e_config(sim.slave_addr(), 8).expect("config");
+    let cfg = airbridge_bench::e2e_config(sim.slave_addr(), 8).expect("config");
     let gateway = Gateway::start(cfg, RtuPort::Stream(Box::new(gw_end)), cancel.clone())
         .await
         .expect("gateway");
@@ -520,7 +520,7 @@ async fn rtu_age_push_subcommands_json() {
 /// Every subcommand's arguments parse into their types (clap checks these only at run time).
 #[test]
 fn cli_arguments_parse() {
-    use airbridge::tools::bench::{BenchCmd, PushRate};
+    use airbridge_bench::{BenchCmd, PushRate};
     use clap::{CommandFactory as _, Parser};
     #[derive(Parser)]
     struct Cli {

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use airbridge::config;
+use airbridge_gateway::config;
 
 const ORIGIN: &str = "gw.yaml";
 

@@ -6,7 +6,7 @@ mod common;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use airbridge::link::rtu_master::ReplyError;
+use airbridge_gateway::link::rtu_master::ReplyError;
 use common::*;
 
 const PUSH_REGIONS: &str = "  - {name: totals, start: 0, count: 40, source: push}
@@ -49,7 +49,7 @@ async fn inverter_reads_exactly_what_the_ksem_pushed_and_what_was_polled() {
 
     let model = ksem.model();
     let (energy, pnp) = {
-        let m = airbridge::tools::sim::ksem::lock_model(&model);
+        let m = airbridge_sim::ksem::lock_model(&model);
         (m.energy_block(), m.pnp_block())
     };
     assert_eq!(
@@ -119,7 +119,7 @@ async fn fallback_polling_serves_push_regions_while_pushes_are_missing() {
         .await
         .expect("served from fallback polls");
     // Sampled after the read: the frozen model takes its one step when the simulator starts.
-    let expected = airbridge::tools::sim::ksem::lock_model(&ksem.model()).instantaneous_block();
+    let expected = airbridge_sim::ksem::lock_model(&ksem.model()).instantaneous_block();
     assert_eq!(got, expected.to_vec());
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(
@@ -330,7 +330,7 @@ async fn idle_push_connections_time_out_even_when_blocked_in_a_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_that_ends_on_its_own_is_reported_as_a_failure() {
-    let cfg = airbridge::config::parse(
+    let cfg = airbridge_gateway::config::parse(
         "rtu: {device: pty}\nregions:\n  - {name: id, start: 8192, count: 58, source: static, values: {8244: 200}}\n",
         "test",
     )
@@ -338,9 +338,9 @@ async fn a_task_that_ends_on_its_own_is_reported_as_a_failure() {
     .config;
     let (master, port) = tokio::io::duplex(64);
     let cancel = tokio_util::sync::CancellationToken::new();
-    let mut gw = airbridge::app::gateway::Gateway::start(
+    let mut gw = airbridge_gateway::app::gateway::Gateway::start(
         cfg,
-        airbridge::app::gateway::RtuPort::Stream(Box::new(port)),
+        airbridge_gateway::app::gateway::RtuPort::Stream(Box::new(port)),
         cancel.clone(),
     )
     .await

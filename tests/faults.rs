@@ -1,5 +1,5 @@
 //! Fault injection against the real gateway (pty pair + loopback TCP), driven by the
-//! fault-capable peers of `airbridge::tools::sim::fault`. Each case checks: no task ended (no panic,
+//! fault-capable peers of `airbridge_sim::fault`. Each case checks: no task ended (no panic,
 //! no give-up), the RTU side keeps answering what is fresh (a static region) and applies the
 //! freshness rule to what is not, the counters say what happened, and once the fault ends the
 //! gateway recovers within its backoff bound (an "eventually" with a generous deadline).
@@ -14,9 +14,9 @@ mod common;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use airbridge::app::gateway::Gateway;
-use airbridge::link::rtu_master::ReplyError;
-use airbridge::tools::sim::fault::{
+use airbridge_gateway::app::gateway::Gateway;
+use airbridge_gateway::link::rtu_master::ReplyError;
+use airbridge_sim::fault::{
     bus, hog, push_seq, slave_word, FaultyPusher, FaultySlave, PushFault, SlaveFault,
 };
 use common::*;
@@ -469,19 +469,20 @@ async fn serial_device_disappears_and_comes_back() {
         "rtu: {{device: '{}', turnaround: 0, frame_timeout: 20ms}}\nregions:\n{IDENTITY}",
         link.display()
     );
-    let cfg = airbridge::config::parse(&yaml, "test")
+    let cfg = airbridge_gateway::config::parse(&yaml, "test")
         .expect("config")
         .config;
     let cancel = tokio_util::sync::CancellationToken::new();
     let mut gw = Gateway::start(
         cfg,
-        airbridge::app::gateway::RtuPort::Device,
+        airbridge_gateway::app::gateway::RtuPort::Device,
         cancel.clone(),
     )
     .await
     .expect("start");
     let read = |m: SerialStream| async move {
-        let mut inv = airbridge::link::rtu_master::RtuMaster::new(m, Duration::from_millis(300));
+        let mut inv =
+            airbridge_gateway::link::rtu_master::RtuMaster::new(m, Duration::from_millis(300));
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             match inv.read(1, 3, 8244, 1).await {
@@ -532,13 +533,13 @@ async fn a_regular_file_as_the_serial_device_is_never_written() {
         "rtu: {{device: '{}'}}\nregions:\n{IDENTITY}",
         file.display()
     );
-    let cfg = airbridge::config::parse(&yaml, "test")
+    let cfg = airbridge_gateway::config::parse(&yaml, "test")
         .expect("config")
         .config;
     let cancel = tokio_util::sync::CancellationToken::new();
     let mut gw = Gateway::start(
         cfg,
-        airbridge::app::gateway::RtuPort::Device,
+        airbridge_gateway::app::gateway::RtuPort::Device,
         cancel.clone(),
     )
     .await

@@ -5,7 +5,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use airbridge::link::rtu_master::{ReplyError, RtuMaster};
+use airbridge_gateway::link::rtu_master::{ReplyError, RtuMaster};
 use tokio_modbus::client::{Reader as _, Writer as _};
 use tokio_serial::{SerialPort as _, SerialStream};
 
@@ -136,7 +136,7 @@ async fn simulate_device_answers_as_the_profile_says() {
     ));
     // 126 registers: the master would refuse to ask, so send the frame by hand.
     let tx = m
-        .transact(&airbridge::modbus::master::encode_read(1, 4, 3000, 126), 5)
+        .transact(&airbridge_modbus::master::encode_read(1, 4, 3000, 126), 5)
         .await
         .expect("an exception reply");
     assert!(tx.is_exception());

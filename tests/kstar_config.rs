@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use airbridge::config::{self, Function, OnStale, WritableTarget};
+use airbridge_gateway::config::{self, Function, OnStale, WritableTarget};
 
 fn profile(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

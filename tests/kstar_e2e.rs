@@ -9,10 +9,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airbridge::app::gateway::{BusPort, Gateway, RtuPort};
-use airbridge::config;
-use airbridge::control::profile::{self, Function, Value};
-use airbridge::tools::sim::device::{self, Device, DeviceOptions};
+use airbridge_gateway::app::gateway::{BusPort, Gateway, RtuPort};
+use airbridge_gateway::config;
+use airbridge_gateway::control::profile::{self, Function, Value};
+use airbridge_sim::device::{self, Device, DeviceOptions};
 use tokio_modbus::client::{Context, Reader, Writer};
 use tokio_modbus::slave::SlaveContext as _;
 use tokio_modbus::{ExceptionCode, Slave};

@@ -7,12 +7,12 @@
 
 use std::path::PathBuf;
 
-use airbridge::control::profile::{self, Function, Value};
-use airbridge::modbus::crc::frame_crc_ok;
-use airbridge::modbus::master::{
+use airbridge_gateway::control::profile::{self, Function, Value};
+use airbridge_modbus::crc::frame_crc_ok;
+use airbridge_modbus::master::{
     encode_read, encode_write_multiple, encode_write_single, parse_read_reply,
 };
-use airbridge::tools::sim::device::{Device, DeviceOptions};
+use airbridge_sim::device::{Device, DeviceOptions};
 
 fn hex(s: &str) -> Vec<u8> {
     s.split_whitespace()

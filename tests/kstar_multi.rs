@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use airbridge::tools::sim::device::Device;
+use airbridge_sim::device::Device;
 use tokio_modbus::client::{Context, Reader as _, Writer as _};
 use tokio_modbus::slave::SlaveContext as _;
 use tokio_modbus::{ExceptionCode, Slave};

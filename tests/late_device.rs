@@ -7,8 +7,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use airbridge::control::profile;
-use airbridge::tools::sim::device::{self, Device, DeviceOptions};
+use airbridge_gateway::control::profile;
+use airbridge_sim::device::{self, Device, DeviceOptions};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_modbus::client::Reader as _;
 use tokio_serial::{SerialPort as _, SerialStream};

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use airbridge::control::profile::{self, Function, Value};
+use airbridge_gateway::control::profile::{self, Function, Value};
 
 fn load(name: &str) -> profile::Profile {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))

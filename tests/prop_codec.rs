@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use airbridge::config::{OnStale, Region, Sources};
-use airbridge::image::Image;
-use airbridge::modbus::crc::{append_crc, frame_crc_ok};
-use airbridge::modbus::master::{encode_read, encode_write_single, parse_read_reply, ReplyError};
-use airbridge::modbus::rtu_frame::{Frame, Framer, Request, MAX_ADU};
-use airbridge::model::Outcome;
-use airbridge::servers::rtu_slave::answer::{self, SlaveParams};
+use airbridge_gateway::config::{OnStale, Region, Sources};
+use airbridge_gateway::image::Image;
+use airbridge_gateway::servers::rtu_slave::answer::{self, SlaveParams};
+use airbridge_modbus::crc::{append_crc, frame_crc_ok};
+use airbridge_modbus::master::{encode_read, encode_write_single, parse_read_reply, ReplyError};
+use airbridge_modbus::model::Outcome;
+use airbridge_modbus::rtu_frame::{Frame, Framer, Request, MAX_ADU};
 use proptest::prelude::*;
 use tokio::time::Instant;
 

@@ -6,7 +6,7 @@
 #[path = "common/check_framer.rs"]
 mod check_framer;
 
-use airbridge::modbus::rtu_frame::{Frame, Framer, Request};
+use airbridge_modbus::rtu_frame::{Frame, Framer, Request};
 use check_framer::{read_request, with_crc, Case, Op};
 use proptest::prelude::*;
 

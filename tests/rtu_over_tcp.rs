@@ -8,11 +8,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airbridge::app::gateway::{Gateway, RtuPort};
-use airbridge::config;
-use airbridge::control::profile;
-use airbridge::link::rtu_master::RtuMaster;
-use airbridge::tools::sim::device::{self, Device, DeviceOptions};
+use airbridge_gateway::app::gateway::{Gateway, RtuPort};
+use airbridge_gateway::config;
+use airbridge_gateway::control::profile;
+use airbridge_gateway::link::rtu_master::RtuMaster;
+use airbridge_sim::device::{self, Device, DeviceOptions};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 use tokio_modbus::client::Reader as _;
@@ -137,7 +137,7 @@ regions:
         .await
         .expect("the gateway connects")
         .expect("accept");
-    let req = airbridge::modbus::master::encode_read(1, 3, 8192, 2);
+    let req = airbridge_modbus::master::encode_read(1, 3, 8192, 2);
     s.write_all(&req[..4]).await.expect("half a request");
     drop(s);
     // Second connection: the inverter's read is answered.

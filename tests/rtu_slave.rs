@@ -5,10 +5,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airbridge::config;
-use airbridge::image::Image;
-use airbridge::modbus::crc::{append_crc, frame_crc_ok};
-use airbridge::servers::rtu_slave::{RtuSlave, RtuStats};
+use airbridge_gateway::config;
+use airbridge_gateway::image::Image;
+use airbridge_gateway::servers::rtu_slave::{RtuSlave, RtuStats};
+use airbridge_modbus::crc::{append_crc, frame_crc_ok};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -405,7 +405,7 @@ async fn own_echo_is_ignored_even_when_it_looks_like_a_request() {
 
     // Registers chosen so that the first 8 bytes of our reply to "read 0..3" are a CRC-valid
     // "read 1536 × 0" request: without echo suppression that would draw an exception 03.
-    let c = airbridge::modbus::crc::crc16(&[1, 3, 6, 0, 0, 0]);
+    let c = airbridge_modbus::crc::crc16(&[1, 3, 6, 0, 0, 0]);
     let mut words: Vec<u16> = (0..148).map(|a| 0x1000 + a).collect();
     words[0] = 0;
     words[1] = c & 0x00FF;

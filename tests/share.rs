@@ -13,9 +13,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use airbridge::app::gateway::{Gateway, RtuPort};
-use airbridge::config;
-use airbridge::tools::sim::ksem::{self, lock_model, KsemSim, KsemSimOptions};
+use airbridge_gateway::app::gateway::{Gateway, RtuPort};
+use airbridge_gateway::config;
+use airbridge_sim::ksem::{self, lock_model, KsemSim, KsemSimOptions};
 use tokio_modbus::client::{Context, Reader as _, Writer as _};
 use tokio_modbus::{ExceptionCode, Slave};
 use tokio_util::sync::CancellationToken;
@@ -258,7 +258,7 @@ regions:
             .expect("runtime");
         rt.block_on(async move {
             use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-            let request = airbridge::tools::bench::with_crc(&[1, 3, 0x20, 0x39, 0, 1]);
+            let request = airbridge_bench::with_crc(&[1, 3, 0x20, 0x39, 0, 1]);
             inverter.write_all(&request).await.expect("write");
             let mut reply = [0u8; 7];
             let got =

@@ -4,7 +4,7 @@
 //!
 //! The gateway runs as a child process on one end of a pty pair (the test is the inverter on
 //! the other end), with a fault-capable KSEM pusher and slave on loopback
-//! (`airbridge::tools::sim::fault`). Phases alternate between healthy and one randomly chosen
+//! (`airbridge_sim::fault`). Phases alternate between healthy and one randomly chosen
 //! outage or burst: pushes stop / are garbage / land outside the push regions, connection
 //! hogs, the slave refuses / hangs / resets / answers with a wrong transaction id or an
 //! exception, serial noise, another master's traffic, broadcasts. Checked all the time:
@@ -21,8 +21,8 @@ mod common;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use airbridge::link::rtu_master::{ReplyError, RtuMaster};
-use airbridge::tools::sim::fault::{
+use airbridge_gateway::link::rtu_master::{ReplyError, RtuMaster};
+use airbridge_sim::fault::{
     bus, hog, push_seq, slave_word, FaultyPusher, FaultySlave, PushFault, SlaveFault,
 };
 use tokio::io::AsyncWriteExt;

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use airbridge::tools::sim::device::{self, Device, DeviceOptions};
+use airbridge_sim::device::{self, Device, DeviceOptions};
 use tokio_serial::{SerialPort as _, SerialStream};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -19,7 +19,7 @@ pub fn two_unit_bus(profile: &Path) -> ([Arc<Device>; 2], String, DropGuard) {
 /// One simulated device of `profile` per `(unit, pv1_voltage)` (frozen values, seed = unit)
 /// on one pty bus; the path for the gateway, and the guard that stops them.
 pub fn pty_bus(profile: &Path, units: &[(u8, u16)]) -> (Vec<Arc<Device>>, String, DropGuard) {
-    let prof = airbridge::control::profile::load(profile).expect("profile");
+    let prof = airbridge_gateway::control::profile::load(profile).expect("profile");
     let devs: Vec<Arc<Device>> = units
         .iter()
         .map(|&(unit, volts)| {

@@ -14,9 +14,9 @@
 
 use std::time::Duration;
 
-use airbridge::config::{self, Config};
-use airbridge::control::profile::{self, Function};
-use airbridge::image::Image;
+use airbridge_gateway::config::{self, Config};
+use airbridge_gateway::control::profile::{self, Function};
+use airbridge_gateway::image::Image;
 
 const ORIGIN: &str = "fuzz.yaml";
 

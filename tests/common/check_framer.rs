@@ -16,8 +16,8 @@
 //!   chunks) is yielded exactly, and nothing else.
 #![allow(dead_code)]
 
-use airbridge::modbus::crc::{crc16, frame_crc_ok};
-use airbridge::modbus::rtu_frame::{Frame, Framer, FramerStats, Request, MAX_ADU};
+use airbridge_modbus::crc::{crc16, frame_crc_ok};
+use airbridge_modbus::rtu_frame::{Frame, Framer, FramerStats, Request, MAX_ADU};
 
 /// One step of the stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
