@@ -83,8 +83,8 @@ async fn bench_refuses_a_live_gateway_and_live_mode_changes_no_named_register() 
     let named = named_push_registers();
     let image_words = || {
         let snap = image.load_full();
-        let mut w = image.read_words(&snap, 0, 40).expect("totals");
-        w.extend(image.read_words(&snap, 40, 106).expect("phases"));
+        let mut w = image.read_words(&snap, None, 0, 40).expect("totals");
+        w.extend(image.read_words(&snap, None, 40, 106).expect("phases"));
         w
     };
     tokio::time::timeout(Duration::from_secs(5), async {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use airbridge_gateway::config::{self, Function, OnStale, WritableTarget};
+use airbridge_gateway::config::{self, OnStale, Table, WritableTarget};
 
 fn profile(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -86,7 +86,7 @@ fn the_issue_example_is_usable() {
     assert!(t.allows("192.168.178.20".parse().unwrap()));
     assert!(!t.allows("10.0.0.1".parse().unwrap()));
     let model = c.regions.iter().find(|r| r.name == "model").unwrap();
-    assert_eq!(model.function, Some(Function::Holding));
+    assert_eq!(model.table, Some(Table::Holding));
     assert!(model.source.rtu_poll);
     // RTU-polled defaults: 3 × every, exception (0B over TCP).
     assert_eq!(model.max_age, Duration::from_secs(3 * 3600));
@@ -237,7 +237,7 @@ fn ksem_configs_are_unchanged() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("gateway.yaml");
     let c = config::load(&path).unwrap_or_else(|e| panic!("{e}")).config;
     assert!(c.rtu_slave);
-    assert!(c.regions.iter().all(|r| r.function.is_none()));
+    assert!(c.regions.iter().all(|r| r.table.is_none()));
     assert!(c.rtu_poll.is_none() && c.tcp_server.is_none() && c.writable.is_empty());
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use airbridge_gateway::app::gateway::{BusPort, Gateway, RtuPort};
 use airbridge_gateway::config;
-use airbridge_gateway::control::profile::{self, Function, Value};
+use airbridge_gateway::control::profile::{self, Table, Value};
 use airbridge_sim::device::{self, Device, DeviceOptions};
 use tokio_modbus::client::{Context, Reader, Writer};
 use tokio_modbus::slave::SlaveContext as _;
@@ -118,16 +118,16 @@ const HYBRID_WRITABLE: &str = "[3044, 3086, 3200, 3272, 3273]";
 
 type Reply = Result<Vec<u16>, String>;
 
-async fn read(ctx: &mut Context, f: Function, address: u16, count: u16) -> Reply {
+async fn read(ctx: &mut Context, f: Table, address: u16, count: u16) -> Reply {
     let r = match f {
-        Function::Input => {
+        Table::Input => {
             tokio::time::timeout(
                 Duration::from_secs(5),
                 ctx.read_input_registers(address, count),
             )
             .await
         }
-        Function::Holding => {
+        Table::Holding => {
             tokio::time::timeout(
                 Duration::from_secs(5),
                 ctx.read_holding_registers(address, count),
@@ -146,7 +146,7 @@ async fn read(ctx: &mut Context, f: Function, address: u16, count: u16) -> Reply
 /// Retry a read until `ok` accepts it or patience runs out; the last reply is returned.
 async fn read_until(
     ctx: &mut Context,
-    f: Function,
+    f: Table,
     address: u16,
     count: u16,
     ok: impl Fn(&Reply) -> bool,
@@ -194,9 +194,9 @@ fn writes_received(device: &Device) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn decode(p: &profile::Profile, f: Function, name: &str, words: &[u16], base: u16) -> Value {
+fn decode(p: &profile::Profile, f: Table, name: &str, words: &[u16], base: u16) -> Value {
     let r = p.get(name).expect(name);
-    assert_eq!(r.function, f, "{name} table");
+    assert_eq!(r.table, f, "{name} table");
     let off = usize::from(r.address - base);
     r.decode(&words[off..off + usize::from(r.words)])
 }
@@ -212,27 +212,27 @@ async fn reads_serve_the_devices_values_per_table() {
     let p = rig.device.profile().clone();
 
     // Wait for a poll after the last `set` (a poll may land between two of them).
-    let live = read_until(&mut rig.client, Function::Input, 3000, 125, |r| {
+    let live = read_until(&mut rig.client, Table::Input, 3000, 125, |r| {
         r.as_ref().is_ok_and(|w| {
-            w[0] == 3012 && decode(&p, Function::Input, "bat_soc", w, 3000) == Value::Number(87.5)
+            w[0] == 3012 && decode(&p, Table::Input, "bat_soc", w, 3000) == Value::Number(87.5)
         })
     })
     .await
     .expect("live region served");
     assert_eq!(
-        decode(&p, Function::Input, "pv1_voltage", &live, 3000),
+        decode(&p, Table::Input, "pv1_voltage", &live, 3000),
         Value::Number(301.2)
     );
     assert_eq!(
-        decode(&p, Function::Input, "grid_r_frequency", &live, 3000),
+        decode(&p, Table::Input, "grid_r_frequency", &live, 3000),
         Value::Number(49.98)
     );
     assert_eq!(
-        decode(&p, Function::Input, "bat_soc", &live, 3000),
+        decode(&p, Table::Input, "bat_soc", &live, 3000),
         Value::Number(87.5)
     );
     // Every word equals the device's input table.
-    for r in p.overlapping(Function::Input, 3000, 125) {
+    for r in p.overlapping(Table::Input, 3000, 125) {
         let off = usize::from(r.address - 3000);
         assert_eq!(
             &live[off..off + usize::from(r.words)],
@@ -244,27 +244,27 @@ async fn reads_serve_the_devices_values_per_table() {
 
     // 3200 is two registers: input (FC04) = the power limit, holding (FC03) = model string.
     // The value was set after the gateway started: a poll before it may still be served.
-    let input_3200 = read_until(&mut rig.client, Function::Input, 3200, 1, |r| {
+    let input_3200 = read_until(&mut rig.client, Table::Input, 3200, 1, |r| {
         r.as_ref().is_ok_and(|w| w == &[70])
     })
     .await
     .expect("settings region");
     assert_eq!(input_3200, vec![70]);
-    let model = read_until(&mut rig.client, Function::Holding, 3200, 8, |r| r.is_ok())
+    let model = read_until(&mut rig.client, Table::Holding, 3200, 8, |r| r.is_ok())
         .await
         .expect("model region");
     assert_eq!(
-        decode(&p, Function::Holding, "inverter_model_name", &model, 3200),
+        decode(&p, Table::Holding, "inverter_model_name", &model, 3200),
         Value::Text("BluE-S 5000D".into())
     );
     // Outside the regions: 02, never a bus request.
     let before = rig.device.received().len();
     assert_eq!(
-        read(&mut rig.client, Function::Holding, 3000, 1).await,
+        read(&mut rig.client, Table::Holding, 3000, 1).await,
         Err("exception: IllegalDataAddress".into())
     );
     assert_eq!(
-        read(&mut rig.client, Function::Input, 3300, 10).await,
+        read(&mut rig.client, Table::Input, 3300, 10).await,
         Err("exception: IllegalDataAddress".into())
     );
     // Reads are answered from the image: the device sees only the poller's FC03/FC04.
@@ -287,7 +287,7 @@ async fn reads_serve_the_devices_values_per_table() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permitted_writes_reach_the_device_and_return_its_echo() {
     let mut rig = rig("kstar-hybrid.yaml", HYBRID_REGIONS, HYBRID_WRITABLE).await;
-    read_until(&mut rig.client, Function::Input, 3000, 1, |r| r.is_ok())
+    read_until(&mut rig.client, Table::Input, 3000, 1, |r| r.is_ok())
         .await
         .expect("warm");
     // Working mode 3044 := 2 (battery priority), FC06.
@@ -313,25 +313,25 @@ async fn permitted_writes_reach_the_device_and_return_its_echo() {
     );
     assert_eq!(frames.len(), 2);
     // Read back through the image after the next poll.
-    let back = read_until(&mut rig.client, Function::Input, 3044, 1, |r| {
+    let back = read_until(&mut rig.client, Table::Input, 3044, 1, |r| {
         r.as_ref().is_ok_and(|w| w == &[2])
     })
     .await;
     assert_eq!(back, Ok(vec![2]));
-    let limit = read_until(&mut rig.client, Function::Input, 3200, 1, |r| {
+    let limit = read_until(&mut rig.client, Table::Input, 3200, 1, |r| {
         r.as_ref().is_ok_and(|w| w == &[85])
     })
     .await;
     assert_eq!(limit, Ok(vec![85]));
     // The model string (holding 3200) is untouched by the 06H write.
-    let model = read(&mut rig.client, Function::Holding, 3200, 1).await;
+    let model = read(&mut rig.client, Table::Holding, 3200, 1).await;
     assert_eq!(model, Ok(vec![u16::from_be_bytes(*b"Bl")]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forbidden_writes_never_reach_the_device() {
     let mut rig = rig("kstar-hybrid.yaml", HYBRID_REGIONS, HYBRID_WRITABLE).await;
-    read_until(&mut rig.client, Function::Input, 3000, 1, |r| r.is_ok())
+    read_until(&mut rig.client, Table::Input, 3000, 1, |r| r.is_ok())
         .await
         .expect("warm");
     let cases: &[(&str, u16, &[u16], ExceptionCode)] = &[
@@ -416,14 +416,14 @@ async fn forbidden_writes_never_reach_the_device() {
 async fn a_silent_device_goes_stale_and_comes_back_by_itself() {
     let mut rig = rig("kstar-hybrid.yaml", HYBRID_REGIONS, HYBRID_WRITABLE).await;
     assert!(rig.device.set("pv1_voltage", &[3333]));
-    let fresh = read_until(&mut rig.client, Function::Input, 3000, 1, |r| {
+    let fresh = read_until(&mut rig.client, Table::Input, 3000, 1, |r| {
         r.as_ref().is_ok_and(|w| w == &[3333])
     })
     .await;
     assert_eq!(fresh, Ok(vec![3333]));
 
     rig.device.set_silent(true);
-    let stale = read_until(&mut rig.client, Function::Input, 3000, 1, |r| r.is_err()).await;
+    let stale = read_until(&mut rig.client, Table::Input, 3000, 1, |r| r.is_err()).await;
     assert_eq!(stale, Err("exception: GatewayTargetDevice".into()));
     // A write to a silent device: 0B, never a fake success.
     assert_eq!(
@@ -431,7 +431,7 @@ async fn a_silent_device_goes_stale_and_comes_back_by_itself() {
         Err(ExceptionCode::GatewayTargetDevice)
     );
     let stats = &rig.gateway.handles.rtu_poll;
-    let went_offline = read_until(&mut rig.client, Function::Input, 3000, 1, |_| {
+    let went_offline = read_until(&mut rig.client, Table::Input, 3000, 1, |_| {
         stats
             .went_offline
             .load(std::sync::atomic::Ordering::Relaxed)
@@ -443,7 +443,7 @@ async fn a_silent_device_goes_stale_and_comes_back_by_itself() {
 
     assert!(rig.device.set("pv1_voltage", &[3456]));
     rig.device.set_silent(false);
-    let back = read_until(&mut rig.client, Function::Input, 3000, 1, |r| r.is_ok()).await;
+    let back = read_until(&mut rig.client, Table::Input, 3000, 1, |r| r.is_ok()).await;
     assert_eq!(
         back,
         Ok(vec![3456]),
@@ -459,7 +459,7 @@ async fn golden_frames_on_the_bus() {
     let regions =
         "  - {name: pv1, start: 3000, count: 1, function: input, source: rtu_poll, every: 100ms}";
     let mut rig = rig("kstar-ksg1-60k.yaml", regions, "[4004]").await;
-    read_until(&mut rig.client, Function::Input, 3000, 1, |r| r.is_ok())
+    read_until(&mut rig.client, Table::Input, 3000, 1, |r| r.is_ok())
         .await
         .expect("polled");
     let first = rig.device.received().first().cloned();
@@ -492,7 +492,7 @@ async fn unit_ids_allow_list_and_connection_limit() {
         "allow_from: [127.0.0.1], max_connections: 1",
     )
     .await;
-    read_until(&mut rig.client, Function::Input, 3000, 1, |r| r.is_ok())
+    read_until(&mut rig.client, Table::Input, 3000, 1, |r| r.is_ok())
         .await
         .expect("unit 1 served");
     let addr = rig.gateway.tcp_addr.expect("tcp");
@@ -500,7 +500,7 @@ async fn unit_ids_allow_list_and_connection_limit() {
     let mut second = tokio_modbus::client::tcp::connect_slave(addr, Slave(1))
         .await
         .expect("TCP connect (closed right after accept)");
-    let r = read(&mut second, Function::Input, 3000, 1).await;
+    let r = read(&mut second, Table::Input, 3000, 1).await;
     assert!(
         r.as_ref().is_err_and(|e| !e.starts_with("exception")),
         "{r:?}"
@@ -509,14 +509,12 @@ async fn unit_ids_allow_list_and_connection_limit() {
     // Another unit id on the first connection: 0A, gateway path unavailable.
     rig.client.set_slave(Slave(7));
     assert_eq!(
-        read(&mut rig.client, Function::Input, 3000, 1).await,
+        read(&mut rig.client, Table::Input, 3000, 1).await,
         Err("exception: GatewayPathUnavailable".into())
     );
     // 255, the Modbus TCP "no unit" id, is the device too.
     rig.client.set_slave(Slave(255));
-    assert!(read(&mut rig.client, Function::Input, 3000, 1)
-        .await
-        .is_ok());
+    assert!(read(&mut rig.client, Table::Input, 3000, 1).await.is_ok());
     let tcp = &rig.gateway.handles.tcp;
     assert_eq!(
         tcp.front
@@ -553,7 +551,7 @@ regions:
     let Ok(mut ctx) = tokio_modbus::client::tcp::connect_slave(addr, Slave(1)).await else {
         return true;
     };
-    let r = read(&mut ctx, Function::Input, 3000, 1).await;
+    let r = read(&mut ctx, Table::Input, 3000, 1).await;
     r.is_err_and(|e| !e.starts_with("exception"))
         && gw
             .handles
@@ -585,7 +583,7 @@ async fn the_devices_own_exception_reaches_the_client() {
         "allow_from: [127.0.0.1]",
     )
     .await;
-    read_until(&mut rig.client, Function::Input, 3000, 1, |r| r.is_ok())
+    read_until(&mut rig.client, Table::Input, 3000, 1, |r| r.is_ok())
         .await
         .expect("warm");
     assert_eq!(
@@ -607,7 +605,7 @@ async fn large_regions_are_read_in_requests_of_at_most_125() {
     let regions =
         "  - {name: big, start: 3000, count: 300, function: input, source: rtu_poll, every: 1h}";
     let mut rig = rig("kstar-hybrid.yaml", regions, "[]").await;
-    read_until(&mut rig.client, Function::Input, 3000, 1, |r| r.is_ok())
+    read_until(&mut rig.client, Table::Input, 3000, 1, |r| r.is_ok())
         .await
         .expect("polled");
     let reads: Vec<(u16, u16)> = rig
@@ -623,6 +621,6 @@ async fn large_regions_are_read_in_requests_of_at_most_125() {
         .collect();
     assert_eq!(&reads[..3], &[(3000, 125), (3125, 125), (3250, 50)]);
     // The whole region is served, across the request boundaries.
-    let words = read(&mut rig.client, Function::Input, 3100, 125).await;
+    let words = read(&mut rig.client, Table::Input, 3100, 125).await;
     assert!(words.is_ok(), "{words:?}");
 }

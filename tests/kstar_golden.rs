@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use airbridge_gateway::control::profile::{self, Function, Value};
+use airbridge_gateway::control::profile::{self, Table, Value};
 use airbridge_modbus::crc::frame_crc_ok;
 use airbridge_modbus::master::{
     encode_read, encode_write_multiple, encode_write_single, parse_read_reply,
@@ -59,7 +59,7 @@ fn example_4_1_read_pv1_voltage() {
     assert_eq!(words, vec![0x0065]);
     for file in FILES {
         let p = load(file);
-        let r = p.at(Function::Input, 3000).expect("input 3000");
+        let r = p.at(Table::Input, 3000).expect("input 3000");
         assert_eq!(r.name, "pv1_voltage", "{file}");
         assert_eq!(r.decode(&words), Value::Number(10.1), "{file}");
         // The simulated device, holding that value, answers with the documented frame.
@@ -78,7 +78,7 @@ fn example_4_2_read_model_string() {
     let words = parse_read_reply(1, 3, 1, &reply).expect("documented reply parses");
     for file in FILES {
         let p = load(file);
-        let r = p.at(Function::Holding, 3200).expect("holding 3200");
+        let r = p.at(Table::Holding, 3200).expect("holding 3200");
         assert_eq!(r.kind, profile::Kind::Ascii, "{file}");
         let mut full = vec![0u16; usize::from(r.words)];
         full[0] = words[0];

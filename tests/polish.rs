@@ -68,7 +68,7 @@ fn profile_show_aligns_columns_lists_enum_values_and_names_its_source() {
                 t.starts_with(&format!("{} ", r.name)) || t == r.name
             })
             .unwrap_or_else(|| panic!("{} not in the name column:\n{text}", r.name));
-        assert!(row.starts_with(r.function.as_str()), "{row}");
+        assert!(row.starts_with(r.table.as_str()), "{row}");
         if let Some((k, v)) = r.enumeration.as_ref().and_then(|e| e.iter().next()) {
             let at = lines.iter().position(|l| l == row).expect("row");
             assert!(

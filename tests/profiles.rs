@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use airbridge_gateway::control::profile::{self, Function, Value};
+use airbridge_gateway::control::profile::{self, Table, Value};
 
 fn load(name: &str) -> profile::Profile {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -36,8 +36,8 @@ fn ksem_profile_decodes_power_and_identity() {
     let p = load("ksem-g2.yaml");
     let import = p.get("active_power_import").expect("active_power_import");
     assert_eq!(
-        (import.address, import.function, import.words),
-        (0, Function::Holding, 2)
+        (import.address, import.table, import.words),
+        (0, Table::Holding, 2)
     );
     // 1234.5 W = 12345 raw at scale 0.1.
     assert_eq!(import.decode(&[0, 12345]), Value::Number(1234.5));
@@ -52,13 +52,13 @@ fn ksem_profile_decodes_power_and_identity() {
 fn hybrid_profile_keeps_the_two_meanings_of_3200_apart() {
     let p = load("kstar-hybrid.yaml");
     // 03H 3200: the model string (example 4.2 reads 0x4B53 = "KS").
-    let model = p.at(Function::Holding, 3200).expect("holding 3200");
+    let model = p.at(Table::Holding, 3200).expect("holding 3200");
     assert_eq!(model.name, "inverter_model_name");
     let mut words = vec![0u16; usize::from(model.words)];
     words[0] = 0x4B53;
     assert_eq!(model.decode(&words), Value::Text("KS".into()));
     // 04H/06H 3200: the active power limit, 0..100 %.
-    let limit = p.at(Function::Input, 3200).expect("input 3200");
+    let limit = p.at(Table::Input, 3200).expect("input 3200");
     assert_eq!(limit.name, "active_power_setting");
     assert_eq!(
         p.check_write(6, 3200, &[85]).map(|r| r[0].name.clone()),
@@ -70,7 +70,7 @@ fn hybrid_profile_keeps_the_two_meanings_of_3200_apart() {
     );
     // 3240..3243 are clock words under 04H and commands under 06H: a write is the command.
     assert_eq!(
-        p.at(Function::Input, 3240).map(|r| r.name.as_str()),
+        p.at(Table::Input, 3240).map(|r| r.name.as_str()),
         Some("clock_month")
     );
     assert_eq!(

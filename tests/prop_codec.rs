@@ -31,7 +31,7 @@ fn image(words: &[u16]) -> Image {
         on_stale: OnStale::Silence,
         fallback_poll: None,
         values: BTreeMap::new(),
-        function: None,
+        table: None,
         device: 0,
     }]);
     img.write_push(100, words, Instant::now()).expect("push");

@@ -28,7 +28,7 @@ fn region(name: String, start: u16, count: u16, push: bool) -> Region {
         on_stale: OnStale::Silence,
         fallback_poll: None,
         values: BTreeMap::new(),
-        function: None,
+        table: None,
         device: 0,
     }
 }
@@ -98,7 +98,7 @@ proptest! {
                     let snap = img.load();
                     let spans = [(0, ranges[0].1), (ranges[1].0, push_end), (push_end + 10, push_end + 50)];
                     for (w, (lo, hi)) in spans.into_iter().enumerate() {
-                        let words = img.read_words(&snap, lo, hi - lo).ok_or("unreadable")?;
+                        let words = img.read_words(&snap, None, lo, hi - lo).ok_or("unreadable")?;
                         if words.iter().all(|&x| x == 0) {
                             continue; // not written yet
                         }

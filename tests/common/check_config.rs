@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use airbridge_gateway::config::{self, Config};
-use airbridge_gateway::control::profile::{self, Function};
+use airbridge_gateway::control::profile::{self, Table};
 use airbridge_gateway::image::Image;
 
 const ORIGIN: &str = "fuzz.yaml";
@@ -126,14 +126,14 @@ pub fn check_config(c: &Config) {
         while a < r.end() {
             let n = (r.end() - a).min(125) as u16;
             let words = image
-                .read_words(&snap, a as u16, n)
+                .read_words(&snap, image.table_for(3), a as u16, n)
                 .unwrap_or_else(|| panic!("{}: {a}+{n} not readable", r.name));
             assert_eq!(words.len(), usize::from(n));
             a += u32::from(n);
         }
         for (&a, &v) in &r.values {
             assert_eq!(
-                image.read_words(&snap, a, 1),
+                image.read_words(&snap, image.table_for(3), a, 1),
                 Some(vec![v]),
                 "{}: static",
                 r.name
@@ -153,10 +153,10 @@ pub fn check_profile(p: &profile::Profile) {
             r.name
         );
         if r.access.readable() {
-            let at = p.at(r.function, r.address).map(|g| &g.name);
-            assert_eq!(at, Some(&r.name), "at({:?}, {})", r.function, r.address);
+            let at = p.at(r.table, r.address).map(|g| &g.name);
+            assert_eq!(at, Some(&r.name), "at({:?}, {})", r.table, r.address);
             assert!(p
-                .overlapping(r.function, r.address, r.words)
+                .overlapping(r.table, r.address, r.words)
                 .any(|g| g.name == r.name));
         }
         // Decoding any words never panics.
@@ -166,7 +166,7 @@ pub fn check_profile(p: &profile::Profile) {
             let _ = p.check_write(fc, r.address, &vec![0; usize::from(r.words)]);
         }
     }
-    for f in [Function::Holding, Function::Input] {
+    for f in [Table::Holding, Table::Input] {
         let _ = p.at(f, 0);
         let _ = p.at(f, u16::MAX);
     }

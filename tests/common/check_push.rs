@@ -248,7 +248,7 @@ impl Harness {
                 let n = (e - a).min(125) as u16;
                 let w = self
                     .image
-                    .read_words(&snap, a as u16, n)
+                    .read_words(&snap, self.image.table_for(3), a as u16, n)
                     .expect("span readable");
                 out.extend(
                     w.into_iter()

@@ -13,7 +13,7 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, Guard};
 use tokio::time::Instant;
 
-use airbridge_modbus::model::{Function, OnStale, Region};
+use airbridge_modbus::model::{OnStale, Region, Table};
 
 /// The fixed shape of one region (from the config).
 #[derive(Debug, Clone)]
@@ -31,28 +31,25 @@ pub struct RegionSpec {
     /// Push writes may land here.
     pub accepts_push: bool,
     /// The table it serves (`None`: the one untyped table of a KSEM layout).
-    pub table: Option<Function>,
+    pub table: Option<Table>,
     /// The device on the RTU bus it belongs to (0 in a KSEM or one-device config): each
     /// device has its own tables, so two devices may use the same addresses.
     pub device: usize,
 }
 
-/// Which table a read is served from: one device's table of one function.
+/// Which table a read is served from: one device's input or holding table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Table {
+pub struct DeviceTable {
     /// The device (index in `Config::devices`; 0 in a KSEM or one-device config).
     pub device: usize,
     /// Its input or holding table (`None`: the one untyped table of a KSEM layout).
-    pub function: Option<Function>,
+    pub table: Option<Table>,
 }
 
-/// A function's table of device 0: what every reader of a one-device image means.
-impl From<Option<Function>> for Table {
-    fn from(function: Option<Function>) -> Self {
-        Table {
-            device: 0,
-            function,
-        }
+/// A table of device 0: what every reader of a one-device image means.
+impl From<Option<Table>> for DeviceTable {
+    fn from(table: Option<Table>) -> Self {
+        DeviceTable { device: 0, table }
     }
 }
 
@@ -109,6 +106,17 @@ pub enum WriteError {
     Length,
 }
 
+/// What must have been filled before a read is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WarmUp {
+    /// Every region of the image: the RTU slave serves the inverter the whole meter or
+    /// nothing.
+    Image,
+    /// The regions the read touches: for LAN clients of a device, one region the device
+    /// refuses must not take the others down.
+    Touched,
+}
+
 /// Why a read cannot be answered with data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadRefusal {
@@ -145,7 +153,7 @@ impl Image {
         let mut sorted: Vec<&Region> = regions.iter().collect();
         // By device and table, then start: each table's regions are contiguous and in
         // address order.
-        sorted.sort_by_key(|r| (r.device, r.function, r.start));
+        sorted.sort_by_key(|r| (r.device, r.table, r.start));
         let specs: Box<[RegionSpec]> = sorted
             .iter()
             .map(|r| RegionSpec {
@@ -155,7 +163,7 @@ impl Image {
                 max_age: r.max_age,
                 on_stale: r.on_stale,
                 accepts_push: r.source.push,
-                table: r.function,
+                table: r.table,
                 device: r.device,
             })
             .collect();
@@ -238,7 +246,7 @@ impl Image {
             return Err(WriteError::NotWritable);
         }
         let touched = self
-            .covering(address, values.len())
+            .covering(self.default_table(), address, values.len())
             .ok_or(WriteError::NotWritable)?;
         if !self.specs[touched.clone()].iter().all(|s| s.accepts_push) {
             return Err(WriteError::NotWritable);
@@ -307,48 +315,43 @@ impl Image {
         true
     }
 
-    /// The regions `[first, last]` that cover `address .. address + len` without a gap, or
-    /// `None` if any address is outside every region.
-    pub fn covering(&self, address: u16, len: usize) -> Option<std::ops::Range<usize>> {
-        self.covering_in(self.default_table(), address, len)
-    }
-
     /// The table FC03 reads: holding if regions name their tables, else the untyped one.
-    fn default_table(&self) -> Option<Function> {
+    fn default_table(&self) -> Option<Table> {
         self.specs
             .first()
             .and_then(|s| s.table)
-            .map(|_| Function::Holding)
+            .map(|_| Table::Holding)
     }
 
     /// The table a read with function code `fc` (3 or 4) is served from: in an image whose
     /// regions name their tables, FC03 → holding and FC04 → input; otherwise the one table.
-    pub fn table_for(&self, fc: u8) -> Option<Function> {
+    pub fn table_for(&self, fc: u8) -> Option<Table> {
         match (self.specs.first().and_then(|s| s.table), fc) {
             (None, _) => None,
-            (Some(_), 4) => Some(Function::Input),
-            (Some(_), _) => Some(Function::Holding),
+            (Some(_), 4) => Some(Table::Input),
+            (Some(_), _) => Some(Table::Holding),
         }
     }
 
     /// The table device `device` serves to a read with function code `fc` (see
     /// [`Image::table_for`]).
-    pub fn device_table(&self, device: usize, fc: u8) -> Table {
-        Table {
+    pub fn device_table(&self, device: usize, fc: u8) -> DeviceTable {
+        DeviceTable {
             device,
-            function: self.table_for(fc),
+            table: self.table_for(fc),
         }
     }
 
-    /// Like [`Image::covering`], within the regions of `table`.
-    pub fn covering_in(
+    /// The regions `[first, last]` of `table` that cover `address .. address + len` without
+    /// a gap, or `None` if any address is outside every region of it.
+    pub fn covering(
         &self,
-        table: impl Into<Table>,
+        table: impl Into<DeviceTable>,
         address: u16,
         len: usize,
     ) -> Option<std::ops::Range<usize>> {
-        let t: Table = table.into();
-        let in_table = |s: &RegionSpec| s.table == t.function && s.device == t.device;
+        let t: DeviceTable = table.into();
+        let in_table = |s: &RegionSpec| s.table == t.table && s.device == t.device;
         let end = u32::from(address) + u32::try_from(len).ok()?;
         if len == 0 || end > 65_536 {
             return None;
@@ -367,80 +370,31 @@ impl Image {
         Some(first..last + 1)
     }
 
-    /// Check a read of `table` for a LAN client: regions, then each touched region on its
-    /// own (never filled → [`ReadRefusal::WarmingUp`], older than `max_age` → its policy).
-    /// Unlike [`Image::check_read`] it does not wait for the whole image to be warm: one
-    /// region the device refuses must not take the others down.
-    pub fn check_read_in(
-        &self,
-        snap: &Snapshot,
-        table: impl Into<Table>,
-        address: u16,
-        count: u16,
-        now: Instant,
-    ) -> Result<std::ops::Range<usize>, ReadRefusal> {
-        let touched = self
-            .covering_in(table, address, usize::from(count))
-            .ok_or(ReadRefusal::OutsideRegions)?;
-        let mut verdict = OnStale::Serve;
-        let rules = self.rules.load();
-        for i in touched.clone() {
-            if snap.regions.get(i).and_then(|r| r.written).is_none() {
-                return Err(ReadRefusal::WarmingUp);
-            }
-            // The rules in force (hot reload), not the ones at start.
-            if let Some(rule) = Self::stale_by(&rules, snap, i, now) {
-                verdict = verdict.max(rule.on_stale);
-            }
-        }
-        match verdict {
-            OnStale::Serve => Ok(touched),
-            v => Err(ReadRefusal::Stale(v)),
-        }
-    }
-
-    /// Copy `count` words of `table` at `address` (diagnostics, write logs).
-    pub fn read_words_in(
-        &self,
-        snap: &Snapshot,
-        table: impl Into<Table>,
-        address: u16,
-        count: u16,
-    ) -> Option<Vec<u16>> {
-        let touched = self.covering_in(table, address, usize::from(count))?;
-        let mut out = Vec::with_capacity(usize::from(count));
-        self.for_each_word(snap, touched, address, count, |w| out.push(w));
-        Some(out)
-    }
-
-    /// Check a read of `count` words at `address` against regions, warm-up and freshness,
-    /// in that order. `Ok` carries the touched regions.
+    /// Check a read of `count` words of `table` at `address` against regions, warm-up (as
+    /// `warm_up` says) and freshness, in that order. `Ok` carries the touched regions.
     pub fn check_read(
         &self,
         snap: &Snapshot,
+        table: impl Into<DeviceTable>,
         address: u16,
         count: u16,
         now: Instant,
-    ) -> Result<std::ops::Range<usize>, ReadRefusal> {
-        self.check_read_fc(snap, 3, address, count, now)
-    }
-
-    /// [`Image::check_read`] for a read with function code `fc` (see [`Image::table_for`]).
-    pub fn check_read_fc(
-        &self,
-        snap: &Snapshot,
-        fc: u8,
-        address: u16,
-        count: u16,
-        now: Instant,
+        warm_up: WarmUp,
     ) -> Result<std::ops::Range<usize>, ReadRefusal> {
         let touched = self
-            .covering_in(self.table_for(fc), address, usize::from(count))
+            .covering(table, address, usize::from(count))
             .ok_or(ReadRefusal::OutsideRegions)?;
-        if !snap.warm {
+        let filled = match warm_up {
+            WarmUp::Image => snap.warm,
+            WarmUp::Touched => touched
+                .clone()
+                .all(|i| snap.regions.get(i).and_then(|r| r.written).is_some()),
+        };
+        if !filled {
             return Err(ReadRefusal::WarmingUp);
         }
         let mut verdict = OnStale::Serve;
+        // The rules in force (hot reload), not the ones at start.
         let rules = self.rules.load();
         for i in touched.clone() {
             if let Some(rule) = Self::stale_by(&rules, snap, i, now) {
@@ -529,9 +483,16 @@ impl Image {
         }
     }
 
-    /// Copy `count` words at `address` into a vector (diagnostics; not the RTU reply path).
-    pub fn read_words(&self, snap: &Snapshot, address: u16, count: u16) -> Option<Vec<u16>> {
-        let touched = self.covering(address, usize::from(count))?;
+    /// Copy `count` words of `table` at `address` into a vector (status, write logs; not the
+    /// RTU reply path).
+    pub fn read_words(
+        &self,
+        snap: &Snapshot,
+        table: impl Into<DeviceTable>,
+        address: u16,
+        count: u16,
+    ) -> Option<Vec<u16>> {
+        let touched = self.covering(table, address, usize::from(count))?;
         let mut out = Vec::with_capacity(usize::from(count));
         self.for_each_word(snap, touched, address, count, |w| out.push(w));
         Some(out)
@@ -592,43 +553,51 @@ mod tests {
     #[test]
     fn devices_have_their_own_tables_at_the_same_addresses() {
         let on = |name: &str, device: usize| Region {
-            function: Some(Function::Input),
+            function: Some(Table::Input),
             device,
             ..region(name, 3000, 10, false, OnStale::Exception)
         };
         let img = Image::new(&[on("b.live", 1), on("a.live", 0)]);
-        let t = |device| Table {
+        let t = |device| DeviceTable {
             device,
-            function: Some(Function::Input),
+            table: Some(Table::Input),
         };
         let a = img.region_index("a.live");
         let b = img.region_index("b.live");
-        assert_eq!(img.covering_in(t(0), 3000, 10).map(|r| r.start), a);
-        assert_eq!(img.covering_in(t(1), 3002, 8).map(|r| r.start), b);
-        assert_eq!(img.covering_in(t(2), 3000, 1), None, "no such device");
+        assert_eq!(img.covering(t(0), 3000, 10).map(|r| r.start), a);
+        assert_eq!(img.covering(t(1), 3002, 8).map(|r| r.start), b);
+        assert_eq!(img.covering(t(2), 3000, 1), None, "no such device");
         assert_eq!(img.device_table(1, 4), t(1));
         // Adjacent in the specs, but another device's: never spanned.
-        assert_eq!(img.covering_in(t(0), 3005, 10), None);
+        assert_eq!(img.covering(t(0), 3005, 10), None);
         img.commit_poll(b.unwrap_or(9), &[7; 10], Instant::now(), Instant::now())
             .unwrap_or_else(|e| panic!("{e}"));
         let snap = img.load();
-        assert_eq!(img.read_words_in(&snap, t(1), 3000, 2), Some(vec![7, 7]));
-        assert_eq!(img.read_words_in(&snap, t(0), 3000, 2), Some(vec![0, 0]));
+        assert_eq!(img.read_words(&snap, t(1), 3000, 2), Some(vec![7, 7]));
+        assert_eq!(img.read_words(&snap, t(0), 3000, 2), Some(vec![0, 0]));
     }
 
     #[test]
     fn covering_requires_contiguous_regions() {
         let img = ksem_like();
-        assert_eq!(img.covering(0, 40), Some(0..1));
-        assert_eq!(img.covering(30, 20), Some(0..2), "spans adjacent regions");
-        assert_eq!(img.covering(0, 148), Some(0..2));
-        assert_eq!(img.covering(100, 50), None, "runs past 147 into the gap");
-        assert_eq!(img.covering(148, 1), None);
-        assert_eq!(img.covering(511, 2), None);
-        assert_eq!(img.covering(512, 280), Some(2..3));
-        assert_eq!(img.covering(790, 3), None);
-        assert_eq!(img.covering(0, 0), None);
-        assert_eq!(img.covering(65_535, 2), None);
+        assert_eq!(img.covering(None, 0, 40), Some(0..1));
+        assert_eq!(
+            img.covering(None, 30, 20),
+            Some(0..2),
+            "spans adjacent regions"
+        );
+        assert_eq!(img.covering(None, 0, 148), Some(0..2));
+        assert_eq!(
+            img.covering(None, 100, 50),
+            None,
+            "runs past 147 into the gap"
+        );
+        assert_eq!(img.covering(None, 148, 1), None);
+        assert_eq!(img.covering(None, 511, 2), None);
+        assert_eq!(img.covering(None, 512, 280), Some(2..3));
+        assert_eq!(img.covering(None, 790, 3), None);
+        assert_eq!(img.covering(None, 0, 0), None);
+        assert_eq!(img.covering(None, 65_535, 2), None);
     }
 
     #[test]
@@ -640,9 +609,9 @@ mod tests {
             .expect("spans totals and phases");
         let snap = img.load();
         assert_eq!(snap.generation, 1);
-        assert_eq!(img.read_words(&snap, 30, 20), Some(vals));
+        assert_eq!(img.read_words(&snap, None, 30, 20), Some(vals));
         assert_eq!(
-            img.read_words(&snap, 0, 2),
+            img.read_words(&snap, None, 0, 2),
             Some(vec![0, 0]),
             "unwritten words read 0"
         );
@@ -682,33 +651,39 @@ mod tests {
         img.write_push(0, &[7; 148], t0).expect("push");
         let snap = img.load_full();
         assert_eq!(
-            img.check_read(&snap, 0, 10, t0),
+            img.check_read(&snap, None, 0, 10, t0, WarmUp::Image),
             Err(ReadRefusal::WarmingUp)
         );
         assert_eq!(
-            img.check_read(&snap, 300, 1, t0),
+            img.check_read(&snap, None, 300, 1, t0, WarmUp::Image),
             Err(ReadRefusal::OutsideRegions),
             "address checked before warm-up"
         );
         img.commit_poll(2, &[1; 280], t0, t0).expect("poll");
         let snap = img.load_full();
         assert!(snap.warm);
-        assert_eq!(img.check_read(&snap, 0, 10, t0), Ok(0..1));
+        assert_eq!(
+            img.check_read(&snap, None, 0, 10, t0, WarmUp::Image),
+            Ok(0..1)
+        );
         let later = t0 + Duration::from_millis(2001);
         assert_eq!(
-            img.check_read(&snap, 0, 10, later),
+            img.check_read(&snap, None, 0, 10, later, WarmUp::Image),
             Err(ReadRefusal::Stale(OnStale::Silence))
         );
         assert_eq!(
-            img.check_read(&snap, 512, 10, later),
+            img.check_read(&snap, None, 512, 10, later, WarmUp::Image),
             Err(ReadRefusal::Stale(OnStale::Exception))
         );
         // A fresh push makes totals fresh again; energy still stale.
         img.write_push(0, &[8; 40], later).expect("push");
         let snap = img.load_full();
-        assert_eq!(img.check_read(&snap, 0, 10, later), Ok(0..1));
         assert_eq!(
-            img.check_read(&snap, 30, 20, later),
+            img.check_read(&snap, None, 0, 10, later, WarmUp::Image),
+            Ok(0..1)
+        );
+        assert_eq!(
+            img.check_read(&snap, None, 30, 20, later, WarmUp::Image),
             Err(ReadRefusal::Stale(OnStale::Silence)),
             "phases still stale"
         );
@@ -768,11 +743,11 @@ mod tests {
             "superseded"
         );
         let snap = img.load();
-        assert_eq!(img.read_words(&snap, 0, 1), Some(vec![0x2222]));
+        assert_eq!(img.read_words(&snap, None, 0, 1), Some(vec![0x2222]));
         assert_eq!(snap.regions[0].written, Some(pushed_at));
         // A poll started after the push commits.
         assert_eq!(img.commit_poll(0, &[0x3333; 40], done, done), Ok(true));
-        assert_eq!(img.read_words(&img.load(), 0, 1), Some(vec![0x3333]));
+        assert_eq!(img.read_words(&img.load(), None, 0, 1), Some(vec![0x3333]));
     }
 
     #[test]
@@ -788,7 +763,7 @@ mod tests {
         let img = Image::new(&[r]);
         let snap = img.load();
         assert!(snap.warm);
-        assert_eq!(img.read_words(&snap, 8243, 2), Some(vec![0, 200]));
+        assert_eq!(img.read_words(&snap, None, 8243, 2), Some(vec![0, 200]));
     }
 
     /// Writers publish words that encode (generation, address); readers check that every
@@ -823,7 +798,7 @@ mod tests {
                         if snap.generation == 0 {
                             continue; // the empty start image does not carry the encoding
                         }
-                        let words = img.read_words(&snap, 0, 148).expect("in range");
+                        let words = img.read_words(&snap, None, 0, 148).expect("in range");
                         let gen = words[0];
                         for (a, &w) in words.iter().enumerate() {
                             assert_eq!(

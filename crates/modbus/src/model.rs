@@ -14,7 +14,7 @@ pub const MAX_READ: u16 = 125;
 /// The register table a register lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Function {
+pub enum Table {
     /// Holding registers: read with FC03, written with FC06/FC16.
     Holding,
     /// Input registers: read with FC04. These devices also write some with FC06 at the
@@ -22,18 +22,18 @@ pub enum Function {
     Input,
 }
 
-impl Function {
+impl Table {
     /// The read function code.
     pub fn read_code(self) -> u8 {
         match self {
-            Function::Holding => 3,
-            Function::Input => 4,
+            Table::Holding => 3,
+            Table::Input => 4,
         }
     }
     pub fn as_str(self) -> &'static str {
         match self {
-            Function::Holding => "holding",
-            Function::Input => "input",
+            Table::Holding => "holding",
+            Table::Input => "input",
         }
     }
 }
@@ -110,7 +110,7 @@ pub struct Region {
     pub values: BTreeMap<u16, u16>,
     /// The register table the region is read from and served as (`function: input|holding`);
     /// `None`: one table served to FC03 (and FC04 with `rtu.input_registers`), as for the KSEM.
-    pub function: Option<Function>,
+    pub table: Option<Table>,
     /// The device on the `rtu_poll:` bus it belongs to (index in `Config::devices`); 0 in a
     /// KSEM or one-device config. Devices may use the same addresses.
     pub device: usize,

@@ -265,7 +265,7 @@ pub async fn run_kstar(
     cancel: CancellationToken,
 ) -> anyhow::Result<KstarDemoSummary> {
     use crate::device::{self, Device, DeviceOptions};
-    use airbridge_gateway::control::profile::{Function, Kind};
+    use airbridge_gateway::control::profile::{Kind, Table};
     use tokio_modbus::client::{Reader as _, Writer as _};
     use tokio_modbus::slave::SlaveContext as _;
 
@@ -275,7 +275,7 @@ pub async fn run_kstar(
     if !profile
         .registers
         .iter()
-        .any(|r| r.function == Function::Input && r.access.readable())
+        .any(|r| r.table == Table::Input && r.access.readable())
     {
         anyhow::bail!(
             "{}: this profile has no input registers to poll; `demo --profile` is the KSTAR \
@@ -285,19 +285,19 @@ pub async fn run_kstar(
         );
     }
     // Regions: the first 250 input words and 125 holding words the profile documents.
-    let first = |f: Function| {
+    let first = |f: Table| {
         profile
             .registers
             .iter()
-            .filter(|r| r.function == f && r.access.readable())
+            .filter(|r| r.table == f && r.access.readable())
             .map(|r| r.address)
             .min()
     };
     let mut regions = String::new();
-    if let Some(a) = first(Function::Input) {
+    if let Some(a) = first(Table::Input) {
         regions.push_str(&format!("      - {{name: live, start: {a}, count: {}, function: input, every: 1s, max_age: 5s}}\n", 250.min(65_536 - u32::from(a))));
     }
-    if let Some(a) = first(Function::Holding) {
+    if let Some(a) = first(Table::Holding) {
         regions.push_str(&format!(
             "      - {{name: identity, start: {a}, count: {}, function: holding, every: 10s}}\n",
             38.min(65_536 - u32::from(a))
@@ -378,9 +378,9 @@ devices:
         );
     }
     // What the client shows: a few numeric input registers with a unit.
-    let live_start = first(Function::Input).unwrap_or(0);
+    let live_start = first(Table::Input).unwrap_or(0);
     let shown: Vec<&airbridge_gateway::control::profile::Register> = profile
-        .overlapping(Function::Input, live_start, 250)
+        .overlapping(Table::Input, live_start, 250)
         .filter(|r| {
             r.enumeration.is_none()
                 && r.bits.is_none()

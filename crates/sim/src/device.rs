@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use airbridge_gateway::control::profile::{Function, Kind, Profile, Register, WriteRefusal};
+use airbridge_gateway::control::profile::{Kind, Profile, Register, Table, WriteRefusal};
 use airbridge_modbus::crc::{append_crc, frame_crc_ok};
 use airbridge_modbus::rtu_frame::{request_frame_len, Len};
 
@@ -101,7 +101,7 @@ pub struct Device {
     /// What it answered.
     pub stats: DeviceStats,
     /// Documented span (first, one past last) per table.
-    spans: BTreeMap<Function, (u16, u32)>,
+    spans: BTreeMap<Table, (u16, u32)>,
     /// Phase per register (by index), from the seed.
     phases: Vec<f64>,
     /// When it was made: the changing values move with the time since.
@@ -115,14 +115,14 @@ struct Tables {
     /// FC03's table (FC06/FC16 write here).
     holding: Vec<u16>,
     /// Registers a client wrote: their value stays as written.
-    written: std::collections::BTreeSet<(Function, u16)>,
+    written: std::collections::BTreeSet<(Table, u16)>,
 }
 
 impl Tables {
-    fn table(&mut self, f: Function) -> &mut Vec<u16> {
+    fn table(&mut self, f: Table) -> &mut Vec<u16> {
         match f {
-            Function::Input => &mut self.input,
-            Function::Holding => &mut self.holding,
+            Table::Input => &mut self.input,
+            Table::Holding => &mut self.holding,
         }
     }
 }
@@ -133,7 +133,7 @@ impl Device {
         // A table answers reads from its first to its last documented register (reserved
         // words in between read 0), as the devices answer their documented blocks.
         for r in &profile.registers {
-            let e = spans.entry(r.function).or_insert((r.address, r.end()));
+            let e = spans.entry(r.table).or_insert((r.address, r.end()));
             e.0 = e.0.min(r.address);
             e.1 = e.1.max(r.end());
         }
@@ -170,7 +170,7 @@ impl Device {
     /// The current words of a register.
     pub fn words(&self, r: &Register) -> Vec<u16> {
         let mut t = self.lock();
-        let table = t.table(r.function);
+        let table = t.table(r.table);
         (r.address..=r.address.saturating_add(r.words - 1))
             .map(|a| table.get(usize::from(a)).copied().unwrap_or(0))
             .collect()
@@ -188,7 +188,7 @@ impl Device {
             return false;
         };
         let mut t = self.lock();
-        let table = t.table(r.function);
+        let table = t.table(r.table);
         for (i, w) in words.iter().enumerate().take(usize::from(r.words)) {
             if let Some(slot) = table.get_mut(usize::from(r.address) + i) {
                 *slot = *w;
@@ -222,12 +222,12 @@ impl Device {
     fn update(&self, t: f64) {
         let mut tables = self.lock();
         for (i, r) in self.profile.registers.iter().enumerate() {
-            if !r.access.readable() || tables.written.contains(&(r.function, r.address)) {
+            if !r.access.readable() || tables.written.contains(&(r.table, r.address)) {
                 continue;
             }
             let phase = self.phases.get(i).copied().unwrap_or(0.0);
             let words = plausible(r, t, phase);
-            let table = tables.table(r.function);
+            let table = tables.table(r.table);
             for (k, w) in words.into_iter().enumerate() {
                 if let Some(slot) = table.get_mut(usize::from(r.address) + k) {
                     *slot = w;
@@ -274,9 +274,9 @@ impl Device {
             return Err(0x03);
         }
         let function = if fc == 0x04 {
-            Function::Input
+            Table::Input
         } else {
-            Function::Holding
+            Table::Holding
         };
         let (lo, hi) = self.spans.get(&function).copied().ok_or(0x02)?;
         if address < lo || u32::from(address) + u32::from(count) > hi {
@@ -332,8 +332,8 @@ impl Device {
                     continue;
                 }
                 let off = usize::from(r.address.saturating_sub(address));
-                tables.written.insert((r.function, r.address));
-                let table = tables.table(r.function);
+                tables.written.insert((r.table, r.address));
+                let table = tables.table(r.table);
                 for k in 0..usize::from(r.words) {
                     if let (Some(slot), Some(v)) = (
                         table.get_mut(usize::from(r.address) + k),

@@ -158,7 +158,7 @@ impl Config {
                 g.start,
                 g.end() - 1,
                 g.count,
-                match g.function {
+                match g.table {
                     Some(f) => format!("{} {}", g.source, f.as_str()),
                     None => g.source.to_string(),
                 },

@@ -147,7 +147,7 @@ impl Default for Rs485Config {
 }
 
 pub use crate::control::writes::{WritableEntry, WritableTarget};
-pub use airbridge_modbus::model::{Function, OnStale, Region, Sources, MAX_READ};
+pub use airbridge_modbus::model::{OnStale, Region, Sources, Table, MAX_READ};
 
 /// The RTU master on a device's bus (`rtu_poll:`).
 #[derive(Debug, Clone, PartialEq)]

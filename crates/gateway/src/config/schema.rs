@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use crate::config::{Function, OnStale, Parity};
+use crate::config::{OnStale, Parity, Table};
 
 /// The whole file; one field per top-level section.
 #[derive(Deserialize)]
@@ -273,7 +273,7 @@ pub(super) struct RawRegion {
     pub(super) values: Option<Spanned<BTreeMap<u16, u16>>>,
     /// The register table (input or holding) it belongs to.
     #[serde(default)]
-    pub(super) function: Option<Spanned<Function>>,
+    pub(super) function: Option<Spanned<Table>>,
 }
 
 /// One `devices:` entry as written: a device on the `rtu_poll:` bus.

@@ -172,8 +172,8 @@ fn resolve_one<'p>(profile: &'p Profile, target: &WritableTarget) -> Result<&'p 
                 ));
             }
             let ro = [
-                crate::control::profile::Function::Input,
-                crate::control::profile::Function::Holding,
+                crate::control::profile::Table::Input,
+                crate::control::profile::Table::Holding,
             ]
             .into_iter()
             .find_map(|f| profile.at(f, *a));

@@ -16,11 +16,11 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 
-use crate::config::{Function, TcpServerConfig, UnitIds, MAX_READ};
+use crate::config::{Table, TcpServerConfig, UnitIds, MAX_READ};
 use crate::control::writes::{
     WriteJob, WriteOutcome, WritePolicy, WriteQueue, FC_WRITE_MULTIPLE, FC_WRITE_SINGLE,
 };
-use crate::image::{Image, ReadRefusal, Table};
+use crate::image::{DeviceTable, Image, ReadRefusal, WarmUp};
 use crate::link::tcp_front::{Connection, FrontCounters, FrontServer, FrontStats, Names, TcpFront};
 
 /// Counters of the TCP server.
@@ -133,10 +133,10 @@ impl tokio_modbus::server::Service for Connection<Shared> {
         };
         match req.request {
             Request::ReadHoldingRegisters(a, n) => Box::pin(std::future::ready(
-                read(&shared, dev, Function::Holding, a, n).map(Response::ReadHoldingRegisters),
+                read(&shared, dev, Table::Holding, a, n).map(Response::ReadHoldingRegisters),
             )),
             Request::ReadInputRegisters(a, n) => Box::pin(std::future::ready(
-                read(&shared, dev, Function::Input, a, n).map(Response::ReadInputRegisters),
+                read(&shared, dev, Table::Input, a, n).map(Response::ReadInputRegisters),
             )),
             Request::WriteSingleRegister(a, v) => Box::pin(async move {
                 write(&shared, peer, dev, FC_WRITE_SINGLE, a, vec![v])
@@ -182,7 +182,7 @@ pub(crate) fn read_image(
 fn read_table(
     image: &Image,
     stats: &TcpStats,
-    table: Table,
+    table: DeviceTable,
     address: u16,
     count: u16,
 ) -> Result<Vec<u16>, ExceptionCode> {
@@ -191,7 +191,14 @@ fn read_table(
         return Err(ExceptionCode::IllegalDataValue);
     }
     let snap = image.load();
-    match image.check_read_in(&snap, table, address, count, Instant::now()) {
+    match image.check_read(
+        &snap,
+        table,
+        address,
+        count,
+        Instant::now(),
+        WarmUp::Touched,
+    ) {
         Ok(touched) => {
             let mut out = Vec::with_capacity(usize::from(count));
             image.for_each_word(&snap, touched, address, count, |w| out.push(w));
@@ -213,7 +220,7 @@ fn read_table(
 fn read(
     shared: &Shared,
     dev: usize,
-    function: Function,
+    function: Table,
     address: u16,
     count: u16,
 ) -> Result<Vec<u16>, ExceptionCode> {
@@ -265,8 +272,8 @@ async fn write(
             .access
             .readable()
             .then(|| {
-                let table = shared.image.device_table(dev, r.function.read_code());
-                shared.image.read_words_in(&snap, table, r.address, r.words)
+                let table = shared.image.device_table(dev, r.table.read_code());
+                shared.image.read_words(&snap, table, r.address, r.words)
             })
             .flatten()
             .map_or_else(|| "unknown".to_string(), |w| r.decode(&w).to_string());

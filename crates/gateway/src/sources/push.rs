@@ -215,7 +215,7 @@ impl PushService {
         let snap = self.image.load();
         let words = self
             .image
-            .read_words(&snap, addr, count)
+            .read_words(&snap, self.image.table_for(3), addr, count)
             .ok_or(ExceptionCode::IllegalDataAddress)?;
         self.stats.reads.fetch_add(1, Relaxed);
         Ok(words)

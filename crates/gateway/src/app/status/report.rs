@@ -112,8 +112,9 @@ fn register(
     let reg = profile
         .get(name)
         .ok_or_else(|| format!("`{name}` is not in the profile"))?;
+    let table = image.table_for(3);
     let touched = image
-        .covering(reg.address, usize::from(reg.words))
+        .covering(table, reg.address, usize::from(reg.words))
         .ok_or_else(|| format!("no region serves {name} ({}..{})", reg.address, reg.end()))?;
     if touched
         .clone()
@@ -123,7 +124,7 @@ fn register(
     }
     let stale = touched.clone().any(|i| image.is_stale(snap, i, now));
     let words = image
-        .read_words(snap, reg.address, reg.words)
+        .read_words(snap, table, reg.address, reg.words)
         .ok_or_else(|| format!("no region serves {name}"))?;
     match reg.decode(&words) {
         Value::Number(v) => Ok((v, reg.unit.clone(), stale)),

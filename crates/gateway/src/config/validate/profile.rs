@@ -4,7 +4,7 @@
 use serde_saphyr::Spanned;
 
 use crate::config::schema::{RawConfig, WritableText};
-use crate::config::{Config, ConfigError, Function, WritableEntry, WritableTarget};
+use crate::config::{Config, ConfigError, Table, WritableEntry, WritableTarget};
 
 use super::{line, Validator};
 
@@ -110,14 +110,14 @@ pub fn check_device_against_profile(
         .filter(|r| device.is_none_or(|d| r.device == d));
     for r in regions {
         let l = config.region_lines.get(&r.name).copied().unwrap_or(0);
-        let Some(f) = r.function else { continue };
+        let Some(f) = r.table else { continue };
         if r.source.fixed {
             continue;
         }
         if profile.overlapping(f, r.start, r.count).next().is_none() {
             let other = match f {
-                Function::Input => Function::Holding,
-                Function::Holding => Function::Input,
+                Table::Input => Table::Holding,
+                Table::Holding => Table::Input,
             };
             let hint = if profile
                 .overlapping(other, r.start, r.count)

@@ -108,7 +108,7 @@ impl Validator<'_> {
             }
             if let Some((o, ol)) = out
                 .iter()
-                .find(|(o, _)| o.function.is_some() != function.is_some())
+                .find(|(o, _)| o.table.is_some() != function.is_some())
             {
                 return Err(self.err(
                     r.function.as_ref().map_or(l, line),
@@ -116,7 +116,7 @@ impl Validator<'_> {
                     format!(
                         "either every region names its function or none does; region `{}` (line {ol}) {}",
                         o.name,
-                        if o.function.is_some() { "does" } else { "does not" }
+                        if o.table.is_some() { "does" } else { "does not" }
                     ),
                 ));
             }
@@ -263,12 +263,12 @@ impl Validator<'_> {
                 on_stale,
                 fallback_poll,
                 values,
-                function,
+                table: function,
                 device: 0,
             };
             // Regions of different tables (input, holding) may share numbers.
             if let Some((o, ol)) = out.iter().find(|(o, _)| {
-                o.function == region.function
+                o.table == region.table
                     && u32::from(o.start) < region.end()
                     && u32::from(region.start) < o.end()
             }) {

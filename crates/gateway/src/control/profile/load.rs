@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::{Access, Byte, Function, Kind, Profile, ProfileError, Register};
+use super::{Access, Byte, Kind, Profile, ProfileError, Register, Table};
 
 /// Read and validate a profile file.
 pub fn load(path: &Path) -> Result<Profile, ProfileError> {
@@ -65,7 +65,7 @@ struct RawRegister {
     /// `address:`, the first word.
     address: u16,
     /// `function:`, input or holding.
-    function: Function,
+    function: Table,
     /// `type:`.
     #[serde(rename = "type")]
     kind: Kind,
@@ -89,10 +89,10 @@ struct RawRegister {
     range: Option<(i64, i64)>,
     /// `enum:`, inline or the name of a shared table.
     #[serde(default, rename = "enum")]
-    enumeration: Option<Table<u64>>,
+    enumeration: Option<NameTable<u64>>,
     /// `bits:`, inline or the name of a shared table.
     #[serde(default)]
-    bits: Option<Table<u32>>,
+    bits: Option<NameTable<u32>>,
     /// `hi:` of a `u8pair`.
     #[serde(default)]
     hi: Option<RawByte>,
@@ -107,7 +107,7 @@ struct RawRegister {
 /// An inline table or the name of a shared one.
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum Table<K: Ord> {
+enum NameTable<K: Ord> {
     /// The name of a table under `enums:` / `bits:`.
     Named(String),
     /// The table itself.
@@ -198,15 +198,15 @@ fn build(raw: RawProfile, origin: &str) -> Result<Profile, ProfileError> {
         let enumeration =
             match r.enumeration {
                 None => None,
-                Some(Table::Inline(t)) => Some(t),
-                Some(Table::Named(n)) => Some(raw.enums.get(&n).cloned().ok_or_else(|| {
+                Some(NameTable::Inline(t)) => Some(t),
+                Some(NameTable::Named(n)) => Some(raw.enums.get(&n).cloned().ok_or_else(|| {
                     err(format!("enum table {n:?} is not defined under `enums:`"))
                 })?),
             };
         let bits = match r.bits {
             None => None,
-            Some(Table::Inline(t)) => Some(t),
-            Some(Table::Named(n)) => Some(
+            Some(NameTable::Inline(t)) => Some(t),
+            Some(NameTable::Named(n)) => Some(
                 raw.bits
                     .get(&n)
                     .cloned()
@@ -231,7 +231,7 @@ fn build(raw: RawProfile, origin: &str) -> Result<Profile, ProfileError> {
             name: r.name.clone(),
             label: r.label,
             address: r.address,
-            function: r.function,
+            table: r.function,
             kind: r.kind,
             words,
             scale,
@@ -248,7 +248,7 @@ fn build(raw: RawProfile, origin: &str) -> Result<Profile, ProfileError> {
         lines.push(line);
     }
     let mut order: Vec<usize> = (0..registers.len()).collect();
-    order.sort_by_key(|&i| (registers[i].function, registers[i].address));
+    order.sort_by_key(|&i| (registers[i].table, registers[i].address));
     let registers: Vec<Register> = order.iter().map(|&i| registers[i].clone()).collect();
     let lines: Vec<u64> = order.iter().map(|&i| lines[i]).collect();
     let invalid = |i: usize, j: usize, message: String| ProfileError::Invalid {
@@ -274,7 +274,7 @@ fn build(raw: RawProfile, origin: &str) -> Result<Profile, ProfileError> {
         format!(
             "{} ({} {}..{})",
             r.name,
-            r.function.as_str(),
+            r.table.as_str(),
             r.address,
             r.end() - 1
         )
@@ -285,7 +285,7 @@ fn build(raw: RawProfile, origin: &str) -> Result<Profile, ProfileError> {
         .collect();
     for w in readable.windows(2) {
         let (p, r) = (&registers[w[0]], &registers[w[1]]);
-        if p.function == r.function && overlap(p, r) {
+        if p.table == r.table && overlap(p, r) {
             return Err(invalid(
                 w[0],
                 w[1],

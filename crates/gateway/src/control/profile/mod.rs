@@ -28,7 +28,7 @@ use serde::Deserialize;
 mod load;
 mod register;
 
-pub use airbridge_modbus::model::Function;
+pub use airbridge_modbus::model::Table;
 pub use load::{load, parse};
 pub use register::round;
 
@@ -125,7 +125,7 @@ pub struct Register {
     /// First word's address.
     pub address: u16,
     /// The table it is in (input = FC04, holding = FC03).
-    pub function: Function,
+    pub table: Table,
     /// How its words encode the value.
     pub kind: Kind,
     /// Words it spans.
@@ -276,21 +276,21 @@ impl Profile {
     }
 
     /// The readable register of table `function` that contains `address`.
-    pub fn at(&self, function: Function, address: u16) -> Option<&Register> {
+    pub fn at(&self, function: Table, address: u16) -> Option<&Register> {
         // `readable` is sorted by (function, address) and does not overlap within a table:
         // the candidate is the last register starting at or before `address`.
         let i = self.readable.partition_point(|&i| {
             let r = &self.registers[i];
-            (r.function, r.address) <= (function, address)
+            (r.table, r.address) <= (function, address)
         });
         let r = &self.registers[*self.readable.get(i.checked_sub(1)?)?];
-        (r.function == function && r.contains(address)).then_some(r)
+        (r.table == function && r.contains(address)).then_some(r)
     }
 
     /// Readable registers of `function` that overlap `start..start+count`.
     pub fn overlapping(
         &self,
-        function: Function,
+        function: Table,
         start: u16,
         count: u16,
     ) -> impl Iterator<Item = &Register> {
@@ -299,7 +299,7 @@ impl Profile {
             .iter()
             .map(|&i| &self.registers[i])
             .filter(move |r| {
-                r.function == function && u32::from(r.address) < end && r.end() > u32::from(start)
+                r.table == function && u32::from(r.address) < end && r.end() > u32::from(start)
             })
     }
 
@@ -371,7 +371,7 @@ impl Profile {
                     format!(" (fc {})", fcs.join(","))
                 };
                 [
-                    r.function.as_str().to_string(),
+                    r.table.as_str().to_string(),
                     r.address.to_string(),
                     r.words.to_string(),
                     format!("{:?}", r.kind).to_lowercase(),
@@ -517,25 +517,25 @@ registers:
     fn lookups_keep_the_tables_apart() {
         let p = sample();
         assert_eq!(
-            p.at(Function::Holding, 10).map(|r| r.name.as_str()),
+            p.at(Table::Holding, 10).map(|r| r.name.as_str()),
             Some("model")
         );
         assert_eq!(
-            p.at(Function::Holding, 13).map(|r| r.name.as_str()),
+            p.at(Table::Holding, 13).map(|r| r.name.as_str()),
             Some("model")
         );
         assert_eq!(
-            p.at(Function::Input, 10).map(|r| r.name.as_str()),
+            p.at(Table::Input, 10).map(|r| r.name.as_str()),
             Some("limit")
         );
-        assert_eq!(p.at(Function::Holding, 14), None);
-        assert_eq!(p.at(Function::Input, 9), None);
+        assert_eq!(p.at(Table::Holding, 14), None);
+        assert_eq!(p.at(Table::Input, 9), None);
         assert_eq!(
-            p.at(Function::Holding, 1).map(|r| r.name.as_str()),
+            p.at(Table::Holding, 1).map(|r| r.name.as_str()),
             Some("power")
         );
         let names: Vec<_> = p
-            .overlapping(Function::Holding, 1, 10)
+            .overlapping(Table::Holding, 1, 10)
             .map(|r| r.name.as_str())
             .collect();
         assert_eq!(names, ["power", "temp", "model"]);

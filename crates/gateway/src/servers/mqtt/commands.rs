@@ -175,8 +175,8 @@ impl Commands {
             .readable()
             .then(|| {
                 let snap = image.load();
-                let table = image.device_table(self.device, register.function.read_code());
-                image.read_words_in(&snap, table, register.address, register.words)
+                let table = image.device_table(self.device, register.table.read_code());
+                image.read_words(&snap, table, register.address, register.words)
             })
             .flatten()
             .map_or_else(

@@ -342,7 +342,7 @@ pub fn command(
 mod tests {
     use super::super::state::tests::spec;
     use super::*;
-    use airbridge_modbus::model::Function;
+    use airbridge_modbus::model::Table;
     use std::time::Duration;
 
     fn cfg() -> MqttConfig {
@@ -465,7 +465,7 @@ mod tests {
         let topics = Topics::new(&cfg());
         let p = load("kstar-hybrid.yaml");
         let plan =
-            super::super::state::plan(&[spec("settings", 3125, 125, Some(Function::Input))], &p);
+            super::super::state::plan(&[spec("settings", 3125, 125, Some(Table::Input))], &p);
         let dev = Device::new(&p.name, &topics.node, &Map::new());
         let r = p.get("active_power_setting").unwrap();
         let f = plan[0].field("active_power_setting").unwrap();
@@ -530,7 +530,7 @@ mod tests {
 
         // Same profile, same serial (or none): still two HA devices, and no entity shared.
         let p = load("kstar-hybrid.yaml");
-        let plan = super::super::state::plan(&[spec("live", 3000, 125, Some(Function::Input))], &p);
+        let plan = super::super::state::plan(&[spec("live", 3000, 125, Some(Table::Input))], &p);
         let f = &plan[0].fields[0];
         let mut serial = Map::new();
         serial.insert("serial_number".into(), json!("KS-1"));

@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value as Json};
 
-use crate::control::profile::{round, Function, Kind, Profile, Register, Value};
+use crate::control::profile::{round, Kind, Profile, Register, Table, Value};
 use crate::image::RegionSpec;
 
 /// Which part of a register a field shows.
@@ -140,7 +140,7 @@ pub fn plan_device(
         if spec.device != device {
             continue;
         }
-        let table = spec.table.unwrap_or(Function::Holding);
+        let table = spec.table.unwrap_or(Table::Holding);
         let end = u32::from(spec.start) + u32::from(spec.count);
         let mut fields = Vec::new();
         for r in profile.overlapping(table, spec.start, spec.count) {
@@ -195,7 +195,7 @@ pub(super) mod tests {
         name: &str,
         start: u16,
         count: u16,
-        table: Option<Function>,
+        table: Option<Table>,
     ) -> RegionSpec {
         RegionSpec {
             name: name.into(),
@@ -236,7 +236,7 @@ pub(super) mod tests {
         assert_eq!(m["active_power_export"], serde_json::json!(0));
         // Every named holding register in 0..40 is there, nothing else.
         let names: Vec<&str> = p
-            .overlapping(Function::Holding, 0, 40)
+            .overlapping(Table::Holding, 0, 40)
             .map(|r| r.name.as_str())
             .collect();
         assert_eq!(m.len(), names.len());
@@ -274,7 +274,7 @@ pub(super) mod tests {
             "/../../profiles/kstar-ksg1-60k.yaml"
         );
         let k = crate::control::profile::load(std::path::Path::new(path)).unwrap();
-        let plan = super::plan(&[spec("model", 3200, 6, Some(Function::Holding))], &k);
+        let plan = super::plan(&[spec("model", 3200, 6, Some(Table::Holding))], &k);
         let mut words = vec![0u16; 6];
         words[5] = 0x0203;
         let m = plan[0].payload(&words);
@@ -287,7 +287,7 @@ pub(super) mod tests {
             "/../../profiles/kstar-hybrid.yaml"
         );
         let h = crate::control::profile::load(std::path::Path::new(path)).unwrap();
-        let plan = super::plan(&[spec("live", 3000, 125, Some(Function::Input))], &h);
+        let plan = super::plan(&[spec("live", 3000, 125, Some(Table::Input))], &h);
         let mut words = vec![0u16; 125];
         words[44] = 1; // 3044 working_mode
         let m = plan[0].payload(&words);
@@ -319,7 +319,7 @@ pub(super) mod tests {
         let h = crate::control::profile::load(std::path::Path::new(path)).unwrap();
         let on = |name: &str, device: usize| RegionSpec {
             device,
-            ..spec(name, 3000, 125, Some(Function::Input))
+            ..spec(name, 3000, 125, Some(Table::Input))
         };
         let specs = [on("battery1.live", 0), on("battery2.live", 1)];
         let p = plan_device(&specs, &h, 1, "battery2");
@@ -328,7 +328,7 @@ pub(super) mod tests {
         let p = plan_device(&specs, &h, 0, "battery1");
         assert_eq!((p[0].index, p[0].name.as_str()), (0, "live"));
         // The one-device form keeps its names as they are.
-        let p = plan(&[spec("live.x", 3000, 125, Some(Function::Input))], &h);
+        let p = plan(&[spec("live.x", 3000, 125, Some(Table::Input))], &h);
         assert_eq!(p[0].name, "live.x");
     }
 }

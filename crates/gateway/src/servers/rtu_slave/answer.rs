@@ -6,7 +6,7 @@
 
 use tokio::time::Instant;
 
-use crate::image::{Image, ReadRefusal};
+use crate::image::{Image, ReadRefusal, WarmUp};
 use airbridge_modbus::crc::append_crc;
 pub use airbridge_modbus::model::{exception, Outcome};
 use airbridge_modbus::model::{OnStale, MAX_READ};
@@ -49,7 +49,8 @@ pub fn answer(
         return exception_reply(params.unit, function, exception::ILLEGAL_DATA_VALUE, out);
     }
     let snap = image.load();
-    match image.check_read_fc(&snap, function, address, count, now) {
+    let table = image.table_for(function);
+    match image.check_read(&snap, table, address, count, now, WarmUp::Image) {
         Err(ReadRefusal::OutsideRegions) => {
             exception_reply(params.unit, function, exception::ILLEGAL_DATA_ADDRESS, out)
         }

@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Function, RtuPollConfig};
+use crate::config::{Config, RtuPollConfig, Table};
 use crate::control::writes::{WriteJob, WriteOutcome};
 use crate::image::Image;
 use crate::link::reopen::{self, Device as ReopenDevice};
@@ -157,7 +157,7 @@ impl RtuPoller {
                     .filter_map(|r| {
                         Some(Task {
                             slot: Slot::new(image.region_index(&r.name)?, r, r.every?, now),
-                            fc: r.function.unwrap_or(Function::Holding).read_code(),
+                            fc: r.table.unwrap_or(Table::Holding).read_code(),
                         })
                     })
                     .collect();

@@ -105,7 +105,7 @@ fn write_job(address: u16, value: u16) -> (WriteJob, oneshot::Receiver<WriteOutc
 fn words(image: &Image) -> Option<Vec<u16>> {
     let snap = image.load();
     image.age(&snap, 0, Instant::now())?;
-    image.read_words_in(&snap, image.table_for(3), 100, 4)
+    image.read_words(&snap, image.table_for(3), 100, 4)
 }
 
 #[tokio::test(start_paused = true)]
