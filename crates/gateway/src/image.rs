@@ -537,7 +537,7 @@ mod tests {
             on_stale,
             fallback_poll: None,
             values: BTreeMap::new(),
-            function: None,
+            table: None,
             device: 0,
         }
     }
@@ -553,7 +553,7 @@ mod tests {
     #[test]
     fn devices_have_their_own_tables_at_the_same_addresses() {
         let on = |name: &str, device: usize| Region {
-            function: Some(Table::Input),
+            table: Some(Table::Input),
             device,
             ..region(name, 3000, 10, false, OnStale::Exception)
         };

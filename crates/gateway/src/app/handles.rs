@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use crate::config::{Config, PushConfig};
 use crate::image::Image;
 use crate::ops::journal::Journal;
-use crate::servers::modbus_tcp::TcpStats;
+use crate::servers::lan::TcpStats;
 use crate::servers::mqtt::MqttStats;
 use crate::servers::rtu_slave::RtuStats;
 use crate::sources::ksem_poll::PollStats;

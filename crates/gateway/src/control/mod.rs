@@ -1,6 +1,9 @@
-//! Control: what registers mean and who may write them. [`profile`] loads and decodes a
-//! register profile; [`writes`] is the write policy a LAN write is checked against before
-//! it is queued for the bus. Pure: no I/O but reading a profile file.
+//! Control: what registers mean and who may write them, and the one path every write
+//! takes. [`profile`] loads and decodes a register profile; [`writes`] is the write policy
+//! and the job the RTU poller runs; [`command`] is the one write path (policy, old value,
+//! queue, deadline, outcome, log) that every writer calls. No I/O but reading a profile
+//! file and the write queue.
 
+pub mod command;
 pub mod profile;
 pub mod writes;

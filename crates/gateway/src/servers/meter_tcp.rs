@@ -20,7 +20,7 @@ use crate::config::{TcpServerConfig, UnitIds};
 use crate::image::Image;
 use crate::link::tcp_front::{Connection, FrontServer, Names, TcpFront};
 use crate::ops::logging::limited;
-use crate::servers::modbus_tcp::{read_image, TcpStats};
+use crate::servers::lan::{self, TcpStats};
 
 /// How the front names itself: `meter tcp client connected`, `tcp_server.allow_from`.
 const NAMES: Names = Names {
@@ -115,7 +115,7 @@ fn answer(
 
 /// Answer a read from one snapshot of the image; every touched region is checked alone.
 fn read(shared: &Shared, fc: u8, address: u16, count: u16) -> Result<Vec<u16>, ExceptionCode> {
-    read_image(&shared.image, &shared.stats, fc, address, count)
+    lan::read_fc(&shared.image, &shared.stats, fc, address, count)
 }
 
 #[cfg(test)]

@@ -2,8 +2,10 @@
 //! [`rtu_slave`] serves the inverter on RS485; [`modbus_tcp`] serves LAN clients of a
 //! KSTAR device (and queues their writes for the RTU poller); [`meter_tcp`] serves the
 //! KSEM image to the house, read-only; [`mqtt`] publishes to an MQTT broker (Home
-//! Assistant).
+//! Assistant). The two TCP servers share their counters and their one read of the image
+//! ([`lan`]); writes go through [`crate::control::command`], the one write path.
 
+pub mod lan;
 pub mod meter_tcp;
 pub mod modbus_tcp;
 pub mod mqtt;

@@ -8,47 +8,18 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
-use tokio::time::Instant;
 use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 
-use crate::config::{Table, TcpServerConfig, UnitIds, MAX_READ};
-use crate::control::writes::{
-    WriteJob, WriteOutcome, WritePolicy, WriteQueue, FC_WRITE_MULTIPLE, FC_WRITE_SINGLE,
-};
-use crate::image::{DeviceTable, Image, ReadRefusal, WarmUp};
-use crate::link::tcp_front::{Connection, FrontCounters, FrontServer, FrontStats, Names, TcpFront};
-
-/// Counters of the TCP server.
-#[derive(Debug, Default)]
-pub struct TcpStats {
-    /// Reads answered with data.
-    pub reads: AtomicU64,
-    /// Reads refused because a region was stale or not read yet (exception 0B).
-    pub reads_stale: AtomicU64,
-    /// Reads outside the regions (02) or with a bad count (03).
-    pub reads_refused: AtomicU64,
-    /// Writes the device confirmed.
-    pub writes_ok: AtomicU64,
-    /// Writes refused before the bus (02/03): not allowed, out of range.
-    pub writes_refused: AtomicU64,
-    /// Writes the device refused or did not answer.
-    pub writes_failed: AtomicU64,
-    /// Requests with an unsupported function code or a foreign unit id.
-    pub bad_requests: AtomicU64,
-    /// Admission and idleness, counted by the TCP front (`tcp_server.allow_from`, limits).
-    pub front: FrontCounters,
-}
-
-impl FrontStats for TcpStats {
-    fn front(&self) -> &FrontCounters {
-        &self.front
-    }
-}
+use crate::config::{Table, TcpServerConfig, UnitIds};
+use crate::control::command::{self, Destination, Origin, Written};
+use crate::control::writes::{WritePolicy, WriteQueue, FC_WRITE_MULTIPLE, FC_WRITE_SINGLE};
+use crate::image::Image;
+use crate::link::tcp_front::{Connection, FrontServer, Names, TcpFront};
+use crate::servers::lan::{self, TcpStats};
 
 /// How the front names itself: `tcp client connected`, `tcp_server.allow_from`.
 const NAMES: Names = Names {
@@ -165,57 +136,6 @@ impl tokio_modbus::server::Service for Connection<Shared> {
     }
 }
 
-/// Answer a LAN read of the image with function code `fc`, from one snapshot; every touched
-/// region is checked on its own (0B while warming up or stale). Shared by this server and
-/// the meter's read-only server ([`crate::servers::meter_tcp`]).
-pub(crate) fn read_image(
-    image: &Image,
-    stats: &TcpStats,
-    fc: u8,
-    address: u16,
-    count: u16,
-) -> Result<Vec<u16>, ExceptionCode> {
-    read_table(image, stats, image.table_for(fc).into(), address, count)
-}
-
-/// [`read_image`] from `table` (one device's table of one function).
-fn read_table(
-    image: &Image,
-    stats: &TcpStats,
-    table: DeviceTable,
-    address: u16,
-    count: u16,
-) -> Result<Vec<u16>, ExceptionCode> {
-    if count == 0 || count > MAX_READ {
-        stats.reads_refused.fetch_add(1, Relaxed);
-        return Err(ExceptionCode::IllegalDataValue);
-    }
-    let snap = image.load();
-    match image.check_read(
-        &snap,
-        table,
-        address,
-        count,
-        Instant::now(),
-        WarmUp::Touched,
-    ) {
-        Ok(touched) => {
-            let mut out = Vec::with_capacity(usize::from(count));
-            image.for_each_word(&snap, touched, address, count, |w| out.push(w));
-            stats.reads.fetch_add(1, Relaxed);
-            Ok(out)
-        }
-        Err(ReadRefusal::OutsideRegions) => {
-            stats.reads_refused.fetch_add(1, Relaxed);
-            Err(ExceptionCode::IllegalDataAddress)
-        }
-        Err(ReadRefusal::WarmingUp | ReadRefusal::Stale(_)) => {
-            stats.reads_stale.fetch_add(1, Relaxed);
-            Err(ExceptionCode::GatewayTargetDevice)
-        }
-    }
-}
-
 /// Answer a read from the image: device `dev`'s table `function`, each touched region fresh.
 fn read(
     shared: &Shared,
@@ -225,13 +145,14 @@ fn read(
     count: u16,
 ) -> Result<Vec<u16>, ExceptionCode> {
     let table = shared.image.device_table(dev, function.read_code());
-    read_table(&shared.image, &shared.stats, table, address, count)
+    lan::read(&shared.image, &shared.stats, table, address, count)
 }
 
 /// The most registers one FC16 may write (Modbus application protocol, 6.12).
 const MAX_WRITE: usize = 123;
 
-/// Check, queue and await a write to device `dev`; log it with its outcome.
+/// A LAN client's write to device `dev`: the Modbus checks, then the one write path
+/// ([`command::write`]); its result as the client's exception and this server's counters.
 async fn write(
     shared: &Shared,
     peer: SocketAddr,
@@ -253,62 +174,31 @@ async fn write(
         tracing::warn!(%peer, fc, address, "write refused: no register is writable (no `writable:` list)");
         return Err(ExceptionCode::IllegalDataAddress);
     };
-    let registers = match policy.check(fc, address, &values) {
-        Ok(r) => r,
-        Err(refusal) => {
+    let destination = Destination {
+        policy,
+        queue,
+        index: dev,
+        deadline: shared.write_deadline,
+    };
+    let origin = Origin::Tcp(peer);
+    match command::write(&shared.image, destination, origin, fc, address, values).await {
+        Written::Refused(refusal) => {
             stats.writes_refused.fetch_add(1, Relaxed);
-            tracing::warn!(%peer, fc, address, values = ?values, "write refused: {refusal}");
-            return Err(ExceptionCode::new(refusal.exception()));
+            Err(ExceptionCode::new(refusal.exception()))
         }
-    };
-    // What the client changes, for the log: name, old value (from the image, if it is read
-    // there) and new value, per register.
-    let snap = shared.image.load();
-    let mut changes = Vec::with_capacity(registers.len());
-    for r in &registers {
-        let off = usize::from(r.address.saturating_sub(address));
-        let new_words = values.get(off..off + usize::from(r.words)).unwrap_or(&[]);
-        let old = r
-            .access
-            .readable()
-            .then(|| {
-                let table = shared.image.device_table(dev, r.table.read_code());
-                shared.image.read_words(&snap, table, r.address, r.words)
-            })
-            .flatten()
-            .map_or_else(|| "unknown".to_string(), |w| r.decode(&w).to_string());
-        changes.push(format!(
-            "{} {} {} -> {}",
-            r.name,
-            r.address,
-            old,
-            r.decode(new_words)
-        ));
-    }
-    drop(snap);
-    let change = changes.join(", ");
-    let (tx, rx) = oneshot::channel();
-    let job = WriteJob::new(fc, address, values, tx).to_device(dev);
-    if queue.try_send(job).is_err() {
-        stats.writes_failed.fetch_add(1, Relaxed);
-        tracing::warn!(%peer, "write not queued (queue full or bus gone): {change}");
-        return Err(ExceptionCode::ServerDeviceBusy);
-    }
-    let outcome = match tokio::time::timeout(shared.write_deadline, rx).await {
-        Ok(Ok(o)) => o,
-        // Dropping `rx` tells the poller not to send a write nobody waits for.
-        Ok(Err(_)) | Err(_) => WriteOutcome::NoReply,
-    };
-    match outcome.exception() {
-        None => {
-            stats.writes_ok.fetch_add(1, Relaxed);
-            tracing::info!(%peer, fc, "write done: {change}");
-            Ok(())
-        }
-        Some(code) => {
+        Written::NotQueued => {
             stats.writes_failed.fetch_add(1, Relaxed);
-            tracing::warn!(%peer, fc, ?outcome, "write failed: {change}");
-            Err(ExceptionCode::new(code))
+            Err(ExceptionCode::ServerDeviceBusy)
         }
+        Written::Sent(outcome) => match outcome.exception() {
+            None => {
+                stats.writes_ok.fetch_add(1, Relaxed);
+                Ok(())
+            }
+            Some(code) => {
+                stats.writes_failed.fetch_add(1, Relaxed);
+                Err(ExceptionCode::new(code))
+            }
+        },
     }
 }

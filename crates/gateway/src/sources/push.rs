@@ -263,7 +263,7 @@ regions:
         .await;
         assert_eq!(r, Ok(Response::WriteMultipleRegisters(0, 4)));
         let snap = image.load();
-        assert_eq!(image.read_words(&snap, 0, 4), Some(words.clone()));
+        assert_eq!(image.read_words(&snap, None, 0, 4), Some(words.clone()));
         let r = call(&svc, Request::WriteSingleRegister(2, 99)).await;
         assert_eq!(r, Ok(Response::WriteSingleRegister(2, 99)));
         let r = call(&svc, Request::ReadHoldingRegisters(1, 3)).await;

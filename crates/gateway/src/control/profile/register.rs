@@ -1,8 +1,9 @@
 //! What one register's words mean: its bounds, the decoding of its words into a
-//! [`Value`] (and how a value prints), and the check of a write against its type, access
-//! and range. Pure.
+//! [`Value`] (and how a value prints), the encoding of a value (a command's text) into the
+//! words that write it, and the check of a write against its type, access and range. Pure.
 
 use super::{Kind, Register, Value, WriteRefusal};
+use airbridge_modbus::master::{FC_WRITE_MULTIPLE, FC_WRITE_SINGLE};
 
 impl Register {
     /// One past the last address.
@@ -131,6 +132,87 @@ impl Register {
         }
         Ok(())
     }
+
+    /// The function code and words that write `payload` (a command's text) to this
+    /// register: an enum's label (or raw number), or a physical value that is a whole
+    /// multiple of the register's scale. The inverse of [`Register::decode`].
+    pub fn encode(&self, payload: &str) -> Result<(u8, Vec<u16>), String> {
+        let register = self;
+        let text = payload.trim().trim_matches('"').trim();
+        let raw: i128 = match &register.enumeration {
+            Some(table) => match table
+                .iter()
+                .find(|(_, label)| label.eq_ignore_ascii_case(text))
+            {
+                Some((&raw, _)) => i128::from(raw),
+                None => text.parse::<i128>().map_err(|_| {
+                    let labels: Vec<&str> = table.values().map(String::as_str).collect();
+                    format!("`{text}` is not one of {labels:?}")
+                })?,
+            },
+            None => {
+                let v: f64 = text
+                    .parse()
+                    .map_err(|_| format!("`{text}` is not a number"))?;
+                if !v.is_finite() || register.scale == 0.0 {
+                    return Err(format!("`{text}` is not a usable number"));
+                }
+                let raw = v / register.scale;
+                if (raw - raw.round()).abs() > 1e-6 * raw.abs().max(1.0) {
+                    return Err(format!(
+                        "{v} is not a multiple of the register's step {}",
+                        register.scale
+                    ));
+                }
+                if raw.abs() > 1.0e18 {
+                    return Err(format!("{v} is too large"));
+                }
+                raw.round() as i128
+            }
+        };
+        let words = words_of(register.kind, raw).ok_or_else(|| {
+            format!(
+                "{raw} does not fit the register's type ({})",
+                kind_name(register.kind)
+            )
+        })?;
+        let fc = if words.len() == 1 && register.writes.contains(&FC_WRITE_SINGLE) {
+            FC_WRITE_SINGLE
+        } else if register.writes.contains(&FC_WRITE_MULTIPLE) {
+            FC_WRITE_MULTIPLE
+        } else {
+            FC_WRITE_SINGLE
+        };
+        Ok((fc, words))
+    }
+}
+
+/// A type's name as a profile writes it (`u16`, `s32`, …).
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::U16 => "u16",
+        Kind::S16 => "s16",
+        Kind::U32 => "u32",
+        Kind::S32 => "s32",
+        Kind::U64 => "u64",
+        Kind::Ascii => "ascii",
+        Kind::Bcd => "bcd",
+        Kind::U8pair => "u8pair",
+    }
+}
+
+/// The big-endian words of `raw` as `kind`, if it fits.
+fn words_of(kind: Kind, raw: i128) -> Option<Vec<u16>> {
+    let be =
+        |v: u64, n: usize| -> Vec<u16> { (0..n).rev().map(|i| (v >> (16 * i)) as u16).collect() };
+    match kind {
+        Kind::U16 | Kind::U8pair => u16::try_from(raw).ok().map(|v| vec![v]),
+        Kind::S16 => i16::try_from(raw).ok().map(|v| vec![v as u16]),
+        Kind::U32 => u32::try_from(raw).ok().map(|v| be(u64::from(v), 2)),
+        Kind::S32 => i32::try_from(raw).ok().map(|v| be(u64::from(v as u32), 2)),
+        Kind::U64 => u64::try_from(raw).ok().map(|v| be(v, 4)),
+        Kind::Ascii | Kind::Bcd => None,
+    }
 }
 
 impl std::fmt::Display for Value {
@@ -154,4 +236,46 @@ impl std::fmt::Display for Value {
 /// Round away float noise from scaling (0.1 * 3 = 0.30000000000000004).
 pub fn round(v: f64) -> f64 {
     (v * 1e6).round() / 1e6
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hybrid() -> crate::control::profile::Profile {
+        let p = format!(
+            "{}/../../profiles/kstar-hybrid.yaml",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        crate::control::profile::load(std::path::Path::new(&p)).unwrap()
+    }
+
+    #[test]
+    fn numbers_enums_and_steps() {
+        let p = hybrid();
+        let limit = p.get("active_power_setting").unwrap();
+        assert_eq!(limit.encode("85").unwrap(), (6, vec![85]));
+        assert_eq!(limit.encode(" 85.0 ").unwrap(), (6, vec![85]));
+        assert!(limit.encode("85.5").is_err());
+        assert!(limit.encode("abc").is_err());
+        assert!(limit.encode("NaN").is_err());
+        assert!(limit.encode("70000").is_err());
+        let mode = p.get("working_mode").unwrap();
+        assert_eq!(mode.encode("1").unwrap(), (6, vec![1]));
+        let label = mode.enumeration.as_ref().unwrap()[&2].clone();
+        assert_eq!(mode.encode(&label).unwrap(), (6, vec![2]));
+        assert!(mode.encode("nonsense").is_err());
+        let vmin = p.get("grid_voltage_min").unwrap();
+        assert_eq!(vmin.encode("180.5").unwrap(), (6, vec![1805]));
+    }
+
+    #[test]
+    fn signed_and_wide_words() {
+        assert_eq!(words_of(Kind::S16, -1), Some(vec![0xFFFF]));
+        assert_eq!(words_of(Kind::S16, 40_000), None);
+        assert_eq!(words_of(Kind::U32, 0x1_0002), Some(vec![1, 2]));
+        assert_eq!(words_of(Kind::S32, -2), Some(vec![0xFFFF, 0xFFFE]));
+        assert_eq!(words_of(Kind::U16, -1), None);
+        assert_eq!(words_of(Kind::Ascii, 1), None);
+    }
 }

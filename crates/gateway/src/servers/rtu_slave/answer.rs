@@ -116,7 +116,7 @@ mod tests {
             on_stale: OnStale::Silence,
             fallback_poll: None,
             values: BTreeMap::new(),
-            function: None,
+            table: None,
             device: 0,
         };
         let mut energy = push("energy", 512, 280);
