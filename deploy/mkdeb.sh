@@ -26,7 +26,13 @@ done
 [ -x "$binary" ] || { echo "mkdeb.sh: $binary is not an executable" >&2; exit 1; }
 
 # Name, version, description and the deb metadata: from Cargo.toml, the one source.
-field() { sed -n "/^\[package\]/,/^\[/s/^$1 *= *\"\(.*\)\"/\1/p" Cargo.toml | head -1; }
+# A [package] field, or the [workspace.package] one it inherits (`version.workspace = true`).
+field() {
+  local v
+  v="$(sed -n "/^\[package\]/,/^\[/s/^$1 *= *\"\(.*\)\"/\1/p" Cargo.toml | head -1)"
+  [ -n "$v" ] || v="$(sed -n "/^\[workspace.package\]/,/^\[/s/^$1 *= *\"\(.*\)\"/\1/p" Cargo.toml | head -1)"
+  echo "$v"
+}
 debfield() { sed -n "/^\[package.metadata.deb\]/,/^\[/s/^$1 *= *\"\(.*\)\"/\1/p" Cargo.toml | head -1; }
 name="$(field name)"
 version="$(field version)"
