@@ -20,7 +20,7 @@ use airbridge_gateway::image::Image;
 use airbridge_gateway::ops::journal::{Action, Dir, Journal, Link, Record};
 use airbridge_gateway::ops::stats::{FunctionCounters, LatencyHistogram};
 use airbridge_gateway::servers::rtu_slave::answer::{self, SlaveParams};
-use airbridge_modbus::model::Outcome;
+use airbridge_modbus::model::Answer;
 use airbridge_modbus::rtu_frame::{Request, MAX_ADU};
 use criterion::{criterion_group, criterion_main, Criterion};
 use tokio::time::Instant;
@@ -74,7 +74,7 @@ fn histogram(c: &mut Criterion) {
     });
     let f = FunctionCounters::default();
     g.bench_function("count_by_function", |b| {
-        b.iter(|| f.count(black_box(3), black_box(Outcome::Data { len: 153 })))
+        b.iter(|| f.count(black_box(3), black_box(Answer::Data { len: 153 })))
     });
     g.finish();
 }

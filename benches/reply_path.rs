@@ -21,7 +21,7 @@ use airbridge_gateway::config;
 use airbridge_gateway::image::Image;
 use airbridge_gateway::servers::rtu_slave::answer::{self, SlaveParams};
 use airbridge_modbus::crc::append_crc;
-use airbridge_modbus::model::Outcome;
+use airbridge_modbus::model::Answer;
 use airbridge_modbus::rtu_frame::{Frame, Framer, Request, MAX_ADU};
 use criterion::{criterion_group, criterion_main, Criterion};
 use tokio::time::Instant;
@@ -178,7 +178,7 @@ fn reply(c: &mut Criterion) {
     for (name, address, count) in READS.into_iter().chain([SPAN]) {
         assert_eq!(
             answer::answer(PARAMS, read(address, count), &image, now, &mut out),
-            Outcome::Data {
+            Answer::Data {
                 len: 5 + 2 * usize::from(count)
             }
         );

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use airbridge_gateway::config;
 use airbridge_gateway::image::Image;
-use airbridge_gateway::servers::rtu_slave::answer::{self, exception, Outcome, SlaveParams};
+use airbridge_gateway::servers::rtu_slave::answer::{self, exception, Answer, SlaveParams};
 use airbridge_modbus::crc::append_crc;
 use airbridge_modbus::rtu_frame::{Frame, Framer, Request, MAX_ADU};
 use tokio::time::Instant;
@@ -107,7 +107,7 @@ fn request(function: u8, a: u16, b: u16) -> [u8; 8] {
 /// What the slave would send for `bytes`: the outcome of the last request in them, and the
 /// reply copied into `sent` (as the serving loop does, minus the I/O).
 struct Served {
-    outcome: Option<Outcome>,
+    outcome: Option<Answer>,
     len: usize,
 }
 
@@ -151,7 +151,7 @@ fn steady_state_allocations(
     image: &Image,
     bytes: &[u8],
     now: Option<Instant>,
-) -> (u64, Option<Outcome>, usize) {
+) -> (u64, Option<Answer>, usize) {
     let mut sent = [0u8; MAX_ADU];
     serve(framer, image, bytes, now, &mut sent);
     let (n, served) = allocations(|| {
@@ -196,7 +196,7 @@ fn data_replies_do_not_allocate() {
         let want = 5 + 2 * usize::from(count);
         assert_eq!(
             outcome,
-            Some(Outcome::Data { len: want }),
+            Some(Answer::Data { len: want }),
             "{count}@{address}"
         );
         assert_eq!(len, want);
@@ -207,7 +207,7 @@ fn data_replies_do_not_allocate() {
         // FC04, answered from the same image.
         let bytes = request(0x04, address, count);
         let (n, outcome, _) = steady_state_allocations(&mut framer, &image, &bytes, None);
-        assert_eq!(outcome, Some(Outcome::Data { len: want }));
+        assert_eq!(outcome, Some(Answer::Data { len: want }));
         assert_eq!(n, 0, "FC04 {count}@{address}: {n} allocations");
     }
     assert_eq!(framer.stats().garbage_bytes, 0);
@@ -217,12 +217,12 @@ fn data_replies_do_not_allocate() {
 fn exceptions_and_silence_do_not_allocate() {
     let image = warm_image();
     let mut framer = Framer::new(UNIT);
-    let cases: [(&str, [u8; 8], Option<Instant>, Outcome); 6] = [
+    let cases: [(&str, [u8; 8], Option<Instant>, Answer); 6] = [
         (
             "count 0",
             request(0x03, 0, 0),
             None,
-            Outcome::Exception {
+            Answer::Exception {
                 code: exception::ILLEGAL_DATA_VALUE,
             },
         ),
@@ -230,7 +230,7 @@ fn exceptions_and_silence_do_not_allocate() {
             "count 126",
             request(0x03, 0, 126),
             None,
-            Outcome::Exception {
+            Answer::Exception {
                 code: exception::ILLEGAL_DATA_VALUE,
             },
         ),
@@ -238,7 +238,7 @@ fn exceptions_and_silence_do_not_allocate() {
             "address past phases",
             request(0x03, 148, 1),
             None,
-            Outcome::Exception {
+            Answer::Exception {
                 code: exception::ILLEGAL_DATA_ADDRESS,
             },
         ),
@@ -246,7 +246,7 @@ fn exceptions_and_silence_do_not_allocate() {
             "read across the gap",
             request(0x03, 100, 125),
             None,
-            Outcome::Exception {
+            Answer::Exception {
                 code: exception::ILLEGAL_DATA_ADDRESS,
             },
         ),
@@ -254,7 +254,7 @@ fn exceptions_and_silence_do_not_allocate() {
             "FC06 write",
             request(0x06, 0, 0x1234),
             None,
-            Outcome::Exception {
+            Answer::Exception {
                 code: exception::ILLEGAL_FUNCTION,
             },
         ),
@@ -262,7 +262,7 @@ fn exceptions_and_silence_do_not_allocate() {
             "stale totals",
             request(0x03, 0, 10),
             Some(Instant::now() + Duration::from_secs(3)),
-            Outcome::SilentStale,
+            Answer::SilentStale,
         ),
     ];
     for (what, bytes, now, want) in cases {
@@ -275,7 +275,7 @@ fn exceptions_and_silence_do_not_allocate() {
     let cold = ksem_image();
     let bytes = request(0x03, 0, 10);
     let (n, outcome, _) = steady_state_allocations(&mut framer, &cold, &bytes, None);
-    assert_eq!(outcome, Some(Outcome::SilentWarmup));
+    assert_eq!(outcome, Some(Answer::SilentWarmup));
     assert_eq!(n, 0, "warm-up silence: {n} allocations");
 }
 
@@ -283,7 +283,7 @@ fn exceptions_and_silence_do_not_allocate() {
 fn framing_does_not_allocate() {
     let image = warm_image();
     let req = request(0x03, 0, 10);
-    let want = Some(Outcome::Data { len: 25 });
+    let want = Some(Answer::Data { len: 25 });
 
     // 32 bytes of line noise, then the request: the framer CRC-scans, then hunts ahead.
     let mut hunt = [0u8; 40];

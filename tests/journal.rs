@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use airbridge_gateway::ops::journal::{Action, Dir, DropReason, Journal, Link, Record};
 use airbridge_gateway::ops::stats::{FunctionCounters, LatencyHistogram};
-use airbridge_gateway::servers::rtu_slave::answer::Outcome;
+use airbridge_gateway::servers::rtu_slave::answer::Answer;
 use airbridge_modbus::master::{encode_read, encode_write_single};
 use tokio::io::AsyncWriteExt;
 
@@ -179,7 +179,7 @@ fn recording_does_not_allocate() {
     for i in 0..10_000u32 {
         j.record(&r);
         h.record(Duration::from_micros(u64::from(i % 5000)));
-        f.count(3, Outcome::Data { len: 153 });
+        f.count(3, Answer::Data { len: 153 });
     }
     let after = ALLOCATIONS.with(Cell::get);
     assert_eq!(after - before, 0, "allocations while recording");

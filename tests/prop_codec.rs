@@ -10,7 +10,7 @@ use airbridge_gateway::image::Image;
 use airbridge_gateway::servers::rtu_slave::answer::{self, SlaveParams};
 use airbridge_modbus::crc::{append_crc, frame_crc_ok};
 use airbridge_modbus::master::{encode_read, encode_write_single, parse_read_reply, ReplyError};
-use airbridge_modbus::model::Outcome;
+use airbridge_modbus::model::Answer;
 use airbridge_modbus::rtu_frame::{Frame, Framer, Request, MAX_ADU};
 use proptest::prelude::*;
 use tokio::time::Instant;
@@ -78,7 +78,7 @@ proptest! {
         let req = Request::Read { function: f, address: 100 + off as u16, count };
         let mut out = [0u8; MAX_ADU];
         let o = answer::answer(params, req, &img, Instant::now(), &mut out);
-        let Outcome::Data { len } = o else { panic!("{o:?}") };
+        let Answer::Data { len } = o else { panic!("{o:?}") };
         let got = parse_read_reply(unit, f, count, &out[..len]).expect("parses");
         prop_assert_eq!(&got[..], &words[off..off + usize::from(count)]);
     }
@@ -86,7 +86,7 @@ proptest! {
     #[test]
     fn exceptions_round_trip(unit in 1u8..=247, f in 1u8..0x80, code in 1u8..=4) {
         let mut out = [0u8; MAX_ADU];
-        prop_assert_eq!(answer::exception_reply(unit, f, code, &mut out), Outcome::Exception { code });
+        prop_assert_eq!(answer::exception_reply(unit, f, code, &mut out), Answer::Exception { code });
         let e = parse_read_reply(unit, f, 1, &out[..5]);
         prop_assert!(matches!(e, Err(ReplyError::Exception(c)) if c == code), "{:?}", e);
         // And the framer sees it as a response, never as a request.

@@ -136,7 +136,7 @@ pub mod exception {
 
 /// What the slave does with a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Answer {
     /// A normal reply of `len` bytes is in the buffer.
     Data { len: usize },
     /// An exception reply of 5 bytes is in the buffer.
@@ -147,13 +147,13 @@ pub enum Outcome {
     SilentStale,
 }
 
-impl Outcome {
+impl Answer {
     /// Bytes to send, if any.
     pub fn reply_len(self) -> Option<usize> {
         match self {
-            Outcome::Data { len } => Some(len),
-            Outcome::Exception { .. } => Some(5),
-            Outcome::SilentWarmup | Outcome::SilentStale => None,
+            Answer::Data { len } => Some(len),
+            Answer::Exception { .. } => Some(5),
+            Answer::SilentWarmup | Answer::SilentStale => None,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Reopen-with-backoff: the one loop that keeps a device (a serial port) served for as long
 //! as the gateway runs, whatever happens to it, and the [`Backoff`] it waits with. The
-//! device itself is a [`Device`]: how to open it, how to serve an open stream, and what to do
+//! device itself is a [`Reopenable`]: how to open it, how to serve an open stream, and what to do
 //! while waiting; so the RTU slave and the RTU poller share the loop, and tests inject
 //! failures and in-memory streams. Touches only the counters it is given.
 
@@ -66,7 +66,7 @@ impl Backoff {
 pub const HEALTHY_SESSION: Duration = Duration::from_secs(10);
 
 /// A device the [`run`] loop keeps open.
-pub trait Device {
+pub trait Reopenable {
     /// The open device.
     type Stream;
 
@@ -111,7 +111,11 @@ pub struct Counters<'a> {
 /// Open `device` and serve it; when it cannot be opened, ends or fails, wait with
 /// [`Backoff::device`] (reset after a [`HEALTHY_SESSION`]) and open it again, forever. The
 /// first failure of a streak is logged at error, repeats at debug. Returns only on `cancel`.
-pub async fn run<D: Device>(device: &mut D, counters: Counters<'_>, cancel: &CancellationToken) {
+pub async fn run<D: Reopenable>(
+    device: &mut D,
+    counters: Counters<'_>,
+    cancel: &CancellationToken,
+) {
     let mut backoff = Backoff::device();
     let mut failing = false;
     let label = device.label();
@@ -219,7 +223,7 @@ mod tests {
         run(dev, counts.counters(), &cancel).await;
     }
 
-    impl Device for Flaky {
+    impl Reopenable for Flaky {
         type Stream = DuplexStream;
         fn label(&self) -> &'static str {
             "test device"

@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use airbridge_modbus::model::Outcome;
+use airbridge_modbus::model::Answer;
 
 /// Upper bounds of the latency buckets, in microseconds (`le`, inclusive). Chosen around
 /// what a request's last byte → reply written takes: tens of µs with `turnaround: 0`,
@@ -92,13 +92,13 @@ pub const RESULTS: [&str; 7] = [
 ];
 
 /// Index into [`RESULTS`] of an outcome.
-pub fn result_index(outcome: Outcome) -> usize {
+pub fn result_index(outcome: Answer) -> usize {
     match outcome {
-        Outcome::Data { .. } => 0,
-        Outcome::Exception { code: c @ 1..=4 } => usize::from(c),
-        Outcome::Exception { .. } => 4,
-        Outcome::SilentStale => 5,
-        Outcome::SilentWarmup => 6,
+        Answer::Data { .. } => 0,
+        Answer::Exception { code: c @ 1..=4 } => usize::from(c),
+        Answer::Exception { .. } => 4,
+        Answer::SilentStale => 5,
+        Answer::SilentWarmup => 6,
     }
 }
 
@@ -121,7 +121,7 @@ impl Default for FunctionCounters {
 
 impl FunctionCounters {
     #[inline]
-    pub fn count(&self, function: u8, outcome: Outcome) {
+    pub fn count(&self, function: u8, outcome: Answer) {
         if let Some(c) = self.by_fc[usize::from(function)].get(result_index(outcome)) {
             c.fetch_add(1, Relaxed);
         }
@@ -165,11 +165,11 @@ mod tests {
     #[test]
     fn function_counters_by_result() {
         let c = FunctionCounters::default();
-        c.count(3, Outcome::Data { len: 9 });
-        c.count(3, Outcome::Data { len: 9 });
-        c.count(3, Outcome::Exception { code: 2 });
-        c.count(0x2B, Outcome::Exception { code: 1 });
-        c.count(4, Outcome::SilentStale);
+        c.count(3, Answer::Data { len: 9 });
+        c.count(3, Answer::Data { len: 9 });
+        c.count(3, Answer::Exception { code: 2 });
+        c.count(0x2B, Answer::Exception { code: 1 });
+        c.count(4, Answer::SilentStale);
         assert_eq!(c.of(3), [2, 0, 1, 0, 0, 0, 0]);
         assert_eq!(c.of(4), [0, 0, 0, 0, 0, 1, 0]);
         assert_eq!(c.seen(), vec![3, 4, 0x2B]);

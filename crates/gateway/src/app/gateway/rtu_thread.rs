@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::RtuPort;
 use crate::config::Config;
-use crate::link::reopen::{self, Device};
+use crate::link::reopen::{self, Reopenable};
 use crate::servers::rtu_slave::RtuSlave;
 
 /// Run the RTU slave on its own OS thread, in a current-thread runtime of its own, so that
@@ -78,7 +78,7 @@ struct SlaveDevice {
     slave: RtuSlave,
 }
 
-impl Device for SlaveDevice {
+impl Reopenable for SlaveDevice {
     type Stream = crate::link::line::Line;
     fn label(&self) -> &'static str {
         "serial device"

@@ -30,7 +30,7 @@ pub struct Commands {
 
 /// What became of one command.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
+pub enum CommandResult {
     /// The device confirmed the write; the value it now holds.
     Accepted(Json),
     /// Refused before the bus: why.
@@ -39,17 +39,17 @@ pub enum Outcome {
     Failed(String),
 }
 
-impl Outcome {
+impl CommandResult {
     /// The result message.
     pub fn json(&self, register: &str, payload: &str) -> Json {
         match self {
-            Outcome::Accepted(v) => {
+            CommandResult::Accepted(v) => {
                 json!({"register": register, "request": payload, "outcome": "accepted", "echo": v})
             }
-            Outcome::Refused(why) => {
+            CommandResult::Refused(why) => {
                 json!({"register": register, "request": payload, "outcome": "refused", "reason": why})
             }
-            Outcome::Failed(why) => {
+            CommandResult::Failed(why) => {
                 json!({"register": register, "request": payload, "outcome": "no_answer", "reason": why})
             }
         }
@@ -59,7 +59,7 @@ impl Outcome {
 impl Commands {
     /// One command: the register's name and payload checked here, then the one write path
     /// ([`command::write`]); its result as the message MQTT publishes.
-    pub async fn execute(&self, image: &Image, name: &str, payload: &str) -> Outcome {
+    pub async fn execute(&self, image: &Image, name: &str, payload: &str) -> CommandResult {
         let profile = self.policy.profile();
         let Some(register) = profile.get(name) else {
             tracing::warn!(
@@ -67,7 +67,7 @@ impl Commands {
                 register = name,
                 "write refused: not a register of the profile"
             );
-            return Outcome::Refused(format!("the profile has no register named `{name}`"));
+            return CommandResult::Refused(format!("the profile has no register named `{name}`"));
         };
         if !self.policy.allowed().contains(name) {
             tracing::warn!(
@@ -75,13 +75,13 @@ impl Commands {
                 register = name,
                 "write refused: not listed under `writable:`"
             );
-            return Outcome::Refused(format!("{name} is not listed under `writable:`"));
+            return CommandResult::Refused(format!("{name} is not listed under `writable:`"));
         }
         let (fc, values) = match register.encode(payload) {
             Ok(x) => x,
             Err(why) => {
                 tracing::warn!(source = "mqtt", register = name, "write refused: {why}");
-                return Outcome::Refused(why);
+                return CommandResult::Refused(why);
             }
         };
         let new = register.decode(&values);
@@ -100,21 +100,21 @@ impl Commands {
             values,
         );
         match written.await {
-            Written::Refused(refusal) => Outcome::Refused(refusal.to_string()),
-            Written::NotQueued => {
-                Outcome::Failed("not queued: the write queue is full or the bus is gone".into())
-            }
-            Written::Sent(WriteOutcome::Done) => Outcome::Accepted(json!(new.to_string())),
+            Written::Refused(refusal) => CommandResult::Refused(refusal.to_string()),
+            Written::NotQueued => CommandResult::Failed(
+                "not queued: the write queue is full or the bus is gone".into(),
+            ),
+            Written::Sent(WriteOutcome::Done) => CommandResult::Accepted(json!(new.to_string())),
             Written::Sent(WriteOutcome::Exception(code)) => {
-                Outcome::Refused(format!("the device answered exception {code:02X}"))
+                CommandResult::Refused(format!("the device answered exception {code:02X}"))
             }
             Written::Sent(WriteOutcome::Offline) => {
-                Outcome::Failed("the device is offline; nothing was sent".into())
+                CommandResult::Failed("the device is offline; nothing was sent".into())
             }
-            Written::Sent(WriteOutcome::Expired) => Outcome::Failed(
+            Written::Sent(WriteOutcome::Expired) => CommandResult::Failed(
                 "the bus was not free within rtu_poll.write_timeout; nothing was sent".into(),
             ),
-            Written::Sent(WriteOutcome::NoReply) => Outcome::Failed(format!(
+            Written::Sent(WriteOutcome::NoReply) => CommandResult::Failed(format!(
                 "the device did not answer within {:?}",
                 self.deadline
             )),

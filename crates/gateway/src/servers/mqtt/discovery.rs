@@ -108,7 +108,7 @@ pub fn sanitize(s: &str) -> String {
 
 /// The `device` block shared by every entity.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Device {
+pub struct HaDevice {
     /// Stable identifier: from the meter's serial number where the image has one.
     pub id: String,
     /// The name Home Assistant shows for the device.
@@ -123,10 +123,10 @@ pub struct Device {
     pub serial_number: Option<String>,
 }
 
-impl Device {
+impl HaDevice {
     /// The device from the profile and the identity values read from the image (`values`:
     /// every field of every filled region, by key).
-    pub fn new(profile_name: &str, node: &str, values: &Map<String, Json>) -> Device {
+    pub fn new(profile_name: &str, node: &str, values: &Map<String, Json>) -> HaDevice {
         let text = |keys: &[&str]| {
             keys.iter().find_map(|k| match values.get(*k) {
                 Some(Json::String(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
@@ -154,7 +154,7 @@ impl Device {
             Some(s) => format!("airbridge_{}", sanitize(s)),
             None => format!("airbridge_{node}"),
         };
-        Device {
+        HaDevice {
             id,
             name: profile_name.to_string(),
             manufacturer,
@@ -167,8 +167,13 @@ impl Device {
     /// Device `name` of `devices:` (node `<topic>_<device>`): named after it, and identified
     /// by the node, plus the serial number where its profile has one. The node alone keeps
     /// two devices apart even if they report the same serial number (or none).
-    pub fn named(name: &str, profile_name: &str, node: &str, values: &Map<String, Json>) -> Device {
-        let mut d = Device::new(profile_name, node, values);
+    pub fn named(
+        name: &str,
+        profile_name: &str,
+        node: &str,
+        values: &Map<String, Json>,
+    ) -> HaDevice {
+        let mut d = HaDevice::new(profile_name, node, values);
         d.id = match &d.serial_number {
             Some(s) => format!("airbridge_{node}_{}", sanitize(s)),
             None => format!("airbridge_{node}"),
@@ -218,7 +223,7 @@ pub fn classes(unit: Option<&str>, name: &str) -> (Option<&'static str>, Option<
 }
 
 /// Every entity's shared keys: availability (gateway and region, both needed), device, origin.
-fn common(topics: &Topics, device: &Device, region: &str) -> Map<String, Json> {
+fn common(topics: &Topics, device: &HaDevice, region: &str) -> Map<String, Json> {
     let mut m = Map::new();
     m.insert(
         "availability".into(),
@@ -239,7 +244,7 @@ fn common(topics: &Topics, device: &Device, region: &str) -> Map<String, Json> {
 /// The retained discovery config of one sensor: (topic, payload).
 pub fn sensor(
     topics: &Topics,
-    device: &Device,
+    device: &HaDevice,
     region: &RegionPlan,
     field: &Field,
 ) -> Option<(String, Json)> {
@@ -273,7 +278,7 @@ pub fn sensor(
 /// where its value is read back, if it is readable.
 pub fn command(
     topics: &Topics,
-    device: &Device,
+    device: &HaDevice,
     register: &Register,
     state: Option<(&RegionPlan, &Field)>,
 ) -> Option<(String, Json)> {
@@ -376,7 +381,7 @@ mod tests {
         ident.insert("vendor_name".into(), json!("KOSTAL"));
         ident.insert("product_name".into(), json!("KOSTAL Smart Energy Meter"));
         ident.insert("firmware_version".into(), json!(258));
-        let dev = Device::new(&p.name, &topics.node, &ident);
+        let dev = HaDevice::new(&p.name, &topics.node, &ident);
         let f = plan[0].field("active_power_import").unwrap();
         let (topic, c) = sensor(&topics, &dev, &plan[0], f).unwrap();
         assert_eq!(
@@ -447,7 +452,7 @@ mod tests {
     fn without_a_serial_the_device_is_the_node_and_text_has_no_unit() {
         let topics = Topics::new(&cfg());
         let p = load("ksem-g2.yaml");
-        let dev = Device::new(&p.name, &topics.node, &Map::new());
+        let dev = HaDevice::new(&p.name, &topics.node, &Map::new());
         assert_eq!(dev.id, "airbridge_home_meter");
         assert_eq!(dev.manufacturer, "KOSTAL");
         let plan = super::super::state::plan(&[spec("identity", 8192, 57, None)], &p);
@@ -466,7 +471,7 @@ mod tests {
         let p = load("kstar-hybrid.yaml");
         let plan =
             super::super::state::plan(&[spec("settings", 3125, 125, Some(Table::Input))], &p);
-        let dev = Device::new(&p.name, &topics.node, &Map::new());
+        let dev = HaDevice::new(&p.name, &topics.node, &Map::new());
         let r = p.get("active_power_setting").unwrap();
         let f = plan[0].field("active_power_setting").unwrap();
         let (topic, c) = command(&topics, &dev, r, Some((&plan[0], f))).unwrap();
@@ -535,8 +540,8 @@ mod tests {
         let mut serial = Map::new();
         serial.insert("serial_number".into(), json!("KS-1"));
         for values in [Map::new(), serial] {
-            let da = Device::named("battery1", &p.name, &a.node, &values);
-            let db = Device::named("battery2", &p.name, &b.node, &values);
+            let da = HaDevice::named("battery1", &p.name, &a.node, &values);
+            let db = HaDevice::named("battery2", &p.name, &b.node, &values);
             assert_ne!(da.id, db.id);
             assert_eq!(da.name, "battery1");
             let (ta, ca) = sensor(&a, &da, &plan[0], f).unwrap();
@@ -550,7 +555,7 @@ mod tests {
                 "home/meter/battery1/live/availability"
             );
         }
-        let with = Device::named("battery1", &p.name, &a.node, &{
+        let with = HaDevice::named("battery1", &p.name, &a.node, &{
             let mut m = Map::new();
             m.insert("serial_number".into(), json!("KS 1"));
             m

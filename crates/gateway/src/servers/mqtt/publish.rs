@@ -12,7 +12,7 @@ use rumqttc::{AsyncClient, QoS};
 use serde_json::{Map, Value as Json};
 use tokio::time::Instant;
 
-use super::discovery::{self, Device};
+use super::discovery::{self, HaDevice};
 use super::session::{Session, UnitSession};
 use super::{MqttServer, Unit};
 
@@ -72,9 +72,9 @@ impl MqttServer {
                     values.extend(r.payload(&snap.regions[r.index].words));
                 }
                 let device = if u.name.is_empty() {
-                    Device::new(&u.profile_name, &u.topics.node, &values)
+                    HaDevice::new(&u.profile_name, &u.topics.node, &values)
                 } else {
-                    Device::named(&u.name, &u.profile_name, &u.topics.node, &values)
+                    HaDevice::named(&u.name, &u.profile_name, &u.topics.node, &values)
                 };
                 s.discovery_sent = self.discover(client, u, &device);
                 // Home Assistant subscribes to the state topics only after it has read the
@@ -129,7 +129,7 @@ impl MqttServer {
 
     /// Every discovery config of one device; false if the client's queue was full (retried
     /// next tick).
-    pub(super) fn discover(&self, client: &AsyncClient, u: &Unit, device: &Device) -> bool {
+    pub(super) fn discover(&self, client: &AsyncClient, u: &Unit, device: &HaDevice) -> bool {
         let mut all = true;
         let mut n = 0usize;
         for r in &u.plan {

@@ -129,7 +129,7 @@ impl MqttServer {
         if p.retain {
             // A retained command would be written again at every reconnect.
             tracing::warn!(source = "mqtt", register = %name, "write refused: retained command");
-            let out = commands::Outcome::Refused(
+            let out = commands::CommandResult::Refused(
                 "retained commands are ignored (they would be written at every reconnect)".into(),
             );
             self.send_json(client, topics.result(&name), &out.json(&name, &payload));

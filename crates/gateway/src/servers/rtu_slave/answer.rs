@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use crate::image::{Image, ReadRefusal, WarmUp};
 use airbridge_modbus::crc::append_crc;
-pub use airbridge_modbus::model::{exception, Outcome};
+pub use airbridge_modbus::model::{exception, Answer};
 use airbridge_modbus::model::{OnStale, MAX_READ};
 use airbridge_modbus::rtu_frame::{Request, MAX_ADU};
 
@@ -29,7 +29,7 @@ pub fn answer(
     image: &Image,
     now: Instant,
     out: &mut [u8; MAX_ADU],
-) -> Outcome {
+) -> Answer {
     let (function, address, count) = match req {
         Request::Read {
             function: f @ 0x03,
@@ -54,11 +54,11 @@ pub fn answer(
         Err(ReadRefusal::OutsideRegions) => {
             exception_reply(params.unit, function, exception::ILLEGAL_DATA_ADDRESS, out)
         }
-        Err(ReadRefusal::WarmingUp) => Outcome::SilentWarmup,
+        Err(ReadRefusal::WarmingUp) => Answer::SilentWarmup,
         Err(ReadRefusal::Stale(OnStale::Exception)) => {
             exception_reply(params.unit, function, exception::SERVER_DEVICE_FAILURE, out)
         }
-        Err(ReadRefusal::Stale(_)) => Outcome::SilentStale,
+        Err(ReadRefusal::Stale(_)) => Answer::SilentStale,
         Ok(touched) => {
             out[0] = params.unit;
             out[1] = function;
@@ -71,7 +71,7 @@ pub fn answer(
                 out[at + 1] = b[1];
                 at += 2;
             });
-            Outcome::Data {
+            Answer::Data {
                 len: append_crc(out, at),
             }
         }
@@ -79,12 +79,12 @@ pub fn answer(
 }
 
 /// Encode an exception reply for `function`.
-pub fn exception_reply(unit: u8, function: u8, code: u8, out: &mut [u8; MAX_ADU]) -> Outcome {
+pub fn exception_reply(unit: u8, function: u8, code: u8, out: &mut [u8; MAX_ADU]) -> Answer {
     out[0] = unit;
     out[1] = function | 0x80;
     out[2] = code;
     append_crc(out, 3);
-    Outcome::Exception { code }
+    Answer::Exception { code }
 }
 
 #[cfg(test)]
@@ -152,7 +152,7 @@ mod tests {
         warm(&img, now);
         let mut out = [0u8; MAX_ADU];
         let o = answer(P, read(3, 0, 2), &img, now, &mut out);
-        assert_eq!(o, Outcome::Data { len: 9 });
+        assert_eq!(o, Answer::Data { len: 9 });
         assert_eq!(&out[..7], &[0x01, 0x03, 0x04, 0x10, 0x00, 0x10, 0x01]);
         assert!(frame_crc_ok(&out[..9]));
     }
@@ -164,7 +164,7 @@ mod tests {
         warm(&img, now);
         let mut out = [0u8; MAX_ADU];
         let o = answer(P, read(4, 23, 125), &img, now, &mut out);
-        assert_eq!(o, Outcome::Data { len: 255 });
+        assert_eq!(o, Answer::Data { len: 255 });
         assert_eq!(out[2], 250);
         for i in 0..125u16 {
             let at = 3 + 2 * usize::from(i);
@@ -181,30 +181,30 @@ mod tests {
         // Cold image: function, count and address errors still come first.
         assert_eq!(
             answer(P, Request::Other { function: 0x10 }, &img, now, &mut out),
-            Outcome::Exception { code: 1 }
+            Answer::Exception { code: 1 }
         );
         assert_eq!(&out[..3], &[0x01, 0x90, 0x01]);
         assert!(frame_crc_ok(&out[..5]));
         assert_eq!(
             answer(P, Request::Other { function: 0x06 }, &img, now, &mut out),
-            Outcome::Exception { code: 1 }
+            Answer::Exception { code: 1 }
         );
         assert_eq!(
             answer(P, read(3, 0, 0), &img, now, &mut out),
-            Outcome::Exception { code: 3 }
+            Answer::Exception { code: 3 }
         );
         assert_eq!(
             answer(P, read(3, 0, 126), &img, now, &mut out),
-            Outcome::Exception { code: 3 }
+            Answer::Exception { code: 3 }
         );
         assert_eq!(
             answer(P, read(3, 148, 1), &img, now, &mut out),
-            Outcome::Exception { code: 2 }
+            Answer::Exception { code: 2 }
         );
         assert_eq!(&out[..3], &[0x01, 0x83, 0x02]);
         assert_eq!(
             answer(P, read(3, 0, 10), &img, now, &mut out),
-            Outcome::SilentWarmup
+            Answer::SilentWarmup
         );
         let no_fc04 = SlaveParams {
             unit: 1,
@@ -212,7 +212,7 @@ mod tests {
         };
         assert_eq!(
             answer(no_fc04, read(4, 0, 10), &img, now, &mut out),
-            Outcome::Exception { code: 1 }
+            Answer::Exception { code: 1 }
         );
         assert_eq!(&out[..3], &[0x01, 0x84, 0x01]);
     }
@@ -226,19 +226,19 @@ mod tests {
         let t1 = t0 + Duration::from_secs(3);
         assert_eq!(
             answer(P, read(3, 0, 10), &img, t1, &mut out),
-            Outcome::SilentStale
+            Answer::SilentStale
         );
         assert!(
             matches!(
                 answer(P, read(3, 512, 10), &img, t1, &mut out),
-                Outcome::Data { .. }
+                Answer::Data { .. }
             ),
             "energy still within 30 s"
         );
         let t2 = t0 + Duration::from_secs(31);
         assert_eq!(
             answer(P, read(3, 512, 10), &img, t2, &mut out),
-            Outcome::Exception { code: 4 }
+            Answer::Exception { code: 4 }
         );
         assert_eq!(&out[..3], &[0x01, 0x83, 0x04]);
     }

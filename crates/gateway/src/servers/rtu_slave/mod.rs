@@ -21,7 +21,7 @@ use crate::image::Image;
 use crate::link::echo::EchoFilter;
 use crate::ops::journal::{self, Journal};
 use crate::ops::stats::{FunctionCounters, LatencyHistogram};
-use airbridge_modbus::model::Outcome;
+use airbridge_modbus::model::Answer;
 use airbridge_modbus::rtu_frame::{Frame, Framer, FramerStats, MAX_ADU};
 use answer::SlaveParams;
 
@@ -85,17 +85,17 @@ impl RtuStats {
         *last = now;
     }
 
-    fn count(&self, outcome: Outcome) {
+    fn count(&self, outcome: Answer) {
         match outcome {
-            Outcome::Data { .. } => self.replies.fetch_add(1, Relaxed),
-            Outcome::Exception { code } => {
+            Answer::Data { .. } => self.replies.fetch_add(1, Relaxed),
+            Answer::Exception { code } => {
                 if let Some(c) = self.exception_codes.get(usize::from(code)) {
                     c.fetch_add(1, Relaxed);
                 }
                 self.exceptions.fetch_add(1, Relaxed)
             }
-            Outcome::SilentStale => self.silent_stale.fetch_add(1, Relaxed),
-            Outcome::SilentWarmup => self.silent_warmup.fetch_add(1, Relaxed),
+            Answer::SilentStale => self.silent_stale.fetch_add(1, Relaxed),
+            Answer::SilentWarmup => self.silent_warmup.fetch_add(1, Relaxed),
         };
     }
 }
@@ -369,7 +369,7 @@ impl RtuSlave {
         let Some(len) = outcome.reply_len() else {
             tracing::trace!(?req, ?outcome, "no reply");
             let action = match outcome {
-                Outcome::SilentWarmup => Action::SilentWarmup,
+                Answer::SilentWarmup => Action::SilentWarmup,
                 _ => Action::SilentStale,
             };
             self.journal(
@@ -394,7 +394,7 @@ impl RtuSlave {
         self.stats.tx_bytes.fetch_add(len as u64, Relaxed);
         // Recorded after the reply is written: the journal costs the inverter nothing.
         let action = match outcome {
-            Outcome::Exception { code } => Action::Exception { code },
+            Answer::Exception { code } => Action::Exception { code },
             _ => Action::Answered { bytes: len as u16 },
         };
         self.journal(request_end, unit, function, address, count, action, latency);

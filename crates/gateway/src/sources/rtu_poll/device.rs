@@ -33,7 +33,7 @@ pub(super) enum Link {
 }
 
 /// One device on the bus.
-pub(super) struct Device {
+pub(super) struct PolledDevice {
     /// `devices[].name`; empty in the one-device form (its logs stay as they were).
     pub(super) name: String,
     /// Its RS485 address.
@@ -78,7 +78,7 @@ impl Counts<'_> {
     }
 }
 
-impl Device {
+impl PolledDevice {
     /// A device that has not answered yet, polled at once.
     pub(super) fn new(
         name: String,
@@ -87,7 +87,7 @@ impl Device {
         probe_max: Duration,
         stats: Option<Arc<RtuPollStats>>,
     ) -> Self {
-        Device {
+        PolledDevice {
             name,
             unit,
             tasks,

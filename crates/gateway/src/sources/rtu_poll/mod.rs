@@ -34,12 +34,12 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, RtuPollConfig, Table};
 use crate::control::writes::{WriteJob, WriteOutcome};
 use crate::image::Image;
-use crate::link::reopen::{self, Device as ReopenDevice};
+use crate::link::reopen::{self, Reopenable};
 use crate::link::rtu_master::RtuMaster;
 use crate::ops::heartbeat::HEARTBEAT;
 use crate::sources::schedule::Slot;
 
-use device::{Counts, Device, Task};
+use device::{Counts, PolledDevice, Task};
 
 /// Counters of the RTU poll side.
 #[derive(Debug, Default)]
@@ -113,10 +113,10 @@ pub struct RtuPoller {
     /// The `rtu_poll:` section.
     cfg: RtuPollConfig,
     /// The devices on the bus, in config order (a write job's `device` indexes this).
-    devices: Vec<Device>,
+    devices: Vec<PolledDevice>,
     /// Where complete regions are committed.
     image: Arc<Image>,
-    /// The bus counters (each device's own are in its [`Device`]).
+    /// The bus counters (each device's own are in its [`PolledDevice`]).
     stats: Arc<RtuPollStats>,
     /// LAN clients' writes, taken between polls.
     writes: mpsc::Receiver<WriteJob>,
@@ -170,7 +170,7 @@ impl RtuPoller {
                     });
                     s
                 });
-                Device::new(dc.name.clone(), dc.unit_id, tasks, cfg.probe_max, dev_stats)
+                PolledDevice::new(dc.name.clone(), dc.unit_id, tasks, cfg.probe_max, dev_stats)
             })
             .collect();
         // Set once per stats: a second poller on the same counters (tests) keeps the first's.
@@ -245,7 +245,7 @@ impl RtuPoller {
             let wake = self
                 .devices
                 .iter()
-                .filter_map(Device::wake)
+                .filter_map(PolledDevice::wake)
                 .min()
                 .unwrap_or(now + Duration::from_secs(3600))
                 .min(now + HEARTBEAT);
@@ -330,7 +330,7 @@ fn stop_on_cancel(r: io::Result<()>, cancel: &CancellationToken) -> io::Result<(
 /// the [`reopen`] loop.
 struct Bus<'a>(&'a mut RtuPoller);
 
-impl ReopenDevice for Bus<'_> {
+impl Reopenable for Bus<'_> {
     type Stream = crate::link::line::Line;
     fn label(&self) -> &'static str {
         "RTU bus"
