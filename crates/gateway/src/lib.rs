@@ -21,7 +21,7 @@
 //! this crate `airbridge_modbus` (domain types and the pure codec). Above them: [`app`] wires
 //! a gateway together, supervises it, reloads it and reports it (systemd, status page).
 //!
-//! Lower layers never import higher ones: image, ops, control → config → link → sources,
+//! Lower layers never import higher ones: image, ops → control → config → link → sources,
 //! servers → app; sources and servers never import each other (they meet in the image and
 //! in control). The tree test checks this module by module.
 
