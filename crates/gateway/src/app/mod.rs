@@ -4,8 +4,8 @@
 //! [`status`] report the truth to systemd and to the user; [`monitor`] logs state changes.
 
 pub mod gateway;
-pub mod handles;
-pub mod monitor;
+pub(crate) mod handles;
+pub(crate) mod monitor;
 pub mod reload;
 pub mod status;
 pub mod supervisor;

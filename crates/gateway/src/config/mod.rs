@@ -33,7 +33,7 @@ pub use validate::{check_against_profile, check_device_against_profile};
 
 use schema::RawConfig;
 
-pub mod mqtt;
+pub(crate) mod mqtt;
 pub use mqtt::MqttConfig;
 
 /// A configuration that is known to be usable.

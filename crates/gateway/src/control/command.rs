@@ -83,7 +83,7 @@ pub async fn write(
     };
     let change = changes(image, device.index, &registers, address, &values);
     let (tx, rx) = oneshot::channel();
-    let job = WriteJob::new(fc, address, values, tx).to_device(device.index);
+    let job = WriteJob::new(fc, address, values, tx).for_device(device.index);
     if device.queue.try_send(job).is_err() {
         log_write!(
             warn,

@@ -4,6 +4,6 @@
 //! queue, deadline, outcome, log) that every writer calls. No I/O but reading a profile
 //! file and the write queue.
 
-pub mod command;
+pub(crate) mod command;
 pub mod profile;
-pub mod writes;
+pub(crate) mod writes;

@@ -222,7 +222,7 @@ impl WriteJob {
     }
 
     /// The same job for device `device` of the bus.
-    pub fn to_device(mut self, device: usize) -> Self {
+    pub fn for_device(mut self, device: usize) -> Self {
         self.device = device;
         self
     }

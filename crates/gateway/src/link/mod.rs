@@ -6,10 +6,10 @@
 //! stream, [`serial_compat`] the classic-termios open for kernels (qemu-user) that refuse
 //! termios2, and [`echo`] suppresses a half-duplex adapter's echo of our own frames.
 
-pub mod echo;
-pub mod line;
-pub mod reopen;
+pub(crate) mod echo;
+pub(crate) mod line;
+pub(crate) mod reopen;
 pub mod rtu_master;
 pub mod serial;
-pub mod serial_compat;
+pub(crate) mod serial_compat;
 pub mod tcp_front;

@@ -52,6 +52,7 @@ impl Backoff {
     }
 
     /// The lower bound of the wait [`Backoff::next_delay`] would return now.
+    #[cfg(test)]
     pub fn peek_bound(&self) -> Duration {
         self.next
     }

@@ -5,8 +5,8 @@
 //! Assistant). The two TCP servers share their counters and their one read of the image
 //! ([`lan`]); writes go through [`crate::control::command`], the one write path.
 
-pub mod lan;
-pub mod meter_tcp;
-pub mod modbus_tcp;
-pub mod mqtt;
+pub(crate) mod lan;
+pub(crate) mod meter_tcp;
+pub(crate) mod modbus_tcp;
+pub(crate) mod mqtt;
 pub mod rtu_slave;

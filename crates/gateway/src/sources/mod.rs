@@ -6,5 +6,5 @@
 
 pub mod ksem_poll;
 pub mod push;
-pub mod rtu_poll;
+pub(crate) mod rtu_poll;
 pub(crate) mod schedule;

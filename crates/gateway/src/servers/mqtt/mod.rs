@@ -111,23 +111,6 @@ pub struct MqttServer {
 }
 
 impl MqttServer {
-    /// A publisher for `image` decoded through `profile` (the one-device form).
-    pub fn new(
-        cfg: MqttConfig,
-        image: Arc<Image>,
-        profile: &Profile,
-        commands: Option<Commands>,
-        stats: Arc<MqttStats>,
-    ) -> Self {
-        let one = DeviceSource {
-            name: String::new(),
-            index: 0,
-            profile,
-            commands,
-        };
-        Self::with_devices(cfg, image, vec![one], stats)
-    }
-
     /// A publisher with one HA device per entry of `devices` (`devices:`).
     pub fn with_devices(
         cfg: MqttConfig,
@@ -167,10 +150,6 @@ impl MqttServer {
             units,
             stats,
         }
-    }
-
-    pub fn stats(&self) -> Arc<MqttStats> {
-        Arc::clone(&self.stats)
     }
 
     /// Connect, publish, reconnect with backoff; until `cancel`.

@@ -123,6 +123,7 @@ impl RegionPlan {
 /// untyped table of a KSEM layout read the profile's holding registers (FC03, what the
 /// inverter reads). Registers cut by a region's edge are left out (they would be torn), and
 /// so are regions without any named value.
+#[cfg(test)]
 pub fn plan(specs: &[RegionSpec], profile: &Profile) -> Vec<RegionPlan> {
     plan_device(specs, profile, 0, "")
 }

@@ -273,7 +273,7 @@ async fn two_units(
 /// Queue an FC06 write for device `d` and await its outcome.
 async fn write_to(tx: &mpsc::Sender<WriteJob>, d: usize) -> WriteOutcome {
     let (job, rx) = write_job(100, 7);
-    tx.send(job.to_device(d))
+    tx.send(job.for_device(d))
         .await
         .unwrap_or_else(|_| panic!("queued"));
     rx.await.unwrap_or_else(|_| panic!("answered"))
