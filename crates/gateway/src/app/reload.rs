@@ -1,6 +1,6 @@
 //! Hot reload: a new config for a running gateway, applied whole or not at all.
 //!
-//! Owns the config in force ([`Live`]) and the rule of what may change while running:
+//! Owns the config in force ([`Live`](crate::app::handles::Live)) and the rule of what may change while running:
 //! freshness (`max_age`, `on_stale`), poll intervals (`every`, `fallback_poll`),
 //! `poll.timeout`, the push allow list, connection limit and idle timeout, and `log.level`.
 //! Anything else (serial settings, listen and upstream addresses, region layout, profile,

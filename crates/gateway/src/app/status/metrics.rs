@@ -1,7 +1,7 @@
 //! `/metrics`: the Prometheus text exposition format (version 0.0.4), rendered by hand from
 //! the atomic counters every role already keeps.
 //!
-//! Owns the metric names, their HELP texts and label escaping: [`FAMILIES`] is the table of
+//! Owns the metric names, their HELP texts and label escaping: `FAMILIES` is the table of
 //! every family, one row each (name, type, help, when it is shown, how its samples are read),
 //! in the order they are written. Reads only.
 
