@@ -1,14 +1,14 @@
 //! Hot reload: a new config for a running gateway, applied whole or not at all.
 //!
-//! Owns the config in force ([`Live`](crate::app::handles::Live)) and the rule of what may change while running:
-//! freshness (`max_age`, `on_stale`), poll intervals (`every`, `fallback_poll`),
-//! `poll.timeout`, the push allow list, connection limit and idle timeout, and `log.level`.
-//! Anything else (serial settings, listen and upstream addresses, region layout, profile,
-//! sections added later) needs a restart: such a file is reported and nothing of it is
-//! applied. `SETTINGS` and `REGION_SETTINGS` are that rule, one row per setting (what they
-//! name live, `with_live_from` takes over). It touches the image's freshness rules, the
-//! push server's live settings, the poller's config channel and the log level; never a
-//! connection or the serial port.
+//! Owns the config in force ([`Live`](crate::app::handles::Live)) and the rule of what may
+//! change while running: freshness (`max_age`, `on_stale`), poll intervals (`every`,
+//! `fallback_poll`), `poll.timeout`, the push allow list, connection limit and idle
+//! timeout, and `log.level`. Anything else (serial settings, listen and upstream addresses,
+//! region layout, profile, sections added later) needs a restart: such a file is reported
+//! and nothing of it is applied. `SETTINGS` and `REGION_SETTINGS` are that rule, one row
+//! per setting (what they name live, `with_live_from` takes over). It touches the image's
+//! freshness rules, the push server's live settings, the poller's config channel and the
+//! log level; never a connection or the serial port.
 
 use std::path::Path;
 use std::sync::Arc;
