@@ -1,19 +1,22 @@
 //! Hot reload: a new config for a running gateway, applied whole or not at all.
 //!
-//! Owns the config in force ([`Live`]) and the rule of what may change while running:
-//! freshness (`max_age`, `on_stale`), poll intervals (`every`, `fallback_poll`),
-//! `poll.timeout`, the push allow list, connection limit and idle timeout, and `log.level`.
-//! Anything else (serial settings, listen and upstream addresses, region layout, profile,
-//! sections added later) needs a restart: such a file is reported and nothing of it is
-//! applied. It touches the image's freshness rules, the push server's live settings, the
-//! poller's config channel and the log level; never a connection or the serial port.
+//! Owns the config in force ([`Live`](crate::app::handles::Live)) and the rule of what may
+//! change while running: freshness (`max_age`, `on_stale`), poll intervals (`every`,
+//! `fallback_poll`), `poll.timeout`, the push allow list, connection limit and idle
+//! timeout, and `log.level`. Anything else (serial settings, listen and upstream addresses,
+//! region layout, profile, sections added later) needs a restart: such a file is reported
+//! and nothing of it is applied. `SETTINGS` and `REGION_SETTINGS` are that rule, one row
+//! per setting (what they name live, `with_live_from` takes over). It touches the image's
+//! freshness rules, the push server's live settings, the poller's config channel and the
+//! log level; never a connection or the serial port.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::app::handles::Handles;
-use crate::config::{self, Config, PushConfig};
+use crate::config::{self, Config, Region};
 use crate::ops::logging::{self, LevelChange};
+use ipnet::IpNet;
 
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,6 +71,7 @@ pub struct Diff {
     pub restart: Vec<String>,
 }
 
+/// A duration as shown: `1m 30s`, or `never`.
 fn dur(d: std::time::Duration) -> String {
     if d == std::time::Duration::MAX {
         "never".into()
@@ -76,12 +80,14 @@ fn dur(d: std::time::Duration) -> String {
     }
 }
 
+/// An optional duration as shown: `-` when unset.
 fn opt_dur(d: Option<std::time::Duration>) -> String {
     d.map_or_else(|| "-".into(), dur)
 }
 
-fn nets(p: &PushConfig) -> String {
-    let v: Vec<String> = p.allow_from.iter().map(ToString::to_string).collect();
+/// An allow list as shown: `[192.168.178.100/32, 10.0.0.0/8]`.
+fn nets(allow_from: &[IpNet]) -> String {
+    let v: Vec<String> = allow_from.iter().map(ToString::to_string).collect();
     format!("[{}]", v.join(", "))
 }
 
@@ -114,112 +120,283 @@ fn with_live_from(old: &Config, new: &Config) -> Config {
     out
 }
 
-/// Compare a running config with a new one.
-pub fn diff(old: &Config, new: &Config) -> Diff {
-    let mut d = Diff::default();
-    let mut restart = |key: &str, a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| {
-        d.restart.push(format!("{key} {a:?} → {b:?}"));
-    };
+/// Whether a changed setting can be taken live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Needs {
+    /// A running gateway takes it ([`apply`]).
+    Live,
+    /// Only a restart applies it.
+    Restart,
+}
+
+/// How a setting is compared.
+enum Compare {
+    /// One line when it differs; gives `old → new`.
+    Whole(fn(&Config, &Config) -> Option<String>),
+    /// Each region of an unchanged layout, region by region: [`REGION_SETTINGS`] with this
+    /// row's [`Needs`].
+    EachRegion,
+}
+
+/// One row of [`SETTINGS`]: a setting, what a change of it needs, how it is compared.
+struct Setting {
+    /// The setting as named in the outcome (`rtu.baud`; a region's are named by
+    /// [`RegionSetting::key`]).
+    key: &'static str,
+    /// Live or restart.
+    needs: Needs,
+    /// How old and new are compared.
+    compare: Compare,
+}
+
+/// One row of [`REGION_SETTINGS`]: a setting of one region (`regions.NAME.key`).
+struct RegionSetting {
+    /// The setting's key within the region.
+    key: &'static str,
+    /// Live or restart.
+    needs: Needs,
+    /// `old → new` when it differs.
+    compare: fn(&Region, &Region) -> Option<String>,
+}
+
+/// A setting only a restart applies.
+const fn restart(key: &'static str, compare: fn(&Config, &Config) -> Option<String>) -> Setting {
+    Setting {
+        key,
+        needs: Needs::Restart,
+        compare: Compare::Whole(compare),
+    }
+}
+
+/// A setting a running gateway takes.
+const fn live(key: &'static str, compare: fn(&Config, &Config) -> Option<String>) -> Setting {
+    Setting {
+        key,
+        needs: Needs::Live,
+        compare: Compare::Whole(compare),
+    }
+}
+
+/// The [`REGION_SETTINGS`] with `needs`, region by region.
+const fn each_region(needs: Needs) -> Setting {
+    Setting {
+        key: "regions.NAME",
+        needs,
+        compare: Compare::EachRegion,
+    }
+}
+
+/// `a → b` in `Debug` form, when they differ.
+fn debug_change<T: PartialEq + std::fmt::Debug>(a: &T, b: &T) -> Option<String> {
+    (a != b).then(|| format!("{a:?} → {b:?}"))
+}
+
+/// `a → b` as shown by `show`, when they differ.
+fn shown_change<T: PartialEq>(a: &T, b: &T, show: impl Fn(&T) -> String) -> Option<String> {
+    (a != b).then(|| format!("{} → {}", show(a), show(b)))
+}
+
+/// `a → b` when the shown forms differ.
+fn text_change(a: String, b: String) -> Option<String> {
+    (a != b).then(|| format!("{a} → {b}"))
+}
+
+/// `a → b` in `Debug` form when a section was added or removed (not when it changed).
+fn presence_change<T: std::fmt::Debug>(a: Option<T>, b: Option<T>) -> Option<String> {
+    (a.is_some() != b.is_some()).then(|| format!("{a:?} → {b:?}"))
+}
+
+/// Compare a section present in both configs (`None` when either lacks it).
+fn both<T>(
+    a: &Option<T>,
+    b: &Option<T>,
+    compare: impl Fn(&T, &T) -> Option<String>,
+) -> Option<String> {
+    compare(a.as_ref()?, b.as_ref()?)
+}
+
+/// Every setting a reload looks at, in the order the outcome lists them. Anything not
+/// listed that differs is a restart named by its section (see [`unlisted_change`]).
+const SETTINGS: &[Setting] = &[
     // Needs restart: the serial side, addresses, the layout, the profile.
-    let (r, s) = (&old.rtu, &new.rtu);
-    macro_rules! rtu {
-        ($($f:ident),*) => {$(
-            if r.$f != s.$f {
-                restart(concat!("rtu.", stringify!($f)), &r.$f, &s.$f);
+    restart("rtu.device", |o, n| {
+        debug_change(&o.rtu.device, &n.rtu.device)
+    }),
+    restart("rtu.baud", |o, n| debug_change(&o.rtu.baud, &n.rtu.baud)),
+    restart("rtu.data_bits", |o, n| {
+        debug_change(&o.rtu.data_bits, &n.rtu.data_bits)
+    }),
+    restart("rtu.parity", |o, n| {
+        debug_change(&o.rtu.parity, &n.rtu.parity)
+    }),
+    restart("rtu.stop_bits", |o, n| {
+        debug_change(&o.rtu.stop_bits, &n.rtu.stop_bits)
+    }),
+    restart("rtu.unit_id", |o, n| {
+        debug_change(&o.rtu.unit_id, &n.rtu.unit_id)
+    }),
+    restart("rtu.turnaround", |o, n| {
+        debug_change(&o.rtu.turnaround, &n.rtu.turnaround)
+    }),
+    restart("rtu.frame_timeout", |o, n| {
+        debug_change(&o.rtu.frame_timeout, &n.rtu.frame_timeout)
+    }),
+    restart("rtu.input_registers", |o, n| {
+        debug_change(&o.rtu.input_registers, &n.rtu.input_registers)
+    }),
+    restart("rtu.rs485", |o, n| debug_change(&o.rtu.rs485, &n.rtu.rs485)),
+    restart("push.listen", |o, n| {
+        both(&o.push, &n.push, |a, b| debug_change(&a.listen, &b.listen))
+    }),
+    restart("push", |o, n| {
+        let listen = |c: &Config| c.push.as_ref().map(|p| p.listen);
+        presence_change(listen(o), listen(n))
+    }),
+    restart("poll.host", |o, n| {
+        both(&o.poll, &n.poll, |a, b| debug_change(&a.host, &b.host))
+    }),
+    restart("poll.unit_id", |o, n| {
+        both(&o.poll, &n.poll, |a, b| {
+            debug_change(&a.unit_id, &b.unit_id)
+        })
+    }),
+    restart("poll", |o, n| {
+        let host = |c: &Config| c.poll.as_ref().map(|p| p.host.clone());
+        presence_change(host(o), host(n))
+    }),
+    restart("regions (layout, sources, static values):", layout_change),
+    restart("profile", |o, n| {
+        let path = |c: &Config| c.profile.as_ref().map(|p| p.path.clone());
+        debug_change(&path(o), &path(n))
+    }),
+    each_region(Needs::Restart),
+    // Live.
+    each_region(Needs::Live),
+    live("push.allow_from", |o, n| {
+        both(&o.push, &n.push, |a, b| {
+            shown_change(&a.allow_from, &b.allow_from, |v| nets(v))
+        })
+    }),
+    live("push.max_connections", |o, n| {
+        both(&o.push, &n.push, |a, b| {
+            shown_change(&a.max_connections, &b.max_connections, ToString::to_string)
+        })
+    }),
+    live("push.idle_timeout", |o, n| {
+        both(&o.push, &n.push, |a, b| {
+            shown_change(&a.idle_timeout, &b.idle_timeout, |d| dur(*d))
+        })
+    }),
+    live("poll.timeout", |o, n| {
+        both(&o.poll, &n.poll, |a, b| {
+            shown_change(&a.timeout, &b.timeout, |d| dur(*d))
+        })
+    }),
+    live("log.level", |o, n| {
+        shown_change(&o.log, &n.log, |l| l.level.clone())
+    }),
+];
+
+/// Every setting of one region a reload compares (only while the layout stays), in the
+/// order the outcome lists them for each region.
+const REGION_SETTINGS: &[RegionSetting] = &[
+    RegionSetting {
+        key: "max_age",
+        needs: Needs::Live,
+        compare: |a, b| text_change(dur(a.max_age), dur(b.max_age)),
+    },
+    RegionSetting {
+        key: "on_stale",
+        needs: Needs::Live,
+        compare: |a, b| text_change(a.on_stale.as_str().into(), b.on_stale.as_str().into()),
+    },
+    // The KSEM poller follows reloads; the RTU poller (KSTAR) reads its intervals once, at
+    // start.
+    RegionSetting {
+        key: "every",
+        needs: Needs::Live,
+        compare: |a, b| {
+            if a.source.rtu_poll {
+                None
+            } else {
+                text_change(opt_dur(a.every), opt_dur(b.every))
             }
-        )*};
-    }
-    rtu!(
-        device,
-        baud,
-        data_bits,
-        parity,
-        stop_bits,
-        unit_id,
-        turnaround,
-        frame_timeout,
-        input_registers,
-        rs485
-    );
-    match (&old.push, &new.push) {
-        (Some(a), Some(b)) if a.listen != b.listen => restart("push.listen", &a.listen, &b.listen),
-        (Some(_), None) | (None, Some(_)) => restart(
-            "push",
-            &old.push.as_ref().map(|p| p.listen),
-            &new.push.as_ref().map(|p| p.listen),
-        ),
-        _ => {}
-    }
-    match (&old.poll, &new.poll) {
-        (Some(a), Some(b)) => {
-            if a.host != b.host {
-                restart("poll.host", &a.host, &b.host);
-            }
-            if a.unit_id != b.unit_id {
-                restart("poll.unit_id", &a.unit_id, &b.unit_id);
-            }
-        }
-        (None, None) => {}
-        _ => restart(
-            "poll",
-            &old.poll.as_ref().map(|p| &p.host),
-            &new.poll.as_ref().map(|p| &p.host),
-        ),
-    }
-    let layout = |c: &Config| -> Vec<String> {
-        c.regions
-            .iter()
-            .map(|g| {
-                format!(
-                    "{} {}+{} {}{}{}{}",
-                    g.name,
-                    g.start,
-                    g.count,
-                    g.source,
-                    if g.every.is_some() { " every" } else { "" },
-                    if g.fallback_poll.is_some() {
-                        " fallback_poll"
-                    } else {
-                        ""
-                    },
-                    if g.values.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" values {:?}", g.values)
-                    }
-                )
-            })
-            .collect()
-    };
+        },
+    },
+    RegionSetting {
+        key: "fallback_poll",
+        needs: Needs::Live,
+        compare: |a, b| text_change(opt_dur(a.fallback_poll), opt_dur(b.fallback_poll)),
+    },
+    RegionSetting {
+        key: "every",
+        needs: Needs::Restart,
+        compare: |a, b| {
+            (a.source.rtu_poll && a.every != b.every)
+                .then(|| format!("{} → {} (rtu_poll)", opt_dur(a.every), opt_dur(b.every)))
+        },
+    },
+];
+
+/// The regions' layout (name, addresses, sources, which are polled, static values), one
+/// line per region: any difference needs a restart.
+fn layout(c: &Config) -> Vec<String> {
+    c.regions
+        .iter()
+        .map(|g| {
+            format!(
+                "{} {}+{} {}{}{}{}",
+                g.name,
+                g.start,
+                g.count,
+                g.source,
+                if g.every.is_some() { " every" } else { "" },
+                if g.fallback_poll.is_some() {
+                    " fallback_poll"
+                } else {
+                    ""
+                },
+                if g.values.is_empty() {
+                    String::new()
+                } else {
+                    format!(" values {:?}", g.values)
+                }
+            )
+        })
+        .collect()
+}
+
+/// The regions that went and came, when the layout differs.
+fn layout_change(old: &Config, new: &Config) -> Option<String> {
     let (la, lb) = (layout(old), layout(new));
-    if la != lb {
-        let gone: Vec<&String> = la.iter().filter(|x| !lb.contains(x)).collect();
-        let added: Vec<&String> = lb.iter().filter(|x| !la.contains(x)).collect();
-        d.restart.push(format!(
-            "regions (layout, sources, static values): {gone:?} → {added:?}"
-        ));
-    }
-    if old.profile.as_ref().map(|p| &p.path) != new.profile.as_ref().map(|p| &p.path) {
-        d.restart.push(format!(
-            "profile {:?} → {:?}",
-            old.profile.as_ref().map(|p| &p.path),
-            new.profile.as_ref().map(|p| &p.path)
-        ));
-    }
-    // The RTU poller (KSTAR) reads its intervals once, at start.
     if la == lb {
-        for (a, b) in old.regions.iter().zip(&new.regions) {
-            if a.source.rtu_poll && a.every != b.every {
-                d.restart.push(format!(
-                    "regions.{}.every {} → {} (rtu_poll)",
-                    a.name,
-                    opt_dur(a.every),
-                    opt_dur(b.every)
-                ));
+        return None;
+    }
+    let gone: Vec<&String> = la.iter().filter(|x| !lb.contains(x)).collect();
+    let added: Vec<&String> = lb.iter().filter(|x| !la.contains(x)).collect();
+    Some(format!("{gone:?} → {added:?}"))
+}
+
+/// The changes of each region with `needs`, region by region (none when the layout
+/// differs: that is one restart of its own).
+fn region_changes(old: &Config, new: &Config, needs: Needs) -> Vec<String> {
+    if layout(old) != layout(new) {
+        return Vec::new();
+    }
+    let mut lines = Vec::new();
+    for (a, b) in old.regions.iter().zip(&new.regions) {
+        for s in REGION_SETTINGS.iter().filter(|s| s.needs == needs) {
+            if let Some(change) = (s.compare)(a, b) {
+                lines.push(format!("regions.{}.{} {change}", a.name, s.key));
             }
         }
     }
-    // Anything else that differs: named by its section.
+    lines
+}
+
+/// A difference no row of [`SETTINGS`] names, by its section: anything a reload does not
+/// know to take live needs a restart.
+fn unlisted_change(old: &Config, new: &Config) -> Option<String> {
     let mut live = with_live_from(old, new);
     // Where things are written is not a setting: moving a line is no reason to restart.
     live.region_lines = new.region_lines.clone();
@@ -235,87 +412,52 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
             }
         }
     }
-    if d.restart.is_empty() && live != *new {
-        let mut keys = Vec::new();
-        macro_rules! section {
-            ($($f:ident),*) => {$(
-                if live.$f != new.$f {
-                    keys.push(stringify!($f));
-                }
-            )*};
-        }
-        section!(
-            rtu, push, poll, regions, profile, rtu_slave, rtu_poll, tcp_server, writable, log,
-            status, mqtt, devices
-        );
-        let keys = if keys.is_empty() {
-            "a setting".to_string()
-        } else {
-            keys.iter()
-                .map(|k| format!("`{k}:`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        d.restart.push(format!(
-            "{keys} changed, and only a restart applies it (see `airbridge check`)"
-        ));
+    if live == *new {
+        return None;
     }
-
-    // Live.
-    if la == lb {
-        for (a, b) in old.regions.iter().zip(&new.regions) {
-            let mut line = |what: &str, x: String, y: String| {
-                if x != y {
-                    d.live.push(format!("regions.{}.{what} {x} → {y}", a.name));
-                }
-            };
-            line("max_age", dur(a.max_age), dur(b.max_age));
-            line(
-                "on_stale",
-                a.on_stale.as_str().into(),
-                b.on_stale.as_str().into(),
-            );
-            if !a.source.rtu_poll {
-                line("every", opt_dur(a.every), opt_dur(b.every));
+    let mut keys = Vec::new();
+    macro_rules! section {
+        ($($f:ident),*) => {$(
+            if live.$f != new.$f {
+                keys.push(stringify!($f));
             }
-            line(
-                "fallback_poll",
-                opt_dur(a.fallback_poll),
-                opt_dur(b.fallback_poll),
-            );
+        )*};
+    }
+    section!(
+        rtu, push, poll, regions, profile, rtu_slave, rtu_poll, tcp_server, writable, log, status,
+        mqtt, devices
+    );
+    let keys = if keys.is_empty() {
+        "a setting".to_string()
+    } else {
+        keys.iter()
+            .map(|k| format!("`{k}:`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Some(format!(
+        "{keys} changed, and only a restart applies it (see `airbridge check`)"
+    ))
+}
+
+/// Compare a running config with a new one.
+pub fn diff(old: &Config, new: &Config) -> Diff {
+    let mut d = Diff::default();
+    for s in SETTINGS {
+        let lines = match s.compare {
+            Compare::Whole(compare) => compare(old, new)
+                .map(|change| format!("{} {change}", s.key))
+                .into_iter()
+                .collect(),
+            Compare::EachRegion => region_changes(old, new, s.needs),
+        };
+        match s.needs {
+            Needs::Live => d.live.extend(lines),
+            Needs::Restart => d.restart.extend(lines),
         }
     }
-    if let (Some(a), Some(b)) = (&old.push, &new.push) {
-        if a.allow_from != b.allow_from {
-            d.live
-                .push(format!("push.allow_from {} → {}", nets(a), nets(b)));
-        }
-        if a.max_connections != b.max_connections {
-            d.live.push(format!(
-                "push.max_connections {} → {}",
-                a.max_connections, b.max_connections
-            ));
-        }
-        if a.idle_timeout != b.idle_timeout {
-            d.live.push(format!(
-                "push.idle_timeout {} → {}",
-                dur(a.idle_timeout),
-                dur(b.idle_timeout)
-            ));
-        }
-    }
-    if let (Some(a), Some(b)) = (&old.poll, &new.poll) {
-        if a.timeout != b.timeout {
-            d.live.push(format!(
-                "poll.timeout {} → {}",
-                dur(a.timeout),
-                dur(b.timeout)
-            ));
-        }
-    }
-    if old.log != new.log {
-        d.live
-            .push(format!("log.level {} → {}", old.log.level, new.log.level));
+    if d.restart.is_empty() {
+        d.restart.extend(unlisted_change(old, new));
     }
     d
 }

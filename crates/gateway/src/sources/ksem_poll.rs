@@ -8,6 +8,7 @@
 //! exponential backoff (1 s … 30 s). It runs in its own task and only writes the image, so it
 //! can never delay the push server or the RTU slave.
 
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -126,6 +127,42 @@ impl PollError {
     /// The connection can no longer be trusted (a late reply could be taken for the next).
     fn breaks_connection(&self) -> bool {
         !matches!(self, PollError::Exception(_))
+    }
+}
+
+/// What was last logged about the connection to the KSEM: each change is logged once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinkLogged {
+    /// Nothing yet.
+    Unknown,
+    /// "poller connected, reading regions".
+    Up,
+    /// "poller cannot connect" or "poller lost the connection".
+    Down,
+}
+
+/// The upstream connection and when to try the next one.
+struct Upstream {
+    /// The connection, while up.
+    conn: Option<Context>,
+    /// Connection backoff: grows with every failed connect or broken connection, and is
+    /// reset only once a region was read, so a KSEM that accepts and then fails is not
+    /// hammered with reconnects.
+    backoff: Backoff,
+    /// No connect before this.
+    reconnect_at: Instant,
+    /// What was last logged about the connection.
+    logged: LinkLogged,
+}
+
+impl Upstream {
+    fn new() -> Self {
+        Upstream {
+            conn: None,
+            backoff: Backoff::upstream(),
+            reconnect_at: Instant::now(),
+            logged: LinkLogged::Unknown,
+        }
     }
 }
 
@@ -291,21 +328,14 @@ impl Poller {
             cancel.cancelled().await;
             return;
         }
-        let mut conn: Option<Context> = None;
-        // Connection backoff: grows with every failed connect or broken connection, and is
-        // reset only once a region was read, so a KSEM that accepts and then fails is not
-        // hammered with reconnects.
-        let mut backoff = Backoff::upstream();
-        let mut reconnect_at = Instant::now();
-        // Logged state: `Some(true)` up, `Some(false)` down, `None` not said yet.
-        let mut said_up: Option<bool> = None;
+        let mut upstream = Upstream::new();
         loop {
             self.note_pushes_back();
             let Some(due) = self.tasks.iter().map(|t| self.due(t)).min() else {
                 return;
             };
-            let wake = if conn.is_none() {
-                due.max(reconnect_at)
+            let wake = if upstream.conn.is_none() {
+                due.max(upstream.reconnect_at)
             } else {
                 due
             };
@@ -324,115 +354,161 @@ impl Poller {
             if self.tasks.iter().all(|t| self.due(t) > Instant::now()) {
                 continue; // a push arrived meanwhile and postponed a fallback poll
             }
-            if conn.is_none() {
-                match self.connect().await {
-                    Ok(c) => {
-                        conn = Some(c);
-                        self.stats.connected.store(true, Relaxed);
-                        self.stats.connects.fetch_add(1, Relaxed);
-                        if let Ok(mut g) = self.stats.connect_error.lock() {
-                            *g = None;
-                        }
-                        tracing::debug!(host = %self.cfg.host, "poller connected");
-                    }
-                    Err(e) => {
-                        self.stats.connect_failures.fetch_add(1, Relaxed);
-                        let wait = backoff.next_delay();
-                        reconnect_at = Instant::now() + wait;
-                        if said_up != Some(false) {
-                            tracing::warn!(host = %self.cfg.host, "poller cannot connect: {e}; retrying with backoff up to 30s");
-                            said_up = Some(false);
-                        }
-                        let msg = format!("connect {}: {e}", self.cfg.host);
-                        if let Ok(mut g) = self.stats.connect_error.lock() {
-                            *g = Some(msg.clone());
-                        }
-                        self.set_error(msg);
-                        continue;
-                    }
-                }
+            if upstream.conn.is_none() && !self.reconnect(&mut upstream).await {
+                continue;
             }
-            let now = Instant::now();
-            for i in 0..self.tasks.len() {
-                let Some(ctx) = conn.as_mut() else { break };
-                if self.due(&self.tasks[i]) > now {
-                    continue;
+            if self.poll_due(&mut upstream, &cancel).await.is_break() {
+                return;
+            }
+        }
+    }
+
+    /// Connect to the KSEM; `false` (after counting, logging and scheduling the retry) when
+    /// that failed.
+    async fn reconnect(&self, upstream: &mut Upstream) -> bool {
+        match self.connect().await {
+            Ok(c) => {
+                upstream.conn = Some(c);
+                self.stats.connected.store(true, Relaxed);
+                self.stats.connects.fetch_add(1, Relaxed);
+                if let Ok(mut g) = self.stats.connect_error.lock() {
+                    *g = None;
                 }
-                let t = &self.tasks[i];
-                let started = Instant::now();
-                let result = tokio::select! {
-                    () = cancel.cancelled() => return,
-                    r = read_region(ctx, t.slot.start, t.slot.count, self.cfg.timeout) => r,
-                };
-                let done = Instant::now();
-                match result {
-                    Ok(words) => {
-                        match self.image.commit_poll(
-                            self.tasks[i].slot.region,
-                            &words,
-                            started,
-                            done,
-                        ) {
-                            Ok(true) => {
-                                self.note(i, started, done, Ok(true));
-                                self.stats.regions_ok.fetch_add(1, Relaxed);
-                                if matches!(self.tasks[i].kind, Kind::Fallback { .. }) {
-                                    self.stats.fallback_polls.fetch_add(1, Relaxed);
-                                    let t = &mut self.tasks[i];
-                                    if t.feeding.is_none() {
-                                        tracing::info!(region = %t.slot.name, "the KSEM is not pushing region {}: serving it from the fallback poll every {:?}", t.slot.name, t.slot.every);
-                                    }
-                                    t.feeding = Some(done);
-                                }
-                            }
-                            // A push landed meanwhile: it is newer than what we read.
-                            Ok(false) => {
-                                self.note(i, started, done, Ok(false));
-                                self.stats.superseded.fetch_add(1, Relaxed);
-                            }
-                            // The region's length is fixed by the config; cannot happen.
-                            Err(e) => {
-                                tracing::error!(region = %self.tasks[i].slot.name, "poll commit: {e}")
-                            }
-                        }
-                        backoff.reset();
-                        if said_up != Some(true) {
-                            tracing::info!(host = %self.cfg.host, "poller connected, reading regions");
-                            said_up = Some(true);
-                        }
-                        let t = &mut self.tasks[i];
-                        if t.slot.failing {
-                            tracing::info!(region = %t.slot.name, "poll of region recovered");
-                        }
-                        t.slot.failing = false;
-                        t.retry.reset();
-                        t.slot.next = done + t.slot.every;
-                    }
-                    Err(e) => {
-                        self.note(i, started, done, Err(&e));
-                        self.stats.regions_failed.fetch_add(1, Relaxed);
-                        let t = &mut self.tasks[i];
-                        if !t.slot.failing {
-                            tracing::warn!(region = %t.slot.name, start = t.slot.start, count = t.slot.count, "poll failed: {e}");
-                        }
-                        t.slot.failing = true;
-                        t.slot.next = done + t.retry.next_delay().min(t.slot.every);
-                        let msg = format!("region {}: {e}", t.slot.name);
-                        let broken = e.breaks_connection();
-                        self.set_error(msg);
-                        if broken {
-                            if said_up != Some(false) {
-                                tracing::warn!(host = %self.cfg.host, "poller lost the connection: {e}; reconnecting with backoff up to 30s");
-                                said_up = Some(false);
-                            }
-                            conn = None;
-                            reconnect_at = done + backoff.next_delay();
-                            self.stats.connected.store(false, Relaxed);
-                        }
+                tracing::debug!(host = %self.cfg.host, "poller connected");
+                true
+            }
+            Err(e) => {
+                self.stats.connect_failures.fetch_add(1, Relaxed);
+                let wait = upstream.backoff.next_delay();
+                upstream.reconnect_at = Instant::now() + wait;
+                if upstream.logged != LinkLogged::Down {
+                    tracing::warn!(host = %self.cfg.host, "poller cannot connect: {e}; retrying with backoff up to 30s");
+                    upstream.logged = LinkLogged::Down;
+                }
+                let msg = format!("connect {}: {e}", self.cfg.host);
+                if let Ok(mut g) = self.stats.connect_error.lock() {
+                    *g = Some(msg.clone());
+                }
+                self.set_error(msg);
+                false
+            }
+        }
+    }
+
+    /// One poll round: read every region due now, in order, while the connection holds.
+    /// Breaks when `cancel` fired.
+    async fn poll_due(
+        &mut self,
+        upstream: &mut Upstream,
+        cancel: &CancellationToken,
+    ) -> ControlFlow<()> {
+        let now = Instant::now();
+        for i in 0..self.tasks.len() {
+            let Some(ctx) = upstream.conn.as_mut() else {
+                break;
+            };
+            if self.due(&self.tasks[i]) > now {
+                continue;
+            }
+            let t = &self.tasks[i];
+            let started = Instant::now();
+            let result = tokio::select! {
+                () = cancel.cancelled() => return ControlFlow::Break(()),
+                r = read_region(ctx, t.slot.start, t.slot.count, self.cfg.timeout) => r,
+            };
+            let done = Instant::now();
+            match result {
+                Ok(words) => {
+                    self.commit(i, &words, started, done);
+                    self.link_up(upstream);
+                    self.read_ok(i, done);
+                }
+                Err(e) => {
+                    self.read_failed(i, started, done, &e);
+                    if e.breaks_connection() {
+                        self.link_lost(upstream, &e, done);
                     }
                 }
             }
         }
+        ControlFlow::Continue(())
+    }
+
+    /// Commit the words read for task `i` to the image, and count what became of them.
+    fn commit(&mut self, i: usize, words: &[u16], started: Instant, done: Instant) {
+        let Some(t) = self.tasks.get(i) else { return };
+        match self.image.commit_poll(t.slot.region, words, started, done) {
+            Ok(true) => {
+                self.note(i, started, done, Ok(true));
+                self.stats.regions_ok.fetch_add(1, Relaxed);
+                let Some(t) = self.tasks.get_mut(i) else {
+                    return;
+                };
+                if matches!(t.kind, Kind::Fallback { .. }) {
+                    self.stats.fallback_polls.fetch_add(1, Relaxed);
+                    if t.feeding.is_none() {
+                        tracing::info!(region = %t.slot.name, "the KSEM is not pushing region {}: serving it from the fallback poll every {:?}", t.slot.name, t.slot.every);
+                    }
+                    t.feeding = Some(done);
+                }
+            }
+            // A push landed meanwhile: it is newer than what we read.
+            Ok(false) => {
+                self.note(i, started, done, Ok(false));
+                self.stats.superseded.fetch_add(1, Relaxed);
+            }
+            // The region's length is fixed by the config; cannot happen.
+            Err(e) => tracing::error!(region = %t.slot.name, "poll commit: {e}"),
+        }
+    }
+
+    /// A region was read: the connection works (say so once), the backoff starts over.
+    fn link_up(&self, upstream: &mut Upstream) {
+        upstream.backoff.reset();
+        if upstream.logged != LinkLogged::Up {
+            tracing::info!(host = %self.cfg.host, "poller connected, reading regions");
+            upstream.logged = LinkLogged::Up;
+        }
+    }
+
+    /// The read broke the connection: drop it (say so once) and reconnect with backoff.
+    fn link_lost(&self, upstream: &mut Upstream, e: &PollError, done: Instant) {
+        if upstream.logged != LinkLogged::Down {
+            tracing::warn!(host = %self.cfg.host, "poller lost the connection: {e}; reconnecting with backoff up to 30s");
+            upstream.logged = LinkLogged::Down;
+        }
+        upstream.conn = None;
+        upstream.reconnect_at = done + upstream.backoff.next_delay();
+        self.stats.connected.store(false, Relaxed);
+    }
+
+    /// Task `i` was read: it recovered if it was failing; next read after its interval.
+    fn read_ok(&mut self, i: usize, done: Instant) {
+        let Some(t) = self.tasks.get_mut(i) else {
+            return;
+        };
+        if t.slot.failing {
+            tracing::info!(region = %t.slot.name, "poll of region recovered");
+        }
+        t.slot.failing = false;
+        t.retry.reset();
+        t.slot.next = done + t.slot.every;
+    }
+
+    /// Task `i`'s read failed: count it, warn once, retry with backoff (at most `every`).
+    fn read_failed(&mut self, i: usize, started: Instant, done: Instant, e: &PollError) {
+        self.note(i, started, done, Err(e));
+        self.stats.regions_failed.fetch_add(1, Relaxed);
+        let Some(t) = self.tasks.get_mut(i) else {
+            return;
+        };
+        if !t.slot.failing {
+            tracing::warn!(region = %t.slot.name, start = t.slot.start, count = t.slot.count, "poll failed: {e}");
+        }
+        t.slot.failing = true;
+        t.slot.next = done + t.retry.next_delay().min(t.slot.every);
+        let msg = format!("region {}: {e}", t.slot.name);
+        self.set_error(msg);
     }
 
     /// Log once when the KSEM pushes again into a region the fallback poll was feeding.

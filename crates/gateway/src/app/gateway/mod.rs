@@ -135,31 +135,8 @@ impl Gateway {
             journal: Arc::default(),
         };
         let mut tasks = JoinSet::new();
-        let mut push_addr = None;
-        if let Some(push_cfg) = config.push.clone() {
-            let server = PushServer::bind(push_cfg, Arc::clone(&image), Arc::clone(&handles.push))
-                .await?
-                .with_journal(Arc::clone(&handles.journal));
-            handles.live.attach_push(server.settings());
-            let addr = server.local_addr()?;
-            tracing::info!(%addr, "push server listening");
-            push_addr = Some(addr);
-            let c = cancel.clone();
-            tasks.spawn(async move {
-                server.run(c).await;
-                "push server"
-            });
-        }
-        if let Some(poller) = Poller::new(&config, Arc::clone(&image), Arc::clone(&handles.poll))
-            .map(|p| p.with_journal(Arc::clone(&handles.journal)))
-        {
-            let poller = poller.follow(handles.live.subscribe());
-            let c = cancel.clone();
-            tasks.spawn(async move {
-                poller.run(c).await;
-                "poller"
-            });
-        }
+        let push_addr = start_push(&config, &handles, &mut tasks, &cancel).await?;
+        start_poller(&config, &handles, &mut tasks, &cancel);
         let mut writes = Vec::new();
         let tcp_addr = match start_meter_tcp(&config, &handles, &mut tasks, &cancel).await? {
             Some(addr) => Some(addr),
@@ -223,6 +200,53 @@ impl Gateway {
             self.tasks.abort_all();
         }
     }
+}
+
+/// Bind the push server if the config has a `push:` section and start it. Returns where
+/// it listens.
+async fn start_push(
+    config: &Config,
+    handles: &Handles,
+    tasks: &mut JoinSet<&'static str>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<SocketAddr>> {
+    let Some(push_cfg) = config.push.clone() else {
+        return Ok(None);
+    };
+    let image = Arc::clone(&handles.image);
+    let server = PushServer::bind(push_cfg, image, Arc::clone(&handles.push))
+        .await?
+        .with_journal(Arc::clone(&handles.journal));
+    handles.live.attach_push(server.settings());
+    let addr = server.local_addr()?;
+    tracing::info!(%addr, "push server listening");
+    let c = cancel.clone();
+    tasks.spawn(async move {
+        server.run(c).await;
+        "push server"
+    });
+    Ok(Some(addr))
+}
+
+/// Start the KSEM poller if the config has a `poll:` section; it follows reloads.
+fn start_poller(
+    config: &Config,
+    handles: &Handles,
+    tasks: &mut JoinSet<&'static str>,
+    cancel: &CancellationToken,
+) {
+    let image = Arc::clone(&handles.image);
+    let Some(poller) = Poller::new(config, image, Arc::clone(&handles.poll)) else {
+        return;
+    };
+    let poller = poller
+        .with_journal(Arc::clone(&handles.journal))
+        .follow(handles.live.subscribe());
+    let c = cancel.clone();
+    tasks.spawn(async move {
+        poller.run(c).await;
+        "poller"
+    });
 }
 
 /// Start the meter's read-only TCP server for the house if this is a KSEM config with a

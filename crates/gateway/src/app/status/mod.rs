@@ -73,6 +73,14 @@ impl StatusContext {
         }
     }
 
+    /// The configured source of region `name` as written in the config (`?` if unknown).
+    pub fn source_of(&self, name: &str) -> String {
+        self.regions
+            .iter()
+            .find(|r| r.name == name)
+            .map_or_else(|| "?".to_string(), |r| r.source.to_string())
+    }
+
     /// Take one grid power sample into the history ring.
     pub fn sample(&self) {
         let v = report::grid_power_now(self);

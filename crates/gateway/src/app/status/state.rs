@@ -174,83 +174,25 @@ pub fn assess(h: &Handles, now: Instant) -> State {
     let config = h.live.current();
     let image = &h.image;
     let snap = image.load_full();
-    if config.rtu_slave {
-        let opens = h.rtu.device_opens.load(Relaxed);
-        let failures = h.rtu.device_failures.load(Relaxed);
-        if failures > 0 && opens <= failures {
-            return State::NoRs485Device {
-                device: config.rtu.device.clone(),
-                error: h.rtu.device_error.lock().ok().and_then(|g| g.clone()),
-            };
-        }
-    }
-    if let Some(p) = &config.rtu_poll {
-        let s = &h.rtu_poll;
-        if s.device_failures.load(Relaxed) > 0 && !s.bus_open.load(Relaxed) {
-            return State::NoRs485Device {
-                device: p.device.clone(),
-                error: None,
-            };
-        }
+    if let Some(state) = no_rs485_device(h, &config) {
+        return state;
     }
     let poller = poller_cause(h, &config);
     let specs = image.specs();
-    let waiting: Vec<String> = specs
-        .iter()
-        .zip(snap.regions.iter())
-        .filter(|(_, r)| r.written.is_none())
-        .map(|(s, _)| s.name.clone())
-        .collect();
     if !snap.warm {
+        let waiting: Vec<String> = specs
+            .iter()
+            .zip(snap.regions.iter())
+            .filter(|(_, r)| r.written.is_none())
+            .map(|(s, _)| s.name.clone())
+            .collect();
         return match poller {
             Some(cause) => State::PollerDown { cause, waiting },
             None => State::WarmingUp { waiting },
         };
     }
-    let silent: Vec<usize> = (0..specs.len())
-        .filter(|&i| {
-            image.is_stale(&snap, i, now)
-                && image
-                    .freshness(i)
-                    .is_some_and(|f| f.on_stale != OnStale::Serve)
-        })
-        .collect();
-    if !silent.is_empty() {
-        let push = silent.iter().any(|&i| specs[i].accepts_push);
-        let mut cause = Vec::new();
-        if push {
-            let last_push = silent
-                .iter()
-                .filter_map(|&i| snap.regions[i].pushed)
-                .max()
-                .map(|t| now.saturating_duration_since(t));
-            cause.push(match (h.push.front.open.load(Relaxed), last_push) {
-                (0, _) => "no push connection: the KSEM is not pushing".to_string(),
-                (_, Some(a)) => format!(
-                    "the KSEM is connected but its last push was {} ago",
-                    human(a)
-                ),
-                (_, None) => "the KSEM is connected but never pushed these registers".into(),
-            });
-        }
-        if let Some(c) = &poller {
-            cause.push(format!("the poller cannot read: {c}"));
-        }
-        if config.rtu_poll.is_some() {
-            cause.extend(rtu_devices_offline(h));
-        }
-        if cause.is_empty() {
-            cause.push("their source delivers nothing newer".into());
-        }
-        return State::Silent {
-            clients: if config.rtu_slave {
-                "the inverter gets silence"
-            } else {
-                "LAN clients get exception 0B"
-            },
-            regions: silent.iter().map(|&i| specs[i].name.clone()).collect(),
-            cause: cause.join("; "),
-        };
+    if let Some(state) = silent(h, &config, &snap, now, poller.as_deref()) {
+        return state;
     }
     if let Some(cause) = poller {
         return State::PollerDown {
@@ -268,6 +210,100 @@ pub fn assess(h: &Handles, now: Instant) -> State {
         return State::ServingFallback { regions: fallback };
     }
     State::Serving
+}
+
+/// [`State::NoRs485Device`] when the RTU slave's or the RTU poller's serial device cannot
+/// be opened.
+fn no_rs485_device(h: &Handles, config: &Config) -> Option<State> {
+    if config.rtu_slave {
+        let opens = h.rtu.device_opens.load(Relaxed);
+        let failures = h.rtu.device_failures.load(Relaxed);
+        if failures > 0 && opens <= failures {
+            return Some(State::NoRs485Device {
+                device: config.rtu.device.clone(),
+                error: h.rtu.device_error.lock().ok().and_then(|g| g.clone()),
+            });
+        }
+    }
+    let p = config.rtu_poll.as_ref()?;
+    let s = &h.rtu_poll;
+    (s.device_failures.load(Relaxed) > 0 && !s.bus_open.load(Relaxed)).then(|| {
+        State::NoRs485Device {
+            device: p.device.clone(),
+            error: None,
+        }
+    })
+}
+
+/// [`State::Silent`] when a region is stale and its policy is not `serve`.
+fn silent(
+    h: &Handles,
+    config: &Config,
+    snap: &Snapshot,
+    now: Instant,
+    poller: Option<&str>,
+) -> Option<State> {
+    let image = &h.image;
+    let specs = image.specs();
+    let silent: Vec<usize> = (0..specs.len())
+        .filter(|&i| {
+            image.is_stale(snap, i, now)
+                && image
+                    .freshness(i)
+                    .is_some_and(|f| f.on_stale != OnStale::Serve)
+        })
+        .collect();
+    if silent.is_empty() {
+        return None;
+    }
+    Some(State::Silent {
+        clients: if config.rtu_slave {
+            "the inverter gets silence"
+        } else {
+            "LAN clients get exception 0B"
+        },
+        regions: silent.iter().map(|&i| specs[i].name.clone()).collect(),
+        cause: silence_cause(h, config, snap, now, poller, &silent),
+    })
+}
+
+/// Why the `silent` regions are stale, as far as known: missing pushes, the poller, RTU
+/// devices that do not answer.
+fn silence_cause(
+    h: &Handles,
+    config: &Config,
+    snap: &Snapshot,
+    now: Instant,
+    poller: Option<&str>,
+    silent: &[usize],
+) -> String {
+    let specs = h.image.specs();
+    let mut cause = Vec::new();
+    if silent.iter().any(|&i| specs[i].accepts_push) {
+        let last_push = silent
+            .iter()
+            .filter_map(|&i| snap.regions[i].pushed)
+            .max()
+            .map(|t| now.saturating_duration_since(t));
+        cause.push(match (h.push.front.open.load(Relaxed), last_push) {
+            (0, _) => "no push connection: the KSEM is not pushing".to_string(),
+            (_, Some(a)) => format!(
+                "the KSEM is connected but its last push was {} ago",
+                human(a)
+            ),
+            (_, None) => "the KSEM is connected but never pushed these registers".into(),
+        });
+    }
+    if let Some(c) = poller {
+        cause.push(format!("the poller cannot read: {c}"));
+    }
+    if config.rtu_poll.is_some() {
+        cause.extend(rtu_devices_offline(h));
+    }
+    if cause.is_empty() {
+        cause.push("their source delivers nothing newer".into());
+    }
+    cause.join("; ")
 }
 
 /// Which RS485 devices of the KSTAR bus do not answer, as a cause (`None` if all answer).
