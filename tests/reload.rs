@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use airbridge_gateway::app::reload::{self, Outcome};
+use airbridge_gateway::app::reload::{self, ReloadOutcome};
 use airbridge_gateway::config::{self, Config, OnStale};
 use airbridge_gateway::link::rtu_master::{ReplyError, RtuMaster};
 use tokio_serial::{SerialPort as _, SerialStream};
@@ -63,7 +63,7 @@ async fn accept_changed_max_age_and_on_stale_apply_to_the_next_request() {
         common::LOCAL_PUSH,
     );
     let outcome = reload::apply(&rig.gateway.handles, parse(&text));
-    let Outcome::Applied { changes, .. } = &outcome else {
+    let ReloadOutcome::Applied { changes, .. } = &outcome else {
         panic!("applied: {outcome:?}");
     };
     assert_eq!(
@@ -98,7 +98,7 @@ async fn accept_changed_max_age_and_on_stale_apply_to_the_next_request() {
     // The same file again changes nothing.
     assert_eq!(
         reload::apply(&rig.gateway.handles, parse(&text)),
-        Outcome::Unchanged
+        ReloadOutcome::Unchanged
     );
 }
 
@@ -156,7 +156,7 @@ async fn needs_restart_is_reported_and_nothing_is_applied() {
     )
     .replace("127.0.0.1:0", "127.0.0.1:5020");
     let outcome = reload::apply(&rig.gateway.handles, parse(&text));
-    let Outcome::NeedsRestart { settings, also } = &outcome else {
+    let ReloadOutcome::NeedsRestart { settings, also } = &outcome else {
         panic!("needs restart: {outcome:?}");
     };
     assert_eq!(settings.len(), 1, "{settings:?}");
@@ -205,7 +205,7 @@ async fn needs_restart_is_reported_and_nothing_is_applied() {
     ] {
         let outcome = reload::apply(&rig.gateway.handles, parse(&text));
         assert!(
-            matches!(&outcome, Outcome::NeedsRestart { settings, .. } if settings.iter().any(|s| s.starts_with(what))),
+            matches!(&outcome, ReloadOutcome::NeedsRestart { settings, .. } if settings.iter().any(|s| s.starts_with(what))),
             "{what}: {outcome:?}"
         );
     }
@@ -309,7 +309,7 @@ async fn the_inverter_is_answered_across_reloads() {
             while !stop.load(Relaxed) {
                 let c = configs[((n + 1) % 2) as usize].clone();
                 assert!(
-                    matches!(reload::apply(&handles, c), Outcome::Applied { .. }),
+                    matches!(reload::apply(&handles, c), ReloadOutcome::Applied { .. }),
                     "every reload applies"
                 );
                 n += 1;

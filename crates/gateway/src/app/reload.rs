@@ -20,7 +20,7 @@ use ipnet::IpNet;
 
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
+pub enum ReloadOutcome {
     /// The new config is in force; one line per changed setting.
     Applied {
         changes: Vec<String>,
@@ -36,18 +36,18 @@ pub enum Outcome {
     },
 }
 
-impl std::fmt::Display for Outcome {
+impl std::fmt::Display for ReloadOutcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Outcome::Applied { changes, log } => {
+            ReloadOutcome::Applied { changes, log } => {
                 write!(f, "reload applied: {}", changes.join("; "))?;
                 if log == &Some(LevelChange::OverriddenByEnv) {
                     f.write_str(" (log.level: RUST_LOG is set and wins)")?;
                 }
                 Ok(())
             }
-            Outcome::Unchanged => f.write_str("reload: nothing changed"),
-            Outcome::NeedsRestart { settings, also } => {
+            ReloadOutcome::Unchanged => f.write_str("reload: nothing changed"),
+            ReloadOutcome::NeedsRestart { settings, also } => {
                 write!(
                     f,
                     "reload not applied: needs restart: {}; the running config stays (systemctl restart airbridge)",
@@ -465,17 +465,17 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
 /// Apply `new` to a running gateway, whole or not at all. Never drops a connection of an
 /// allowed peer, never touches the serial port: readers see the new rules from their next
 /// request on.
-pub fn apply(handles: &Handles, new: Config) -> Outcome {
+pub fn apply(handles: &Handles, new: Config) -> ReloadOutcome {
     let old = handles.live.current();
     let d = diff(&old, &new);
     if !d.restart.is_empty() {
-        return Outcome::NeedsRestart {
+        return ReloadOutcome::NeedsRestart {
             settings: d.restart,
             also: d.live,
         };
     }
     if d.live.is_empty() {
-        return Outcome::Unchanged;
+        return ReloadOutcome::Unchanged;
     }
     handles.image.set_freshness(&new.regions);
     if let (Some(settings), Some(p)) = (handles.live.push.get(), &new.push) {
@@ -494,7 +494,7 @@ pub fn apply(handles: &Handles, new: Config) -> Outcome {
         None
     };
     handles.live.config.send_replace(Arc::new(new));
-    Outcome::Applied {
+    ReloadOutcome::Applied {
         changes: d.live,
         log,
     }
@@ -502,7 +502,7 @@ pub fn apply(handles: &Handles, new: Config) -> Outcome {
 
 /// Re-read `path` and apply it (SIGHUP). A file that does not load is rejected with its
 /// error and the running config stays. Everything is logged; the outcome is returned.
-pub fn reload_file(handles: &Handles, path: &Path) -> Result<Outcome, config::ConfigError> {
+pub fn reload_file(handles: &Handles, path: &Path) -> Result<ReloadOutcome, config::ConfigError> {
     tracing::info!(config = %path.display(), "reloading the config");
     let loaded = match config::load(path) {
         Ok(l) => l,
@@ -516,8 +516,8 @@ pub fn reload_file(handles: &Handles, path: &Path) -> Result<Outcome, config::Co
     }
     let outcome = apply(handles, loaded.config);
     match &outcome {
-        Outcome::Applied { .. } | Outcome::Unchanged => tracing::info!("{outcome}"),
-        Outcome::NeedsRestart { .. } => tracing::warn!("{outcome}"),
+        ReloadOutcome::Applied { .. } | ReloadOutcome::Unchanged => tracing::info!("{outcome}"),
+        ReloadOutcome::NeedsRestart { .. } => tracing::warn!("{outcome}"),
     }
     Ok(outcome)
 }
@@ -566,7 +566,7 @@ regions:
             .replace("max_age: 600ms", "max_age: 900ms")
             .replace("max_connections: 2", "max_connections: 3")
             .replace("every: 1s", "every: 2s");
-        let Outcome::Applied { changes, .. } = apply(&h, config(&text)) else {
+        let ReloadOutcome::Applied { changes, .. } = apply(&h, config(&text)) else {
             panic!("expected applied");
         };
         let all = changes.join("; ");
@@ -593,7 +593,7 @@ regions:
             .replace("/dev/ttyUSB0", "/dev/ttyUSB1")
             .replace("max_age: 600ms", "max_age: 900ms");
         let outcome = apply(&h, config(&text));
-        let Outcome::NeedsRestart { settings, also } = &outcome else {
+        let ReloadOutcome::NeedsRestart { settings, also } = &outcome else {
             panic!("expected needs restart, got {outcome:?}");
         };
         assert!(
@@ -614,7 +614,7 @@ regions:
     fn the_same_file_again_changes_nothing() {
         let old = config(BASE);
         let h = handles(&old);
-        assert_eq!(apply(&h, config(BASE)), Outcome::Unchanged);
+        assert_eq!(apply(&h, config(BASE)), ReloadOutcome::Unchanged);
         assert!(diff(&old, &config(BASE)).live.is_empty());
     }
 
