@@ -129,6 +129,44 @@ pub(crate) fn ratio(with: f64, without: f64) -> f64 {
     }
 }
 
+/// Paces a loop to a rate: [`Pacer::wait`] sleeps until the next slot; a loop that fell
+/// behind goes on from now instead of bursting to catch up. Without a rate it never waits.
+/// Allocation-free.
+pub(crate) struct Pacer {
+    /// Time between slots; `None`: as fast as possible.
+    period: Option<Duration>,
+    /// The next slot.
+    next: tokio::time::Instant,
+}
+
+impl Pacer {
+    /// Slots at `rate` per second from now (`None`, 0 or not finite: no pacing).
+    pub(crate) fn new(rate: Option<f64>) -> Self {
+        Pacer {
+            period: rate
+                .filter(|r| *r > 0.0 && r.is_finite())
+                .map(|r| Duration::from_secs_f64(1.0 / r)),
+            next: tokio::time::Instant::now(),
+        }
+    }
+
+    /// True when it has a rate to keep.
+    pub(crate) fn is_paced(&self) -> bool {
+        self.period.is_some()
+    }
+
+    /// Sleep until the next slot and move the one after it a period on.
+    pub(crate) async fn wait(&mut self) {
+        let Some(p) = self.period else { return };
+        tokio::time::sleep_until(self.next).await;
+        self.next += p;
+        let now = tokio::time::Instant::now();
+        if self.next < now {
+            self.next = now; // behind: do not burst to catch up
+        }
+    }
+}
+
 /// Register counts the in-one-run benches read from address 0, round-robin.
 pub const PHASE_SIZES: [u16; 3] = [10, 74, 125];
 
