@@ -1,6 +1,6 @@
 //! `bench e2e`: the whole series in-process — simulated KSEM, the real gateway over a
 //! pty pair, the simulated inverter — and the start-to-ready measurement. Starts and stops
-//! everything it runs (like [`airbridge_sim::demo`]).
+//! everything it runs (as `airbridge demo` does).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -245,7 +245,7 @@ pub async fn measure_startup(ksem_slave: SocketAddr, runs: u64) -> anyhow::Resul
     })
 }
 
-/// The bench's gateway config: like [`airbridge_sim::demo::demo_config`], but turnaround 0, push
+/// The bench's gateway config: like the KSEM demo's (`airbridge demo`), but turnaround 0, push
 /// regions that stay fresh for an hour (the idle case must not go silent) and no
 /// fallback poll (it would overwrite the pushed sequence numbers).
 pub fn e2e_config(

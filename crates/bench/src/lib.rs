@@ -24,11 +24,18 @@
 //! `--live`, then touch only reserved words) · `rtu`, `push`, `age`, `e2e`, `lan`, `mqtt`
 //! (the six benches) · `process` (CPU and memory from `/proc`) · `report`
 //! (markdown) · `cli` (arguments and runners). This file: the map, the constants and the
-//! small helpers they share.
+//! small helpers they share (progress bars, the pacer of a rated loop, a phase's reads).
 //!
-//! May touch: the stream / sockets it is given; [`bench_e2e`] also starts the simulated
-//! KSEM, the gateway and the simulated inverter (like [`airbridge_sim::demo`]);
-//! [`bench_mqtt`] starts `airbridge run` and `mosquitto` as child processes and stops them.
+//! What it takes from the crates below: from `airbridge-modbus` the FC03 encoder, the
+//! master's reply validator, the CRC and the wire timing; from `airbridge-gateway` the
+//! config parser, the gateway itself (started in this process by `e2e` and `lan`, its image
+//! awaited until warm), the RTU master's drain of stray bytes and the serial line opener;
+//! from `airbridge-sim` the simulated KSEM (household, slave, pusher) and inverter.
+//!
+//! May touch: the stream / sockets it is given; [`bench_e2e`] and [`bench_lan`] also start
+//! the simulated KSEM and the gateway (`e2e` also the simulated inverter, as
+//! `airbridge demo` does); [`bench_mqtt`] starts `airbridge run` and `mosquitto` as child
+//! processes and stops them.
 
 use std::time::Duration;
 
@@ -59,7 +66,7 @@ mod age;
 mod cli;
 mod e2e;
 mod exchange;
-pub mod guard;
+mod guard;
 mod hist;
 mod lan;
 mod mqtt;

@@ -1,8 +1,12 @@
 //! `airbridge demo`: the whole chain in one process, no hardware, no root, no config.
 //!
-//! A simulated KSEM (Modbus TCP slave + pusher on loopback) feeds the real gateway, whose
-//! RTU slave serves a simulated Plenticore over an in-process pseudo-terminal pair. Owns
-//! only the wiring and the once-a-second report; every part is the real module.
+//! [`run`]: a simulated KSEM (Modbus TCP slave + pusher on loopback) feeds the real
+//! gateway, whose RTU slave serves a simulated Plenticore over an in-process
+//! pseudo-terminal pair. [`run_kstar`] (`--profile`): two simulated devices of a register
+//! profile on one pty bus, the real gateway polling them as RTU master and serving them
+//! on Modbus TCP, and a TCP client that reads both and makes one permitted and one
+//! forbidden write. Owns only the wiring and the once-a-second report; every part is the
+//! real module.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
@@ -58,10 +62,6 @@ impl Default for DemoOptions {
 pub struct DemoSummary {
     /// The simulated inverter's request/reply/error counts: did the RTU side answer?
     pub inverter: inverter::InverterCounts,
-    /// The last values it decoded (grid power, voltages, frequency); `None` if no reply.
-    pub last_view: Option<inverter::InverterView>,
-    /// Pushes of the simulated KSEM the gateway acknowledged: did the push side work?
-    pub push_writes_ok: u64,
 }
 
 /// The demo's gateway config: the shipped defaults, with loopback endpoints and a pty, and
@@ -101,13 +101,12 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
         .push_addr
         .ok_or_else(|| anyhow::anyhow!("demo gateway has no push listener"))?;
 
-    let push_stats = Arc::new(ksem::PushStats::default());
     let pusher = tokio::spawn(ksem::run_pusher(
         push_addr,
         opts.push_interval,
         ksem.model(),
         cancel.clone(),
-        Arc::clone(&push_stats),
+        Arc::new(ksem::PushStats::default()),
     ));
 
     // A real inverter would poll into the warm-up silence; the demo starts it once the
@@ -145,8 +144,6 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
     drop(ksem);
     let summary = DemoSummary {
         inverter: inv_stats.snapshot(),
-        last_view: inv_stats.last_view(),
-        push_writes_ok: push_stats.snapshot().writes_ok,
     };
     if opts.report {
         print_demo_done(&summary.inverter, handles.push.writes_ok.load(Relaxed));
