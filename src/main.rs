@@ -176,36 +176,47 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Run { config } => block_on(airbridge_gateway::app::supervisor::run(config)),
         Command::Demo {
-            profile: Some(_),
-            status: Some(_),
-            ..
-        } => {
-            eprintln!("error: --status goes with the KSEM demo; the --profile demo prints its values instead");
-            ExitCode::from(2)
-        }
-        Command::Demo {
-            profile: Some(_),
-            mqtt: Some(_),
-            ..
-        } => {
-            eprintln!("error: --mqtt goes with the KSEM demo, not with --profile");
-            ExitCode::from(2)
-        }
-        Command::Demo {
             duration,
             seed,
-            profile: Some(profile),
-            status: None,
-            mqtt: None,
-        } => block_on(commands::demo_profile(profile, duration, seed)),
-        Command::Demo {
-            duration,
-            seed,
-            profile: None,
+            profile,
             status,
             mqtt,
-        } => block_on(commands::demo(duration, seed, status, mqtt)),
-        Command::Simulate(Simulate::Device {
+        } => demo(duration, seed, profile, status, mqtt),
+        Command::Simulate(what) => simulate(what),
+        Command::Bench(cmd) => block_on(airbridge_bench::run(cmd)),
+        Command::Profile(ProfileCmd::Show { file }) => profile_show(&file),
+    }
+}
+
+/// `airbridge demo`: the KSEM demo, or with `--profile` the device demo, which takes
+/// neither `--status` nor `--mqtt` (exit 2 if given).
+fn demo(
+    duration: Option<Duration>,
+    seed: u64,
+    profile: Option<PathBuf>,
+    status: Option<SocketAddr>,
+    mqtt: Option<String>,
+) -> ExitCode {
+    let Some(profile) = profile else {
+        return block_on(commands::demo(duration, seed, status, mqtt));
+    };
+    if status.is_some() {
+        eprintln!(
+            "error: --status goes with the KSEM demo; the --profile demo prints its values instead"
+        );
+        return ExitCode::from(2);
+    }
+    if mqtt.is_some() {
+        eprintln!("error: --mqtt goes with the KSEM demo, not with --profile");
+        return ExitCode::from(2);
+    }
+    block_on(commands::demo_profile(profile, duration, seed))
+}
+
+/// `airbridge simulate …`: one simulator until Ctrl-C (or `--duration`).
+fn simulate(what: Simulate) -> ExitCode {
+    match what {
+        Simulate::Device {
             profile,
             device,
             unit,
@@ -213,7 +224,7 @@ fn main() -> ExitCode {
             seed,
             wire_time,
             duration,
-        }) => block_on(commands::device(
+        } => block_on(commands::device(
             profile,
             device,
             unit,
@@ -221,36 +232,37 @@ fn main() -> ExitCode {
             seed,
             duration,
         )),
-        Command::Simulate(Simulate::Ksem {
+        Simulate::Ksem {
             listen,
             push_to,
             interval,
             seed,
-        }) => block_on(commands::ksem(airbridge_sim::ksem::KsemSimOptions {
+        } => block_on(commands::ksem(airbridge_sim::ksem::KsemSimOptions {
             listen,
             push_to,
             interval,
             seed,
         })),
-        Command::Simulate(Simulate::Inverter {
+        Simulate::Inverter {
             device,
             unit,
             interval,
             baud,
             duration,
-        }) => block_on(commands::inverter(device, unit, interval, baud, duration)),
-        Command::Bench(cmd) => block_on(airbridge_bench::run(cmd)),
-        Command::Profile(ProfileCmd::Show { file }) => {
-            match airbridge_gateway::control::profile::load(&file) {
-                Ok(p) => {
-                    print_out(&p.show());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+        } => block_on(commands::inverter(device, unit, interval, baud, duration)),
+    }
+}
+
+/// `airbridge profile show FILE`: the profile's registers, or why it does not load.
+fn profile_show(file: &std::path::Path) -> ExitCode {
+    match airbridge_gateway::control::profile::load(file) {
+        Ok(p) => {
+            print_out(&p.show());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -103,65 +103,103 @@ pub async fn bench_age<S: AsyncRead + AsyncWrite + Unpin>(
     anyhow::ensure!(opts.rate > 0.0 && opts.rate.is_finite(), "rate must be > 0");
     guard::check(opts.live, opts.push_to, opts.unit, opts.timeout, "push").await?;
     let live = opts.live == LivePolicy::Preserve;
-    // Where the sequence goes: the whole group 0..27 (default), or the reserved 28..39
-    // with the words the image holds (`--live`).
-    let (address, mut words) = if live {
-        let mut sock = connect(opts.push_to, opts.timeout).await?;
-        let held = read_holding(
-            &mut sock,
-            1,
-            opts.unit,
-            RESERVED.0,
-            RESERVED.1,
-            opts.timeout,
-        )
-        .await?;
-        (RESERVED.0, held)
-    } else {
-        (PUSH_GROUPS[0].0, vec![0u16; usize::from(PUSH_GROUPS[0].1)])
+    let (address, words) = sequence_words(opts, live).await?;
+    let mut rtu = SequenceReader {
+        request: encode_read(opts.unit, FC_READ, address, 2),
+        buf: [0u8; MAX_FRAME_LEN + 8],
+        scratch: [0u8; 512],
     };
-    let mut buf = [0u8; MAX_FRAME_LEN + 8];
-    let mut scratch = [0u8; 512];
-    let request = encode_read(opts.unit, FC_READ, address, 2);
-    let word32 = |b: &[u8]| u32::from_be_bytes([b[3], b[4], b[5], b[6]]);
-
-    // Start above whatever registers 0..1 hold now.
-    drain_quiet(&mut stream, &mut scratch, Duration::ZERO).await?;
-    let first = exchange(&mut stream, &request, 2, opts.timeout, &mut buf).await?;
-    let current = if first.status == RtuStatus::Ok {
-        word32(&buf)
-    } else {
-        0
-    };
+    // Start above whatever registers 0..1 hold now. (Reads before the first push are
+    // ignored by the analysis, so `base` only has to be above what the registers held.)
+    let current = rtu.current(&mut stream, opts.timeout).await?;
     let base = if current > u32::MAX / 2 {
         1
     } else {
         current + 1
     };
-    // (Reads before the first push are ignored by the analysis, so `base` only has to be
-    // above what the registers held before.)
 
     let stop = CancellationToken::new();
-    let (target, unit, rate, ptimeout) = (opts.push_to, opts.unit, opts.rate, opts.timeout);
-    let pstop = stop.clone();
-    let expected = (opts.duration.as_secs_f64() * rate) as usize + 16;
-    // (seq, sent, acked) of every acknowledged push.
-    let pusher = tokio::spawn(async move {
+    let sequence = SequencePusher {
+        target: opts.push_to,
+        unit: opts.unit,
+        rate: opts.rate,
+        timeout: opts.timeout,
+        address,
+        words,
+        live,
+    };
+    let expected = (opts.duration.as_secs_f64() * opts.rate) as usize + 16;
+    let pusher = tokio::spawn(sequence.run(base, expected, stop.clone()));
+    let (reads, not_ok, started) = rtu.poll(&mut stream, opts).await?;
+    stop.cancel();
+    let (pushes, push_errors) = pusher.await.context("age pusher task")?;
+    let elapsed = started.elapsed().as_secs_f64();
+    opts.progress.finish_and_clear();
+    let mut report = age_analysis(&pushes, &reads);
+    report.rate = opts.rate;
+    report.elapsed_s = round3(elapsed);
+    report.pushes_ok = pushes.len() as u64;
+    report.push_errors = push_errors;
+    report.reads_not_ok = not_ok;
+    Ok(report)
+}
+
+/// Where the sequence goes: the whole group 0..27 (default), or the reserved 28..39 with
+/// the words the image holds (`live`, read over a push connection of its own).
+async fn sequence_words(opts: &AgeBenchOptions, live: bool) -> anyhow::Result<(u16, Vec<u16>)> {
+    if !live {
+        return Ok((PUSH_GROUPS[0].0, vec![0u16; usize::from(PUSH_GROUPS[0].1)]));
+    }
+    let mut sock = connect(opts.push_to, opts.timeout).await?;
+    let held = read_holding(
+        &mut sock,
+        1,
+        opts.unit,
+        RESERVED.0,
+        RESERVED.1,
+        opts.timeout,
+    )
+    .await?;
+    Ok((RESERVED.0, held))
+}
+
+/// The bench's pushes of the sequence: FC16 of `words` at `address`, the sequence in the
+/// first two (`live`) or as the bench's pattern, at `rate`, reconnecting after an error.
+struct SequencePusher {
+    target: SocketAddr,
+    unit: u8,
+    rate: f64,
+    /// Connect and write timeout.
+    timeout: Duration,
+    address: u16,
+    words: Vec<u16>,
+    live: bool,
+}
+
+impl SequencePusher {
+    /// Push `base`, `base + 1`, … until `stop`: (seq, sent, acked) of every acknowledged
+    /// push (room for `expected` made up front), and the failed pushes.
+    async fn run(
+        mut self,
+        base: u32,
+        expected: usize,
+        stop: CancellationToken,
+    ) -> (Vec<(u32, Instant, Instant)>, u64) {
         let mut log: Vec<(u32, Instant, Instant)> = Vec::with_capacity(expected);
         let mut errors = 0u64;
         let mut tx = [0u8; 7 + 6 + 2 * 125];
         let mut seq = base;
         let mut tid = 0u16;
         let mut sock = None;
-        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / self.rate));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                () = pstop.cancelled() => break,
+                () = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
             if sock.is_none() {
-                match connect(target, ptimeout).await {
+                match connect(self.target, self.timeout).await {
                     Ok(s) => sock = Some(s),
                     Err(_) => {
                         errors += 1;
@@ -170,14 +208,15 @@ pub async fn bench_age<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             let Some(s) = sock.as_mut() else { continue };
-            if live {
-                words[0] = (seq >> 16) as u16;
-                words[1] = seq as u16;
+            if self.live {
+                self.words[0] = (seq >> 16) as u16;
+                self.words[1] = seq as u16;
             } else {
-                fill_pattern(&mut words, seq);
+                fill_pattern(&mut self.words, seq);
             }
             tid = tid.wrapping_add(1);
-            match push_write(s, &mut tx, tid, unit, address, &words, ptimeout).await {
+            let (unit, address, timeout) = (self.unit, self.address, self.timeout);
+            match push_write(s, &mut tx, tid, unit, address, &self.words, timeout).await {
                 Ok((WriteOutcome::Ok, t0, t1)) => {
                     log.push((seq, t0, t1));
                     seq += 1;
@@ -190,53 +229,77 @@ pub async fn bench_age<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         (log, errors)
-    });
-
-    // The reader: the two sequence words back to back. (t_pre, t_last, seq) of every good reply.
-    let mut reads: Vec<(Instant, Instant, u32)> =
-        Vec::with_capacity((opts.duration.as_secs_f64() * 20_000.0) as usize);
-    let mut not_ok = 0u64;
-    let started = Instant::now();
-    let end = started + opts.duration;
-    let ms = opts.duration.as_millis() as u64;
-    opts.progress.set_length(ms);
-    let mut dirty = false;
-    let mut i = 0u64;
-    loop {
-        let now = Instant::now();
-        if now >= end {
-            break;
-        }
-        let window = if dirty { DRAIN_WINDOW } else { Duration::ZERO };
-        drain_quiet(&mut stream, &mut scratch, window).await?;
-        let ex = exchange(&mut stream, &request, 2, opts.timeout, &mut buf).await?;
-        match (ex.status, ex.t_last) {
-            (RtuStatus::Ok, Some(t_last)) => {
-                reads.push((ex.t_pre, t_last, word32(&buf)));
-                dirty = false;
-            }
-            (s, _) => {
-                not_ok += 1;
-                dirty = !matches!(s, RtuStatus::Exception(_));
-            }
-        }
-        i += 1;
-        if i.is_multiple_of(256) {
-            opts.progress
-                .set_position(started.elapsed().as_millis() as u64);
-        }
     }
-    stop.cancel();
-    let (pushes, push_errors) = pusher.await.context("age pusher task")?;
-    let elapsed = started.elapsed().as_secs_f64();
-    opts.progress.finish_and_clear();
-    let mut report = age_analysis(&pushes, &reads);
-    report.rate = opts.rate;
-    report.elapsed_s = round3(elapsed);
-    report.pushes_ok = pushes.len() as u64;
-    report.push_errors = push_errors;
-    report.reads_not_ok = not_ok;
-    Ok(report)
+}
+
+/// The bench's reads of the two sequence words over RTU, with its buffers.
+struct SequenceReader {
+    /// FC03 of the two words.
+    request: [u8; 8],
+    /// The reply.
+    buf: [u8; MAX_FRAME_LEN + 8],
+    /// Stray bytes drained before a request.
+    scratch: [u8; 512],
+}
+
+impl SequenceReader {
+    /// The 32-bit sequence of the last good reply.
+    fn word32(&self) -> u32 {
+        u32::from_be_bytes([self.buf[3], self.buf[4], self.buf[5], self.buf[6]])
+    }
+
+    /// What the two words hold now (0 without a good reply).
+    async fn current<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+        timeout: Duration,
+    ) -> anyhow::Result<u32> {
+        drain_quiet(stream, &mut self.scratch, Duration::ZERO).await?;
+        let first = exchange(stream, &self.request, 2, timeout, &mut self.buf).await?;
+        Ok(if first.status == RtuStatus::Ok {
+            self.word32()
+        } else {
+            0
+        })
+    }
+
+    /// Read back to back for `opts.duration`: (t_pre, t_last, seq) of every good reply,
+    /// the count of the others, and when the reads began. Nothing allocated per read.
+    async fn poll<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+        opts: &AgeBenchOptions,
+    ) -> anyhow::Result<(Vec<(Instant, Instant, u32)>, u64, Instant)> {
+        let mut reads: Vec<(Instant, Instant, u32)> =
+            Vec::with_capacity((opts.duration.as_secs_f64() * 20_000.0) as usize);
+        let mut not_ok = 0u64;
+        let started = Instant::now();
+        let end = started + opts.duration;
+        opts.progress.set_length(opts.duration.as_millis() as u64);
+        let mut dirty = false;
+        let mut i = 0u64;
+        while Instant::now() < end {
+            let window = if dirty { DRAIN_WINDOW } else { Duration::ZERO };
+            drain_quiet(stream, &mut self.scratch, window).await?;
+            let ex = exchange(stream, &self.request, 2, opts.timeout, &mut self.buf).await?;
+            match (ex.status, ex.t_last) {
+                (RtuStatus::Ok, Some(t_last)) => {
+                    reads.push((ex.t_pre, t_last, self.word32()));
+                    dirty = false;
+                }
+                (s, _) => {
+                    not_ok += 1;
+                    dirty = !matches!(s, RtuStatus::Exception(_));
+                }
+            }
+            i += 1;
+            if i.is_multiple_of(256) {
+                opts.progress
+                    .set_position(started.elapsed().as_millis() as u64);
+            }
+        }
+        Ok((reads, not_ok, started))
+    }
 }
 
 /// The offline part of the data-age analysis (as `dataage.py`): `pushes` are

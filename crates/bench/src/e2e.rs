@@ -1,6 +1,6 @@
 //! `bench e2e`: the whole series in-process — simulated KSEM, the real gateway over a
 //! pty pair, the simulated inverter — and the start-to-ready measurement. Starts and stops
-//! everything it runs (like [`airbridge_sim::demo`]).
+//! everything it runs (as `airbridge demo` does).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use airbridge_gateway::image::Image;
+use airbridge_sim::{inverter, ksem};
 
 use super::age::{bench_age, AgeBenchOptions, AgeReport};
 use super::guard::LivePolicy;
@@ -244,7 +245,7 @@ pub async fn measure_startup(ksem_slave: SocketAddr, runs: u64) -> anyhow::Resul
     })
 }
 
-/// The bench's gateway config: like [`airbridge_sim::demo::demo_config`], but turnaround 0, push
+/// The bench's gateway config: like the KSEM demo's (`airbridge demo`), but turnaround 0, push
 /// regions that stay fresh for an hour (the idle case must not go silent) and no
 /// fallback poll (it would overwrite the pushed sequence numbers).
 pub fn e2e_config(
@@ -277,193 +278,252 @@ async fn rtu_task<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
 /// the whole series. `command` is the command line to print with the results.
 pub async fn bench_e2e(opts: &E2eOptions, command: String) -> anyhow::Result<E2eReport> {
     use airbridge_gateway::app::gateway::{Gateway, RtuPort};
-    use airbridge_sim::{inverter, ksem};
-    use std::sync::atomic::Ordering::Relaxed;
 
     let mut run = RunHeader::begin(command);
     let cancel = CancellationToken::new();
     let _guard = cancel.clone().drop_guard();
     let ksem = ksem::start(ksem::KsemSimOptions::default(), cancel.clone()).await?;
     let startup = measure_startup(ksem.slave_addr(), opts.startup_runs).await?;
-    let (mut inv_end, gw_end) = tokio_serial::SerialStream::pair()
+    let (inv_end, gw_end) = tokio_serial::SerialStream::pair()
         .map_err(|e| anyhow::anyhow!("cannot create a pseudo-terminal pair: {e}"))?;
     let config = e2e_config(ksem.slave_addr(), opts.flood_connections.max(4) + 4)?;
     let gateway = Gateway::start(config, RtuPort::Stream(Box::new(gw_end)), cancel.clone()).await?;
     let push_addr = gateway
         .push_addr
         .ok_or_else(|| anyhow::anyhow!("bench gateway has no push listener"))?;
-    let handles = gateway.handles.clone();
-
-    warm_up(push_addr, &handles.image).await?;
-
-    let rtu_opts =
-        |label: &str| super::phase_reads(&opts.read_sizes, opts.count, opts.progress, label);
-    let mut cases = Vec::new();
-
-    // 1. Push idle.
-    let (s, rep) = rtu_task(inv_end, rtu_opts("RTU reads, push idle")).await?;
-    inv_end = s;
-    cases.push(E2eRtuCase {
-        case: "push idle".into(),
-        rtu: rep,
-        push: None,
-    });
-
-    // 2. Under a 5 Hz push (the simulated KSEM's pusher, 200 ms).
-    let push5 = cancel.child_token();
-    let push5_stats = Arc::new(ksem::PushStats::default());
-    let pusher = tokio::spawn(ksem::run_pusher(
+    warm_up(push_addr, &gateway.handles.image).await?;
+    let series = Series {
+        opts,
         push_addr,
-        Duration::from_millis(200),
-        ksem.model(),
-        push5.clone(),
-        Arc::clone(&push5_stats),
-    ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (s, rep) = rtu_task(inv_end, rtu_opts("RTU reads, 5 Hz push")).await?;
-    inv_end = s;
-    push5.cancel();
-    let _ = pusher.await;
-    cases.push(E2eRtuCase {
-        case: "5 Hz push".into(),
-        rtu: rep,
-        push: None,
-    });
-
-    // 3. Under a push flood.
-    let mut flood = PushBenchOptions::new(push_addr);
-    flood.live = LivePolicy::Owned;
-    flood.connections = opts.flood_connections;
-    flood.duration = Duration::from_secs(3600);
-    let flood_stop = flood.stop.clone();
-    let flood_task = tokio::spawn(async move { bench_push(&flood).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let label = format!("RTU reads, flood ×{}", opts.flood_connections);
-    let (s, rep) = rtu_task(inv_end, rtu_opts(&label)).await?;
-    inv_end = s;
-    flood_stop.cancel();
-    let flood_rep = flood_task.await.context("flood task")??;
-    cases.push(E2eRtuCase {
-        case: format!("push flood ({} conn, max rate)", opts.flood_connections),
-        rtu: rep,
-        push: Some(flood_rep),
-    });
-
-    // 4. Data age at 5 Hz.
-    let mut age_opts = AgeBenchOptions::new(push_addr);
-    age_opts.live = LivePolicy::Owned;
-    age_opts.duration = opts.duration;
-    age_opts.progress = progress_bar(opts.progress, 0, "data age, 5 Hz push");
-    let (s, age) = tokio::spawn(async move {
-        let r = bench_age(&mut inv_end, &age_opts).await;
-        r.map(|r| (inv_end, r))
-    })
-    .await
-    .context("age task")??;
-    inv_end = s;
-
-    // 5. Push throughput, 1 and 4 connections, max rate, RTU idle.
-    let mut push = Vec::new();
-    for n in [1usize, 4] {
-        let mut p = PushBenchOptions::new(push_addr);
-        p.live = LivePolicy::Owned;
-        p.connections = n;
-        p.duration = opts.duration;
-        p.progress = progress_bar(opts.progress, 0, &format!("push throughput, {n} conn"));
-        push.push(bench_push(&p).await?);
-    }
-
-    // 6. Nominal load: 5 Hz push, inverter polling every 160 ms.
-    let nominal_cancel = cancel.child_token();
-    let push_stats = Arc::new(ksem::PushStats::default());
-    let pusher = tokio::spawn(ksem::run_pusher(
-        push_addr,
-        Duration::from_millis(200),
-        ksem.model(),
-        nominal_cancel.clone(),
-        Arc::clone(&push_stats),
-    ));
-    let inv_stats = Arc::new(inverter::InverterStats::default());
-    let inv = tokio::spawn(inverter::run(
-        inv_end,
-        inverter::InverterOptions::default(),
-        Arc::clone(&inv_stats),
-        nominal_cancel.clone(),
-    ));
-    let pb = progress_bar(
-        opts.progress,
-        opts.duration.as_millis() as u64,
-        "nominal load (CPU, RSS)",
-    );
-    tokio::time::sleep(Duration::from_millis(500)).await; // settle
-    let cpu0 = process_cpu_time();
-    let t0 = Instant::now();
-    let stats0 = inv_stats.snapshot();
-    let push0 = push_stats.snapshot().writes_ok;
-    while t0.elapsed() < opts.duration {
-        tokio::time::sleep(Duration::from_millis(100).min(opts.duration)).await;
-        pb.set_position(t0.elapsed().as_millis() as u64);
-    }
-    let cpu1 = process_cpu_time();
-    let elapsed = t0.elapsed();
-    let stats1 = inv_stats.snapshot();
-    let push1 = push_stats.snapshot().writes_ok;
-    let (rss, hwm) = process_memory_kib().unwrap_or((0, 0));
-    pb.finish_and_clear();
-    nominal_cancel.cancel();
-    let _ = inv.await;
-    let _ = pusher.await;
-    let cpu_pct = match (cpu0, cpu1) {
-        (Some(a), Some(b)) => round1((b - a).as_secs_f64() / elapsed.as_secs_f64() * 100.0),
-        _ => f64::NAN,
+        model: ksem.model(),
+        cancel: &cancel,
     };
-    let nominal = NominalLoad {
-        push_interval_ms: 200,
-        poll_interval_ms: 160,
-        elapsed_s: round3(elapsed.as_secs_f64()),
-        cpu_pct,
-        vm_rss_kib: rss,
-        vm_hwm_kib: hwm,
-        inverter_requests: stats1.requests - stats0.requests,
-        inverter_replies: stats1.replies - stats0.replies,
-        inverter_timeouts: stats1.timeouts - stats0.timeouts,
-        pushes_ok: push1 - push0,
-    };
-
-    let r = &handles.rtu;
-    let p = &handles.push;
-    let gw = GatewayCounters {
-        rtu_replies: r.replies.load(Relaxed),
-        rtu_exceptions: r.exceptions.load(Relaxed),
-        rtu_silent_stale: r.silent_stale.load(Relaxed),
-        rtu_silent_warmup: r.silent_warmup.load(Relaxed),
-        rtu_crc_errors: r.crc_errors.load(Relaxed),
-        rtu_garbage_bytes: r.garbage_bytes.load(Relaxed),
-        rtu_partial_discarded: r.partial_discarded.load(Relaxed),
-        push_writes_ok: p.writes_ok.load(Relaxed),
-        push_writes_refused: p.writes_refused.load(Relaxed),
-        push_refused_limit: p.front.refused_limit.load(Relaxed),
-        push_connections_accepted: p.front.accepted.load(Relaxed),
-    };
+    let (inv_end, rtu) = series.rtu_cases(inv_end).await?;
+    let (inv_end, age) = series.data_age(inv_end).await?;
+    let push = series.push_throughput().await?;
+    let nominal = series.nominal_load(inv_end).await;
+    let gw = GatewayCounters::of(&gateway);
     cancel.cancel();
     gateway.join(Duration::from_secs(2)).await;
     drop(ksem);
 
-    let cpus = run.cpus;
-    run.notes = vec![
-        format!("in-process: simulated KSEM, gateway and bench share one process, one tokio runtime (2 worker threads) plus the RTU slave's own thread, and {cpus} CPUs; the bench competes with the gateway for them"),
-        format!("RTU over a pseudo-terminal pair: {PTY_NOTE}; at 38400 8N2 an FC03 request takes 2.3 ms on the wire and a 74-register reply 43.8 ms"),
-        "latency reference: timestamp immediately before the write() of the request (as rtu_bench.py); turnaround = → first reply byte, total = → last reply byte".into(),
-        "gateway config: turnaround 0, push regions max_age 1h (no staleness during the idle case), no fallback poll".into(),
-        "RSS/HWM and CPU are of the whole process: they include the bench, the simulated KSEM and the simulated inverter".into(),
-    ];
+    run.notes = e2e_notes(run.cpus);
     Ok(E2eReport {
         run,
-        rtu: cases,
+        rtu,
         age,
         push,
         nominal,
         startup,
         gateway: gw,
     })
+}
+
+/// How to read `bench e2e`'s numbers, on `cpus` CPUs.
+fn e2e_notes(cpus: usize) -> Vec<String> {
+    vec![
+        format!("in-process: simulated KSEM, gateway and bench share one process, one tokio runtime (2 worker threads) plus the RTU slave's own thread, and {cpus} CPUs; the bench competes with the gateway for them"),
+        format!("RTU over a pseudo-terminal pair: {PTY_NOTE}; at 38400 8N2 an FC03 request takes 2.3 ms on the wire and a 74-register reply 43.8 ms"),
+        "latency reference: timestamp immediately before the write() of the request (as rtu_bench.py); turnaround = → first reply byte, total = → last reply byte".into(),
+        "gateway config: turnaround 0, push regions max_age 1h (no staleness during the idle case), no fallback poll".into(),
+        "RSS/HWM and CPU are of the whole process: they include the bench, the simulated KSEM and the simulated inverter".into(),
+    ]
+}
+
+impl GatewayCounters {
+    /// The gateway's counters as they stand.
+    fn of(gateway: &airbridge_gateway::app::gateway::Gateway) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        let r = &gateway.handles.rtu;
+        let p = &gateway.handles.push;
+        GatewayCounters {
+            rtu_replies: r.replies.load(Relaxed),
+            rtu_exceptions: r.exceptions.load(Relaxed),
+            rtu_silent_stale: r.silent_stale.load(Relaxed),
+            rtu_silent_warmup: r.silent_warmup.load(Relaxed),
+            rtu_crc_errors: r.crc_errors.load(Relaxed),
+            rtu_garbage_bytes: r.garbage_bytes.load(Relaxed),
+            rtu_partial_discarded: r.partial_discarded.load(Relaxed),
+            push_writes_ok: p.writes_ok.load(Relaxed),
+            push_writes_refused: p.writes_refused.load(Relaxed),
+            push_refused_limit: p.front.refused_limit.load(Relaxed),
+            push_connections_accepted: p.front.accepted.load(Relaxed),
+        }
+    }
+}
+
+/// The phases of `bench e2e` against one warm gateway; each takes the inverter's end of
+/// the pty and gives it back.
+struct Series<'a> {
+    opts: &'a E2eOptions,
+    /// The gateway's push listener.
+    push_addr: SocketAddr,
+    /// The simulated KSEM's household, for its pusher.
+    model: ksem::SharedModel,
+    /// The run's token: a phase's pushers and inverter stop with a child of it.
+    cancel: &'a CancellationToken,
+}
+
+impl Series<'_> {
+    /// The RTU reads of a phase, labelled for the progress bar.
+    fn reads(&self, label: &str) -> RtuBenchOptions {
+        super::phase_reads(
+            &self.opts.read_sizes,
+            self.opts.count,
+            self.opts.progress,
+            label,
+        )
+    }
+
+    /// The simulated KSEM's pusher at 5 Hz until `stop`.
+    fn push_5hz(
+        &self,
+        stop: &CancellationToken,
+        stats: &Arc<ksem::PushStats>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(ksem::run_pusher(
+            self.push_addr,
+            Duration::from_millis(200),
+            self.model.clone(),
+            stop.clone(),
+            Arc::clone(stats),
+        ))
+    }
+
+    /// Phases 1–3, the RTU reads under three loads: push idle, a 5 Hz push, a push flood.
+    async fn rtu_cases<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        &self,
+        inv_end: S,
+    ) -> anyhow::Result<(S, Vec<E2eRtuCase>)> {
+        let mut cases = Vec::new();
+        // 1. Push idle.
+        let (inv_end, rep) = rtu_task(inv_end, self.reads("RTU reads, push idle")).await?;
+        cases.push(E2eRtuCase {
+            case: "push idle".into(),
+            rtu: rep,
+            push: None,
+        });
+
+        // 2. Under a 5 Hz push (the simulated KSEM's pusher, 200 ms).
+        let push5 = self.cancel.child_token();
+        let pusher = self.push_5hz(&push5, &Arc::new(ksem::PushStats::default()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (inv_end, rep) = rtu_task(inv_end, self.reads("RTU reads, 5 Hz push")).await?;
+        push5.cancel();
+        let _ = pusher.await;
+        cases.push(E2eRtuCase {
+            case: "5 Hz push".into(),
+            rtu: rep,
+            push: None,
+        });
+
+        // 3. Under a push flood.
+        let n = self.opts.flood_connections;
+        let mut flood = PushBenchOptions::new(self.push_addr);
+        flood.live = LivePolicy::Owned;
+        flood.connections = n;
+        flood.duration = Duration::from_secs(3600);
+        let flood_stop = flood.stop.clone();
+        let flood_task = tokio::spawn(async move { bench_push(&flood).await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let label = format!("RTU reads, flood ×{n}");
+        let (inv_end, rep) = rtu_task(inv_end, self.reads(&label)).await?;
+        flood_stop.cancel();
+        let flood_rep = flood_task.await.context("flood task")??;
+        cases.push(E2eRtuCase {
+            case: format!("push flood ({n} conn, max rate)"),
+            rtu: rep,
+            push: Some(flood_rep),
+        });
+        Ok((inv_end, cases))
+    }
+
+    /// Phase 4: data age at 5 Hz.
+    async fn data_age<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        &self,
+        mut inv_end: S,
+    ) -> anyhow::Result<(S, AgeReport)> {
+        let mut age_opts = AgeBenchOptions::new(self.push_addr);
+        age_opts.live = LivePolicy::Owned;
+        age_opts.duration = self.opts.duration;
+        age_opts.progress = progress_bar(self.opts.progress, 0, "data age, 5 Hz push");
+        tokio::spawn(async move {
+            let r = bench_age(&mut inv_end, &age_opts).await;
+            r.map(|r| (inv_end, r))
+        })
+        .await
+        .context("age task")?
+    }
+
+    /// Phase 5: push throughput, 1 and 4 connections, max rate, RTU idle.
+    async fn push_throughput(&self) -> anyhow::Result<Vec<PushBenchReport>> {
+        let mut push = Vec::new();
+        for n in [1usize, 4] {
+            let mut p = PushBenchOptions::new(self.push_addr);
+            p.live = LivePolicy::Owned;
+            p.connections = n;
+            p.duration = self.opts.duration;
+            p.progress = progress_bar(self.opts.progress, 0, &format!("push throughput, {n} conn"));
+            push.push(bench_push(&p).await?);
+        }
+        Ok(push)
+    }
+
+    /// Phase 6, nominal load: 5 Hz push, the simulated inverter polling every 160 ms on
+    /// `inv_end`; CPU and memory of the process over the phase.
+    async fn nominal_load<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        &self,
+        inv_end: S,
+    ) -> NominalLoad {
+        let duration = self.opts.duration;
+        let nominal_cancel = self.cancel.child_token();
+        let push_stats = Arc::new(ksem::PushStats::default());
+        let pusher = self.push_5hz(&nominal_cancel, &push_stats);
+        let inv_stats = Arc::new(inverter::InverterStats::default());
+        let inv = tokio::spawn(inverter::run(
+            inv_end,
+            inverter::InverterOptions::default(),
+            Arc::clone(&inv_stats),
+            nominal_cancel.clone(),
+        ));
+        let pb = progress_bar(
+            self.opts.progress,
+            duration.as_millis() as u64,
+            "nominal load (CPU, RSS)",
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await; // settle
+        let cpu0 = process_cpu_time();
+        let t0 = Instant::now();
+        let stats0 = inv_stats.snapshot();
+        let push0 = push_stats.snapshot().writes_ok;
+        while t0.elapsed() < duration {
+            tokio::time::sleep(Duration::from_millis(100).min(duration)).await;
+            pb.set_position(t0.elapsed().as_millis() as u64);
+        }
+        let cpu1 = process_cpu_time();
+        let elapsed = t0.elapsed();
+        let stats1 = inv_stats.snapshot();
+        let push1 = push_stats.snapshot().writes_ok;
+        let (rss, hwm) = process_memory_kib().unwrap_or((0, 0));
+        pb.finish_and_clear();
+        nominal_cancel.cancel();
+        let _ = inv.await;
+        let _ = pusher.await;
+        let cpu_pct = match (cpu0, cpu1) {
+            (Some(a), Some(b)) => round1((b - a).as_secs_f64() / elapsed.as_secs_f64() * 100.0),
+            _ => f64::NAN,
+        };
+        NominalLoad {
+            push_interval_ms: 200,
+            poll_interval_ms: 160,
+            elapsed_s: round3(elapsed.as_secs_f64()),
+            cpu_pct,
+            vm_rss_kib: rss,
+            vm_hwm_kib: hwm,
+            inverter_requests: stats1.requests - stats0.requests,
+            inverter_replies: stats1.replies - stats0.replies,
+            inverter_timeouts: stats1.timeouts - stats0.timeouts,
+            pushes_ok: push1 - push0,
+        }
+    }
 }

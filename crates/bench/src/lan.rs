@@ -182,9 +182,7 @@ pub async fn bench_lan(opts: &LanBenchOptions, command: String) -> anyhow::Resul
     let tcp_addr = gateway
         .tcp_addr
         .ok_or_else(|| anyhow::anyhow!("bench gateway has no tcp_server"))?;
-    let handles = gateway.handles.clone();
-
-    super::e2e::warm_up(push_addr, &handles.image).await?;
+    super::e2e::warm_up(push_addr, &gateway.handles.image).await?;
     // The KSEM pushes at 5 Hz through both runs, as in the field.
     let pusher = tokio::spawn(ksem::run_pusher(
         push_addr,
@@ -199,53 +197,17 @@ pub async fn bench_lan(opts: &LanBenchOptions, command: String) -> anyhow::Resul
     let rtu_opts = |label: &str| phase_reads(&PHASE_SIZES, opts.count, opts.progress, label);
 
     let rtu_without = bench_rtu(&mut inv_end, &rtu_opts("RTU reads, no LAN readers")).await?;
-
-    let stop = cancel.child_token();
-    let counts = Arc::new((AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)));
-    let mut readers = tokio::task::JoinSet::new();
-    for _ in 0..opts.clients {
-        readers.spawn(reader(
-            tcp_addr,
-            (opts.rate_hz, opts.registers),
-            stop.clone(),
-            Arc::clone(&counts),
-        ));
-    }
-    // Every client connected and at its rate before measuring.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let ok0 = counts.1.load(Relaxed);
-    let t0 = Instant::now();
+    let readers = LanLoad::start(tcp_addr, opts, &cancel).await;
     let label = format!("RTU reads, {} LAN readers", opts.clients);
     let rtu_with = bench_rtu(&mut inv_end, &rtu_opts(&label)).await?;
-    let elapsed = t0.elapsed().as_secs_f64();
-    let ok1 = counts.1.load(Relaxed);
-    stop.cancel();
-    let mut latency = LatencyHist::new();
-    while let Some(h) = readers.join_next().await {
-        if let Ok(h) = h {
-            latency.add(&h);
-        }
-    }
-    let lan = LanReaders {
-        connected: counts.0.load(Relaxed),
-        ok: counts.1.load(Relaxed),
-        failed: counts.2.load(Relaxed),
-        reads_per_s: round3((ok1 - ok0) as f64 / elapsed.max(1e-9)),
-        latency: latency.summary(),
-    };
+    let lan = readers.finish().await;
     cancel.cancel();
     let _ = pusher.await;
     gateway.join(Duration::from_secs(2)).await;
     drop(gw_end);
     drop(ksem);
 
-    let cpus = run.cpus;
-    run.notes = vec![
-        format!("in-process on {cpus} CPUs: the simulated KSEM (pushing at 5 Hz), the gateway, the LAN readers and the bench share them; the RTU slave has its own thread"),
-        format!("RTU over a pseudo-terminal pair opened by path: {PTY_NOTE}"),
-        format!("turnaround {} µs as configured: it is part of every RTU turnaround", opts.turnaround.as_micros()),
-        "LAN latency: request sent → reply received, over loopback".into(),
-    ];
+    run.notes = lan_notes(opts, run.cpus);
     Ok(LanBenchReport {
         run,
         clients: opts.clients,
@@ -260,6 +222,80 @@ pub async fn bench_lan(opts: &LanBenchOptions, command: String) -> anyhow::Resul
         rtu_with,
         lan,
     })
+}
+
+/// The LAN clients of the loaded run, reading while the RTU reads are measured.
+struct LanLoad {
+    readers: tokio::task::JoinSet<LatencyHist>,
+    /// Connected, reads ok, reads failed: all clients.
+    counts: Arc<(AtomicU64, AtomicU64, AtomicU64)>,
+    stop: CancellationToken,
+    /// Reads ok when the measurement began, and when.
+    ok0: u64,
+    t0: Instant,
+}
+
+impl LanLoad {
+    /// Start `opts.clients` clients reading at `tcp_addr`, and give them a second to
+    /// connect and reach their rate.
+    async fn start(
+        tcp_addr: SocketAddr,
+        opts: &LanBenchOptions,
+        cancel: &CancellationToken,
+    ) -> Self {
+        let stop = cancel.child_token();
+        let counts = Arc::new((AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)));
+        let mut readers = tokio::task::JoinSet::new();
+        for _ in 0..opts.clients {
+            readers.spawn(reader(
+                tcp_addr,
+                (opts.rate_hz, opts.registers),
+                stop.clone(),
+                Arc::clone(&counts),
+            ));
+        }
+        // Every client connected and at its rate before measuring.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let ok0 = counts.1.load(Relaxed);
+        LanLoad {
+            readers,
+            counts,
+            stop,
+            ok0,
+            t0: Instant::now(),
+        }
+    }
+
+    /// Stop the clients: their counts, their rate since [`LanLoad::start`] returned, their
+    /// latencies.
+    async fn finish(mut self) -> LanReaders {
+        let elapsed = self.t0.elapsed().as_secs_f64();
+        let ok1 = self.counts.1.load(Relaxed);
+        self.stop.cancel();
+        let mut latency = LatencyHist::new();
+        while let Some(h) = self.readers.join_next().await {
+            if let Ok(h) = h {
+                latency.add(&h);
+            }
+        }
+        LanReaders {
+            connected: self.counts.0.load(Relaxed),
+            ok: self.counts.1.load(Relaxed),
+            failed: self.counts.2.load(Relaxed),
+            reads_per_s: round3((ok1 - self.ok0) as f64 / elapsed.max(1e-9)),
+            latency: latency.summary(),
+        }
+    }
+}
+
+/// How to read `bench lan`'s numbers, on `cpus` CPUs.
+fn lan_notes(opts: &LanBenchOptions, cpus: usize) -> Vec<String> {
+    vec![
+        format!("in-process on {cpus} CPUs: the simulated KSEM (pushing at 5 Hz), the gateway, the LAN readers and the bench share them; the RTU slave has its own thread"),
+        format!("RTU over a pseudo-terminal pair opened by path: {PTY_NOTE}"),
+        format!("turnaround {} µs as configured: it is part of every RTU turnaround", opts.turnaround.as_micros()),
+        "LAN latency: request sent → reply received, over loopback".into(),
+    ]
 }
 
 /// The report as markdown: the two RTU runs side by side, then the LAN readers.

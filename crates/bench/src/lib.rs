@@ -24,11 +24,18 @@
 //! `--live`, then touch only reserved words) · `rtu`, `push`, `age`, `e2e`, `lan`, `mqtt`
 //! (the six benches) · `process` (CPU and memory from `/proc`) · `report`
 //! (markdown) · `cli` (arguments and runners). This file: the map, the constants and the
-//! small helpers they share.
+//! small helpers they share (progress bars, the pacer of a rated loop, a phase's reads).
 //!
-//! May touch: the stream / sockets it is given; [`bench_e2e`] also starts the simulated
-//! KSEM, the gateway and the simulated inverter (like [`airbridge_sim::demo`]);
-//! [`bench_mqtt`] starts `airbridge run` and `mosquitto` as child processes and stops them.
+//! What it takes from the crates below: from `airbridge-modbus` the FC03 encoder, the
+//! master's reply validator, the CRC and the wire timing; from `airbridge-gateway` the
+//! config parser, the gateway itself (started in this process by `e2e` and `lan`, its image
+//! awaited until warm), the RTU master's drain of stray bytes and the serial line opener;
+//! from `airbridge-sim` the simulated KSEM (household, slave, pusher) and inverter.
+//!
+//! May touch: the stream / sockets it is given; [`bench_e2e`] and [`bench_lan`] also start
+//! the simulated KSEM and the gateway (`e2e` also the simulated inverter, as
+//! `airbridge demo` does); [`bench_mqtt`] starts `airbridge run` and `mosquitto` as child
+//! processes and stops them.
 
 use std::time::Duration;
 
@@ -59,7 +66,7 @@ mod age;
 mod cli;
 mod e2e;
 mod exchange;
-pub mod guard;
+mod guard;
 mod hist;
 mod lan;
 mod mqtt;
@@ -126,6 +133,44 @@ pub(crate) fn ratio(with: f64, without: f64) -> f64 {
         round3(with / without)
     } else {
         f64::NAN
+    }
+}
+
+/// Paces a loop to a rate: [`Pacer::wait`] sleeps until the next slot; a loop that fell
+/// behind goes on from now instead of bursting to catch up. Without a rate it never waits.
+/// Allocation-free.
+pub(crate) struct Pacer {
+    /// Time between slots; `None`: as fast as possible.
+    period: Option<Duration>,
+    /// The next slot.
+    next: tokio::time::Instant,
+}
+
+impl Pacer {
+    /// Slots at `rate` per second from now (`None`, 0 or not finite: no pacing).
+    pub(crate) fn new(rate: Option<f64>) -> Self {
+        Pacer {
+            period: rate
+                .filter(|r| *r > 0.0 && r.is_finite())
+                .map(|r| Duration::from_secs_f64(1.0 / r)),
+            next: tokio::time::Instant::now(),
+        }
+    }
+
+    /// True when it has a rate to keep.
+    pub(crate) fn is_paced(&self) -> bool {
+        self.period.is_some()
+    }
+
+    /// Sleep until the next slot and move the one after it a period on.
+    pub(crate) async fn wait(&mut self) {
+        let Some(p) = self.period else { return };
+        tokio::time::sleep_until(self.next).await;
+        self.next += p;
+        let now = tokio::time::Instant::now();
+        if self.next < now {
+            self.next = now; // behind: do not burst to catch up
+        }
     }
 }
 

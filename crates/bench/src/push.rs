@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::guard::{self, fill_pattern, read_holding, LivePolicy, RESERVED};
 use super::hist::{LatencyHist, Percentiles};
-use super::{round1, round3, ser_duration_ms, FC_WRITE_MULTIPLE, PUSH_GROUPS};
+use super::{round1, round3, ser_duration_ms, Pacer, FC_WRITE_MULTIPLE, PUSH_GROUPS};
 
 /// What `bench push` does.
 #[derive(Debug, Clone, Serialize)]
@@ -189,109 +189,122 @@ pub(super) async fn connect(target: SocketAddr, timeout: Duration) -> std::io::R
     Ok(sock)
 }
 
-/// One push connection until `stop`.
+/// One push connection until `stop`: connect, push cycle after cycle at the rate asked,
+/// and after an error reconnect (100 ms later) and go on.
 async fn push_connection(opts: PushBenchOptions, conn: usize, stop: CancellationToken) -> PushAcc {
-    let mut acc = PushAcc::default();
-    let mut tx = [0u8; 7 + 6 + 2 * 125];
-    // Values: by default both groups carry the bench's pattern (a per-connection 32-bit
-    // sequence in their first two words). `--live`: 0..39 and 40..145 are read from the
-    // image and written back as they are, with the sequence only in the reserved 28..29.
-    let layout: &[(u16, u16)] = if opts.live == LivePolicy::Preserve {
-        &[(0, RESERVED.0 + RESERVED.1), PUSH_GROUPS[1]]
-    } else {
-        &PUSH_GROUPS
-    };
-    let mut groups: Vec<(u16, Vec<u16>)> = layout
-        .iter()
-        .map(|&(a, n)| (a, vec![0u16; usize::from(n)]))
-        .collect();
-    let period = opts
-        .rate
-        .filter(|r| *r > 0.0 && r.is_finite())
-        .map(|r| Duration::from_secs_f64(1.0 / r));
+    let mut pushes = Pushes::new(opts);
+    let mut pacer = Pacer::new(pushes.opts.rate);
     let mut seq: u32 = (conn as u32) << 24;
-    let mut tid: u16 = 0;
     let mut first = true;
-    let mut next = tokio::time::Instant::now();
     'outer: while !stop.is_cancelled() {
         if !first {
-            acc.reconnects += 1;
+            pushes.acc.reconnects += 1;
             tokio::select! {
                 () = stop.cancelled() => break,
                 () = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
         }
         first = false;
-        let mut sock = match connect(opts.target, opts.timeout).await {
+        let mut sock = match connect(pushes.opts.target, pushes.opts.timeout).await {
             Ok(s) => s,
             Err(_) => {
-                acc.errors += 1;
+                pushes.acc.errors += 1;
                 continue;
             }
         };
         while !stop.is_cancelled() {
-            if let Some(p) = period {
+            if pacer.is_paced() {
                 tokio::select! {
                     () = stop.cancelled() => break 'outer,
-                    () = tokio::time::sleep_until(next) => {}
-                }
-                next += p;
-                let now = tokio::time::Instant::now();
-                if next < now {
-                    next = now;
+                    () = pacer.wait() => {}
                 }
             }
             seq = seq.wrapping_add(1);
-            for (address, words) in &mut groups {
-                if opts.live == LivePolicy::Preserve {
-                    tid = tid.wrapping_add(1);
-                    let count = words.len() as u16;
-                    match read_holding(&mut sock, tid, opts.unit, *address, count, opts.timeout)
-                        .await
-                    {
-                        Ok(held) if held.len() == words.len() => words.copy_from_slice(&held),
-                        _ => {
-                            acc.errors += 1;
-                            continue 'outer;
-                        }
-                    }
-                    if *address == 0 {
-                        let at = usize::from(RESERVED.0);
-                        words[at] = (seq >> 16) as u16;
-                        words[at + 1] = seq as u16;
-                    }
-                } else {
-                    fill_pattern(words, seq);
-                }
-                tid = tid.wrapping_add(1);
-                match push_write(
-                    &mut sock,
-                    &mut tx,
-                    tid,
-                    opts.unit,
-                    *address,
-                    words,
-                    opts.timeout,
-                )
-                .await
-                {
-                    Ok((WriteOutcome::Ok, t0, t1)) => {
-                        acc.ok += 1;
-                        acc.regs += words.len() as u64;
-                        acc.hist.record(t1.saturating_duration_since(t0));
-                    }
-                    Ok((WriteOutcome::Exception(c), _, _)) => {
-                        *acc.exceptions.entry(c).or_default() += 1;
-                    }
-                    Ok((WriteOutcome::Bad, _, _)) | Err(_) => {
-                        acc.errors += 1;
-                        continue 'outer; // reconnect: a late reply would confuse tids
-                    }
-                }
+            if !pushes.cycle(&mut sock, seq).await {
+                continue 'outer; // reconnect: a late reply would confuse tids
             }
         }
     }
-    acc
+    pushes.acc
+}
+
+/// One connection's pushes: the groups and their words, the transaction ids, the counts.
+struct Pushes {
+    opts: PushBenchOptions,
+    /// (address, words) of each write of a cycle.
+    groups: Vec<(u16, Vec<u16>)>,
+    /// The request being sent.
+    tx: [u8; 7 + 6 + 2 * 125],
+    /// The last transaction id used.
+    tid: u16,
+    acc: PushAcc,
+}
+
+impl Pushes {
+    /// Values: by default both groups carry the bench's pattern (a per-connection 32-bit
+    /// sequence in their first two words). `--live`: 0..39 and 40..145 are read from the
+    /// image and written back as they are, with the sequence only in the reserved 28..29.
+    fn new(opts: PushBenchOptions) -> Self {
+        let layout: &[(u16, u16)] = if opts.live == LivePolicy::Preserve {
+            &[(0, RESERVED.0 + RESERVED.1), PUSH_GROUPS[1]]
+        } else {
+            &PUSH_GROUPS
+        };
+        let groups = layout
+            .iter()
+            .map(|&(a, n)| (a, vec![0u16; usize::from(n)]))
+            .collect();
+        Pushes {
+            opts,
+            groups,
+            tx: [0u8; 7 + 6 + 2 * 125],
+            tid: 0,
+            acc: PushAcc::default(),
+        }
+    }
+
+    /// Write every group once with sequence `seq` (under `--live` each read back first);
+    /// `false` when the connection must be re-opened.
+    async fn cycle(&mut self, sock: &mut TcpStream, seq: u32) -> bool {
+        let opts = &self.opts;
+        for (address, words) in &mut self.groups {
+            if opts.live == LivePolicy::Preserve {
+                self.tid = self.tid.wrapping_add(1);
+                let count = words.len() as u16;
+                match read_holding(sock, self.tid, opts.unit, *address, count, opts.timeout).await {
+                    Ok(held) if held.len() == words.len() => words.copy_from_slice(&held),
+                    _ => {
+                        self.acc.errors += 1;
+                        return false;
+                    }
+                }
+                if *address == 0 {
+                    let at = usize::from(RESERVED.0);
+                    words[at] = (seq >> 16) as u16;
+                    words[at + 1] = seq as u16;
+                }
+            } else {
+                fill_pattern(words, seq);
+            }
+            self.tid = self.tid.wrapping_add(1);
+            let (unit, timeout) = (opts.unit, opts.timeout);
+            match push_write(sock, &mut self.tx, self.tid, unit, *address, words, timeout).await {
+                Ok((WriteOutcome::Ok, t0, t1)) => {
+                    self.acc.ok += 1;
+                    self.acc.regs += words.len() as u64;
+                    self.acc.hist.record(t1.saturating_duration_since(t0));
+                }
+                Ok((WriteOutcome::Exception(c), _, _)) => {
+                    *self.acc.exceptions.entry(c).or_default() += 1;
+                }
+                Ok((WriteOutcome::Bad, _, _)) | Err(_) => {
+                    self.acc.errors += 1;
+                    return false;
+                }
+            }
+        }
+        true
+    }
 }
 
 /// Act as the KSEM push: `opts.connections` connections, each alternately writing FC16

@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::exchange::{exchange, Exchange, RtuStatus};
 use super::hist::{LatencyHist, Percentiles};
-use super::{round1, round3, ser_duration_ms, FC_READ};
+use super::{round1, round3, ser_duration_ms, Pacer, FC_READ};
 use airbridge_gateway::link::rtu_master::{drain_quiet, DEFAULT_DRAIN_WINDOW as DRAIN_WINDOW};
 use airbridge_modbus::master::{encode_read, MAX_FRAME_LEN};
 
@@ -159,6 +159,19 @@ struct RangeAcc {
 }
 
 impl RangeAcc {
+    /// Nothing counted yet for `r`, named `start:count`.
+    fn for_range(r: &RegRange) -> Self {
+        RangeAcc {
+            report: RtuRangeReport {
+                range: format!("{}:{}", r.start, r.count),
+                registers: r.count,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// Count one exchange (and its latencies when it succeeded).
     fn count(&mut self, ex: &Exchange) {
         let r = &mut self.report;
         r.requests += 1;
@@ -219,40 +232,18 @@ pub async fn bench_rtu<S: AsyncRead + AsyncWrite + Unpin>(
         .iter()
         .map(|r| encode_read(opts.unit, FC_READ, r.start, r.count))
         .collect();
-    let mut accs: Vec<RangeAcc> = opts
-        .ranges
-        .iter()
-        .map(|r| RangeAcc {
-            report: RtuRangeReport {
-                range: format!("{}:{}", r.start, r.count),
-                registers: r.count,
-                ..Default::default()
-            },
-            ..Default::default()
-        })
-        .collect();
+    let mut accs: Vec<RangeAcc> = opts.ranges.iter().map(RangeAcc::for_range).collect();
     let total = opts.count * opts.ranges.len() as u64;
     opts.progress.set_length(total);
-    let period = opts
-        .rate
-        .filter(|r| *r > 0.0 && r.is_finite())
-        .map(|r| Duration::from_secs_f64(1.0 / r));
     let mut buf = [0u8; MAX_FRAME_LEN + 8];
     let mut scratch = [0u8; 512];
     let mut dirty = false;
     let mut prev: Option<usize> = None;
     let started = Instant::now();
-    let mut next = tokio::time::Instant::now();
+    let mut pacer = Pacer::new(opts.rate);
     for i in 0..total {
         let idx = (i % opts.ranges.len() as u64) as usize;
-        if let Some(p) = period {
-            tokio::time::sleep_until(next).await;
-            next += p;
-            let now = tokio::time::Instant::now();
-            if next < now {
-                next = now; // behind: do not burst to catch up
-            }
-        }
+        pacer.wait().await;
         let window = if dirty { DRAIN_WINDOW } else { Duration::ZERO };
         let stray = drain_quiet(&mut stream, &mut scratch, window).await?;
         if let Some(p) = prev {

@@ -132,13 +132,7 @@ pub async fn device(
     duration: Option<Duration>,
 ) -> anyhow::Result<()> {
     use crate::device::{self, Device, DeviceOptions};
-    use std::sync::atomic::Ordering::Relaxed;
-    let mut seen = std::collections::BTreeSet::new();
-    for &u in &units {
-        if !(1..=247).contains(&u) || !seen.insert(u) {
-            anyhow::bail!("--unit {u}: each RS485 address must be 1..247 and given once");
-        }
-    }
+    check_units(&units)?;
     let prof = airbridge_gateway::control::profile::load(&profile)?;
     let name = prof.name.clone();
     let line = config::RtuConfig::master_line(
@@ -181,36 +175,53 @@ pub async fn device(
     let c = cancel.clone();
     let task = tokio::spawn(async move { device::serve_bus(stream, &bus, c).await });
     every_second_until_stopped(duration, || {
-        let lines: Vec<String> = devices
-            .iter()
-            .map(|d| {
-                let s = &d.stats;
-                format!(
-                    "requests {} reads {} writes {} exceptions {}",
-                    s.requests.load(Relaxed),
-                    s.reads.load(Relaxed),
-                    s.writes.load(Relaxed),
-                    s.exceptions.load(Relaxed)
-                )
-            })
-            .collect();
-        match lines.as_slice() {
-            [one] => println!("{one}"),
-            many => {
-                let per: Vec<String> = units
-                    .iter()
-                    .zip(many)
-                    .map(|(u, l)| format!("unit {u}: {l}"))
-                    .collect();
-                println!("{}", per.join(" | "));
-            }
-        }
+        println!("{}", bus_counts_line(&units, &devices));
     })
     .await;
     cancel.cancel();
     match task.await {
         Ok(r) => r.map_err(Into::into),
         Err(e) => Err(anyhow::anyhow!("device task: {e}")),
+    }
+}
+
+/// `--unit`: every RS485 address 1..247, each once.
+fn check_units(units: &[u8]) -> anyhow::Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for &u in units {
+        if !(1..=247).contains(&u) || !seen.insert(u) {
+            anyhow::bail!("--unit {u}: each RS485 address must be 1..247 and given once");
+        }
+    }
+    Ok(())
+}
+
+/// The simulated devices' counts: one device's alone, several as `unit N: …` joined by `|`.
+fn bus_counts_line(units: &[u8], devices: &[std::sync::Arc<crate::device::Device>]) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let lines: Vec<String> = devices
+        .iter()
+        .map(|d| {
+            let s = &d.stats;
+            format!(
+                "requests {} reads {} writes {} exceptions {}",
+                s.requests.load(Relaxed),
+                s.reads.load(Relaxed),
+                s.writes.load(Relaxed),
+                s.exceptions.load(Relaxed)
+            )
+        })
+        .collect();
+    match lines.as_slice() {
+        [one] => one.clone(),
+        many => {
+            let per: Vec<String> = units
+                .iter()
+                .zip(many)
+                .map(|(u, l)| format!("unit {u}: {l}"))
+                .collect();
+            per.join(" | ")
+        }
     }
 }
 

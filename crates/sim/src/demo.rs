@@ -1,19 +1,28 @@
 //! `airbridge demo`: the whole chain in one process, no hardware, no root, no config.
 //!
-//! A simulated KSEM (Modbus TCP slave + pusher on loopback) feeds the real gateway, whose
-//! RTU slave serves a simulated Plenticore over an in-process pseudo-terminal pair. Owns
-//! only the wiring and the once-a-second report; every part is the real module.
+//! [`run`]: a simulated KSEM (Modbus TCP slave + pusher on loopback) feeds the real
+//! gateway, whose RTU slave serves a simulated Plenticore over an in-process
+//! pseudo-terminal pair. [`run_kstar`] (`--profile`): two simulated devices of a register
+//! profile on one pty bus, the real gateway polling them as RTU master and serving them
+//! on Modbus TCP, and a TCP client that reads both and makes one permitted and one
+//! forbidden write. Owns only the wiring and the once-a-second report; every part is the
+//! real module.
 
 use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tokio_modbus::client::{Reader as _, Writer as _};
+use tokio_modbus::slave::SlaveContext as _;
 use tokio_util::sync::CancellationToken;
 
+use crate::device::{self, Device, DeviceOptions};
 use crate::{inverter, ksem};
-use airbridge_gateway::app::gateway::{Gateway, RtuPort};
+use airbridge_gateway::app::gateway::{BusPort, Gateway, RtuPort, StartOptions};
 use airbridge_gateway::config;
+use airbridge_gateway::control::profile::{Kind, Profile, Register, Table};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -53,10 +62,6 @@ impl Default for DemoOptions {
 pub struct DemoSummary {
     /// The simulated inverter's request/reply/error counts: did the RTU side answer?
     pub inverter: inverter::InverterCounts,
-    /// The last values it decoded (grid power, voltages, frequency); `None` if no reply.
-    pub last_view: Option<inverter::InverterView>,
-    /// Pushes of the simulated KSEM the gateway acknowledged: did the push side work?
-    pub push_writes_ok: u64,
 }
 
 /// The demo's gateway config: the shipped defaults, with loopback endpoints and a pty, and
@@ -90,48 +95,18 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
     };
     let ksem = ksem::start(ksem_opts, cancel.clone()).await?;
 
-    let (inverter_end, gateway_end) = tokio_serial::SerialStream::pair()
-        .map_err(|e| anyhow::anyhow!("cannot create a pseudo-terminal pair: {e}"))?;
-    let mut config = demo_config(ksem.slave_addr())?;
-    config.status = opts.status.map(|listen| config::StatusConfig { listen });
-    if let Some(broker) = &opts.mqtt {
-        let m = config::MqttConfig::for_broker(&format!("mqtt://{broker}"), "airbridge-demo")
-            .map_err(|e| anyhow::anyhow!("--mqtt {broker}: {e}"))?;
-        if opts.report {
-            println!(
-                "mqtt: publishing to {broker} under {}/… (discovery under homeassistant/)",
-                m.topic
-            );
-        }
-        config.mqtt = Some(m);
-    }
-    let start = airbridge_gateway::app::gateway::StartOptions {
-        profile: Some(builtin_ksem_profile()?),
-    };
-    let gateway = Gateway::start_with(
-        config,
-        RtuPort::Stream(Box::new(gateway_end)),
-        cancel.clone(),
-        start,
-    )
-    .await?;
-    if let (Some(addr), true) = (gateway.status_addr, opts.report) {
-        println!("status page: http://{addr}/  (also /status, /metrics, /journal)");
-    }
-    if let (Some(addr), true) = (gateway.tcp_addr, opts.report) {
-        println!("meter for the house: modbus tcp {addr}, read-only, any unit id (KOSTAL map; SunSpec at 40000)");
-    }
+    let (inverter_end, gateway_end) = pty_pair()?;
+    let gateway = start_gateway(&opts, ksem.slave_addr(), gateway_end, &cancel).await?;
     let push_addr = gateway
         .push_addr
         .ok_or_else(|| anyhow::anyhow!("demo gateway has no push listener"))?;
 
-    let push_stats = Arc::new(ksem::PushStats::default());
     let pusher = tokio::spawn(ksem::run_pusher(
         push_addr,
         opts.push_interval,
         ksem.model(),
         cancel.clone(),
-        Arc::clone(&push_stats),
+        Arc::new(ksem::PushStats::default()),
     ));
 
     // A real inverter would poll into the warm-up silence; the demo starts it once the
@@ -155,23 +130,10 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
         println!("airbridge demo: simulated KSEM (slave {}, pushing to {push_addr}) → gateway → simulated Plenticore on a pty", ksem.slave_addr());
     }
     let started = Instant::now();
-    let mut tick =
-        tokio::time::interval_at(started + Duration::from_secs(1), Duration::from_secs(1));
-    loop {
-        let until_end = async {
-            match opts.duration {
-                Some(d) => tokio::time::sleep_until(started + d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = cancel.cancelled() => break,
-            () = until_end => break,
-            _ = tick.tick() => {
-                if opts.report {
-                    println!("{}", status_line(started, &gateway, &inv_stats));
-                }
-            }
+    let mut tick = every_second_from(started);
+    while next_tick(&mut tick, started, opts.duration, &cancel).await {
+        if opts.report {
+            println!("{}", status_line(started, &gateway, &inv_stats));
         }
     }
     cancel.cancel();
@@ -182,20 +144,112 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
     drop(ksem);
     let summary = DemoSummary {
         inverter: inv_stats.snapshot(),
-        last_view: inv_stats.last_view(),
-        push_writes_ok: push_stats.snapshot().writes_ok,
     };
     if opts.report {
-        let c = &summary.inverter;
-        println!(
-            "demo done: {} requests, {} replies, {} exceptions, {} timeouts, {} bad frames; {} pushes accepted by the gateway",
-            c.requests, c.replies, c.exceptions, c.timeouts, c.bad_frames,
-            handles.push.writes_ok.load(std::sync::atomic::Ordering::Relaxed)
-        );
+        print_demo_done(&summary.inverter, handles.push.writes_ok.load(Relaxed));
     }
     Ok(summary)
 }
 
+/// The KSEM demo's closing line: what the inverter saw, and the pushes the gateway took.
+fn print_demo_done(c: &inverter::InverterCounts, pushes_accepted: u64) {
+    println!(
+        "demo done: {} requests, {} replies, {} exceptions, {} timeouts, {} bad frames; {} pushes accepted by the gateway",
+        c.requests, c.replies, c.exceptions, c.timeouts, c.bad_frames, pushes_accepted
+    );
+}
+
+/// The real gateway of the KSEM demo, its RTU slave on `gateway_end`, with the KSEM
+/// profile built in; its endpoints announced when reporting.
+async fn start_gateway(
+    opts: &DemoOptions,
+    ksem_slave: std::net::SocketAddr,
+    gateway_end: tokio_serial::SerialStream,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Gateway> {
+    let config = ksem_demo_config(opts, ksem_slave)?;
+    let start = StartOptions {
+        profile: Some(builtin_ksem_profile()?),
+    };
+    let gateway = Gateway::start_with(
+        config,
+        RtuPort::Stream(Box::new(gateway_end)),
+        cancel.clone(),
+        start,
+    )
+    .await?;
+    if opts.report {
+        announce_endpoints(&gateway);
+    }
+    Ok(gateway)
+}
+
+/// [`demo_config`] with what the options add: the status page and the MQTT broker (the
+/// latter announced when reporting).
+fn ksem_demo_config(
+    opts: &DemoOptions,
+    ksem_slave: std::net::SocketAddr,
+) -> anyhow::Result<config::Config> {
+    let mut config = demo_config(ksem_slave)?;
+    config.status = opts.status.map(|listen| config::StatusConfig { listen });
+    if let Some(broker) = &opts.mqtt {
+        let m = config::MqttConfig::for_broker(&format!("mqtt://{broker}"), "airbridge-demo")
+            .map_err(|e| anyhow::anyhow!("--mqtt {broker}: {e}"))?;
+        if opts.report {
+            println!(
+                "mqtt: publishing to {broker} under {}/… (discovery under homeassistant/)",
+                m.topic
+            );
+        }
+        config.mqtt = Some(m);
+    }
+    Ok(config)
+}
+
+/// Where to look: the status page and the meter's Modbus TCP server, when the gateway has
+/// them.
+fn announce_endpoints(gateway: &Gateway) {
+    if let Some(addr) = gateway.status_addr {
+        println!("status page: http://{addr}/  (also /status, /metrics, /journal)");
+    }
+    if let Some(addr) = gateway.tcp_addr {
+        println!("meter for the house: modbus tcp {addr}, read-only, any unit id (KOSTAL map; SunSpec at 40000)");
+    }
+}
+
+/// A pseudo-terminal pair: the simulated side's end and the gateway's.
+fn pty_pair() -> anyhow::Result<(tokio_serial::SerialStream, tokio_serial::SerialStream)> {
+    tokio_serial::SerialStream::pair()
+        .map_err(|e| anyhow::anyhow!("cannot create a pseudo-terminal pair: {e}"))
+}
+
+/// A tick every second, the first one second after `started`.
+fn every_second_from(started: Instant) -> tokio::time::Interval {
+    tokio::time::interval_at(started + Duration::from_secs(1), Duration::from_secs(1))
+}
+
+/// Wait for the next tick: `true` on a tick, `false` once `cancel` fires or `duration`
+/// (from `started`; `None`: never) has passed.
+async fn next_tick(
+    tick: &mut tokio::time::Interval,
+    started: Instant,
+    duration: Option<Duration>,
+    cancel: &CancellationToken,
+) -> bool {
+    let until_end = async {
+        match duration {
+            Some(d) => tokio::time::sleep_until(started + d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = cancel.cancelled() => false,
+        () = until_end => false,
+        _ = tick.tick() => true,
+    }
+}
+
+/// The once-a-second line: the inverter's view, the age of every region, its counters.
 fn status_line(started: Instant, gateway: &Gateway, inv: &inverter::InverterStats) -> String {
     let now = Instant::now();
     let mut s = format!("t={:>3}s ", now.duration_since(started).as_secs());
@@ -252,6 +306,8 @@ pub struct KstarDemoSummary {
 
 /// The demo bus: two devices of the profile, by name and RS485 address.
 const DEMO_DEVICES: [(&str, u8); 2] = [("battery1", 1), ("battery2", 2)];
+/// Registers the client reads from each device every second, from the first input register.
+const LIVE_READ: u16 = 125;
 
 /// `airbridge demo --profile FILE`: two simulated devices (units 1 and 2) on one end of a
 /// pseudo-terminal, the real gateway (RTU poller + TCP server on loopback, `devices:`) on the
@@ -264,56 +320,128 @@ pub async fn run_kstar(
     report: bool,
     cancel: CancellationToken,
 ) -> anyhow::Result<KstarDemoSummary> {
-    use crate::device::{self, Device, DeviceOptions};
-    use airbridge_gateway::control::profile::{Kind, Table};
-    use tokio_modbus::client::{Reader as _, Writer as _};
-    use tokio_modbus::slave::SlaveContext as _;
-
     let cancel = cancel.child_token();
-    let profile = airbridge_gateway::control::profile::load(profile_path)?;
-    let abs = std::fs::canonicalize(profile_path)?;
-    if !profile
-        .registers
-        .iter()
-        .any(|r| r.table == Table::Input && r.access.readable())
-    {
+    let profile = load_pollable_profile(profile_path)?;
+    let writes = DemoWrites::of(&profile);
+    let config = kstar_config(&profile, profile_path, writes.permitted)?;
+    let devs = demo_devices(&profile, seed);
+    let (dev_end, gw_end) = pty_pair()?;
+    let bus = devs.clone();
+    let c = cancel.clone();
+    let sim = tokio::spawn(async move { device::serve_bus(dev_end, &bus, c).await });
+    let gateway = Gateway::start_with_bus(
+        config,
+        RtuPort::Off,
+        BusPort::Stream(Box::new(gw_end)),
+        cancel.clone(),
+    )
+    .await?;
+    let mut client = KstarClient::connect(&gateway, &profile).await?;
+    if report {
+        let [(first_name, first_unit), (second_name, second_unit)] = DEMO_DEVICES;
+        println!(
+            "airbridge demo: two simulated {} ({first_name} unit {first_unit}, {second_name} unit {second_unit}) on one pty bus → gateway (RTU poller, TCP server on {}; the unit id selects the device) → TCP client",
+            profile.name, client.addr
+        );
+    }
+    let started = Instant::now();
+    let mut tick = every_second_from(started);
+    let mut seconds = 0u32;
+    while next_tick(&mut tick, started, duration, &cancel).await {
+        seconds += 1;
+        let line = client.read_devices(seconds, &gateway).await;
+        if report {
+            println!("{line}");
+        }
+        if seconds == 3 {
+            client.write(writes, report).await;
+        }
+    }
+    cancel.cancel();
+    let _ = sim.await;
+    gateway.join(Duration::from_secs(2)).await;
+    let mut summary = client.summary;
+    summary.device_writes = writes_received(devs.first());
+    summary.second_device_writes = writes_received(devs.get(1));
+    if report {
+        print_kstar_done(&summary);
+    }
+    Ok(summary)
+}
+
+/// The profile at `path`, which must have input registers to poll (the KSEM profile has
+/// none: it belongs to the KSEM demo).
+fn load_pollable_profile(path: &std::path::Path) -> anyhow::Result<Profile> {
+    let profile = airbridge_gateway::control::profile::load(path)?;
+    if first_readable(&profile, Table::Input).is_none() {
         anyhow::bail!(
             "{}: this profile has no input registers to poll; `demo --profile` is the KSTAR \
              demo (e.g. profiles/kstar-hybrid.yaml). The KSEM profile belongs to the KSEM \
              demo: `airbridge demo` without --profile",
-            profile_path.display()
+            path.display()
         );
     }
-    // Regions: the first 250 input words and 125 holding words the profile documents.
-    let first = |f: Table| {
-        profile
-            .registers
+    Ok(profile)
+}
+
+/// The lowest readable address of `table` the profile documents.
+fn first_readable(profile: &Profile, table: Table) -> Option<u16> {
+    profile
+        .registers
+        .iter()
+        .filter(|r| r.table == table && r.access.readable())
+        .map(|r| r.address)
+        .min()
+}
+
+/// The demo's two writes to the first device, by address.
+#[derive(Debug, Clone, Copy)]
+struct DemoWrites {
+    /// The active power limit, if the profile has one writable with FC06: listed under
+    /// `writable:`, so the gateway passes it on.
+    permitted: Option<u16>,
+    /// A command the config does not list: the gateway refuses it.
+    forbidden: Option<u16>,
+}
+
+impl DemoWrites {
+    fn of(profile: &Profile) -> DemoWrites {
+        let permitted = ["active_power_setting", "set_active_power_percent"]
             .iter()
-            .filter(|r| r.table == f && r.access.readable())
-            .map(|r| r.address)
-            .min()
-    };
+            .find_map(|n| profile.get(n))
+            .filter(|r| r.writes.contains(&6))
+            .map(|r| r.address);
+        let forbidden = ["cmd_reboot", "cmd_remote_power_off", "cmd_remote_shutdown"]
+            .iter()
+            .find_map(|n| profile.get(n))
+            .map(|r| r.address);
+        DemoWrites {
+            permitted,
+            forbidden,
+        }
+    }
+}
+
+/// The KSTAR demo's gateway config: an RTU poller on the pty, the TCP server on loopback,
+/// both [`DEMO_DEVICES`] of `profile` with regions over the first 250 input words and 38
+/// holding words it documents, and `permitted` writable on the first.
+fn kstar_config(
+    profile: &Profile,
+    profile_path: &std::path::Path,
+    permitted: Option<u16>,
+) -> anyhow::Result<config::Config> {
+    let abs = std::fs::canonicalize(profile_path)?;
     let mut regions = String::new();
-    if let Some(a) = first(Table::Input) {
+    if let Some(a) = first_readable(profile, Table::Input) {
         regions.push_str(&format!("      - {{name: live, start: {a}, count: {}, function: input, every: 1s, max_age: 5s}}\n", 250.min(65_536 - u32::from(a))));
     }
-    if let Some(a) = first(Table::Holding) {
+    if let Some(a) = first_readable(profile, Table::Holding) {
         regions.push_str(&format!(
             "      - {{name: identity, start: {a}, count: {}, function: holding, every: 10s}}\n",
             38.min(65_536 - u32::from(a))
         ));
     }
-    // The demo's permitted write: the active power limit, if the profile has one.
-    let limit = ["active_power_setting", "set_active_power_percent"]
-        .iter()
-        .find_map(|n| profile.get(n))
-        .filter(|r| r.writes.contains(&6))
-        .map(|r| r.address);
-    let forbidden = ["cmd_reboot", "cmd_remote_power_off", "cmd_remote_shutdown"]
-        .iter()
-        .find_map(|n| profile.get(n))
-        .map(|r| r.address);
-    let writable = limit.map_or_else(|| "[]".to_string(), |a| format!("[{a}]"));
+    let writable = permitted.map_or_else(|| "[]".to_string(), |a| format!("[{a}]"));
     let [(first_name, first_unit), (second_name, second_unit)] = DEMO_DEVICES;
     let yaml = format!(
         "rtu_poll: {{device: in-process-pty, timeout: 300ms, gap: 5ms, offline_after: 3, probe_max: 2s}}
@@ -333,10 +461,14 @@ devices:
     );
     let config = config::parse(&yaml, "demo")?.config;
     for d in 0..config.devices.len() {
-        config::check_device_against_profile(&config, Some(d), &profile, "demo")?;
+        config::check_device_against_profile(&config, Some(d), profile, "demo")?;
     }
+    Ok(config)
+}
 
-    let devs: Vec<Arc<Device>> = DEMO_DEVICES
+/// The simulated devices of [`DEMO_DEVICES`], seeded `seed`, `seed + 1`.
+fn demo_devices(profile: &Profile, seed: u64) -> Vec<Arc<Device>> {
+    DEMO_DEVICES
         .iter()
         .zip(seed..)
         .map(|(&(_, unit), seed)| {
@@ -349,169 +481,165 @@ devices:
                 },
             )
         })
-        .collect();
-    let (dev_end, gw_end) = tokio_serial::SerialStream::pair()
-        .map_err(|e| anyhow::anyhow!("cannot create a pseudo-terminal pair: {e}"))?;
-    let bus = devs.clone();
-    let c = cancel.clone();
-    let sim = tokio::spawn(async move { device::serve_bus(dev_end, &bus, c).await });
-    let gateway = Gateway::start_with_bus(
-        config,
-        RtuPort::Off,
-        airbridge_gateway::app::gateway::BusPort::Stream(Box::new(gw_end)),
-        cancel.clone(),
-    )
-    .await?;
-    let addr = gateway
-        .tcp_addr
-        .ok_or_else(|| anyhow::anyhow!("demo gateway has no TCP server"))?;
-    let mut ctx = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio_modbus::client::tcp::connect_slave(addr, tokio_modbus::Slave(first_unit)),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("TCP connect timed out"))??;
-    if report {
-        println!(
-            "airbridge demo: two simulated {} ({first_name} unit {first_unit}, {second_name} unit {second_unit}) on one pty bus → gateway (RTU poller, TCP server on {addr}; the unit id selects the device) → TCP client",
-            profile.name
-        );
-    }
-    // What the client shows: a few numeric input registers with a unit.
-    let live_start = first(Table::Input).unwrap_or(0);
-    let shown: Vec<&airbridge_gateway::control::profile::Register> = profile
-        .overlapping(Table::Input, live_start, 250)
-        .filter(|r| {
-            r.enumeration.is_none()
-                && r.bits.is_none()
-                && !matches!(r.kind, Kind::Ascii | Kind::U8pair | Kind::Bcd)
-                && matches!(r.unit.as_deref(), Some("V" | "W" | "Hz" | "%" | "kWh"))
-                && r.end() <= u32::from(live_start) + 125
-        })
-        .take(6)
-        .collect();
+        .collect()
+}
 
-    let mut summary = KstarDemoSummary::default();
-    let started = Instant::now();
-    let mut tick =
-        tokio::time::interval_at(started + Duration::from_secs(1), Duration::from_secs(1));
-    let mut seconds = 0u32;
-    loop {
-        let until_end = async {
-            match duration {
-                Some(d) => tokio::time::sleep_until(started + d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = cancel.cancelled() => break,
-            () = until_end => break,
-            _ = tick.tick() => {}
-        }
-        seconds += 1;
+/// Write frames (FC06, FC16) `device` received; 0 without a device.
+fn writes_received(device: Option<&Arc<Device>>) -> usize {
+    device.map_or(0, |d| {
+        d.received()
+            .iter()
+            .filter(|f| matches!(f.get(1), Some(0x06 | 0x10)))
+            .count()
+    })
+}
+
+/// The KSTAR demo's closing line.
+fn print_kstar_done(summary: &KstarDemoSummary) {
+    let [(first_name, _), (second_name, _)] = DEMO_DEVICES;
+    let writes = [&summary.permitted_write, &summary.forbidden_write];
+    let accepted = writes.iter().filter(|w| matches!(w, Some(Ok(())))).count();
+    let refused = writes.iter().filter(|w| matches!(w, Some(Err(_)))).count();
+    let [a, b] = summary.reads_by_device;
+    println!(
+        "demo done: reads {} served ({first_name} {a}, {second_name} {b}), {} refused; writes {accepted} accepted, {refused} refused; {first_name} received {} write(s), {second_name} {}",
+        summary.reads_ok, summary.reads_refused, summary.device_writes, summary.second_device_writes
+    );
+}
+
+/// The KSTAR demo's Modbus TCP client: its connection to the gateway, the registers it
+/// shows, and what it has seen so far.
+struct KstarClient<'p> {
+    /// The gateway's TCP server.
+    addr: std::net::SocketAddr,
+    ctx: tokio_modbus::client::Context,
+    /// The first input register: where every read starts.
+    live_start: u16,
+    /// A few numeric input registers with a unit, within the read.
+    shown: Vec<&'p Register>,
+    summary: KstarDemoSummary,
+}
+
+impl<'p> KstarClient<'p> {
+    /// Connect to the gateway's TCP server, addressing the first device.
+    async fn connect(gateway: &Gateway, profile: &'p Profile) -> anyhow::Result<Self> {
+        let addr = gateway
+            .tcp_addr
+            .ok_or_else(|| anyhow::anyhow!("demo gateway has no TCP server"))?;
+        let ctx = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio_modbus::client::tcp::connect_slave(addr, tokio_modbus::Slave(DEMO_DEVICES[0].1)),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("TCP connect timed out"))??;
+        let live_start = first_readable(profile, Table::Input).unwrap_or(0);
+        let shown = profile
+            .overlapping(Table::Input, live_start, 250)
+            .filter(|r| {
+                r.enumeration.is_none()
+                    && r.bits.is_none()
+                    && !matches!(r.kind, Kind::Ascii | Kind::U8pair | Kind::Bcd)
+                    && matches!(r.unit.as_deref(), Some("V" | "W" | "Hz" | "%" | "kWh"))
+                    && r.end() <= u32::from(live_start) + u32::from(LIVE_READ)
+            })
+            .take(6)
+            .collect();
+        Ok(KstarClient {
+            addr,
+            ctx,
+            live_start,
+            shown,
+            summary: KstarDemoSummary::default(),
+        })
+    }
+
+    /// Second `seconds`' line: a read of every device, then the gateway's bus counters.
+    async fn read_devices(&mut self, seconds: u32, gateway: &Gateway) -> String {
         let mut line = format!("t={seconds:>3}s");
         for (d, &(name, unit)) in DEMO_DEVICES.iter().enumerate() {
-            ctx.set_slave(tokio_modbus::Slave(unit));
-            let read = tokio::time::timeout(
-                Duration::from_secs(2),
-                ctx.read_input_registers(live_start, 125),
-            )
-            .await;
             let _ = write!(line, "  {name}:");
-            match read {
-                Ok(Ok(Ok(words))) => {
-                    summary.reads_ok += 1;
-                    if let Some(n) = summary.reads_by_device.get_mut(d) {
-                        *n += 1;
-                    }
-                    // The second device shows its first values only, to keep the line short.
-                    for r in shown.iter().take(if d == 0 { shown.len() } else { 2 }) {
-                        let off = usize::from(r.address.saturating_sub(live_start));
-                        if let Some(w) = words.get(off..off + usize::from(r.words)) {
-                            let _ = write!(
-                                line,
-                                " {} {} {}",
-                                r.name,
-                                r.decode(w),
-                                r.unit.as_deref().unwrap_or("")
-                            );
-                        }
-                    }
-                }
-                Ok(Ok(Err(code))) => {
-                    summary.reads_refused += 1;
-                    let _ = write!(line, " read refused: {}", exception_text(u8::from(code)));
-                }
-                Ok(Err(e)) => {
-                    let _ = write!(line, " read failed: {e}");
-                }
-                Err(_) => line.push_str(" read timed out"),
-            }
+            self.read_device(d, unit, &mut line).await;
         }
-        ctx.set_slave(tokio_modbus::Slave(first_unit));
-        let rp = &gateway.handles.rtu_poll;
+        self.ctx.set_slave(tokio_modbus::Slave(DEMO_DEVICES[0].1));
+        let bus = &gateway.handles.rtu_poll;
         let _ = write!(
             line,
             "  | bus requests {} timeouts {}",
-            rp.requests.load(std::sync::atomic::Ordering::Relaxed),
-            rp.timeouts.load(std::sync::atomic::Ordering::Relaxed)
+            bus.requests.load(Relaxed),
+            bus.timeouts.load(Relaxed)
         );
-        if report {
-            println!("{line}");
-        }
-        if seconds == 3 {
-            let outcome =
-                |r: Result<Result<(), tokio_modbus::ExceptionCode>, tokio_modbus::Error>| match r {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(code)) => Err(exception_text(u8::from(code))),
-                    Err(e) => Err(format!("transport: {e}")),
-                };
-            if let Some(a) = limit {
-                let r = outcome(ctx.write_single_register(a, 85).await);
-                if report {
-                    println!(
-                        "write {a} := 85 (active power limit %): {}",
-                        outcome_text(&r)
-                    );
+        line
+    }
+
+    /// Read device `d` (at `unit`) and append its values, or what went wrong, to `line`.
+    async fn read_device(&mut self, d: usize, unit: u8, line: &mut String) {
+        self.ctx.set_slave(tokio_modbus::Slave(unit));
+        let read = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.ctx.read_input_registers(self.live_start, LIVE_READ),
+        )
+        .await;
+        match read {
+            Ok(Ok(Ok(words))) => {
+                self.summary.reads_ok += 1;
+                if let Some(n) = self.summary.reads_by_device.get_mut(d) {
+                    *n += 1;
                 }
-                summary.permitted_write = Some(r);
-            }
-            if let Some(a) = forbidden {
-                let r = outcome(ctx.write_single_register(a, 1).await);
-                if report {
-                    println!(
-                        "write {a} := 1 (a command not listed under writable): {}",
-                        outcome_text(&r)
-                    );
+                // The second device shows its first values only, to keep the line short.
+                let shown = if d == 0 { self.shown.len() } else { 2 };
+                for r in self.shown.iter().take(shown) {
+                    let off = usize::from(r.address.saturating_sub(self.live_start));
+                    if let Some(w) = words.get(off..off + usize::from(r.words)) {
+                        let unit = r.unit.as_deref().unwrap_or("");
+                        let _ = write!(line, " {} {} {unit}", r.name, r.decode(w));
+                    }
                 }
-                summary.forbidden_write = Some(r);
             }
+            Ok(Ok(Err(code))) => {
+                self.summary.reads_refused += 1;
+                let _ = write!(line, " read refused: {}", exception_text(u8::from(code)));
+            }
+            Ok(Err(e)) => {
+                let _ = write!(line, " read failed: {e}");
+            }
+            Err(_) => line.push_str(" read timed out"),
         }
     }
-    cancel.cancel();
-    let _ = sim.await;
-    gateway.join(Duration::from_secs(2)).await;
-    let writes_of = |d: Option<&Arc<Device>>| {
-        d.map_or(0, |d| {
-            d.received()
-                .iter()
-                .filter(|f| matches!(f.get(1), Some(0x06 | 0x10)))
-                .count()
-        })
-    };
-    summary.device_writes = writes_of(devs.first());
-    summary.second_device_writes = writes_of(devs.get(1));
-    if report {
-        let writes = [&summary.permitted_write, &summary.forbidden_write];
-        let accepted = writes.iter().filter(|w| matches!(w, Some(Ok(())))).count();
-        let refused = writes.iter().filter(|w| matches!(w, Some(Err(_)))).count();
-        let [a, b] = summary.reads_by_device;
-        println!(
-            "demo done: reads {} served ({first_name} {a}, {second_name} {b}), {} refused; writes {accepted} accepted, {refused} refused; {first_name} received {} write(s), {second_name} {}",
-            summary.reads_ok, summary.reads_refused, summary.device_writes, summary.second_device_writes
-        );
+
+    /// The demo's writes to the first device: the permitted one, then the forbidden one.
+    async fn write(&mut self, writes: DemoWrites, report: bool) {
+        if let Some(a) = writes.permitted {
+            let r = outcome(self.ctx.write_single_register(a, 85).await);
+            if report {
+                println!(
+                    "write {a} := 85 (active power limit %): {}",
+                    outcome_text(&r)
+                );
+            }
+            self.summary.permitted_write = Some(r);
+        }
+        if let Some(a) = writes.forbidden {
+            let r = outcome(self.ctx.write_single_register(a, 1).await);
+            if report {
+                println!(
+                    "write {a} := 1 (a command not listed under writable): {}",
+                    outcome_text(&r)
+                );
+            }
+            self.summary.forbidden_write = Some(r);
+        }
     }
-    Ok(summary)
+}
+
+/// A write's result as the summary keeps it: the exception or transport error in words.
+fn outcome(
+    r: Result<Result<(), tokio_modbus::ExceptionCode>, tokio_modbus::Error>,
+) -> Result<(), String> {
+    match r {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(code)) => Err(exception_text(u8::from(code))),
+        Err(e) => Err(format!("transport: {e}")),
+    }
 }
 
 /// A Modbus exception as a user reads it: `exception 02 (illegal data address)`.

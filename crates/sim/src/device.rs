@@ -490,50 +490,68 @@ pub async fn serve_bus<S: AsyncRead + AsyncWrite + Unpin>(
             },
         }
         // Take every complete request off the head of the buffer.
-        loop {
-            let len = match request_frame_len(&buf) {
-                Len::Known(len) => len,
-                Len::NeedMore => break,
-                Len::Never => {
-                    buf.remove(0);
-                    continue;
-                }
-            };
-            if buf.len() < len {
-                break;
-            }
-            if !frame_crc_ok(&buf[..len]) {
-                buf.remove(0);
-                continue;
-            }
-            let frame: Vec<u8> = buf.drain(..len).collect();
-            let unit = frame.first().copied().unwrap_or(0xFF);
-            for device in devices.iter().filter(|d| unit == 0 || d.opts.unit == unit) {
-                device
-                    .received
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(frame.clone());
-                if device.silent.load(Relaxed) {
-                    device.stats.ignored.fetch_add(1, Relaxed);
-                    continue;
-                }
-                if let Some(reply) = device.answer(&frame) {
-                    let wire = device.opts.wire.map_or(Duration::ZERO, |(baud, bits)| {
-                        airbridge_modbus::timing::wire_time(frame.len() + reply.len(), baud, bits)
-                    });
-                    let pause = device.opts.reply_delay + wire;
-                    if !pause.is_zero() {
-                        tokio::time::sleep(pause).await;
-                    }
-                    stream.write_all(&reply).await?;
-                }
-            }
+        while let Some(frame) = take_request(&mut buf) {
+            deliver(&mut stream, devices, &frame).await?;
         }
         if buf.len() > 1024 {
             buf.clear();
         }
     }
+}
+
+/// The first complete, CRC-valid request at the head of `buf`, taken off it; bytes that
+/// cannot start one are dropped one at a time. `None` while the head is incomplete.
+fn take_request(buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    loop {
+        let len = match request_frame_len(buf) {
+            Len::Known(len) => len,
+            Len::NeedMore => return None,
+            Len::Never => {
+                buf.remove(0);
+                continue;
+            }
+        };
+        if buf.len() < len {
+            return None;
+        }
+        if !frame_crc_ok(&buf[..len]) {
+            buf.remove(0);
+            continue;
+        }
+        return Some(buf.drain(..len).collect());
+    }
+}
+
+/// Hand `frame` to the devices it addresses (every one for a broadcast): each records it
+/// and, unless silent, writes its reply after its delay and, if paced, the wire time.
+async fn deliver<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    devices: &[Arc<Device>],
+    frame: &[u8],
+) -> io::Result<()> {
+    let unit = frame.first().copied().unwrap_or(0xFF);
+    for device in devices.iter().filter(|d| unit == 0 || d.opts.unit == unit) {
+        device
+            .received
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(frame.to_vec());
+        if device.silent.load(Relaxed) {
+            device.stats.ignored.fetch_add(1, Relaxed);
+            continue;
+        }
+        if let Some(reply) = device.answer(frame) {
+            let wire = device.opts.wire.map_or(Duration::ZERO, |(baud, bits)| {
+                airbridge_modbus::timing::wire_time(frame.len() + reply.len(), baud, bits)
+            });
+            let pause = device.opts.reply_delay + wire;
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+            stream.write_all(&reply).await?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -414,6 +414,8 @@ async fn write_one(s: &mut TcpStream, tid: u16, address: u16, words: &[u16]) -> 
     Some(pdu.first().is_some_and(|f| *f == 16))
 }
 
+/// The pusher's loop: connect, push every `interval` as the fault in force says, and on
+/// any error count it and reconnect after 100 ms.
 async fn push_loop(
     target: SocketAddr,
     interval: Duration,
@@ -422,20 +424,24 @@ async fn push_loop(
     sent: SentLog,
     seed: u64,
 ) {
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let mut seq: u32 = 0;
-    let mut tid: u16 = 0;
+    let mut pushes = Pushes {
+        rng: fastrand::Rng::with_seed(seed),
+        seq: 0,
+        tid: 0,
+        stats,
+        sent,
+    };
     loop {
         let mut s = match TcpStream::connect(target).await {
             Ok(s) => s,
             Err(_) => {
-                stats.errors.fetch_add(1, Relaxed);
+                pushes.stats.errors.fetch_add(1, Relaxed);
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         let _ = s.set_nodelay(true);
-        stats.connects.fetch_add(1, Relaxed);
+        pushes.stats.connects.fetch_add(1, Relaxed);
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -443,69 +449,93 @@ async fn push_loop(
             let mode = fault.lock().map(|f| *f).unwrap_or(PushFault::None);
             let ok = match mode {
                 PushFault::Stop => true,
-                PushFault::Garbage => {
-                    let n = rng.usize(1..64);
-                    let junk: Vec<u8> = (0..n).map(|_| rng.u8(..)).collect();
-                    stats.garbage_bytes.fetch_add(n as u64, Relaxed);
-                    // The gateway answers garbage by closing: reconnect after it did.
-                    let _ = s.write_all(&junk).await;
-                    let mut buf = [0u8; 64];
-                    let _ =
-                        tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await;
-                    false
-                }
-                PushFault::Outside => {
-                    let mut all = true;
-                    for (a, n) in [(148u16, 3usize), (8192, 2)] {
-                        tid = tid.wrapping_add(1);
-                        match write_one(&mut s, tid, a, &vec![0xDEAD; n]).await {
-                            Some(false) => {
-                                stats.exceptions.fetch_add(1, Relaxed);
-                            }
-                            Some(true) => {}
-                            None => all = false,
-                        }
-                    }
-                    all
-                }
-                PushFault::None => {
-                    seq = seq.wrapping_add(1);
-                    if let Ok(mut log) = sent.lock() {
-                        if log.len() >= 4096 {
-                            log.pop_front();
-                        }
-                        log.push_back((seq, tokio::time::Instant::now()));
-                    }
-                    let mut all = true;
-                    for (start, count) in PUSH_GROUPS {
-                        let words: Vec<u16> =
-                            (start..start + count).map(|a| push_word(seq, a)).collect();
-                        tid = tid.wrapping_add(1);
-                        match write_one(&mut s, tid, start, &words).await {
-                            Some(true) => {}
-                            Some(false) => {
-                                stats.exceptions.fetch_add(1, Relaxed);
-                                all = false;
-                            }
-                            None => {
-                                all = false;
-                                break;
-                            }
-                        }
-                    }
-                    if all {
-                        stats.pushes_ok.fetch_add(1, Relaxed);
-                        stats.last_seq.store(u64::from(seq), Relaxed);
-                    }
-                    all
-                }
+                PushFault::Garbage => pushes.garbage(&mut s).await,
+                PushFault::Outside => pushes.outside(&mut s).await,
+                PushFault::None => pushes.good(&mut s).await,
             };
             if !ok {
-                stats.errors.fetch_add(1, Relaxed);
+                pushes.stats.errors.fetch_add(1, Relaxed);
                 break;
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What the pusher carries from one push to the next, across reconnects.
+struct Pushes {
+    /// Garbage lengths and bytes.
+    rng: fastrand::Rng,
+    /// The sequence number of the last good push.
+    seq: u32,
+    /// The last transaction id used.
+    tid: u16,
+    stats: Arc<FaultyPusherStats>,
+    sent: SentLog,
+}
+
+impl Pushes {
+    /// Send 1..63 random bytes; always `false`: the gateway answers garbage by closing, so
+    /// the pusher reconnects (after the gateway did).
+    async fn garbage(&mut self, s: &mut TcpStream) -> bool {
+        let n = self.rng.usize(1..64);
+        let junk: Vec<u8> = (0..n).map(|_| self.rng.u8(..)).collect();
+        self.stats.garbage_bytes.fetch_add(n as u64, Relaxed);
+        let _ = s.write_all(&junk).await;
+        let mut buf = [0u8; 64];
+        let _ = tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await;
+        false
+    }
+
+    /// Push outside the push regions (148..150, 8192..8193); `false` if a write got no
+    /// answer (exceptions are counted, not errors).
+    async fn outside(&mut self, s: &mut TcpStream) -> bool {
+        let mut all = true;
+        for (a, n) in [(148u16, 3usize), (8192, 2)] {
+            self.tid = self.tid.wrapping_add(1);
+            match write_one(s, self.tid, a, &vec![0xDEAD; n]).await {
+                Some(false) => {
+                    self.stats.exceptions.fetch_add(1, Relaxed);
+                }
+                Some(true) => {}
+                None => all = false,
+            }
+        }
+        all
+    }
+
+    /// A good push: both groups with the next sequence number in every word, its send
+    /// time logged; `false` unless both were acknowledged.
+    async fn good(&mut self, s: &mut TcpStream) -> bool {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        if let Ok(mut log) = self.sent.lock() {
+            if log.len() >= 4096 {
+                log.pop_front();
+            }
+            log.push_back((seq, tokio::time::Instant::now()));
+        }
+        let mut all = true;
+        for (start, count) in PUSH_GROUPS {
+            let words: Vec<u16> = (start..start + count).map(|a| push_word(seq, a)).collect();
+            self.tid = self.tid.wrapping_add(1);
+            match write_one(s, self.tid, start, &words).await {
+                Some(true) => {}
+                Some(false) => {
+                    self.stats.exceptions.fetch_add(1, Relaxed);
+                    all = false;
+                }
+                None => {
+                    all = false;
+                    break;
+                }
+            }
+        }
+        if all {
+            self.stats.pushes_ok.fetch_add(1, Relaxed);
+            self.stats.last_seq.store(u64::from(seq), Relaxed);
+        }
+        all
     }
 }
 

@@ -15,22 +15,23 @@
 //! from its `/metrics`; a subscriber in the bench counts what the broker really delivered.
 //! Every process it starts, it stops: on drop (an error, Ctrl-C in the runner), and by
 //! `PR_SET_PDEATHSIG` if the bench itself is killed.
-
 //!
 //! The files: `procs` (child processes, the run's directory, Mosquitto) · `gateway` (the
 //! gateway under test: config, start, `/metrics`). This file: the options, the report, the
 //! phase runner and the markdown.
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use airbridge_sim::ksem;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::report::RunHeader;
-use super::rtu::{bench_rtu, RtuBenchReport};
+use super::rtu::{bench_rtu, RtuBenchOptions, RtuBenchReport};
 use super::{
     phase_cells, phase_reads, ratio, ser_duration_ms, PHASE_COLUMNS, PHASE_SIZES, PTY_NOTE,
 };
@@ -38,9 +39,9 @@ use super::{
 mod gateway;
 mod procs;
 
-use gateway::{gateway_yaml, scrape, start_gateway, wait_metrics};
+use gateway::{gateway_yaml, scrape, start_gateway, wait_metrics, Running};
 pub use procs::find_mosquitto;
-use procs::{free_port, start_broker, TempDir};
+use procs::{free_port, start_broker, Proc, TempDir};
 
 /// The KSEM profile the MQTT gateway decodes with (written next to its config).
 const KSEM_PROFILE: &str = include_str!("../../../../profiles/ksem-g2.yaml");
@@ -178,8 +179,6 @@ pub async fn bench_mqtt(
     opts: &MqttBenchOptions,
     command: String,
 ) -> anyhow::Result<MqttBenchReport> {
-    use airbridge_sim::ksem;
-
     let mut run = RunHeader::begin(command);
     let mosquitto = opts
         .mosquitto
@@ -195,139 +194,241 @@ pub async fn bench_mqtt(
     let _guard = cancel.clone().drop_guard();
     let ksem = ksem::start(ksem::KsemSimOptions::default(), cancel.clone()).await?;
     // The gateway opens the pty by path on its RTU thread, as it opens a real device.
-    let (mut inv_end, gw_end, device) = super::pty_by_path()?;
+    let (inverter, gw_end, device) = super::pty_by_path()?;
     let broker_port = free_port()?;
-    let mut broker = start_broker(&mosquitto, &dir.0, broker_port).await?;
+    let broker = start_broker(&mosquitto, &dir.0, broker_port).await?;
     let profile = dir.0.join("ksem-g2.yaml");
     std::fs::write(&profile, KSEM_PROFILE)?;
-
-    let rtu_opts = |label: &str| phase_reads(&PHASE_SIZES, opts.count, opts.progress, label);
-    let slave = ksem.slave_addr();
-    let mut phases = Vec::new();
-
-    // 1. MQTT off: a gateway of its own, without `mqtt:`.
-    let yaml = |ports| gateway_yaml(&device, slave, ports, opts.turnaround, None);
-    let mut gw = start_gateway(opts, &dir.0, "off", yaml, ksem.model(), &cancel).await?;
-    tokio::time::sleep(SETTLE).await;
-    let (start, _) = scrape(gw.ports.status).await?;
-    let rtu = bench_rtu(&mut inv_end, &rtu_opts("RTU reads, MQTT off")).await?;
-    let (end, _) = scrape(gw.ports.status).await?;
-    phases.push(MqttPhase {
-        phase: "MQTT off".into(),
-        mqtt: false,
-        rtu,
-        start,
-        end,
-        delivered: 0,
-        broker_killed_after_ms: None,
-    });
-    gw.pusher.cancel();
-    gw.proc.stop().await;
-
-    // 2. MQTT publishing: the same config plus `mqtt:`.
-    let interval_ms = opts.interval.as_millis();
-    let section = format!(
-        "broker: 'mqtt://127.0.0.1:{broker_port}', client_id: airbridge-bench, topic: {TOPIC}, interval: {interval_ms}ms, discovery: homeassistant"
-    );
-    let yaml = |ports| {
-        gateway_yaml(
-            &device,
-            slave,
-            ports,
-            opts.turnaround,
-            Some((&section, &profile)),
-        )
-    };
-    let delivered = Arc::new(AtomicU64::new(0));
-    let sub_stop = cancel.child_token();
-    tokio::spawn(subscriber(
+    let mut rig = Rig {
+        opts,
+        dir: &dir.0,
+        device,
+        inverter,
+        slave: ksem.slave_addr(),
+        model: ksem.model(),
+        cancel: &cancel,
+        broker,
         broker_port,
-        Arc::clone(&delivered),
-        sub_stop.clone(),
-    ));
-    let mut gw = start_gateway(opts, &dir.0, "mqtt", yaml, ksem.model(), &cancel).await?;
-    let status = gw.ports.status;
-    // Connected and past discovery: more than the first burst went out.
-    let first = wait_metrics(&mut gw.proc, status, "publishing", |c, _| {
-        c.connected == 1 && c.published > 0
-    })
-    .await?;
-    wait_metrics(&mut gw.proc, status, "publishing states", |c, _| {
-        c.published > first.published
-    })
-    .await?;
-    tokio::time::sleep(SETTLE).await;
-    let (start, _) = scrape(status).await?;
-    let d0 = delivered.load(Relaxed);
-    let rtu = bench_rtu(&mut inv_end, &rtu_opts("RTU reads, MQTT publishing")).await?;
-    let (end, _) = scrape(status).await?;
-    let phase2_s = rtu.elapsed_s;
-    phases.push(MqttPhase {
-        phase: format!("MQTT publishing ({interval_ms} ms interval, discovery on)"),
-        mqtt: true,
-        rtu,
-        start,
-        end,
-        delivered: delivered.load(Relaxed) - d0,
-        broker_killed_after_ms: None,
-    });
-
-    // 3. The broker SIGKILLed a tenth into the phase, down for the rest of it.
-    let kill_after = Duration::from_secs_f64((phase2_s / 10.0).clamp(0.05, 2.0));
-    let (start, _) = scrape(status).await?;
-    let d0 = delivered.load(Relaxed);
-    let t0 = Instant::now();
-    let kill = async {
-        tokio::time::sleep(kill_after).await;
-        broker.kill();
-        t0.elapsed()
+        profile,
     };
-    let phase3 = rtu_opts("RTU reads, broker killed");
-    let (rtu, killed_at) = tokio::join!(bench_rtu(&mut inv_end, &phase3), kill);
-    let rtu = rtu?;
-    let (end, _) = scrape(status).await?;
-    phases.push(MqttPhase {
-        phase: "broker killed (SIGKILL), down for the rest of the phase".into(),
-        mqtt: true,
-        rtu,
-        start,
-        end,
-        delivered: delivered.load(Relaxed) - d0,
-        broker_killed_after_ms: Some((killed_at.as_secs_f64() * 1e4).round() / 10.0),
-    });
-    sub_stop.cancel();
+
+    let off = rig.mqtt_off().await?;
+    let (publishing, mut gw, subscriber) = rig.mqtt_publishing().await?;
+    let killed = rig
+        .broker_killed(
+            gw.ports.status,
+            publishing.rtu.elapsed_s,
+            &subscriber.delivered,
+        )
+        .await?;
+    subscriber.stop.cancel();
     gw.pusher.cancel();
     gw.proc.stop().await;
     drop(gw_end);
     cancel.cancel();
     drop(ksem);
 
-    let cpus = run.cpus;
-    run.notes = vec![
+    run.notes = mqtt_notes(opts, run.cpus);
+    Ok(MqttBenchReport::new(
+        run,
+        opts.interval,
+        vec![off, publishing, killed],
+    ))
+}
+
+impl MqttBenchReport {
+    /// The report of `phases` (off, publishing, broker killed) with their p99 ratios.
+    fn new(run: RunHeader, interval: Duration, phases: Vec<MqttPhase>) -> Self {
+        let p99 = |i: usize, turnaround: bool| {
+            phases.get(i).map_or(f64::NAN, |p| {
+                if turnaround {
+                    p.rtu.all.turnaround.p99_us
+                } else {
+                    p.rtu.all.total.p99_us
+                }
+            })
+        };
+        MqttBenchReport {
+            run,
+            interval_ms: interval.as_millis() as f64,
+            publishing_turnaround_p99_ratio: ratio(p99(1, true), p99(0, true)),
+            publishing_total_p99_ratio: ratio(p99(1, false), p99(0, false)),
+            broker_down_turnaround_p99_ratio: ratio(p99(2, true), p99(0, true)),
+            broker_down_total_p99_ratio: ratio(p99(2, false), p99(0, false)),
+            phases,
+        }
+    }
+}
+
+/// How to read `bench mqtt`'s numbers, on `cpus` CPUs.
+fn mqtt_notes(opts: &MqttBenchOptions, cpus: usize) -> Vec<String> {
+    vec![
         format!("the real gateway binary (`{} run`), restarted between phase 1 and 2 because `mqtt:` takes a restart; both gateways have the same config but for `mqtt:`, start the same way and settle {} ms before they are measured", opts.gateway.display(), SETTLE.as_millis()),
         format!("on {cpus} CPUs shared by the gateway, the bench (as the inverter, the simulated KSEM pushing at 5 Hz, an MQTT subscriber) and Mosquitto"),
         format!("RTU over a pseudo-terminal pair opened by path: {PTY_NOTE}"),
         format!("turnaround {} µs as configured: it is part of every RTU turnaround", opts.turnaround.as_micros()),
         "MQTT counters from the gateway's /metrics at the start and end of each phase's RTU reads; `delivered` counts what the broker passed on to the bench's subscriber on airbridge-bench/#".into(),
-    ];
-    let p99 = |i: usize, turnaround: bool| {
-        phases.get(i).map_or(f64::NAN, |p| {
-            if turnaround {
-                p.rtu.all.turnaround.p99_us
-            } else {
-                p.rtu.all.total.p99_us
-            }
+    ]
+}
+
+/// The bench's subscriber: what it counted, and its stop.
+struct Subscriber {
+    delivered: Arc<AtomicU64>,
+    stop: CancellationToken,
+}
+
+/// What the three phases share.
+struct Rig<'a> {
+    opts: &'a MqttBenchOptions,
+    /// The run's directory: configs, logs, the profile.
+    dir: &'a Path,
+    /// The path of the gateway's end of the pty.
+    device: String,
+    /// The bench's end of the pty: the inverter.
+    inverter: tokio_serial::SerialStream,
+    /// The simulated KSEM's slave, which the gateway polls.
+    slave: SocketAddr,
+    /// The simulated KSEM's household, which its pushers push.
+    model: ksem::SharedModel,
+    cancel: &'a CancellationToken,
+    /// Mosquitto: up for phases 1 and 2, SIGKILLed in phase 3.
+    broker: Proc,
+    broker_port: u16,
+    /// The KSEM profile in `dir`, for the publishing gateway.
+    profile: PathBuf,
+}
+
+impl Rig<'_> {
+    /// The RTU reads of a phase, labelled for the progress bar.
+    fn reads(&self, label: &str) -> RtuBenchOptions {
+        phase_reads(&PHASE_SIZES, self.opts.count, self.opts.progress, label)
+    }
+
+    /// Phase 1, MQTT off: a gateway of its own, without `mqtt:`; stopped after the phase.
+    async fn mqtt_off(&mut self) -> anyhow::Result<MqttPhase> {
+        let (device, slave, turnaround) = (&self.device, self.slave, self.opts.turnaround);
+        let yaml = |ports| gateway_yaml(device, slave, ports, turnaround, None);
+        let mut gw = start_gateway(
+            self.opts,
+            self.dir,
+            "off",
+            yaml,
+            self.model.clone(),
+            self.cancel,
+        )
+        .await?;
+        tokio::time::sleep(SETTLE).await;
+        let (start, _) = scrape(gw.ports.status).await?;
+        let reads = self.reads("RTU reads, MQTT off");
+        let rtu = bench_rtu(&mut self.inverter, &reads).await?;
+        let (end, _) = scrape(gw.ports.status).await?;
+        gw.pusher.cancel();
+        gw.proc.stop().await;
+        Ok(MqttPhase {
+            phase: "MQTT off".into(),
+            mqtt: false,
+            rtu,
+            start,
+            end,
+            delivered: 0,
+            broker_killed_after_ms: None,
         })
-    };
-    Ok(MqttBenchReport {
-        run,
-        interval_ms: interval_ms as f64,
-        publishing_turnaround_p99_ratio: ratio(p99(1, true), p99(0, true)),
-        publishing_total_p99_ratio: ratio(p99(1, false), p99(0, false)),
-        broker_down_turnaround_p99_ratio: ratio(p99(2, true), p99(0, true)),
-        broker_down_total_p99_ratio: ratio(p99(2, false), p99(0, false)),
-        phases,
-    })
+    }
+
+    /// Phase 2, MQTT publishing: the same config plus `mqtt:`, measured once connected and past
+    /// discovery. The gateway and the subscriber go on into phase 3.
+    async fn mqtt_publishing(&mut self) -> anyhow::Result<(MqttPhase, Running, Subscriber)> {
+        let interval_ms = self.opts.interval.as_millis();
+        let section = format!(
+            "broker: 'mqtt://127.0.0.1:{}', client_id: airbridge-bench, topic: {TOPIC}, interval: {interval_ms}ms, discovery: homeassistant",
+            self.broker_port
+        );
+        let (device, slave, turnaround) = (&self.device, self.slave, self.opts.turnaround);
+        let mqtt = Some((section.as_str(), self.profile.as_path()));
+        let yaml = |ports| gateway_yaml(device, slave, ports, turnaround, mqtt);
+        let sub = Subscriber {
+            delivered: Arc::new(AtomicU64::new(0)),
+            stop: self.cancel.child_token(),
+        };
+        tokio::spawn(subscriber(
+            self.broker_port,
+            Arc::clone(&sub.delivered),
+            sub.stop.clone(),
+        ));
+        let mut gw = start_gateway(
+            self.opts,
+            self.dir,
+            "mqtt",
+            yaml,
+            self.model.clone(),
+            self.cancel,
+        )
+        .await?;
+        let status = gw.ports.status;
+        // Connected and past discovery: more than the first burst went out.
+        let first = wait_metrics(&mut gw.proc, status, "publishing", |c, _| {
+            c.connected == 1 && c.published > 0
+        })
+        .await?;
+        wait_metrics(&mut gw.proc, status, "publishing states", |c, _| {
+            c.published > first.published
+        })
+        .await?;
+        tokio::time::sleep(SETTLE).await;
+        let (start, _) = scrape(status).await?;
+        let d0 = sub.delivered.load(Relaxed);
+        let reads = self.reads("RTU reads, MQTT publishing");
+        let rtu = bench_rtu(&mut self.inverter, &reads).await?;
+        let (end, _) = scrape(status).await?;
+        let phase = MqttPhase {
+            phase: format!("MQTT publishing ({interval_ms} ms interval, discovery on)"),
+            mqtt: true,
+            rtu,
+            start,
+            end,
+            delivered: sub.delivered.load(Relaxed) - d0,
+            broker_killed_after_ms: None,
+        };
+        Ok((phase, gw, sub))
+    }
+
+    /// Phase 3, the broker SIGKILLed a tenth into the phase (`phase2_s` long), down for the rest
+    /// of it; the publishing gateway's status at `status`.
+    async fn broker_killed(
+        &mut self,
+        status: SocketAddr,
+        phase2_s: f64,
+        delivered: &AtomicU64,
+    ) -> anyhow::Result<MqttPhase> {
+        let kill_after = Duration::from_secs_f64((phase2_s / 10.0).clamp(0.05, 2.0));
+        let (start, _) = scrape(status).await?;
+        let d0 = delivered.load(Relaxed);
+        let t0 = Instant::now();
+        let broker = &mut self.broker;
+        let kill = async {
+            tokio::time::sleep(kill_after).await;
+            broker.kill();
+            t0.elapsed()
+        };
+        let phase3 = phase_reads(
+            &PHASE_SIZES,
+            self.opts.count,
+            self.opts.progress,
+            "RTU reads, broker killed",
+        );
+        let (rtu, killed_at) = tokio::join!(bench_rtu(&mut self.inverter, &phase3), kill);
+        let rtu = rtu?;
+        let (end, _) = scrape(status).await?;
+        Ok(MqttPhase {
+            phase: "broker killed (SIGKILL), down for the rest of the phase".into(),
+            mqtt: true,
+            rtu,
+            start,
+            end,
+            delivered: delivered.load(Relaxed) - d0,
+            broker_killed_after_ms: Some((killed_at.as_secs_f64() * 1e4).round() / 10.0),
+        })
+    }
 }
 
 /// The report as markdown: the three phases' RTU percentiles and MQTT counters side by side.

@@ -379,11 +379,28 @@ impl KsemModel {
         (self.rng.f64() + self.rng.f64() + self.rng.f64() - 1.5) * 2.0
     }
 
+    /// Move the household `h` seconds on: the grid and the loads drift, the appliances
+    /// switch, and the energy counters integrate the new power. The random draws come in
+    /// a fixed order, so a seed gives one household.
     fn advance(&mut self, h: f64) {
         self.t_s += h;
         let sq = h.sqrt();
+        self.drift_grid(h, sq);
+        self.drift_base_load(h, sq);
+        self.cycle_fridge(h);
+        self.step_kettle(h);
+        self.step_hob(h);
+        // Clouds.
+        let n = self.noise();
+        self.cloud += (0.9 - self.cloud) * (h / 20.0) + 0.03 * sq * n;
+        self.cloud = self.cloud.clamp(0.6, 1.0);
 
-        // Grid: common slow voltage drift, per-phase offsets, frequency.
+        self.recompute();
+        self.integrate_counters(h);
+    }
+
+    /// Grid: common slow voltage drift, per-phase offsets, frequency (`sq` = √h).
+    fn drift_grid(&mut self, h: f64, sq: f64) {
         let n = self.noise();
         self.grid_u += (GRID_U_MEAN - self.grid_u) * (h / 120.0) + 0.3 * sq * n;
         self.grid_u = self.grid_u.clamp(228.0, 240.0);
@@ -396,15 +413,19 @@ impl KsemModel {
         let n = self.noise();
         self.freq += (50.0 - self.freq) * (h / 10.0) + 0.004 * sq * n;
         self.freq = self.freq.clamp(F_MIN, F_MAX);
+    }
 
-        // Base load wanders slowly.
+    /// Base load wanders slowly (`sq` = √h).
+    fn drift_base_load(&mut self, h: f64, sq: f64) {
         for k in 0..3 {
             let n = self.noise();
             self.base_w[k] += (self.base_target_w[k] - self.base_w[k]) * (h / 30.0) + 2.0 * sq * n;
             self.base_w[k] = self.base_w[k].clamp(BASE_MIN_W, BASE_MAX_W);
         }
+    }
 
-        // Fridge compressor cycles.
+    /// Fridge compressor cycles.
+    fn cycle_fridge(&mut self, h: f64) {
         self.fridge_timer_s -= h;
         if self.fridge_timer_s <= 0.0 {
             self.fridge_on = !self.fridge_on;
@@ -414,8 +435,10 @@ impl KsemModel {
                 60.0 + self.rng.f64() * 60.0
             };
         }
+    }
 
-        // Kettle: about 2 kW on one phase for one to two minutes.
+    /// Kettle: about 2 kW on one phase for one to two minutes.
+    fn step_kettle(&mut self, h: f64) {
         match &mut self.kettle {
             Some(k) => {
                 k.remaining_s -= h;
@@ -433,8 +456,10 @@ impl KsemModel {
                 }
             }
         }
+    }
 
-        // Induction hob: pulses every 1–3 s for a few minutes.
+    /// Induction hob: pulses every 1–3 s for a few minutes.
+    fn step_hob(&mut self, h: f64) {
         match &mut self.hob {
             Some(hob) => {
                 hob.elapsed_s += h;
@@ -456,14 +481,10 @@ impl KsemModel {
                 }
             }
         }
+    }
 
-        // Clouds.
-        let n = self.noise();
-        self.cloud += (0.9 - self.cloud) * (h / 20.0) + 0.03 * sq * n;
-        self.cloud = self.cloud.clamp(0.6, 1.0);
-
-        self.recompute();
-
+    /// The energy counters, per phase and total, over `h` seconds of the present power.
+    fn integrate_counters(&mut self, h: f64) {
         let mut p_sum = 0.0;
         let mut q_sum = 0.0;
         let mut s_sum = 0.0;
