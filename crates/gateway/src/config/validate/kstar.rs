@@ -8,6 +8,7 @@ use serde_saphyr::Spanned;
 
 use crate::config::schema::{RawRtuPoll, RawTcpServer};
 use crate::config::{ConfigError, Parity, RtuPollConfig, TcpServerConfig};
+use airbridge_modbus::model::tcp_target;
 use airbridge_modbus::timing::t35;
 
 use super::{line, Validator};
@@ -155,7 +156,7 @@ impl Validator<'_> {
     /// `check` says that the line settings belong to the converter (here `baud` only times
     /// the bus behind it). Serial devices pass unchanged.
     pub(super) fn bus_device(&mut self, d: &Spanned<String>, key: &str) -> Result<(), ConfigError> {
-        let Some(target) = crate::config::tcp_target(d.value.trim()) else {
+        let Some(target) = tcp_target(d.value.trim()) else {
             return Ok(());
         };
         let ok = target.rsplit_once(':').is_some_and(|(host, port)| {

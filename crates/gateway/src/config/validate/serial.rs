@@ -7,6 +7,7 @@ use serde_saphyr::Spanned;
 
 use crate::config::schema::{DurationText, RawRs485, RawRtu};
 use crate::config::{ConfigError, Parity, Rs485Config, RtuConfig};
+use airbridge_modbus::model::tcp_target;
 use airbridge_modbus::timing::t35;
 
 use super::{line, Validator};
@@ -109,7 +110,7 @@ impl Validator<'_> {
             input_registers: r.input_registers,
             rs485: self.rs485(r.rs485.as_ref())?,
         };
-        if cfg.rs485.enabled && crate::config::tcp_target(&cfg.device).is_some() {
+        if cfg.rs485.enabled && tcp_target(&cfg.device).is_some() {
             return Err(self.err(
                 r.rs485.as_ref().map_or(line(&r.device), line),
                 "rtu.rs485",
