@@ -2,9 +2,10 @@
 //!
 //! Owns everything about the MQTT settings that can be known before start-up: the broker
 //! URL (`mqtt://` or `mqtts://`), topic rules (no `+`/`#`), the publish interval, the
-//! discovery prefix and whether commands are accepted. Pure: it reads no files (the password
+//! discovery prefix and whether commands are accepted. It reads no files (the password
 //! file is read by the MQTT server at connect time, so the secret never sits in a
-//! [`crate::config::Config`], a log line or `/status`). It touches only [`ConfigError`].
+//! [`crate::config::Config`], a log line or `/status`); the one thing it asks the system is
+//! this machine's host name (`gethostname`), for the default client id.
 
 use std::path::PathBuf;
 use std::time::Duration;
