@@ -1,12 +1,13 @@
 //! The validator: every rule that can be checked before start-up, from the `Raw*` types
 //! of [`super::schema`] to a [`super::Config`], with the file, line and key in every
 //! message. This file: the entry point, the helpers every rule uses (errors, warnings,
-//! durations) and the small sections (`push:`, `poll:`, `status:`, `log:`). The serial
-//! line (`rtu:`, `rs485:`) is in `serial`, the region rules in `regions`, the KSTAR
-//! sections (`rtu_poll:`, `tcp_server:`) in `kstar` (the keys of `tcp_server:` whose
-//! defaults depend on the mode, `unit_id` and `max_connections`, in `lan`), `writable:` and
-//! the checks against
-//! the loaded profile in `profile`. Touches nothing but what it is given.
+//! durations), the whole-config rules (a server, the register map, unused sections, the
+//! `mqtt:` needs, the one-device form as a list of one) and the small sections (`push:`,
+//! `poll:`, `status:`, `log:`). The serial line (`rtu:`, `rs485:`) is in `serial`, the
+//! region rules in `regions`, the KSTAR sections (`rtu_poll:`, `tcp_server:`) in `kstar`
+//! (the keys of `tcp_server:` whose defaults depend on the mode, `unit_id` and
+//! `max_connections`, in `lan`), `devices:` in `devices`, `writable:` and the checks
+//! against the loaded profile in `profile`. Touches nothing but what it is given.
 
 mod devices;
 mod kstar;

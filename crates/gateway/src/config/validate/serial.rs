@@ -1,5 +1,6 @@
 //! The serial sections: `rtu:` (the line to the inverter) and its `rs485:` settings,
-//! and the placeholder line of a config without `rtu:`. Touches nothing.
+//! the device, baud and data bits rules it shares with `rtu_poll:`, and the placeholder
+//! line of a config without `rtu:`. Touches nothing.
 
 use std::time::Duration;
 
