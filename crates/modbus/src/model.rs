@@ -1,6 +1,7 @@
 //! Domain types shared by the config, the image, the protocol code and the servers: what a
-//! region is, which register table it lives in, what a stale read gets, and what a server
-//! did with a request. Plain data; imports nothing of the crate, so every layer may use it.
+//! region is, which register table it lives in, what a stale read gets, what a server
+//! did with a request, and how a bus device path names a TCP converter. Plain data;
+//! imports nothing of the crate, so every layer may use it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -10,6 +11,14 @@ use serde::Deserialize;
 
 /// Largest register count of one Modbus read request.
 pub const MAX_READ: u16 = 125;
+
+/// How a bus device path names an RS485-to-Ethernet converter: `tcp://HOST:PORT`.
+pub const TCP_SCHEME: &str = "tcp://";
+
+/// `HOST:PORT` of a `tcp://HOST:PORT` device path; `None` for a serial device.
+pub fn tcp_target(device: &str) -> Option<&str> {
+    device.strip_prefix(TCP_SCHEME)
+}
 
 /// The register table a register lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]

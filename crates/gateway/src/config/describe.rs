@@ -1,39 +1,58 @@
 //! [`Config::describe`]: the human summary of the effective settings that
-//! `airbridge check` prints. Pure formatting.
+//! `airbridge check` prints. Pure formatting: one line per section, in the order
+//! `rtu`, `rtu.rs485`, `log`, `push`, `poll`, `rtu_poll`, `tcp_server`, `devices`,
+//! `writable`, `status`, `mqtt`, then the table of regions.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::config::{Config, LogConfig, Parity};
+use crate::config::{Config, LogConfig, Parity, Region};
 
 impl Config {
     /// A human summary of the effective settings, as `airbridge check` prints it.
     pub fn describe(&self) -> String {
-        use std::fmt::Write as _;
         let mut s = String::new();
+        self.describe_rtu(&mut s);
+        if self.log != LogConfig::default() {
+            let _ = writeln!(s, "log: level {}", self.log.level);
+        }
+        self.describe_ksem(&mut s);
+        self.describe_kstar(&mut s);
+        if !self.writable.is_empty() {
+            let w: Vec<String> = self.writable.iter().map(|e| e.target.to_string()).collect();
+            let _ = writeln!(s, "writable: [{}]", w.join(", "));
+        }
+        if let Some(st) = &self.status {
+            let _ = writeln!(s, "status: http://{}/", st.listen);
+        }
+        if let Some(m) = &self.mqtt {
+            let _ = writeln!(s, "{}", m.describe());
+        }
+        self.describe_regions(&mut s);
+        s
+    }
+
+    /// `rtu:` (or that there is no RTU slave) and its kernel RS485 settings.
+    fn describe_rtu(&self, s: &mut String) {
         let r = &self.rtu;
-        let parity = match r.parity {
-            Parity::None => 'N',
-            Parity::Even => 'E',
-            Parity::Odd => 'O',
-        };
         if !self.rtu_slave {
             let _ = writeln!(s, "rtu: none (no RTU slave)");
-        } else {
-            let _ = writeln!(
-                s,
-                "rtu: {} {} {}{}{} unit {} turnaround {:?} frame_timeout {:?} fc04 {}",
-                r.device,
-                r.baud,
-                r.data_bits,
-                parity,
-                r.stop_bits,
-                r.unit_id,
-                r.turnaround,
-                r.frame_timeout,
-                if r.input_registers { "on" } else { "off" }
-            );
+            return;
         }
-        if self.rtu_slave && r.rs485.enabled {
+        let _ = writeln!(
+            s,
+            "rtu: {} {} {}{}{} unit {} turnaround {:?} frame_timeout {:?} fc04 {}",
+            r.device,
+            r.baud,
+            r.data_bits,
+            parity_letter(r.parity),
+            r.stop_bits,
+            r.unit_id,
+            r.turnaround,
+            r.frame_timeout,
+            if r.input_registers { "on" } else { "off" }
+        );
+        if r.rs485.enabled {
             let x = &r.rs485;
             let _ = writeln!(
                 s,
@@ -44,9 +63,10 @@ impl Config {
                 x.delay_after_send
             );
         }
-        if self.log != LogConfig::default() {
-            let _ = writeln!(s, "log: level {}", self.log.level);
-        }
+    }
+
+    /// The KSEM's sources: `push:` and `poll:`.
+    fn describe_ksem(&self, s: &mut String) {
         if let Some(p) = &self.push {
             let allow: Vec<String> = p.allow_from.iter().map(ToString::to_string).collect();
             let _ = writeln!(
@@ -65,13 +85,12 @@ impl Config {
                 p.host, p.unit_id, p.timeout
             );
         }
+    }
+
+    /// The KSTAR sections: `rtu_poll:`, `tcp_server:` and `devices:`. With `devices:` the
+    /// units are the devices' (listed last), not the bus's or the server's.
+    fn describe_kstar(&self, s: &mut String) {
         if let Some(p) = &self.rtu_poll {
-            let parity = match p.parity {
-                Parity::None => 'N',
-                Parity::Even => 'E',
-                Parity::Odd => 'O',
-            };
-            // With `devices:` the units are the devices' (listed below), not the bus's.
             let unit = if self.named_devices() {
                 String::new()
             } else {
@@ -80,7 +99,7 @@ impl Config {
             let _ = writeln!(
                 s,
                 "rtu_poll: {} {} 8{}{}{unit} timeout {:?} gap {:?} retries {} offline_after {} probe_max {:?}",
-                p.device, p.baud, parity, p.stop_bits, p.timeout, p.gap, p.retries, p.offline_after, p.probe_max
+                p.device, p.baud, parity_letter(p.parity), p.stop_bits, p.timeout, p.gap, p.retries, p.offline_after, p.probe_max
             );
         }
         if let Some(t) = &self.tcp_server {
@@ -116,16 +135,10 @@ impl Config {
                 );
             }
         }
-        if !self.writable.is_empty() {
-            let w: Vec<String> = self.writable.iter().map(|e| e.target.to_string()).collect();
-            let _ = writeln!(s, "writable: [{}]", w.join(", "));
-        }
-        if let Some(st) = &self.status {
-            let _ = writeln!(s, "status: http://{}/", st.listen);
-        }
-        if let Some(m) = &self.mqtt {
-            let _ = writeln!(s, "{}", m.describe());
-        }
+    }
+
+    /// The table of regions: a header and one row each.
+    fn describe_regions(&self, s: &mut String) {
         let _ = writeln!(s, "regions:");
         // Wide enough for the longest name (`battery1.settings` with `devices:`).
         let w = self
@@ -141,33 +154,46 @@ impl Config {
             "name", "registers", "count", "source", "every", "max_age", "on_stale", "fallback"
         );
         for g in &self.regions {
-            let dur = |d: Option<Duration>| {
-                d.map_or("-".to_string(), |d| {
-                    humantime::format_duration(d).to_string()
-                })
-            };
-            let age = if g.max_age == Duration::MAX {
-                "never".to_string()
-            } else {
-                dur(Some(g.max_age))
-            };
-            let _ = writeln!(
-                s,
-                "  {:<w$} {:>5}..{:<5} {:>5}  {:<12} {:>8} {:>8}  {:<9} {:>8}",
-                g.name,
-                g.start,
-                g.end() - 1,
-                g.count,
-                match g.table {
-                    Some(f) => format!("{} {}", g.source, f.as_str()),
-                    None => g.source.to_string(),
-                },
-                dur(g.every),
-                age,
-                g.on_stale.as_str(),
-                dur(g.fallback_poll)
-            );
+            region_row(s, g, w);
         }
-        s
+    }
+}
+
+/// One row of the regions table, the name column `w` wide.
+fn region_row(s: &mut String, g: &Region, w: usize) {
+    let dur = |d: Option<Duration>| {
+        d.map_or("-".to_string(), |d| {
+            humantime::format_duration(d).to_string()
+        })
+    };
+    let age = if g.max_age == Duration::MAX {
+        "never".to_string()
+    } else {
+        dur(Some(g.max_age))
+    };
+    let _ = writeln!(
+        s,
+        "  {:<w$} {:>5}..{:<5} {:>5}  {:<12} {:>8} {:>8}  {:<9} {:>8}",
+        g.name,
+        g.start,
+        g.end() - 1,
+        g.count,
+        match g.table {
+            Some(f) => format!("{} {}", g.source, f.as_str()),
+            None => g.source.to_string(),
+        },
+        dur(g.every),
+        age,
+        g.on_stale.as_str(),
+        dur(g.fallback_poll)
+    );
+}
+
+/// The parity's letter in `8N1`-style line settings.
+fn parity_letter(parity: Parity) -> char {
+    match parity {
+        Parity::None => 'N',
+        Parity::Even => 'E',
+        Parity::Odd => 'O',
     }
 }

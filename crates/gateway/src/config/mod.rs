@@ -183,14 +183,6 @@ pub struct RtuPollConfig {
     pub write_timeout: Duration,
 }
 
-/// How a device path names an RS485-to-Ethernet converter: `tcp://HOST:PORT`.
-pub const TCP_SCHEME: &str = "tcp://";
-
-/// `HOST:PORT` of a `tcp://HOST:PORT` device path; `None` for a serial device.
-pub fn tcp_target(device: &str) -> Option<&str> {
-    device.strip_prefix(TCP_SCHEME)
-}
-
 impl RtuPollConfig {
     /// The same line settings as an [`RtuConfig`], for [`crate::link::serial::open`].
     pub fn line(&self) -> RtuConfig {

@@ -2,9 +2,10 @@
 //!
 //! Owns everything about the MQTT settings that can be known before start-up: the broker
 //! URL (`mqtt://` or `mqtts://`), topic rules (no `+`/`#`), the publish interval, the
-//! discovery prefix and whether commands are accepted. Pure: it reads no files (the password
+//! discovery prefix and whether commands are accepted. It reads no files (the password
 //! file is read by the MQTT server at connect time, so the secret never sits in a
-//! [`crate::config::Config`], a log line or `/status`). It touches only [`ConfigError`].
+//! [`crate::config::Config`], a log line or `/status`); the one thing it asks the system is
+//! this machine's host name (`gethostname`), for the default client id.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -146,57 +147,32 @@ pub(super) fn validate(
     profile: bool,
     writes: bool,
 ) -> Result<MqttConfig, ConfigError> {
-    let err = |l: u64, key: &str, message: String| ConfigError::Invalid {
-        path: origin.to_string(),
-        line: l,
-        key: format!("mqtt.{key}"),
-        message,
-    };
+    let at = Origin(origin);
     let r = &raw.value;
     if !profile {
-        return Err(err(
+        return Err(at.err(
             line(raw),
             "profile",
             "MQTT publishes the values a register profile names: add `profile:` (e.g. profiles/ksem-g2.yaml)".into(),
         ));
     }
     let (host, port, tls) =
-        parse_broker(&r.broker.value).map_err(|m| err(line(&r.broker), "broker", m))?;
-    let client_id = match &r.client_id {
-        Some(c) => {
-            let id = c.value.trim();
-            if id.is_empty() || id.len() > 256 || id.chars().any(|ch| ch.is_control()) {
-                return Err(err(
-                    line(c),
-                    "client_id",
-                    "must be 1..256 printable characters".into(),
-                ));
-            }
-            id.to_string()
-        }
-        None => format!("airbridge-{}", hostname()),
-    };
-    let text = |s: &Option<Spanned<String>>, key: &str| -> Result<Option<String>, ConfigError> {
-        match s {
-            Some(v) if v.value.trim().is_empty() => {
-                Err(err(line(v), key, "must not be empty".into()))
-            }
-            Some(v) => Ok(Some(v.value.trim().to_string())),
-            None => Ok(None),
-        }
-    };
-    let username = text(&r.username, "username")?;
-    let password_file = text(&r.password_file, "password_file")?.map(PathBuf::from);
+        parse_broker(&r.broker.value).map_err(|m| at.err(line(&r.broker), "broker", m))?;
+    let client_id = at.client_id(r.client_id.as_ref())?;
+    let username = at.text(r.username.as_ref(), "username")?;
+    let password_file = at
+        .text(r.password_file.as_ref(), "password_file")?
+        .map(PathBuf::from);
     if let (Some(p), None) = (&r.password_file, &username) {
-        return Err(err(
+        return Err(at.err(
             line(p),
             "password_file",
             "a password needs a `username`".into(),
         ));
     }
-    let ca_file = text(&r.ca_file, "ca_file")?.map(PathBuf::from);
+    let ca_file = at.text(r.ca_file.as_ref(), "ca_file")?.map(PathBuf::from);
     if let (Some(c), false) = (&r.ca_file, tls) {
-        return Err(err(
+        return Err(at.err(
             line(c),
             "ca_file",
             "only for a TLS broker: write the broker as mqtts://HOST:PORT".into(),
@@ -204,66 +180,19 @@ pub(super) fn validate(
     }
     let topic = match &r.topic {
         Some(t) => {
-            check_topic(&t.value).map_err(|m| err(line(t), "topic", m))?;
+            check_topic(&t.value).map_err(|m| at.err(line(t), "topic", m))?;
             t.value.trim().to_string()
         }
         None => "airbridge".to_string(),
     };
     let interval = match &r.interval {
         None => Duration::from_secs(1),
-        Some(i) => {
-            let v = match &i.value {
-                IntervalText::Text(t) => {
-                    super::parse_duration(t).map_err(|m| err(line(i), "interval", m))?
-                }
-                IntervalText::Number(n) => {
-                    return Err(err(
-                        line(i),
-                        "interval",
-                        format!("`{n}` has no unit; write e.g. {n}s"),
-                    ))
-                }
-                IntervalText::Float(f) => {
-                    return Err(err(
-                        line(i),
-                        "interval",
-                        format!("`{f}` is not a duration; write e.g. 1500ms"),
-                    ))
-                }
-            };
-            if v < Duration::from_millis(100) || v > Duration::from_secs(3600) {
-                return Err(err(
-                    line(i),
-                    "interval",
-                    format!("{v:?}: must be 100ms..1h"),
-                ));
-            }
-            v
-        }
+        Some(i) => at.interval(i)?,
     };
-    let discovery = match &r.discovery {
-        None
-        | Some(Spanned {
-            value: DiscoveryText::On(true),
-            ..
-        }) => Some("homeassistant".to_string()),
-        Some(Spanned {
-            value: DiscoveryText::On(false),
-            ..
-        }) => None,
-        Some(
-            d @ Spanned {
-                value: DiscoveryText::Prefix(p),
-                ..
-            },
-        ) => {
-            check_topic(p).map_err(|m| err(line(d), "discovery", m))?;
-            Some(p.trim().to_string())
-        }
-    };
+    let discovery = at.discovery(r.discovery.as_ref())?;
     let commands = r.commands.as_ref().is_some_and(|c| c.value);
     if let (Some(c), true, false) = (&r.commands, commands, writes) {
-        return Err(err(
+        return Err(at.err(
             line(c),
             "commands",
             "commands need an `rtu_poll:` device and a `writable:` list (they go through the same policy as Modbus TCP writes)".into(),
@@ -282,6 +211,87 @@ pub(super) fn validate(
         discovery,
         commands,
     })
+}
+
+/// The file being validated: names it in messages.
+struct Origin<'a>(&'a str);
+
+impl Origin<'_> {
+    /// The error at `l` about `mqtt.<key>`.
+    fn err(&self, l: u64, key: &str, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.0.to_string(),
+            line: l,
+            key: format!("mqtt.{key}"),
+            message,
+        }
+    }
+
+    /// `client_id`, default `airbridge-<hostname>`.
+    fn client_id(&self, c: Option<&Spanned<String>>) -> Result<String, ConfigError> {
+        let Some(c) = c else {
+            return Ok(format!("airbridge-{}", hostname()));
+        };
+        let id = c.value.trim();
+        if id.is_empty() || id.len() > 256 || id.chars().any(|ch| ch.is_control()) {
+            return Err(self.err(
+                line(c),
+                "client_id",
+                "must be 1..256 printable characters".into(),
+            ));
+        }
+        Ok(id.to_string())
+    }
+
+    /// An optional text setting that, when written, is not blank.
+    fn text(&self, s: Option<&Spanned<String>>, key: &str) -> Result<Option<String>, ConfigError> {
+        match s {
+            Some(v) if v.value.trim().is_empty() => {
+                Err(self.err(line(v), key, "must not be empty".into()))
+            }
+            Some(v) => Ok(Some(v.value.trim().to_string())),
+            None => Ok(None),
+        }
+    }
+
+    /// A written `interval`: a duration with its unit, 100ms..1h.
+    fn interval(&self, i: &Spanned<IntervalText>) -> Result<Duration, ConfigError> {
+        let v = match &i.value {
+            IntervalText::Text(t) => {
+                super::parse_duration(t).map_err(|m| self.err(line(i), "interval", m))?
+            }
+            IntervalText::Number(n) => {
+                return Err(self.err(
+                    line(i),
+                    "interval",
+                    format!("`{n}` has no unit; write e.g. {n}s"),
+                ))
+            }
+            IntervalText::Float(f) => {
+                return Err(self.err(
+                    line(i),
+                    "interval",
+                    format!("`{f}` is not a duration; write e.g. 1500ms"),
+                ))
+            }
+        };
+        if v < Duration::from_millis(100) || v > Duration::from_secs(3600) {
+            return Err(self.err(line(i), "interval", format!("{v:?}: must be 100ms..1h")));
+        }
+        Ok(v)
+    }
+
+    /// `discovery`: the prefix, `homeassistant` when absent or `true`, `None` when `false`.
+    fn discovery(&self, d: Option<&Spanned<DiscoveryText>>) -> Result<Option<String>, ConfigError> {
+        match d.map(|d| (d, &d.value)) {
+            None | Some((_, DiscoveryText::On(true))) => Ok(Some("homeassistant".to_string())),
+            Some((_, DiscoveryText::On(false))) => Ok(None),
+            Some((d, DiscoveryText::Prefix(p))) => {
+                check_topic(p).map_err(|m| self.err(line(d), "discovery", m))?;
+                Ok(Some(p.trim().to_string()))
+            }
+        }
+    }
 }
 
 /// `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]` → host, port, TLS.

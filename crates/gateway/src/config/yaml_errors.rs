@@ -27,31 +27,46 @@ pub struct Explained {
 
 /// Explain `err`, which the parser raised for `text` (named `origin` in the snippet).
 pub fn explain(text: &str, origin: &str, err: &Error) -> Explained {
-    let (pline, pcol) = err.location().map_or((0, 0), |l| (l.line(), l.column()));
-    let raw = bare_message(&err.without_snippet().to_string());
+    let (line, column) = err.location().map_or((0, 0), |l| (l.line(), l.column()));
     let lines: Vec<&str> = text.lines().collect();
-    let at = |line: u64, column: u64, message: String| Explained {
+    let reported = Reported {
+        message: bare_message(&err.without_snippet().to_string()),
+        lines: &lines,
+        line,
+        column,
+    };
+    let (line, column, message) = scanned_mistake(text, &lines, line)
+        .or_else(|| reported.translated())
+        .unwrap_or_else(|| (line.max(1), column.max(1), reported.message.clone()));
+    Explained {
         line,
         column,
         message,
         snippet: snippet(&lines, origin, line, column),
-    };
+    }
+}
+
+/// A mistake found by reading the text, where it is (line, column, what to do): an empty
+/// file, a tab in the indentation, an unclosed flow collection or quote, a line indented
+/// under a key that already has a value (up to the line after the one the parser reported,
+/// `reported_line`; 0: anywhere).
+fn scanned_mistake(text: &str, lines: &[&str], reported_line: u64) -> Option<(u64, u64, String)> {
     if text.trim().is_empty() {
-        return at(
+        return Some((
             1,
             1,
             "the file is empty; start from the shipped gateway.yaml".into(),
-        );
+        ));
     }
-    if let Some((l, c)) = tab_in_indentation(&lines) {
-        return at(
+    if let Some((l, c)) = tab_in_indentation(lines) {
+        return Some((
             l,
             c,
             "a tab in the indentation; YAML indents with spaces only: replace the tab with spaces"
                 .into(),
-        );
+        ));
     }
-    if let Some((l, c, open)) = unclosed_flow(&lines) {
+    if let Some((l, c, open)) = unclosed_flow(lines) {
         let message = match open {
             '{' | '[' => {
                 let close = if open == '{' { '}' } else { ']' };
@@ -59,61 +74,93 @@ pub fn explain(text: &str, origin: &str, err: &Error) -> Explained {
             }
             q => format!("this `{q}` quote is never closed on its line; add the closing `{q}`"),
         };
-        return at(l, c, message);
+        return Some((l, c, message));
     }
-    let limit = if pline == 0 {
+    let limit = if reported_line == 0 {
         lines.len() as u64
     } else {
-        pline + 1
+        reported_line + 1
     };
-    if let Some((l, c, parent, pl)) = indented_under_value(&lines, limit) {
-        return at(
+    indented_under_value(lines, limit).map(|(l, c, parent, pl)| {
+        (
             l,
             c,
             format!("this line is indented deeper than `{parent}:` on line {pl}, which already has a value; indent it like that line"),
-        );
+        )
+    })
+}
+
+/// What the parser said and where, with the text it said it about.
+struct Reported<'a> {
+    /// Its message without location ([`bare_message`]).
+    message: String,
+    /// The text, by line.
+    lines: &'a [&'a str],
+    /// 1-based line it reported (0: none).
+    line: u64,
+    /// 1-based column it reported (0: none).
+    column: u64,
+}
+
+impl Reported<'_> {
+    /// The parser's message in the user's terms where it is precise, at its location:
+    /// a duplicate key, a number out of range, a missing `:`, an unknown key.
+    fn translated(&self) -> Option<(u64, u64, String)> {
+        let message = self
+            .duplicate_key()
+            .or_else(|| self.not_a_whole_number())
+            .or_else(|| self.missing_colon())
+            .or_else(|| self.unknown_field())?;
+        Some((self.line, self.column, message))
     }
-    if let Some(key) = raw
-        .strip_prefix("duplicate mapping key: ")
-        .map(|r| r.split(',').next().unwrap_or(r).trim().to_string())
-    {
-        let first = first_occurrence(&lines, pline, pcol, &key);
-        let message = match first {
-            Some(f) => {
-                format!("`{key}` is set twice, on line {f} and on this line; keep one of them")
-            }
-            None => format!("`{key}` is set twice in the same section; keep one of them"),
+
+    /// `duplicate mapping key`: where the key was first set.
+    fn duplicate_key(&self) -> Option<String> {
+        let key = self
+            .message
+            .strip_prefix("duplicate mapping key: ")
+            .map(|r| r.split(',').next().unwrap_or(r).trim().to_string())?;
+        Some(
+            match first_occurrence(self.lines, self.line, self.column, &key) {
+                Some(f) => {
+                    format!("`{key}` is set twice, on line {f} and on this line; keep one of them")
+                }
+                None => format!("`{key}` is set twice in the same section; keep one of them"),
+            },
+        )
+    }
+
+    /// `invalid u16` and the like: the range, and the digits when separators were written.
+    fn not_a_whole_number(&self) -> Option<String> {
+        let range = int_range(self.message.strip_prefix("invalid ")?.trim())?;
+        let value = value_at(self.lines, self.line, self.column);
+        let key = key_before(self.lines, self.line, self.column);
+        let hint = if value.contains([',', '.', '_', ' ', '\''])
+            && value.chars().any(|c| c.is_ascii_digit())
+        {
+            let digits: String = value.chars().filter(char::is_ascii_digit).collect();
+            format!("; write digits only, without separators: {key}{digits}")
+        } else {
+            String::new()
         };
-        return at(pline, pcol, message);
+        Some(format!(
+            "`{value}` is not a whole number from {range}{hint}"
+        ))
     }
-    if let Some(ty) = raw.strip_prefix("invalid ") {
-        if let Some(range) = int_range(ty.trim()) {
-            let value = value_at(&lines, pline, pcol);
-            let key = key_before(&lines, pline, pcol);
-            let hint = if value.contains([',', '.', '_', ' ', '\''])
-                && value.chars().any(|c| c.is_ascii_digit())
-            {
-                let digits: String = value.chars().filter(char::is_ascii_digit).collect();
-                format!("; write digits only, without separators: {key}{digits}")
-            } else {
-                String::new()
-            };
-            return at(
-                pline,
-                pcol,
-                format!("`{value}` is not a whole number from {range}{hint}"),
-            );
-        }
+
+    /// A key without its `:`.
+    fn missing_colon(&self) -> Option<String> {
+        let raw = &self.message;
+        (raw.starts_with("simple key expected ':'") || raw.contains("could not find expected ':'"))
+            .then(|| {
+                "a `:` is missing after the key; write `key: value` (with a space after the colon)"
+                    .into()
+            })
     }
-    if raw.starts_with("simple key expected ':'") || raw.contains("could not find expected ':'") {
-        return at(
-            pline,
-            pcol,
-            "a `:` is missing after the key; write `key: value` (with a space after the colon)"
-                .into(),
-        );
-    }
-    if let Some(rest) = raw.strip_prefix("unknown field `") {
+
+    /// `unknown field`: the parser's message, with the nearest known key if one is close.
+    fn unknown_field(&self) -> Option<String> {
+        let rest = self.message.strip_prefix("unknown field `")?;
         let unknown = rest.split('`').next().unwrap_or("");
         let expected: Vec<&str> = rest
             .split_once("expected one of ")
@@ -128,13 +175,11 @@ pub fn explain(text: &str, origin: &str, err: &Error) -> Explained {
             .map(|k| (strsim::damerau_levenshtein(unknown, k), *k))
             .filter(|(d, k)| *d <= 2.max(k.len() / 3))
             .min();
-        let message = match near {
-            Some((_, k)) => format!("{raw}; did you mean `{k}`?"),
-            None => raw.clone(),
-        };
-        return at(pline, pcol, message);
+        Some(match near {
+            Some((_, k)) => format!("{}; did you mean `{k}`?", self.message),
+            None => self.message.clone(),
+        })
     }
-    at(pline.max(1), pcol.max(1), raw)
 }
 
 /// The parser's message without its `error: line N column M: ` prefix or its

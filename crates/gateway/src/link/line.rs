@@ -16,8 +16,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-pub use crate::config::tcp_target;
 use crate::config::RtuConfig;
+use airbridge_modbus::model::tcp_target;
 
 /// How long a converter may take to accept the connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);

@@ -78,69 +78,10 @@ impl Validator<'_> {
         let mut regions = Vec::new();
         for (i, sd) in list.value.iter().enumerate() {
             let d = &sd.value;
-            let name = d.name.value.trim();
+            let name = self.device_name(d, i, &devices)?;
             let key = format!("devices[{i}] ({name}).");
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
-                return Err(self.err(
-                    line(&d.name),
-                    &format!("devices[{i}].name"),
-                    "must be letters, digits, `_` or `-` (it names the device in metrics and logs)",
-                ));
-            }
-            if devices.iter().any(|o| o.name == name) {
-                return Err(self.err(
-                    line(&d.name),
-                    &format!("{key}name"),
-                    format!("`{name}` is used twice"),
-                ));
-            }
-            let unit_id = self.device_unit(&d.unit_id, &format!("{key}unit_id"))?;
-            if let Some(o) = devices.iter().find(|o| o.unit_id == unit_id) {
-                return Err(self.err(
-                    line(&d.unit_id),
-                    &format!("{key}unit_id"),
-                    format!("{unit_id} is the address of `{}` too; every device on a bus needs its own address", o.name),
-                ));
-            }
-            if !KSTAR_ADDRESSES.contains(&i64::from(unit_id)) {
-                self.warn(
-                    line(&d.unit_id),
-                    &format!("{key}unit_id"),
-                    format_args!("{unit_id} is outside 1..32, the addresses KSTAR devices take"),
-                );
-            }
-            let tcp_unit_id = match &d.tcp_unit_id {
-                Some(t) => self.device_unit(t, &format!("{key}tcp_unit_id"))?,
-                None => unit_id,
-            };
-            if let Some(o) = devices.iter().find(|o| o.tcp_unit_id.accepts(tcp_unit_id)) {
-                return Err(self.err(
-                    d.tcp_unit_id.as_ref().map_or(line(&d.unit_id), line),
-                    &format!("{key}tcp_unit_id"),
-                    format!(
-                        "{tcp_unit_id} already selects `{}` for LAN clients; give it another `tcp_unit_id`",
-                        o.name
-                    ),
-                ));
-            }
-            let profile = match &d.profile {
-                Some(p) if p.value.trim().is_empty() => {
-                    return Err(self.err(
-                        line(p),
-                        &format!("{key}profile"),
-                        "must name a profile file, e.g. profiles/kstar-hybrid.yaml",
-                    ))
-                }
-                Some(p) => Some(ProfileRef {
-                    path: p.value.clone().into(),
-                    line: line(p),
-                }),
-                None => None,
-            };
+            let (unit_id, tcp_unit_id) = self.device_units(d, &key, &devices)?;
+            let profile = self.device_profile(d, &key)?;
             let writable = self.writable_list(
                 d.writable.as_ref(),
                 raw.tcp_server.is_some(),
@@ -166,6 +107,91 @@ impl Validator<'_> {
             });
         }
         Ok((devices, regions))
+    }
+
+    /// The name of device `i`: letters, digits, `_` or `-`, not used by an earlier one.
+    fn device_name<'d>(
+        &self,
+        d: &'d RawDevice,
+        i: usize,
+        earlier: &[DeviceConfig],
+    ) -> Result<&'d str, ConfigError> {
+        let name = d.name.value.trim();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(self.err(
+                line(&d.name),
+                &format!("devices[{i}].name"),
+                "must be letters, digits, `_` or `-` (it names the device in metrics and logs)",
+            ));
+        }
+        if earlier.iter().any(|o| o.name == name) {
+            return Err(self.err(
+                line(&d.name),
+                &format!("devices[{i}] ({name}).name"),
+                format!("`{name}` is used twice"),
+            ));
+        }
+        Ok(name)
+    }
+
+    /// A device's `unit_id` and `tcp_unit_id` (default: its `unit_id`), each its own on
+    /// the bus and for LAN clients; a `unit_id` outside KSTAR's range is warned about.
+    fn device_units(
+        &mut self,
+        d: &RawDevice,
+        key: &str,
+        earlier: &[DeviceConfig],
+    ) -> Result<(u8, u8), ConfigError> {
+        let unit_id = self.device_unit(&d.unit_id, &format!("{key}unit_id"))?;
+        if let Some(o) = earlier.iter().find(|o| o.unit_id == unit_id) {
+            return Err(self.err(
+                line(&d.unit_id),
+                &format!("{key}unit_id"),
+                format!("{unit_id} is the address of `{}` too; every device on a bus needs its own address", o.name),
+            ));
+        }
+        if !KSTAR_ADDRESSES.contains(&i64::from(unit_id)) {
+            self.warn(
+                line(&d.unit_id),
+                &format!("{key}unit_id"),
+                format_args!("{unit_id} is outside 1..32, the addresses KSTAR devices take"),
+            );
+        }
+        let tcp_unit_id = match &d.tcp_unit_id {
+            Some(t) => self.device_unit(t, &format!("{key}tcp_unit_id"))?,
+            None => unit_id,
+        };
+        if let Some(o) = earlier.iter().find(|o| o.tcp_unit_id.accepts(tcp_unit_id)) {
+            return Err(self.err(
+                d.tcp_unit_id.as_ref().map_or(line(&d.unit_id), line),
+                &format!("{key}tcp_unit_id"),
+                format!(
+                    "{tcp_unit_id} already selects `{}` for LAN clients; give it another `tcp_unit_id`",
+                    o.name
+                ),
+            ));
+        }
+        Ok((unit_id, tcp_unit_id))
+    }
+
+    /// A device's `profile:`, which names a file when written.
+    fn device_profile(&self, d: &RawDevice, key: &str) -> Result<Option<ProfileRef>, ConfigError> {
+        match &d.profile {
+            Some(p) if p.value.trim().is_empty() => Err(self.err(
+                line(p),
+                &format!("{key}profile"),
+                "must name a profile file, e.g. profiles/kstar-hybrid.yaml",
+            )),
+            Some(p) => Ok(Some(ProfileRef {
+                path: p.value.clone().into(),
+                line: line(p),
+            })),
+            None => Ok(None),
+        }
     }
 
     /// A device's RS485 or TCP unit id: 1..=247.

@@ -8,6 +8,7 @@ use serde_saphyr::Spanned;
 
 use crate::config::schema::{RawRtuPoll, RawTcpServer};
 use crate::config::{ConfigError, Parity, RtuPollConfig, TcpServerConfig};
+use airbridge_modbus::model::tcp_target;
 use airbridge_modbus::timing::t35;
 
 use super::{line, Validator};
@@ -18,31 +19,13 @@ impl Validator<'_> {
         raw: &Spanned<RawRtuPoll>,
     ) -> Result<RtuPollConfig, ConfigError> {
         let r = &raw.value;
-        if r.device.value.trim().is_empty() {
-            return Err(self.err(
-                line(&r.device),
-                "rtu_poll.device",
-                "must name a serial device, e.g. /dev/ttyUSB0, or tcp://HOST:PORT",
-            ));
-        }
-        self.bus_device(&r.device, "rtu_poll.device")?;
-        if !(300..=4_000_000).contains(&r.baud.value) {
-            return Err(self.err(
-                line(&r.baud),
-                "rtu_poll.baud",
-                format!(
-                    "{} is not a usable baud rate (300..4000000; KSTAR: 9600)",
-                    r.baud.value
-                ),
-            ));
-        }
-        if r.data_bits.value != 8 {
-            return Err(self.err(
-                line(&r.data_bits),
-                "rtu_poll.data_bits",
-                "Modbus RTU uses 8 data bits",
-            ));
-        }
+        self.serial_line(
+            "rtu_poll",
+            &r.device,
+            &r.baud,
+            &r.data_bits,
+            "; KSTAR: 9600",
+        )?;
         // KSTAR devices use 8N1 (not the Modbus-spec 8N2), so 1 is the default here.
         let stop_bits = match &r.stop_bits {
             Some(s) if s.value == 1 || s.value == 2 => s.value,
@@ -56,29 +39,8 @@ impl Validator<'_> {
                 "must be 1..247 (0 is broadcast, which never answers)",
             ));
         }
-        let timeout = match &r.timeout {
-            Some(t) => self.positive(t, "rtu_poll.timeout")?,
-            None => Duration::from_millis(500),
-        };
-        if timeout > Duration::from_secs(10) {
-            return Err(self.err(
-                r.timeout.as_ref().map_or(line(&r.device), line),
-                "rtu_poll.timeout",
-                "more than 10s; one silent request would hold the bus that long",
-            ));
-        }
-        let bits = 1 + 8 + u32::from(r.parity != Parity::None) + u32::from(stop_bits);
-        let t35 = t35(r.baud.value, bits);
-        let gap = match &r.gap {
-            Some(g) => {
-                let v = self.duration(g, "rtu_poll.gap")?;
-                if v < t35 {
-                    self.warn(line(g), "rtu_poll.gap", format_args!("{v:?} is shorter than t3.5 ({t35:?}) at {} baud; the device may not see two requests apart", r.baud.value));
-                }
-                v
-            }
-            None => Duration::from_millis(20).max(t35),
-        };
+        let timeout = self.poll_timeout(r)?;
+        let gap = self.gap(r, stop_bits)?;
         if r.retries.value > 5 {
             return Err(self.err(line(&r.retries), "rtu_poll.retries", "must be 0..5"));
         }
@@ -89,24 +51,17 @@ impl Validator<'_> {
                 "must be 1..100 failed reads",
             ));
         }
-        let probe_max = match &r.probe_max {
-            Some(t) => self.positive(t, "rtu_poll.probe_max")?,
-            None => Duration::from_secs(30),
-        };
-        let late_reply_window = match &r.late_reply_window {
-            Some(w) => {
-                let v = self.duration(w, "rtu_poll.late_reply_window")?;
-                if v < timeout {
-                    self.warn(line(w), "rtu_poll.late_reply_window", format_args!("{v:?} is shorter than the timeout ({timeout:?}); a late reply may be taken as the next request's answer"));
-                }
-                v
-            }
-            None => timeout,
-        };
-        let write_timeout = match &r.write_timeout {
-            Some(t) => self.positive(t, "rtu_poll.write_timeout")?,
-            None => Duration::from_secs(2),
-        };
+        let probe_max = self.positive_or(
+            r.probe_max.as_ref(),
+            "rtu_poll.probe_max",
+            Duration::from_secs(30),
+        )?;
+        let late_reply_window = self.late_reply_window(r, timeout)?;
+        let write_timeout = self.positive_or(
+            r.write_timeout.as_ref(),
+            "rtu_poll.write_timeout",
+            Duration::from_secs(2),
+        )?;
         Ok(RtuPollConfig {
             late_reply_window,
             write_timeout,
@@ -122,6 +77,56 @@ impl Validator<'_> {
             offline_after: r.offline_after.value,
             probe_max,
         })
+    }
+
+    /// `rtu_poll.timeout` (default 500ms): at most 10s, which one silent request holds
+    /// the bus.
+    fn poll_timeout(&self, r: &RawRtuPoll) -> Result<Duration, ConfigError> {
+        let timeout = self.positive_or(
+            r.timeout.as_ref(),
+            "rtu_poll.timeout",
+            Duration::from_millis(500),
+        )?;
+        if timeout > Duration::from_secs(10) {
+            return Err(self.err(
+                r.timeout.as_ref().map_or(line(&r.device), line),
+                "rtu_poll.timeout",
+                "more than 10s; one silent request would hold the bus that long",
+            ));
+        }
+        Ok(timeout)
+    }
+
+    /// `rtu_poll.gap` between requests (default 20ms, never below t3.5); warned about
+    /// when shorter than t3.5.
+    fn gap(&mut self, r: &RawRtuPoll, stop_bits: u8) -> Result<Duration, ConfigError> {
+        let bits = 1 + 8 + u32::from(r.parity != Parity::None) + u32::from(stop_bits);
+        let t35 = t35(r.baud.value, bits);
+        let Some(g) = &r.gap else {
+            return Ok(Duration::from_millis(20).max(t35));
+        };
+        let v = self.duration(g, "rtu_poll.gap")?;
+        if v < t35 {
+            self.warn(line(g), "rtu_poll.gap", format_args!("{v:?} is shorter than t3.5 ({t35:?}) at {} baud; the device may not see two requests apart", r.baud.value));
+        }
+        Ok(v)
+    }
+
+    /// `rtu_poll.late_reply_window` (default: the timeout); warned about when shorter than
+    /// the timeout.
+    fn late_reply_window(
+        &mut self,
+        r: &RawRtuPoll,
+        timeout: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let Some(w) = &r.late_reply_window else {
+            return Ok(timeout);
+        };
+        let v = self.duration(w, "rtu_poll.late_reply_window")?;
+        if v < timeout {
+            self.warn(line(w), "rtu_poll.late_reply_window", format_args!("{v:?} is shorter than the timeout ({timeout:?}); a late reply may be taken as the next request's answer"));
+        }
+        Ok(v)
     }
 
     /// Warn when `rtu_poll.timeout` is shorter than the wire time of the largest reply a
@@ -155,7 +160,7 @@ impl Validator<'_> {
     /// `check` says that the line settings belong to the converter (here `baud` only times
     /// the bus behind it). Serial devices pass unchanged.
     pub(super) fn bus_device(&mut self, d: &Spanned<String>, key: &str) -> Result<(), ConfigError> {
-        let Some(target) = crate::config::tcp_target(d.value.trim()) else {
+        let Some(target) = tcp_target(d.value.trim()) else {
             return Ok(());
         };
         let ok = target.rsplit_once(':').is_some_and(|(host, port)| {

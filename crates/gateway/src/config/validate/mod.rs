@@ -1,12 +1,13 @@
 //! The validator: every rule that can be checked before start-up, from the `Raw*` types
 //! of [`super::schema`] to a [`super::Config`], with the file, line and key in every
 //! message. This file: the entry point, the helpers every rule uses (errors, warnings,
-//! durations) and the small sections (`push:`, `poll:`, `status:`, `log:`). The serial
-//! line (`rtu:`, `rs485:`) is in `serial`, the region rules in `regions`, the KSTAR
-//! sections (`rtu_poll:`, `tcp_server:`) in `kstar` (the keys of `tcp_server:` whose
-//! defaults depend on the mode, `unit_id` and `max_connections`, in `lan`), `writable:` and
-//! the checks against
-//! the loaded profile in `profile`. Touches nothing but what it is given.
+//! durations), the whole-config rules (a server, the register map, unused sections, the
+//! `mqtt:` needs, the one-device form as a list of one) and the small sections (`push:`,
+//! `poll:`, `status:`, `log:`). The serial line (`rtu:`, `rs485:`) is in `serial`, the
+//! region rules in `regions`, the KSTAR sections (`rtu_poll:`, `tcp_server:`) in `kstar`
+//! (the keys of `tcp_server:` whose defaults depend on the mode, `unit_id` and
+//! `max_connections`, in `lan`), `devices:` in `devices`, `writable:` and the checks
+//! against the loaded profile in `profile`. Touches nothing but what it is given.
 
 mod devices;
 mod kstar;
@@ -26,8 +27,9 @@ use serde_saphyr::Spanned;
 
 use crate::config::schema::{DurationText, RawConfig, RawLog, RawPoll, RawPush, RawStatus};
 use crate::config::{
-    canonical_ip, mqtt, parse_duration, Config, ConfigError, Loaded, LogConfig, PollConfig,
-    ProfileRef, PushConfig, StatusConfig,
+    canonical_ip, mqtt, parse_duration, Config, ConfigError, DeviceConfig, Loaded, LogConfig,
+    MqttConfig, PollConfig, ProfileRef, PushConfig, Region, RtuPollConfig, StatusConfig,
+    TcpServerConfig, UnitIds, WritableEntry,
 };
 
 use devices::Device;
@@ -102,6 +104,16 @@ impl Validator<'_> {
         Ok(v)
     }
 
+    /// An optional positive duration: `default` when not written.
+    fn positive_or(
+        &self,
+        d: Option<&Spanned<DurationText>>,
+        key: &str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        d.map_or(Ok(default), |d| self.positive(d, key))
+    }
+
     fn config(&mut self, raw: RawConfig) -> Result<Config, ConfigError> {
         let rtu = match &raw.rtu {
             Some(r) => self.rtu(r)?,
@@ -120,21 +132,7 @@ impl Validator<'_> {
             .as_ref()
             .map(|t| self.tcp_server(t))
             .transpose()?;
-        // Where the map is written, for messages that have no key of their own.
-        let map_line = match (&raw.regions, &raw.devices) {
-            (Some(r), _) => line(r),
-            (None, Some(d)) => line(d),
-            (None, None) => {
-                // What the parser said when `regions:` was required: a shape error.
-                return Err(ConfigError::Parse {
-                    path: self.origin.to_string(),
-                    line: 1,
-                    column: 1,
-                    message: "missing `regions:`, the register map to serve (or `devices:`, several devices on the `rtu_poll:` bus)".into(),
-                    snippet: String::new(),
-                });
-            }
-        };
+        let map_line = self.map_line(&raw)?;
         if raw.rtu.is_none() && tcp_server.is_none() {
             return Err(self.err(
                 map_line,
@@ -143,113 +141,30 @@ impl Validator<'_> {
             ));
         }
         let mut region_lines: BTreeMap<String, u64> = BTreeMap::new();
-        let (named_devices, regions) = match (&raw.devices, &raw.regions) {
-            (Some(list), _) => {
-                self.devices_exclusive(&raw, list)?;
-                let (d, r) = self.devices(&raw, list, &mut region_lines)?;
-                (Some(d), r)
-            }
-            (None, Some(list)) => {
-                region_lines.extend(list.value.iter().map(|r| (r.value.name.clone(), line(r))));
-                (
-                    None,
-                    self.regions(list, push.is_some(), poll.is_some(), None)?,
-                )
-            }
-            // Refused above (`map_line`).
-            (None, None) => (None, Vec::new()),
-        };
+        let (named_devices, regions) =
+            self.register_map(&raw, push.is_some(), poll.is_some(), &mut region_lines)?;
         if let (Some(raw_p), Some(p)) = (&raw.rtu_poll, &rtu_poll) {
             self.reply_fits_timeout(raw_p, p, &regions);
         }
-        if let Some(p) = &raw.rtu_poll {
-            if !regions.iter().any(|r| r.source.rtu_poll) {
-                self.warn(
-                    line(p),
-                    "rtu_poll",
-                    "no region has source rtu_poll; the bus stays idle",
-                );
-            }
-        }
         let writable = self.writable(&raw)?;
-        if let Some(p) = &raw.push {
-            if !regions.iter().any(|r| r.source.push) {
-                self.warn(
-                    line(p),
-                    "push",
-                    "no region takes pushes; every push write will get exception 02",
-                );
-            }
-        }
-        if let Some(p) = &raw.poll {
-            if !regions
-                .iter()
-                .any(|r| r.source.poll || r.fallback_poll.is_some())
-            {
-                self.warn(
-                    line(p),
-                    "poll",
-                    "no region is polled; the poller stays idle",
-                );
-            }
-        }
-        let profile = match &raw.profile {
-            Some(p) if p.value.trim().is_empty() => {
-                return Err(self.err(
-                    line(p),
-                    "profile",
-                    "must name a profile file, e.g. profiles/ksem-g2.yaml",
-                ))
-            }
-            Some(p) => Some(ProfileRef {
-                path: PathBuf::from(&p.value),
-                line: line(p),
-            }),
-            None => None,
-        };
+        self.idle_sections(&raw, &regions);
+        let profile = self.profile_ref(&raw)?;
         let log = self.log(raw.log.as_ref())?;
         let status = raw
             .status
             .as_ref()
             .map(|s| self.status(s, push.as_ref()))
             .transpose()?;
-        // With `devices:`, MQTT publishes each device from its own profile (one HA device
-        // each), and commands need some device with a `writable:` list.
-        let (has_profile, writes) = match &named_devices {
-            Some(d) => {
-                if let (Some(m), Some(bare)) = (&raw.mqtt, d.iter().find(|d| d.profile.is_none())) {
-                    return Err(self.err(
-                        line(m),
-                        "mqtt",
-                        format!("device `{}` has no `profile:`; MQTT publishes the values each device's profile names (one Home Assistant device per device)", bare.name),
-                    ));
-                }
-                let writes = d.iter().any(|d| !d.writable.is_empty());
-                (true, rtu_poll.is_some() && writes)
-            }
-            None => (
-                raw.profile.is_some(),
-                rtu_poll.is_some() && !writable.is_empty(),
-            ),
-        };
-        let mqtt = raw
-            .mqtt
-            .as_ref()
-            .map(|m| mqtt::validate(m, self.origin, has_profile, writes))
-            .transpose()?;
+        let mqtt = self.mqtt(
+            &raw,
+            named_devices.as_deref(),
+            rtu_poll.is_some(),
+            &writable,
+        )?;
         // One code path: the one-device form is a list of one unnamed device.
         let devices = match (named_devices, &rtu_poll) {
             (Some(d), _) => d,
-            (None, Some(p)) => vec![crate::config::DeviceConfig {
-                name: String::new(),
-                unit_id: p.unit_id,
-                tcp_unit_id: tcp_server.as_ref().map_or_else(
-                    || crate::config::UnitIds::Only(vec![1]),
-                    |t| t.unit_id.clone(),
-                ),
-                profile: profile.clone(),
-                writable: writable.clone(),
-            }],
+            (None, Some(p)) => vec![one_device(p, tcp_server.as_ref(), &profile, &writable)],
             (None, None) => Vec::new(),
         };
         Ok(Config {
@@ -268,6 +183,125 @@ impl Validator<'_> {
             log,
             status,
         })
+    }
+
+    /// Where the register map (`regions:` or `devices:`) is written, for messages that have
+    /// no key of their own; a config with neither is refused.
+    fn map_line(&self, raw: &RawConfig) -> Result<u64, ConfigError> {
+        match (&raw.regions, &raw.devices) {
+            (Some(r), _) => Ok(line(r)),
+            (None, Some(d)) => Ok(line(d)),
+            // What the parser said when `regions:` was required: a shape error.
+            (None, None) => Err(ConfigError::Parse {
+                path: self.origin.to_string(),
+                line: 1,
+                column: 1,
+                message: "missing `regions:`, the register map to serve (or `devices:`, several devices on the `rtu_poll:` bus)".into(),
+                snippet: String::new(),
+            }),
+        }
+    }
+
+    /// The devices of `devices:` (if written) and every region, noting each region's line
+    /// in `region_lines`.
+    fn register_map(
+        &mut self,
+        raw: &RawConfig,
+        have_push: bool,
+        have_poll: bool,
+        region_lines: &mut BTreeMap<String, u64>,
+    ) -> Result<(Option<Vec<DeviceConfig>>, Vec<Region>), ConfigError> {
+        match (&raw.devices, &raw.regions) {
+            (Some(list), _) => {
+                self.devices_exclusive(raw, list)?;
+                let (d, r) = self.devices(raw, list, region_lines)?;
+                Ok((Some(d), r))
+            }
+            (None, Some(list)) => {
+                region_lines.extend(list.value.iter().map(|r| (r.value.name.clone(), line(r))));
+                Ok((None, self.regions(list, have_push, have_poll, None)?))
+            }
+            // Refused by `map_line`.
+            (None, None) => Ok((None, Vec::new())),
+        }
+    }
+
+    /// Warn about a source section no region uses: its bus, server or poller stays idle.
+    fn idle_sections(&mut self, raw: &RawConfig, regions: &[Region]) {
+        let used = |uses: fn(&Region) -> bool| regions.iter().any(uses);
+        // (where the section is written, its key, whether a region uses it, what follows)
+        let sections = [
+            (
+                raw.rtu_poll.as_ref().map(line),
+                "rtu_poll",
+                used(|r| r.source.rtu_poll),
+                "no region has source rtu_poll; the bus stays idle",
+            ),
+            (
+                raw.push.as_ref().map(line),
+                "push",
+                used(|r| r.source.push),
+                "no region takes pushes; every push write will get exception 02",
+            ),
+            (
+                raw.poll.as_ref().map(line),
+                "poll",
+                used(|r| r.source.poll || r.fallback_poll.is_some()),
+                "no region is polled; the poller stays idle",
+            ),
+        ];
+        for (at, key, used, message) in sections {
+            if let (Some(at), false) = (at, used) {
+                self.warn(at, key, message);
+            }
+        }
+    }
+
+    /// The top-level `profile:` (one-device form).
+    fn profile_ref(&self, raw: &RawConfig) -> Result<Option<ProfileRef>, ConfigError> {
+        match &raw.profile {
+            Some(p) if p.value.trim().is_empty() => Err(self.err(
+                line(p),
+                "profile",
+                "must name a profile file, e.g. profiles/ksem-g2.yaml",
+            )),
+            Some(p) => Ok(Some(ProfileRef {
+                path: PathBuf::from(&p.value),
+                line: line(p),
+            })),
+            None => Ok(None),
+        }
+    }
+
+    /// `mqtt:`. With `devices:`, MQTT publishes each device from its own profile (one HA
+    /// device each), and commands need some device with a `writable:` list.
+    fn mqtt(
+        &self,
+        raw: &RawConfig,
+        named_devices: Option<&[DeviceConfig]>,
+        have_rtu_poll: bool,
+        writable: &[WritableEntry],
+    ) -> Result<Option<MqttConfig>, ConfigError> {
+        let Some(m) = &raw.mqtt else {
+            return Ok(None);
+        };
+        let (has_profile, writes) = match named_devices {
+            Some(d) => {
+                if let Some(bare) = d.iter().find(|d| d.profile.is_none()) {
+                    return Err(self.err(
+                        line(m),
+                        "mqtt",
+                        format!("device `{}` has no `profile:`; MQTT publishes the values each device's profile names (one Home Assistant device per device)", bare.name),
+                    ));
+                }
+                (
+                    true,
+                    have_rtu_poll && d.iter().any(|d| !d.writable.is_empty()),
+                )
+            }
+            None => (raw.profile.is_some(), have_rtu_poll && !writable.is_empty()),
+        };
+        mqtt::validate(m, self.origin, has_profile, writes).map(Some)
     }
 
     fn status(
@@ -414,6 +448,23 @@ impl Validator<'_> {
 
 fn line<T>(s: &Spanned<T>) -> u64 {
     s.referenced.line()
+}
+
+/// The one-device form as a device list of one: an unnamed device with the bus's unit id,
+/// `tcp_server.unit_id` (default 1), and the top-level `profile:` and `writable:`.
+fn one_device(
+    rtu_poll: &RtuPollConfig,
+    tcp_server: Option<&TcpServerConfig>,
+    profile: &Option<ProfileRef>,
+    writable: &[WritableEntry],
+) -> DeviceConfig {
+    DeviceConfig {
+        name: String::new(),
+        unit_id: rtu_poll.unit_id,
+        tcp_unit_id: tcp_server.map_or_else(|| UnitIds::Only(vec![1]), |t| t.unit_id.clone()),
+        profile: profile.clone(),
+        writable: writable.to_vec(),
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The serial sections: `rtu:` (the line to the inverter) and its `rs485:` settings,
-//! and the placeholder line of a config without `rtu:`. Touches nothing.
+//! the device, baud and data bits rules it shares with `rtu_poll:`, and the placeholder
+//! line of a config without `rtu:`. Touches nothing.
 
 use std::time::Duration;
 
@@ -7,6 +8,7 @@ use serde_saphyr::Spanned;
 
 use crate::config::schema::{DurationText, RawRs485, RawRtu};
 use crate::config::{ConfigError, Parity, Rs485Config, RtuConfig};
+use airbridge_modbus::model::tcp_target;
 use airbridge_modbus::timing::t35;
 
 use super::{line, Validator};
@@ -58,30 +60,47 @@ impl Validator<'_> {
         })
     }
 
-    pub(super) fn rtu(&mut self, raw: &Spanned<RawRtu>) -> Result<RtuConfig, ConfigError> {
-        let r = &raw.value;
-        if r.device.value.trim().is_empty() {
+    /// The `device`, `baud` and `data_bits` of the serial section `section` (`rtu`,
+    /// `rtu_poll`); `baud_hint` ends the baud message's range, e.g. `; KSTAR: 9600`.
+    pub(super) fn serial_line(
+        &mut self,
+        section: &str,
+        device: &Spanned<String>,
+        baud: &Spanned<u32>,
+        data_bits: &Spanned<u8>,
+        baud_hint: &str,
+    ) -> Result<(), ConfigError> {
+        if device.value.trim().is_empty() {
             return Err(self.err(
-                line(&r.device),
-                "rtu.device",
+                line(device),
+                &format!("{section}.device"),
                 "must name a serial device, e.g. /dev/ttyUSB0, or tcp://HOST:PORT",
             ));
         }
-        self.bus_device(&r.device, "rtu.device")?;
-        if !(300..=4_000_000).contains(&r.baud.value) {
+        self.bus_device(device, &format!("{section}.device"))?;
+        if !(300..=4_000_000).contains(&baud.value) {
             return Err(self.err(
-                line(&r.baud),
-                "rtu.baud",
-                format!("{} is not a usable baud rate (300..4000000)", r.baud.value),
+                line(baud),
+                &format!("{section}.baud"),
+                format!(
+                    "{} is not a usable baud rate (300..4000000{baud_hint})",
+                    baud.value
+                ),
             ));
         }
-        if r.data_bits.value != 8 {
+        if data_bits.value != 8 {
             return Err(self.err(
-                line(&r.data_bits),
-                "rtu.data_bits",
+                line(data_bits),
+                &format!("{section}.data_bits"),
                 "Modbus RTU uses 8 data bits",
             ));
         }
+        Ok(())
+    }
+
+    pub(super) fn rtu(&mut self, raw: &Spanned<RawRtu>) -> Result<RtuConfig, ConfigError> {
+        let r = &raw.value;
+        self.serial_line("rtu", &r.device, &r.baud, &r.data_bits, "")?;
         // Modbus RTU: 2 stop bits without parity, 1 with; the KSEM uses 8N2.
         let stop_bits = match &r.stop_bits {
             Some(s) if s.value == 1 || s.value == 2 => s.value,
@@ -109,7 +128,7 @@ impl Validator<'_> {
             input_registers: r.input_registers,
             rs485: self.rs485(r.rs485.as_ref())?,
         };
-        if cfg.rs485.enabled && crate::config::tcp_target(&cfg.device).is_some() {
+        if cfg.rs485.enabled && tcp_target(&cfg.device).is_some() {
             return Err(self.err(
                 r.rs485.as_ref().map_or(line(&r.device), line),
                 "rtu.rs485",
@@ -117,40 +136,58 @@ impl Validator<'_> {
             ));
         }
         let t35 = t35(cfg.baud, cfg.bits_per_char());
-        cfg.turnaround = match &r.turnaround {
-            Some(t) => {
-                let v = self.duration(t, "rtu.turnaround")?;
-                if v > Duration::from_secs(1) {
-                    return Err(self.err(
-                        line(t),
-                        "rtu.turnaround",
-                        "more than 1s; the inverter would time out",
-                    ));
-                }
-                if v < t35 {
-                    self.warn(line(t), "rtu.turnaround", format_args!("{v:?} is shorter than t3.5 ({t35:?}) for {} baud; a strict master may not see the reply", cfg.baud));
-                }
-                v
-            }
-            None => t35,
-        };
-        // 20 ms, but never shorter than t3.5 (32 ms at 1200 baud).
-        cfg.frame_timeout = Duration::from_millis(20).max(t35);
-        if let Some(t) = &r.frame_timeout {
-            let v = self.positive(t, "rtu.frame_timeout")?;
-            if v > Duration::from_secs(1) {
-                return Err(self.err(
-                    line(t),
-                    "rtu.frame_timeout",
-                    "more than 1s; a partial frame would block requests that long",
-                ));
-            }
-            if v < t35 {
-                self.warn(line(t), "rtu.frame_timeout", format_args!("{v:?} is shorter than t3.5 ({t35:?}); USB adapters deliver bytes in bursts and requests may be dropped"));
-            }
-            cfg.frame_timeout = v;
-        }
+        cfg.turnaround = self.turnaround(r.turnaround.as_ref(), t35, cfg.baud)?;
+        cfg.frame_timeout = self.frame_timeout(r.frame_timeout.as_ref(), t35)?;
         Ok(cfg)
+    }
+
+    /// `rtu.turnaround` (default t3.5): at most 1s; warned about when shorter than t3.5
+    /// at `baud`.
+    fn turnaround(
+        &mut self,
+        t: Option<&Spanned<DurationText>>,
+        t35: Duration,
+        baud: u32,
+    ) -> Result<Duration, ConfigError> {
+        let Some(t) = t else {
+            return Ok(t35);
+        };
+        let v = self.duration(t, "rtu.turnaround")?;
+        if v > Duration::from_secs(1) {
+            return Err(self.err(
+                line(t),
+                "rtu.turnaround",
+                "more than 1s; the inverter would time out",
+            ));
+        }
+        if v < t35 {
+            self.warn(line(t), "rtu.turnaround", format_args!("{v:?} is shorter than t3.5 ({t35:?}) for {baud} baud; a strict master may not see the reply"));
+        }
+        Ok(v)
+    }
+
+    /// `rtu.frame_timeout`: at most 1s; warned about when shorter than t3.5.
+    fn frame_timeout(
+        &mut self,
+        t: Option<&Spanned<DurationText>>,
+        t35: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let Some(t) = t else {
+            // 20 ms, but never shorter than t3.5 (32 ms at 1200 baud).
+            return Ok(Duration::from_millis(20).max(t35));
+        };
+        let v = self.positive(t, "rtu.frame_timeout")?;
+        if v > Duration::from_secs(1) {
+            return Err(self.err(
+                line(t),
+                "rtu.frame_timeout",
+                "more than 1s; a partial frame would block requests that long",
+            ));
+        }
+        if v < t35 {
+            self.warn(line(t), "rtu.frame_timeout", format_args!("{v:?} is shorter than t3.5 ({t35:?}); USB adapters deliver bytes in bursts and requests may be dropped"));
+        }
+        Ok(v)
     }
 }
 

@@ -136,175 +136,42 @@ fn build(raw: RawProfile, origin: &str) -> Result<Profile, ProfileError> {
     let mut lines = Vec::with_capacity(raw.registers.len());
     for spanned in raw.registers {
         let line = spanned.referenced.line();
-        let r = spanned.value;
-        let err = |message: String| ProfileError::Invalid {
-            path: origin.to_string(),
-            line,
-            message: format!("{}: {message}", r.name),
-        };
-        if r.name.is_empty()
-            || !r
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
-            return Err(err("a name is letters, digits and _".into()));
-        }
-        let words = match (r.kind.fixed_words(), r.words) {
-            (Some(n), None) => n,
-            (Some(n), Some(w)) if w == n => n,
-            (Some(n), Some(w)) => {
-                return Err(err(
-                    format!("type {:?} has {n} word(s), not {w}", r.kind).to_lowercase()
-                ))
+        let name = spanned.value.name.clone();
+        let register = register(spanned.value, &raw.enums, &raw.bits).map_err(|message| {
+            ProfileError::Invalid {
+                path: origin.to_string(),
+                line,
+                message: format!("{name}: {message}"),
             }
-            (None, Some(w)) if (1..=125).contains(&w) => w,
-            (None, _) => return Err(err("ascii and bcd need `words: 1..125`".into())),
-        };
-        if u32::from(r.address) + u32::from(words) > 0x1_0000 {
-            return Err(err("runs past address 65535".into()));
-        }
-        let scale = r.scale.unwrap_or(1.0);
-        if !scale.is_finite() || scale == 0.0 {
-            return Err(err("scale must be a finite non-zero number".into()));
-        }
-        if scale != 1.0 && !r.kind.numeric() {
-            return Err(err("scale applies to numbers only".into()));
-        }
-        let writes = match (r.access.writable(), r.writes) {
-            (false, None) => Vec::new(),
-            (false, Some(_)) => return Err(err("`writes` on a read-only register".into())),
-            (true, None) => vec![if words == 1 { 6 } else { 16 }],
-            (true, Some(w)) => {
-                if w.is_empty() || w.iter().any(|&fc| fc != 6 && fc != 16) {
-                    return Err(err("`writes` lists function codes 6 and/or 16".into()));
-                }
-                if w.contains(&6) && words != 1 {
-                    return Err(err(
-                        "function code 6 writes one word; this register has more".into(),
-                    ));
-                }
-                w
-            }
-        };
-        if let Some((lo, hi)) = r.range {
-            if lo > hi {
-                return Err(err(format!("range [{lo}, {hi}] is empty")));
-            }
-            if !r.kind.numeric() {
-                return Err(err("range applies to numbers only".into()));
-            }
-        }
-        let enumeration =
-            match r.enumeration {
-                None => None,
-                Some(NameTable::Inline(t)) => Some(t),
-                Some(NameTable::Named(n)) => Some(raw.enums.get(&n).cloned().ok_or_else(|| {
-                    err(format!("enum table {n:?} is not defined under `enums:`"))
-                })?),
-            };
-        let bits = match r.bits {
-            None => None,
-            Some(NameTable::Inline(t)) => Some(t),
-            Some(NameTable::Named(n)) => Some(
-                raw.bits
-                    .get(&n)
-                    .cloned()
-                    .ok_or_else(|| err(format!("bit table {n:?} is not defined under `bits:`")))?,
-            ),
-        };
-        if enumeration.is_some() && bits.is_some() {
-            return Err(err("either `enum` or `bits`, not both".into()));
-        }
-        if (r.hi.is_some() || r.lo.is_some()) != (r.kind == Kind::U8pair) {
-            return Err(err("`hi`/`lo` go with type u8pair".into()));
-        }
-        let byte = |b: Option<RawByte>| {
-            b.map(|b| Byte {
-                name: b.name,
-                scale: b.scale.unwrap_or(1.0),
-                unit: b.unit,
-                note: b.note,
-            })
-        };
-        registers.push(Register {
-            name: r.name.clone(),
-            label: r.label,
-            address: r.address,
-            table: r.function,
-            kind: r.kind,
-            words,
-            scale,
-            unit: r.unit,
-            access: r.access,
-            writes,
-            range: r.range,
-            enumeration,
-            bits,
-            hi: byte(r.hi),
-            lo: byte(r.lo),
-            note: r.note,
-        });
+        })?;
+        registers.push(register);
         lines.push(line);
     }
     let mut order: Vec<usize> = (0..registers.len()).collect();
     order.sort_by_key(|&i| (registers[i].table, registers[i].address));
     let registers: Vec<Register> = order.iter().map(|&i| registers[i].clone()).collect();
     let lines: Vec<u64> = order.iter().map(|&i| lines[i]).collect();
-    let invalid = |i: usize, j: usize, message: String| ProfileError::Invalid {
+    // A clash between registers `i` and `j`, at the later line of the two.
+    let invalid = |(i, j, message): (usize, usize, String)| ProfileError::Invalid {
         path: origin.to_string(),
         line: lines[i].max(lines[j]),
         message,
     };
-    let mut by_name = HashMap::with_capacity(registers.len());
-    for (i, r) in registers.iter().enumerate() {
-        if let Some(prev) = by_name.insert(r.name.clone(), i) {
-            let first = lines[i].min(lines[prev]);
-            return Err(invalid(
-                i,
-                prev,
-                format!("{}: name used twice (line {first})", r.name),
-            ));
-        }
-    }
-    let overlap = |a: &Register, b: &Register| {
-        a.end() > u32::from(b.address) && b.end() > u32::from(a.address)
-    };
-    let describe = |r: &Register| {
-        format!(
-            "{} ({} {}..{})",
-            r.name,
-            r.table.as_str(),
-            r.address,
-            r.end() - 1
-        )
-    };
+    let by_name = names(&registers, &lines).map_err(invalid)?;
     // Readable registers of one table may not overlap: a read has one meaning.
     let readable: Vec<usize> = (0..registers.len())
         .filter(|&i| registers[i].access.readable())
         .collect();
-    for w in readable.windows(2) {
-        let (p, r) = (&registers[w[0]], &registers[w[1]]);
-        if p.table == r.table && overlap(p, r) {
-            return Err(invalid(
-                w[0],
-                w[1],
-                format!("{} overlaps {}", describe(r), describe(p)),
-            ));
-        }
+    if let Some(clash) = read_overlap(&registers, &readable) {
+        return Err(invalid(clash));
     }
     // Writable registers sharing a write function code may not overlap, in any table:
     // a write has one meaning.
     let writable: Vec<usize> = (0..registers.len())
         .filter(|&i| registers[i].access.writable())
         .collect();
-    for (k, &i) in writable.iter().enumerate() {
-        for &j in &writable[k + 1..] {
-            let (a, b) = (&registers[i], &registers[j]);
-            if overlap(a, b) && a.writes.iter().any(|fc| b.writes.contains(fc)) {
-                return Err(invalid(i, j, format!("{} and {} are both written at the same address with the same function code", describe(a), describe(b))));
-            }
-        }
+    if let Some(clash) = write_overlap(&registers, &writable) {
+        return Err(invalid(clash));
     }
     Ok(Profile {
         name: raw.name,
@@ -314,4 +181,189 @@ fn build(raw: RawProfile, origin: &str) -> Result<Profile, ProfileError> {
         readable,
         writable,
     })
+}
+
+/// One `registers:` entry validated on its own; the error says what is wrong with it.
+fn register(
+    r: RawRegister,
+    enums: &BTreeMap<String, BTreeMap<u64, String>>,
+    bit_tables: &BTreeMap<String, BTreeMap<u32, String>>,
+) -> Result<Register, String> {
+    if r.name.is_empty()
+        || !r
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err("a name is letters, digits and _".into());
+    }
+    let words = words(&r)?;
+    if u32::from(r.address) + u32::from(words) > 0x1_0000 {
+        return Err("runs past address 65535".into());
+    }
+    let scale = r.scale.unwrap_or(1.0);
+    if !scale.is_finite() || scale == 0.0 {
+        return Err("scale must be a finite non-zero number".into());
+    }
+    if scale != 1.0 && !r.kind.numeric() {
+        return Err("scale applies to numbers only".into());
+    }
+    let writes = write_codes(r.access, r.writes, words)?;
+    if let Some((lo, hi)) = r.range {
+        if lo > hi {
+            return Err(format!("range [{lo}, {hi}] is empty"));
+        }
+        if !r.kind.numeric() {
+            return Err("range applies to numbers only".into());
+        }
+    }
+    let enumeration = shared_table(r.enumeration, enums, "enum", "enums")?;
+    let bits = shared_table(r.bits, bit_tables, "bit", "bits")?;
+    if enumeration.is_some() && bits.is_some() {
+        return Err("either `enum` or `bits`, not both".into());
+    }
+    if (r.hi.is_some() || r.lo.is_some()) != (r.kind == Kind::U8pair) {
+        return Err("`hi`/`lo` go with type u8pair".into());
+    }
+    let byte = |b: Option<RawByte>| {
+        b.map(|b| Byte {
+            name: b.name,
+            scale: b.scale.unwrap_or(1.0),
+            unit: b.unit,
+            note: b.note,
+        })
+    };
+    Ok(Register {
+        name: r.name,
+        label: r.label,
+        address: r.address,
+        table: r.function,
+        kind: r.kind,
+        words,
+        scale,
+        unit: r.unit,
+        access: r.access,
+        writes,
+        range: r.range,
+        enumeration,
+        bits,
+        hi: byte(r.hi),
+        lo: byte(r.lo),
+        note: r.note,
+    })
+}
+
+/// The register's size: its type's, or `words:` for the sized types (ascii, bcd).
+fn words(r: &RawRegister) -> Result<u16, String> {
+    match (r.kind.fixed_words(), r.words) {
+        (Some(n), None) => Ok(n),
+        (Some(n), Some(w)) if w == n => Ok(n),
+        (Some(n), Some(w)) => {
+            Err(format!("type {:?} has {n} word(s), not {w}", r.kind).to_lowercase())
+        }
+        (None, Some(w)) if (1..=125).contains(&w) => Ok(w),
+        (None, _) => Err("ascii and bcd need `words: 1..125`".into()),
+    }
+}
+
+/// The function codes that write a register (default: 6 for one word, 16 for more);
+/// none for a read-only one.
+fn write_codes(access: Access, writes: Option<Vec<u8>>, words: u16) -> Result<Vec<u8>, String> {
+    match (access.writable(), writes) {
+        (false, None) => Ok(Vec::new()),
+        (false, Some(_)) => Err("`writes` on a read-only register".into()),
+        (true, None) => Ok(vec![if words == 1 { 6 } else { 16 }]),
+        (true, Some(w)) => {
+            if w.is_empty() || w.iter().any(|&fc| fc != 6 && fc != 16) {
+                return Err("`writes` lists function codes 6 and/or 16".into());
+            }
+            if w.contains(&6) && words != 1 {
+                return Err("function code 6 writes one word; this register has more".into());
+            }
+            Ok(w)
+        }
+    }
+}
+
+/// An `enum:` or `bits:` table: inline, or the name of one under `enums:` / `bits:`
+/// (`section`); `what` names the kind in the message.
+fn shared_table<K: Ord + Clone>(
+    table: Option<NameTable<K>>,
+    shared: &BTreeMap<String, BTreeMap<K, String>>,
+    what: &str,
+    section: &str,
+) -> Result<Option<BTreeMap<K, String>>, String> {
+    match table {
+        None => Ok(None),
+        Some(NameTable::Inline(t)) => Ok(Some(t)),
+        Some(NameTable::Named(n)) => shared
+            .get(&n)
+            .cloned()
+            .map(Some)
+            .ok_or_else(|| format!("{what} table {n:?} is not defined under `{section}:`")),
+    }
+}
+
+/// A clash between two registers (by index in address order) and what it is.
+type Clash = (usize, usize, String);
+
+/// The index of every register by name; a name used twice is a clash.
+fn names(registers: &[Register], lines: &[u64]) -> Result<HashMap<String, usize>, Clash> {
+    let mut by_name = HashMap::with_capacity(registers.len());
+    for (i, r) in registers.iter().enumerate() {
+        if let Some(prev) = by_name.insert(r.name.clone(), i) {
+            let first = lines[i].min(lines[prev]);
+            return Err((
+                i,
+                prev,
+                format!("{}: name used twice (line {first})", r.name),
+            ));
+        }
+    }
+    Ok(by_name)
+}
+
+/// Two registers that share an address.
+fn overlap(a: &Register, b: &Register) -> bool {
+    a.end() > u32::from(b.address) && b.end() > u32::from(a.address)
+}
+
+/// A register as messages name it: `name (table first..last)`.
+fn describe(r: &Register) -> String {
+    format!(
+        "{} ({} {}..{})",
+        r.name,
+        r.table.as_str(),
+        r.address,
+        r.end() - 1
+    )
+}
+
+/// Two readable registers (`readable`: their indices, in address order) of one table that
+/// overlap.
+fn read_overlap(registers: &[Register], readable: &[usize]) -> Option<Clash> {
+    readable.windows(2).find_map(|w| {
+        let (p, r) = (&registers[w[0]], &registers[w[1]]);
+        (p.table == r.table && overlap(p, r)).then(|| {
+            (
+                w[0],
+                w[1],
+                format!("{} overlaps {}", describe(r), describe(p)),
+            )
+        })
+    })
+}
+
+/// Two writable registers (`writable`: their indices) that overlap and share a write
+/// function code.
+fn write_overlap(registers: &[Register], writable: &[usize]) -> Option<Clash> {
+    for (k, &i) in writable.iter().enumerate() {
+        for &j in &writable[k + 1..] {
+            let (a, b) = (&registers[i], &registers[j]);
+            if overlap(a, b) && a.writes.iter().any(|fc| b.writes.contains(fc)) {
+                return Some((i, j, format!("{} and {} are both written at the same address with the same function code", describe(a), describe(b))));
+            }
+        }
+    }
+    None
 }
