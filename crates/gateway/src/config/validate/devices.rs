@@ -13,7 +13,7 @@ use crate::config::{ConfigError, DeviceConfig, ProfileRef, Region, UnitIds};
 use super::{line, Validator};
 
 /// A device whose regions are being validated: where its keys and names come from.
-pub(super) struct Device<'a> {
+pub(super) struct DeviceScope<'a> {
     /// Its index in `Config::devices` (set on its regions).
     pub(super) index: usize,
     /// Its name (prefix of its regions' names).
@@ -89,7 +89,7 @@ impl Validator<'_> {
                 profile.is_some(),
                 &format!("{key}writable"),
             )?;
-            let dev = Device {
+            let dev = DeviceScope {
                 index: i,
                 name,
                 key: key.clone(),

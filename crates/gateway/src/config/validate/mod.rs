@@ -32,7 +32,7 @@ use crate::config::{
     TcpServerConfig, UnitIds, WritableEntry,
 };
 
-use devices::Device;
+use devices::DeviceScope;
 pub use profile::{check_against_profile, check_device_against_profile};
 use serial::placeholder_rtu;
 

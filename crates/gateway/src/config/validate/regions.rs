@@ -13,7 +13,7 @@ use serde_saphyr::Spanned;
 use crate::config::schema::{DurationText, RawRegion, SourceText};
 use crate::config::{ConfigError, OnStale, Region, Sources, Table};
 
-use super::{line, Device, Validator};
+use super::{line, DeviceScope, Validator};
 
 /// One `regions:` entry being validated: what it says, where, and how its keys read.
 struct Entry<'r> {
@@ -42,7 +42,7 @@ struct Sections<'d> {
     /// A `rtu_poll:` section.
     rtu_poll: bool,
     /// The device of `devices:` the list belongs to.
-    device: Option<&'d Device<'d>>,
+    device: Option<&'d DeviceScope<'d>>,
 }
 
 /// The regions validated so far, with their lines.
@@ -54,7 +54,7 @@ impl Validator<'_> {
         raw: &Spanned<Vec<Spanned<RawRegion>>>,
         have_push: bool,
         have_poll: bool,
-        device: Option<&Device<'_>>,
+        device: Option<&DeviceScope<'_>>,
     ) -> Result<Vec<Region>, ConfigError> {
         let prefix = device.map_or_else(String::new, |d| d.key.clone());
         if raw.value.is_empty() {
