@@ -9,11 +9,7 @@ use std::time::Duration;
 
 use airbridge_gateway::config::{self, OnStale, Table, WritableTarget};
 
-fn profile(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("profiles")
-        .join(name)
-}
+use common::profile;
 
 /// The example config, with the profile as an absolute path.
 fn example(writable: &str) -> String {

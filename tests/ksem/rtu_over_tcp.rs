@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 const PATIENCE: Duration = Duration::from_secs(10);
 
 fn profile_path() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/kstar-hybrid.yaml")
+    crate::common::profile("kstar-hybrid.yaml")
 }
 
 /// The KSTAR side: `rtu_poll.device: tcp://…`. The converter's first connection gets half

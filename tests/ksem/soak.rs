@@ -1,6 +1,6 @@
 //! Soak: the real `airbridge run` binary for `AIRBRIDGE_SOAK_SECS` seconds (default 60) under
 //! randomized outages and bursts, checked continuously from the outside. Ignored by default:
-//! `AIRBRIDGE_SOAK_SECS=3600 cargo test --release --test soak -- --ignored --nocapture`.
+//! `AIRBRIDGE_SOAK_SECS=3600 cargo test --release --test ksem -- --ignored --exact soak::soak --nocapture`.
 //!
 //! The gateway runs as a child process on one end of a pty pair (the test is the inverter on
 //! the other end), with a fault-capable KSEM pusher and slave on loopback
@@ -83,7 +83,7 @@ struct Tally {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "soak: run with AIRBRIDGE_SOAK_SECS=N cargo test --test soak -- --ignored"]
+#[ignore = "soak, minutes to hours: AIRBRIDGE_SOAK_SECS=N cargo test --test ksem -- --ignored --exact soak::soak (.ci/run skips it in its --include-ignored run and runs it short on its own)"]
 async fn soak() {
     let secs: u64 = std::env::var("AIRBRIDGE_SOAK_SECS")
         .ok()

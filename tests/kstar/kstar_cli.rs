@@ -18,7 +18,7 @@ async fn run_polls_a_device_on_a_pty_and_serves_tcp() {
         common::bus::pty_bus(&manifest("profiles/kstar-hybrid.yaml"), &[(1, 2345)]);
     let dev = &devs[0];
 
-    let port = free_port().await;
+    let port = free_port();
     let dir = std::env::temp_dir().join(format!("airbridge-kstar-run-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let cfg = dir.join("kstar.yaml");

@@ -5,7 +5,6 @@
 //! (exception 0B) and comes back by itself. Golden frames are checked on the device's side.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,11 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
-fn profile_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("profiles")
-        .join(name)
-}
+use crate::common::profile as profile_path;
 
 struct Rig {
     device: Arc<Device>,

@@ -144,7 +144,7 @@ impl Rig {
 }
 
 fn profile_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("profiles/kstar-hybrid.yaml")
+    crate::common::profile("kstar-hybrid.yaml")
 }
 
 async fn rig(rtu_poll: &str, regions: &str, script: Script) -> Rig {
@@ -237,17 +237,8 @@ async fn a_late_reply_never_lands_in_another_region() {
 
 /// `GET /status` as JSON.
 async fn status_json(addr: SocketAddr) -> serde_json::Value {
-    let mut s = TcpStream::connect(addr).await.expect("status connect");
-    let req = format!("GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("request");
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw))
-        .await
-        .expect("status in time")
-        .expect("status read");
-    let text = String::from_utf8_lossy(&raw);
-    let (_, body) = text.split_once("\r\n\r\n").expect("http body");
-    serde_json::from_str(body).expect("status json")
+    serde_json::from_str(&crate::common::http::get_body(addr, "/status").await)
+        .expect("status json")
 }
 
 /// The MBAP frame of an FC06 write of `value` to `address`, transaction `tid`.

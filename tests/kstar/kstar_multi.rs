@@ -14,6 +14,7 @@ use tokio_modbus::slave::SlaveContext as _;
 use tokio_modbus::{ExceptionCode, Slave};
 
 use crate::common;
+use common::http::get_body as http_get;
 use common::{free_port, manifest};
 
 /// One FC04 read of 3000..3001 from `unit`: the words, the exception, or `None` when the
@@ -48,24 +49,6 @@ async fn until(
     }
 }
 
-/// The body of `GET path` from the status endpoint at `addr`.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("status connect");
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .expect("send");
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
-        .await
-        .expect("status answers")
-        .expect("read");
-    out.split_once("\r\n\r\n")
-        .map_or(out.clone(), |(_, b)| b.to_string())
-}
-
 /// Requests that reached each unit during `window` (heard, whether it answered or not).
 async fn polls_in(devs: &[Arc<Device>; 2], window: Duration) -> [u64; 2] {
     let heard = |d: &Arc<Device>| d.stats.requests.load(Relaxed) + d.stats.ignored.load(Relaxed);
@@ -79,8 +62,8 @@ async fn polls_in(devs: &[Arc<Device>; 2], window: Duration) -> [u64; 2] {
 async fn two_devices_on_one_pty_bus_one_falls_silent_and_returns() {
     let (devs, path, _bus) = common::bus::two_unit_bus(&manifest("profiles/kstar-hybrid.yaml"));
 
-    let port = free_port().await;
-    let status_port = free_port().await;
+    let port = free_port();
+    let status_port = free_port();
     let dir = std::env::temp_dir().join(format!("airbridge-kstar-multi-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let cfg = dir.join("two.yaml");

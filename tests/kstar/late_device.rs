@@ -9,13 +9,12 @@ use std::time::{Duration, Instant};
 
 use airbridge_gateway::control::profile;
 use airbridge_sim::device::{self, Device, DeviceOptions};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_modbus::client::Reader as _;
 use tokio_serial::{SerialPort as _, SerialStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::common;
-use common::{manifest, wait_exit, Child};
+use common::{free_port, manifest, wait_exit, Child};
 
 const BIN: &str = env!("CARGO_BIN_EXE_airbridge");
 
@@ -37,21 +36,11 @@ async fn read_once(addr: std::net::SocketAddr) -> Option<Vec<u16>> {
 
 /// `upstream.rtu_poll.state` from `/status`; `None` while the endpoint does not answer.
 async fn poller_state(addr: std::net::SocketAddr) -> Option<String> {
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let req = format!("GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await.ok()?;
-        let text = String::from_utf8(raw).ok()?;
-        let (_, body) = text.split_once("\r\n\r\n")?;
-        let json: serde_json::Value = serde_json::from_str(body).ok()?;
-        Some(json["upstream"]["rtu_poll"]["state"].as_str()?.to_string())
-    };
-    tokio::time::timeout(Duration::from_secs(5), exchange)
+    let reply = common::http::try_request(addr, "GET", "/status")
         .await
-        .ok()
-        .flatten()
+        .ok()?;
+    let json: serde_json::Value = serde_json::from_str(&reply.body).ok()?;
+    Some(json["upstream"]["rtu_poll"]["state"].as_str()?.to_string())
 }
 
 /// Poll `/status` until the poller's state is `want` or `within` passed; the last state.
@@ -84,14 +73,8 @@ async fn a_device_that_appears_after_start_is_polled_without_writable() {
     let _guard = cancel.clone().drop_guard();
     tokio::spawn(device::serve(dev_end, Arc::clone(&dev), cancel.clone()));
 
-    let free_port = || async {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        l.local_addr().expect("addr").port()
-    };
-    let port = free_port().await;
-    let status_port = free_port().await;
+    let port = free_port();
+    let status_port = free_port();
     let dir = std::env::temp_dir().join(format!("airbridge-late-device-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let link = dir.join("ttyUSB0");

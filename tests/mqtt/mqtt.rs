@@ -8,11 +8,12 @@
 //! no answer), and two KSTAR devices on one bus (`devices:`) as two HA devices through the
 //! real binary.
 //!
-//! Without the Mosquitto tools a test is skipped with a reason, except under `CI=true`,
-//! where it fails (`.ci/run` installs them).
+//! Every test needs the Mosquitto tools, so every test is ignored unless run with
+//! `--include-ignored` (`.ci/run` installs them); run so, a missing tool fails the test.
 
 use crate::common;
-use common::Child;
+use common::http::get_body as http_get;
+use common::{free_port, profile, Child};
 
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
@@ -45,39 +46,23 @@ fn mosquitto() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn on_path(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--help")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
-
-/// True when the tools are there; otherwise skip (or fail under CI) with the reason.
-fn tools(extra: &[&str]) -> bool {
+/// Fail the test unless Mosquitto, its clients and the `extra` tools are there.
+fn tools(extra: &[&str]) {
     let mut missing: Vec<&str> = Vec::new();
     if mosquitto().is_none() {
         missing.push("mosquitto");
     }
     for t in ["mosquitto_sub", "mosquitto_pub"].iter().chain(extra) {
-        if !on_path(t) {
+        if !common::tool::on_path(t) {
             missing.push(t);
         }
     }
-    if missing.is_empty() {
-        return true;
+    if !missing.is_empty() {
+        common::tool::missing(
+            &missing.join(", "),
+            "apt-get install mosquitto mosquitto-clients openssl",
+        );
     }
-    common::tool::missing(
-        &missing.join(", "),
-        "apt-get install mosquitto mosquitto-clients openssl",
-    );
-    false
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
@@ -321,12 +306,6 @@ fn publish(port: u16, topic: &str, payload: &str, retain: bool) {
 // ---------------------------------------------------------------------------------------
 // The gateway.
 
-fn profile(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("profiles")
-        .join(name)
-}
-
 /// A KSEM gateway (in process) fed by a frozen simulated KSEM, publishing to `mqtt`.
 struct KsemRig {
     gateway: Gateway,
@@ -418,10 +397,9 @@ fn mqtt_section(port: u16) -> String {
 // The tests.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto: apt-get install mosquitto mosquitto-clients"]
 async fn discovery_state_staleness_and_home_assistant_birth() {
-    if !tools(&[]) {
-        return;
-    }
+    tools(&[]);
     let broker = Broker::start("discovery", "allow_anonymous true");
     let mut sub = Sub::start(broker.port, &["gw/#", "homeassistant/#"], false).await;
     let mut rig = KsemRig::start(&mqtt_section(broker.port)).await;
@@ -551,10 +529,9 @@ async fn discovery_state_staleness_and_home_assistant_birth() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto: apt-get install mosquitto mosquitto-clients"]
 async fn broker_restart_brings_state_and_status_back() {
-    if !tools(&[]) {
-        return;
-    }
+    tools(&[]);
     let mut broker = Broker::start("restart", "allow_anonymous true");
     let rig = KsemRig::start(&mqtt_section(broker.port)).await;
     let mut sub = Sub::start(broker.port, &["gw/#"], false).await;
@@ -597,29 +574,10 @@ async fn broker_restart_brings_state_and_status_back() {
     );
 }
 
-/// A plain HTTP/1.0 GET on loopback; the whole reply.
-async fn http_get(addr: SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let connect = tokio::net::TcpStream::connect(addr);
-    let mut s = tokio::time::timeout(Duration::from_secs(5), connect)
-        .await
-        .expect("connect in time")
-        .expect("connect");
-    let req = format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("request");
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
-        .await
-        .expect("reply in time")
-        .expect("reply");
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto and openssl: apt-get install mosquitto mosquitto-clients openssl"]
 async fn tls_with_a_private_ca() {
-    if !tools(&["openssl"]) {
-        return;
-    }
+    tools(&["openssl"]);
     let dir = temp_dir("tls");
     let run = |args: &[&str]| {
         let out = Command::new("openssl")
@@ -783,10 +741,9 @@ regions:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto: apt-get install mosquitto mosquitto-clients"]
 async fn sigkill_of_the_gateway_publishes_the_last_will() {
-    if !tools(&[]) {
-        return;
-    }
+    tools(&[]);
     let broker = Broker::start("will", "allow_anonymous true");
     let mut sub = Sub::start(broker.port, &["gw/status"], false).await;
     let mut bin = binary(
@@ -812,10 +769,9 @@ async fn sigkill_of_the_gateway_publishes_the_last_will() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto: apt-get install mosquitto mosquitto-clients"]
 async fn wrong_credentials_one_clear_error_and_the_inverter_is_still_served() {
-    if !tools(&["mosquitto_passwd"]) {
-        return;
-    }
+    tools(&["mosquitto_passwd"]);
     let dir = temp_dir("auth");
     let passwd = dir.join("passwd");
     let ok = Command::new("mosquitto_passwd")
@@ -908,10 +864,9 @@ async fn wrong_credentials_one_clear_error_and_the_inverter_is_still_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto: apt-get install mosquitto mosquitto-clients"]
 async fn kstar_commands_accepted_refused_and_unanswered() {
-    if !tools(&[]) {
-        return;
-    }
+    tools(&[]);
     let broker = Broker::start("kstar", "allow_anonymous true");
     let path = profile("kstar-hybrid.yaml");
     let prof = airbridge_gateway::control::profile::load(&path).expect("profile");
@@ -1065,10 +1020,9 @@ async fn collect(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto: apt-get install mosquitto mosquitto-clients"]
 async fn two_devices_on_one_bus_are_two_ha_devices_with_their_own_commands() {
-    if !tools(&[]) {
-        return;
-    }
+    tools(&[]);
     let broker = Broker::start("devices", "allow_anonymous true");
     let path = profile("kstar-hybrid.yaml");
     let prof = airbridge_gateway::control::profile::load(&path).expect("profile");

@@ -32,10 +32,10 @@ fn unit_text() -> String {
 }
 
 #[test]
+#[ignore = "needs systemd-analyze: apt-get install systemd"]
 fn unit_passes_systemd_analyze_verify() {
     let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {
         common::tool::missing("systemd-analyze", "apt-get install systemd");
-        return;
     };
     assert!(out.status.success());
     // verify checks that ExecStart's binary exists: point it at the one just built.

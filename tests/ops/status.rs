@@ -2,9 +2,10 @@
 //! is polled, an RTU master reads over a pseudo-terminal, and `/status`, `/metrics`,
 //! `/journal` and `/` are fetched over loopback HTTP. Also: the `status:` config section
 //! (errors with line numbers, warnings), profiles without the key values, a busy port, and
-//! the page rendered in headless Chromium (skipped with a reason when it is absent).
+//! the page rendered in headless Chromium (an ignored test: it needs chromium).
 
 use crate::common;
+use common::http::request as http;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,7 +18,6 @@ use airbridge_gateway::config::{self, ConfigError};
 use airbridge_gateway::link::rtu_master::{ReplyError, RtuMaster};
 use airbridge_sim::ksem;
 use serde_json::Value as Json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_serial::SerialStream;
 use tokio_util::sync::CancellationToken;
 
@@ -138,7 +138,7 @@ fn shipped_gateway_yaml_documents_status_on_loopback() {
 // A running gateway with the status endpoint.
 
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    common::manifest("")
 }
 
 /// A region name that needs escaping in Prometheus labels and HTML.
@@ -204,45 +204,6 @@ status: {{listen: '127.0.0.1:0'}}
         status,
         ksem,
         cancel,
-    }
-}
-
-struct HttpReply {
-    status: u16,
-    content_type: String,
-    body: String,
-}
-
-/// One HTTP/1.1 request over loopback (`Connection: close`), bounded in time.
-async fn http(addr: SocketAddr, method: &str, path: &str) -> HttpReply {
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.expect("send");
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await.expect("read");
-        raw
-    };
-    let raw = tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .expect("HTTP reply in time");
-    let text = String::from_utf8(raw).expect("UTF-8 reply");
-    let (head, body) = text.split_once("\r\n\r\n").expect("header end");
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .expect("status line");
-    let content_type = lines
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-        .map(|(_, v)| v.trim().to_string())
-        .unwrap_or_default();
-    HttpReply {
-        status,
-        content_type,
-        body: body.to_string(),
     }
 }
 
@@ -624,6 +585,7 @@ fn get(m: &Series, name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs promtool: apt-get install prometheus"]
 async fn metrics_follow_the_format_and_count_what_happened() {
     let mut rig = rig(Some(repo().join("profiles/ksem-g2.yaml"))).await;
     decoded_status(rig.status).await;
@@ -772,7 +734,7 @@ async fn metrics_follow_the_format_and_count_what_happened() {
     promtool_check(&r.body);
 }
 
-/// `promtool check metrics` (Prometheus's own parser and linter), when installed.
+/// `promtool check metrics` (Prometheus's own parser and linter); fails if it is missing.
 fn promtool_check(text: &str) {
     use std::io::Write as _;
     use std::process::{Command, Stdio};
@@ -784,7 +746,6 @@ fn promtool_check(text: &str) {
         .spawn()
     else {
         common::tool::missing("promtool", "apt-get install prometheus");
-        return;
     };
     child
         .stdin
@@ -937,17 +898,6 @@ regions:
 // ---------------------------------------------------------------------------------------
 // The page in a real browser.
 
-fn chromium() -> Option<PathBuf> {
-    ["chromium", "chromium-browser"].iter().find_map(|c| {
-        std::process::Command::new(c)
-            .arg("--version")
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|_| PathBuf::from(c))
-    })
-}
-
 fn chromium_run(
     bin: &PathBuf,
     profile_dir: &std::path::Path,
@@ -987,11 +937,9 @@ fn chromium_run(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium: apt-get install chromium"]
 async fn the_page_renders_live_values_in_headless_chromium() {
-    let Some(bin) = chromium() else {
-        common::tool::missing("chromium", "apt-get install chromium");
-        return;
-    };
+    let bin = common::tool::chromium();
     let rig = rig(Some(repo().join("profiles/ksem-g2.yaml"))).await;
     let st = decoded_status(rig.status).await;
     let dir = std::env::temp_dir().join(format!("airbridge-chromium-{}", std::process::id()));

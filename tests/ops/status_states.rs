@@ -1,13 +1,14 @@
 //! Issue 14.2: the gateway's state is never greener than the truth. Each state is brought
 //! about on a running gateway (in-process, loopback, a pty or a missing device) and read in
 //! all four views: `/status`, `/metrics`, the systemd `Status:` line and the page rendered
-//! in headless Chromium (skipped with a reason when it is absent). The fallback poll's
+//! in headless Chromium (so these tests are ignored unless chromium is there to run them). The fallback poll's
 //! info line is checked on the real binary.
 
 use crate::common;
+use common::http::get_body as http;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +17,6 @@ use airbridge_gateway::app::gateway::{Gateway, RtuPort};
 use airbridge_gateway::config;
 use airbridge_sim::ksem;
 use serde_json::Value as Json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_serial::SerialStream;
 use tokio_util::sync::CancellationToken;
 
@@ -56,24 +56,6 @@ async fn start(yaml: &str, device: bool) -> Running {
         cancel,
         _inverter: inverter,
     }
-}
-
-async fn http(addr: SocketAddr, path: &str) -> String {
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.expect("send");
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await.expect("read");
-        raw
-    };
-    let raw = tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .expect("HTTP reply in time");
-    let text = String::from_utf8(raw).expect("UTF-8");
-    text.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .expect("header end")
 }
 
 async fn status(addr: SocketAddr) -> Json {
@@ -124,10 +106,7 @@ async fn views_agree(r: &Running, st: &Json) {
         line.starts_with(&format!("{label}: ")),
         "systemd line: {line}"
     );
-    let Some(bin) = chromium() else {
-        common::tool::missing("chromium", "apt-get install chromium");
-        return;
-    };
+    let bin = common::tool::chromium();
     let dir = std::env::temp_dir().join(format!("airbridge-states-{}-{id}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let url = format!("http://{}/", r.status);
@@ -142,17 +121,6 @@ async fn views_agree(r: &Running, st: &Json) {
         out.contains(&format!(">{label}</span>")),
         "{label} on the badge:\n{out}"
     );
-}
-
-fn chromium() -> Option<PathBuf> {
-    ["chromium", "chromium-browser"].iter().find_map(|c| {
-        Command::new(c)
-            .arg("--version")
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|_| PathBuf::from(c))
-    })
 }
 
 /// The page's DOM after its first ticks (bounded: a hung browser is killed after 60 s).
@@ -221,6 +189,7 @@ fn pusher(r: &Running, ksem: &ksem::KsemSim) -> CancellationToken {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium: apt-get install chromium"]
 async fn warming_up_then_serving_then_silent_when_the_ksem_stops() {
     let ksem = common::frozen_ksem("127.0.0.1:0".parse().expect("addr")).await;
     let r = start(
@@ -266,6 +235,7 @@ async fn warming_up_then_serving_then_silent_when_the_ksem_stops() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium: apt-get install chromium"]
 async fn serving_from_the_fallback_poll_is_not_green() {
     let ksem = common::frozen_ksem("127.0.0.1:0".parse().expect("addr")).await;
     let r = start(
@@ -298,6 +268,7 @@ async fn serving_from_the_fallback_poll_is_not_green() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium: apt-get install chromium"]
 async fn a_missing_rs485_adapter_is_named_with_its_error() {
     let ksem = common::frozen_ksem("127.0.0.1:0".parse().expect("addr")).await;
     let device = "/dev/airbridge-test-no-such-adapter";
@@ -326,6 +297,7 @@ async fn a_missing_rs485_adapter_is_named_with_its_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium: apt-get install chromium"]
 async fn a_poller_that_cannot_connect_shows_the_connect_error() {
     let dead = common::dead_addr().await;
     let r = start(&yaml("pty", dead, "max_age: 1h"), false).await;
