@@ -327,7 +327,7 @@ fn scan(module: &[String], text: &str) -> Result<Scan, String> {
     Ok(c.scan)
 }
 
-/// The crate read from `src/lib.rs` along its `mod` declarations: every reference with the
+/// The crate read from its `lib.rs` along its `mod` declarations: every reference with the
 /// file it is in, every module, and the files read or skipped (test-only).
 struct Crate {
     references: Vec<(PathBuf, Reference)>,
