@@ -1,6 +1,6 @@
 //! The push server's request handling (MBAP + PDU), end to end: a real in-process
 //! `PushServer` on loopback; every input is sent on a fresh connection and checked against
-//! a model by `tests/common/check_push.rs` (shared with `tests/prop_push.rs`).
+//! a model by `tests/common/check_push.rs` (shared with `tests/props/prop_push.rs`).
 //!
 //! tokio-modbus 0.17's request decoder panics on some hostile headers (FC15 with more coils
 //! than its bytes carry: an index out of bounds; FC16/FC23 quantities >= 0x8000 in builds with

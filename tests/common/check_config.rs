@@ -1,7 +1,7 @@
 //! Invariants of config and profile parsing on arbitrary text.
 //!
 //! Shared by the libFuzzer target `fuzz/fuzz_targets/config_parse.rs` and the proptest suite
-//! `tests/prop_config.rs` (included by path). Panics on a violation:
+//! `tests/props/prop_config.rs` (included by path). Panics on a violation:
 //! - `config::parse` and `profile::parse` never panic and are deterministic;
 //! - an error names the origin (`file:line: key: what` or the parser's snippet);
 //! - an accepted config is usable as the gateway would use it: regions non-empty, sorted

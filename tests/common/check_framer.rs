@@ -1,7 +1,7 @@
 //! Invariants of the RTU request framer under an arbitrary byte stream in arbitrary chunks.
 //!
 //! Shared by the libFuzzer target `fuzz/fuzz_targets/rtu_framer.rs` and the proptest suite
-//! `tests/prop_framer.rs` (included by path in both), so CI checks exactly what the fuzzer
+//! `tests/props/prop_framer.rs` (included by path in both), so CI checks exactly what the fuzzer
 //! checks. Every violation panics with what went wrong.
 //!
 //! Checked, while feeding the stream the way the RTU slave does (push, drain, push the rest;

@@ -1,14 +1,14 @@
 //! The push server's request handling (MBAP + PDU) against a model, end to end.
 //!
 //! Shared by the libFuzzer target `fuzz/fuzz_targets/push_server.rs` and the proptest suite
-//! `tests/prop_push.rs` (included by path).
+//! `tests/props/prop_push.rs` (included by path).
 //!
 //! Why end to end: tokio-modbus's MBAP codec is private and our service (`PushService` in
-//! `src/push.rs`) is private too, so the narrowest *real* entry point is the socket. The
-//! harness runs a real [`PushServer`] (accept, allow list, limit, idle timeout, tokio-modbus's
-//! codec, our service, the image) on 127.0.0.1 in its own runtime, sends each input on a fresh
-//! connection, half-closes it and reads every reply until the server closes. No mock, no copy
-//! of the handler: what is checked is what the KSEM talks to.
+//! `crates/gateway/src/sources/push.rs`) is private too, so the narrowest *real* entry point
+//! is the socket. The harness runs a real [`PushServer`] (accept, allow list, limit, idle
+//! timeout, tokio-modbus's codec, our service, the image) on 127.0.0.1 in its own runtime,
+//! sends each input on a fresh connection, half-closes it and reads every reply until the
+//! server closes. No mock, no copy of the handler: what is checked is what the KSEM talks to.
 //!
 //! The model walks the input the way the MBAP decoder must (7-byte header, length, protocol
 //! id 0, PDU) and predicts, frame by frame: a reply per decoded request with the same

@@ -173,11 +173,14 @@ pub fn manifest(rel: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
+/// A shipped register profile, `profiles/NAME`.
+pub fn profile(name: &str) -> std::path::PathBuf {
+    manifest("profiles").join(name)
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago.
-pub async fn free_port() -> u16 {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
 }
 
@@ -207,6 +210,7 @@ pub fn terminate(mut child: Child) {
 }
 
 pub mod bus;
+pub mod http;
 /// Outside tools a test needs.
 pub mod tool;
 

@@ -1,4 +1,4 @@
-"""Independent readers of airbridge's meter server, for tests/share.rs.
+"""Independent readers of airbridge's meter server, for tests/ksem/share.rs.
 
 `sunspec PORT UNIT`: pysunspec2 scans the SunSpec chain and prints model 203's W and
 TotWhImp (scale factors applied by pysunspec2) as JSON.
