@@ -15,11 +15,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use airbridge_gateway::config;
-use airbridge_gateway::image::Image;
-use airbridge_gateway::ops::journal::{Action, Dir, Journal, Link, Record};
-use airbridge_gateway::ops::stats::{FunctionCounters, LatencyHistogram};
-use airbridge_gateway::servers::rtu_slave::answer::{self, SlaveParams};
+use airbridge::config;
+use airbridge::image::Image;
+use airbridge::ops::journal::{Action, Dir, Journal, Link, Record};
+use airbridge::ops::stats::{FunctionCounters, LatencyHistogram};
+use airbridge::servers::rtu_slave::answer::{self, SlaveParams};
 use airbridge_modbus::model::Answer;
 use airbridge_modbus::rtu_frame::{Request, MAX_ADU};
 use criterion::{criterion_group, criterion_main, Criterion};

@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use airbridge_gateway::config;
-use airbridge_gateway::image::Image;
-use airbridge_gateway::servers::rtu_slave::answer::{self, SlaveParams};
+use airbridge::config;
+use airbridge::image::Image;
+use airbridge::servers::rtu_slave::answer::{self, SlaveParams};
 use airbridge_modbus::crc::append_crc;
 use airbridge_modbus::model::Answer;
 use airbridge_modbus::rtu_frame::{Frame, Framer, Request, MAX_ADU};

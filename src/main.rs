@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use airbridge_gateway::config;
-use airbridge_gateway::ops::logging::LogFormat;
+use airbridge::config;
+use airbridge::ops::logging::LogFormat;
 use airbridge_sim::commands;
 use clap::{Parser, Subcommand};
 
@@ -171,10 +171,10 @@ fn main() -> ExitCode {
     if !matches!(cli.command, Command::Run { .. }) {
         quiet_on_closed_pipe();
     }
-    airbridge_gateway::ops::logging::init(cli.log_format.into());
+    airbridge::ops::logging::init(cli.log_format.into());
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Run { config } => block_on(airbridge_gateway::app::supervisor::run(config)),
+        Command::Run { config } => block_on(airbridge::app::supervisor::run(config)),
         Command::Demo {
             duration,
             seed,
@@ -255,7 +255,7 @@ fn simulate(what: Simulate) -> ExitCode {
 
 /// `airbridge profile show FILE`: the profile's registers, or why it does not load.
 fn profile_show(file: &std::path::Path) -> ExitCode {
-    match airbridge_gateway::control::profile::load(file) {
+    match airbridge::control::profile::load(file) {
         Ok(p) => {
             print_out(&p.show());
             ExitCode::SUCCESS

@@ -11,9 +11,9 @@ use std::cell::Cell;
 use std::hint::black_box;
 use std::time::Duration;
 
-use airbridge_gateway::config;
-use airbridge_gateway::image::Image;
-use airbridge_gateway::servers::rtu_slave::answer::{self, exception, Answer, SlaveParams};
+use airbridge::config;
+use airbridge::image::Image;
+use airbridge::servers::rtu_slave::answer::{self, exception, Answer, SlaveParams};
 use airbridge_modbus::crc::append_crc;
 use airbridge_modbus::rtu_frame::{Frame, Framer, Request, MAX_ADU};
 use tokio::time::Instant;

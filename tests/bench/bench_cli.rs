@@ -414,7 +414,7 @@ async fn bench_rtu_counts_outcomes() {
 /// its `/dev/pts/N` path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtu_age_push_subcommands_json() {
-    use airbridge_gateway::app::gateway::{Gateway, RtuPort};
+    use airbridge::app::gateway::{Gateway, RtuPort};
     use airbridge_sim::ksem;
     use tokio_serial::SerialPort as _;
     use tokio_util::sync::CancellationToken;

@@ -8,17 +8,17 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use airbridge::app::gateway::{Gateway, RtuPort};
+use airbridge::link::rtu_master::RtuMaster;
 use airbridge_bench::{
     bench_age, bench_push, e2e_config, AgeBenchOptions, LivePolicy, PushBenchOptions,
 };
-use airbridge_gateway::app::gateway::{Gateway, RtuPort};
-use airbridge_gateway::link::rtu_master::RtuMaster;
 use airbridge_sim::ksem::{self, KsemModel};
 use tokio_util::sync::CancellationToken;
 
 /// The (address, words) of every register the KSEM profile names inside the push groups.
 fn named_push_registers() -> Vec<(u16, u16)> {
-    let profile = airbridge_gateway::control::profile::load(
+    let profile = airbridge::control::profile::load(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/ksem-g2.yaml"),
     )
     .expect("KSEM profile");

@@ -4,26 +4,26 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use airbridge_sim::device::{self, Device, DeviceOptions};
+use airbridge_sim::device::{self, DeviceOptions, SimDevice};
 use tokio_serial::{SerialPort as _, SerialStream};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// Units 1 and 2 of `profile` (frozen values, `pv1_voltage` 1111 and 2222, so a reader can
 /// tell them apart) on one pty bus; the path for the gateway, and the guard that stops them.
-pub fn two_unit_bus(profile: &Path) -> ([Arc<Device>; 2], String, DropGuard) {
+pub fn two_unit_bus(profile: &Path) -> ([Arc<SimDevice>; 2], String, DropGuard) {
     let (devs, path, guard) = pty_bus(profile, &[(1, 1111), (2, 2222)]);
-    let [one, two] = <[Arc<Device>; 2]>::try_from(devs).unwrap_or_else(|_| unreachable!());
+    let [one, two] = <[Arc<SimDevice>; 2]>::try_from(devs).unwrap_or_else(|_| unreachable!());
     ([one, two], path, guard)
 }
 
 /// One simulated device of `profile` per `(unit, pv1_voltage)` (frozen values, seed = unit)
 /// on one pty bus; the path for the gateway, and the guard that stops them.
-pub fn pty_bus(profile: &Path, units: &[(u8, u16)]) -> (Vec<Arc<Device>>, String, DropGuard) {
-    let prof = airbridge_gateway::control::profile::load(profile).expect("profile");
-    let devs: Vec<Arc<Device>> = units
+pub fn pty_bus(profile: &Path, units: &[(u8, u16)]) -> (Vec<Arc<SimDevice>>, String, DropGuard) {
+    let prof = airbridge::control::profile::load(profile).expect("profile");
+    let devs: Vec<Arc<SimDevice>> = units
         .iter()
         .map(|&(unit, volts)| {
-            let d = Device::new(
+            let d = SimDevice::new(
                 prof.clone(),
                 DeviceOptions {
                     unit,

@@ -14,9 +14,9 @@
 
 use std::time::Duration;
 
-use airbridge_gateway::config::{self, Config};
-use airbridge_gateway::control::profile::{self, Table};
-use airbridge_gateway::image::Image;
+use airbridge::config::{self, Config};
+use airbridge::control::profile::{self, Table};
+use airbridge::image::Image;
 
 const ORIGIN: &str = "fuzz.yaml";
 

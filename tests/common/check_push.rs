@@ -25,9 +25,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airbridge_gateway::config;
-use airbridge_gateway::image::Image;
-use airbridge_gateway::sources::push::{PushServer, PushStats};
+use airbridge::config;
+use airbridge::image::Image;
+use airbridge::sources::push::{PushServer, PushStats};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 

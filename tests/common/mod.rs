@@ -6,9 +6,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use airbridge_gateway::app::gateway::{Gateway, RtuPort};
-use airbridge_gateway::config;
-use airbridge_gateway::link::rtu_master::{ReplyError, RtuMaster};
+use airbridge::app::gateway::{Gateway, RtuPort};
+use airbridge::config;
+use airbridge::link::rtu_master::{ReplyError, RtuMaster};
 use airbridge_sim::ksem;
 use tokio_modbus::client::{Context, Writer};
 use tokio_modbus::Slave;

@@ -9,9 +9,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use airbridge_gateway::config::{
-    self, ConfigError, Loaded, OnStale, Parity, PushConfig, Region, Sources,
-};
+use airbridge::config::{self, ConfigError, Loaded, OnStale, Parity, PushConfig, Region, Sources};
 use airbridge_modbus::timing::t35;
 
 const ORIGIN: &str = "test.yaml";

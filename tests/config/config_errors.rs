@@ -6,7 +6,7 @@ use crate::common;
 
 use std::path::{Path, PathBuf};
 
-use airbridge_gateway::config;
+use airbridge::config;
 
 const ORIGIN: &str = "gw.yaml";
 

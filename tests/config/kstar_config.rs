@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use airbridge_gateway::config::{self, OnStale, Table, WritableTarget};
+use airbridge::config::{self, OnStale, Table, WritableTarget};
 
 use common::profile;
 

@@ -5,7 +5,7 @@ use crate::common;
 
 use std::path::Path;
 
-use airbridge_gateway::control::profile::{self, Table, Value};
+use airbridge::control::profile::{self, Table, Value};
 
 fn load(name: &str) -> profile::Profile {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -12,9 +12,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use airbridge_gateway::app::reload::{self, ReloadOutcome};
-use airbridge_gateway::config::{self, Config, OnStale};
-use airbridge_gateway::link::rtu_master::{ReplyError, RtuMaster};
+use airbridge::app::reload::{self, ReloadOutcome};
+use airbridge::config::{self, Config, OnStale};
+use airbridge::link::rtu_master::{ReplyError, RtuMaster};
 use tokio_serial::{SerialPort as _, SerialStream};
 
 const PUSH_ONLY: &str =

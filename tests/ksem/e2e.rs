@@ -6,7 +6,7 @@ use crate::common;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use airbridge_gateway::link::rtu_master::ReplyError;
+use airbridge::link::rtu_master::ReplyError;
 use common::*;
 
 const PUSH_REGIONS: &str = "  - {name: totals, start: 0, count: 40, source: push}
@@ -330,7 +330,7 @@ async fn idle_push_connections_time_out_even_when_blocked_in_a_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_that_ends_on_its_own_is_reported_as_a_failure() {
-    let cfg = airbridge_gateway::config::parse(
+    let cfg = airbridge::config::parse(
         "rtu: {device: pty}\nregions:\n  - {name: id, start: 8192, count: 58, source: static, values: {8244: 200}}\n",
         "test",
     )
@@ -338,9 +338,9 @@ async fn a_task_that_ends_on_its_own_is_reported_as_a_failure() {
     .config;
     let (master, port) = tokio::io::duplex(64);
     let cancel = tokio_util::sync::CancellationToken::new();
-    let mut gw = airbridge_gateway::app::gateway::Gateway::start(
+    let mut gw = airbridge::app::gateway::Gateway::start(
         cfg,
-        airbridge_gateway::app::gateway::RtuPort::Stream(Box::new(port)),
+        airbridge::app::gateway::RtuPort::Stream(Box::new(port)),
         cancel.clone(),
     )
     .await

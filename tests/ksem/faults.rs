@@ -14,8 +14,8 @@ use crate::common;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use airbridge_gateway::app::gateway::Gateway;
-use airbridge_gateway::link::rtu_master::ReplyError;
+use airbridge::app::gateway::Gateway;
+use airbridge::link::rtu_master::ReplyError;
 use airbridge_sim::fault::{
     bus, hog, push_seq, slave_word, FaultyPusher, FaultySlave, PushFault, SlaveFault,
 };
@@ -469,20 +469,19 @@ async fn serial_device_disappears_and_comes_back() {
         "rtu: {{device: '{}', turnaround: 0, frame_timeout: 20ms}}\nregions:\n{IDENTITY}",
         link.display()
     );
-    let cfg = airbridge_gateway::config::parse(&yaml, "test")
+    let cfg = airbridge::config::parse(&yaml, "test")
         .expect("config")
         .config;
     let cancel = tokio_util::sync::CancellationToken::new();
     let mut gw = Gateway::start(
         cfg,
-        airbridge_gateway::app::gateway::RtuPort::Device,
+        airbridge::app::gateway::RtuPort::Device,
         cancel.clone(),
     )
     .await
     .expect("start");
     let read = |m: SerialStream| async move {
-        let mut inv =
-            airbridge_gateway::link::rtu_master::RtuMaster::new(m, Duration::from_millis(300));
+        let mut inv = airbridge::link::rtu_master::RtuMaster::new(m, Duration::from_millis(300));
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             match inv.read(1, 3, 8244, 1).await {
@@ -533,13 +532,13 @@ async fn a_regular_file_as_the_serial_device_is_never_written() {
         "rtu: {{device: '{}'}}\nregions:\n{IDENTITY}",
         file.display()
     );
-    let cfg = airbridge_gateway::config::parse(&yaml, "test")
+    let cfg = airbridge::config::parse(&yaml, "test")
         .expect("config")
         .config;
     let cancel = tokio_util::sync::CancellationToken::new();
     let mut gw = Gateway::start(
         cfg,
-        airbridge_gateway::app::gateway::RtuPort::Device,
+        airbridge::app::gateway::RtuPort::Device,
         cancel.clone(),
     )
     .await

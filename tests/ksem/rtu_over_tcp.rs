@@ -8,11 +8,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airbridge_gateway::app::gateway::{Gateway, RtuPort};
-use airbridge_gateway::config;
-use airbridge_gateway::control::profile;
-use airbridge_gateway::link::rtu_master::RtuMaster;
-use airbridge_sim::device::{self, Device, DeviceOptions};
+use airbridge::app::gateway::{Gateway, RtuPort};
+use airbridge::config;
+use airbridge::control::profile;
+use airbridge::link::rtu_master::RtuMaster;
+use airbridge_sim::device::{self, DeviceOptions, SimDevice};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 use tokio_modbus::client::Reader as _;
@@ -31,7 +31,7 @@ fn profile_path() -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kstar_bus_behind_a_tcp_converter() {
     let prof = profile::load(&profile_path()).expect("profile loads");
-    let dev = Device::new(
+    let dev = SimDevice::new(
         prof,
         DeviceOptions {
             frozen: true,

@@ -5,9 +5,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airbridge_gateway::config;
-use airbridge_gateway::image::Image;
-use airbridge_gateway::servers::rtu_slave::{RtuSlave, RtuStats};
+use airbridge::config;
+use airbridge::image::Image;
+use airbridge::servers::rtu_slave::{RtuSlave, RtuStats};
 use airbridge_modbus::crc::{append_crc, frame_crc_ok};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::time::Instant;

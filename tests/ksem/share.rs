@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use airbridge_gateway::app::gateway::{Gateway, RtuPort};
-use airbridge_gateway::config;
+use airbridge::app::gateway::{Gateway, RtuPort};
+use airbridge::config;
 use airbridge_sim::ksem::{self, lock_model, KsemSim, KsemSimOptions};
 use tokio_modbus::client::{Context, Reader as _, Writer as _};
 use tokio_modbus::{ExceptionCode, Slave};

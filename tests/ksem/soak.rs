@@ -21,7 +21,7 @@ use crate::common;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use airbridge_gateway::link::rtu_master::{ReplyError, RtuMaster};
+use airbridge::link::rtu_master::{ReplyError, RtuMaster};
 use airbridge_sim::fault::{
     bus, hog, push_seq, slave_word, FaultyPusher, FaultySlave, PushFault, SlaveFault,
 };

@@ -5,7 +5,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use airbridge_gateway::link::rtu_master::{ReplyError, RtuMaster};
+use airbridge::link::rtu_master::{ReplyError, RtuMaster};
 use tokio_modbus::client::{Reader as _, Writer as _};
 use tokio_serial::{SerialPort as _, SerialStream};
 

@@ -8,10 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airbridge_gateway::app::gateway::{BusPort, Gateway, RtuPort};
-use airbridge_gateway::config;
-use airbridge_gateway::control::profile::{self, Table, Value};
-use airbridge_sim::device::{self, Device, DeviceOptions};
+use airbridge::app::gateway::{BusPort, Gateway, RtuPort};
+use airbridge::config;
+use airbridge::control::profile::{self, Table, Value};
+use airbridge_sim::device::{self, DeviceOptions, SimDevice};
 use tokio_modbus::client::{Context, Reader, Writer};
 use tokio_modbus::slave::SlaveContext as _;
 use tokio_modbus::{ExceptionCode, Slave};
@@ -23,7 +23,7 @@ const PATIENCE: Duration = Duration::from_secs(20);
 use crate::common::profile as profile_path;
 
 struct Rig {
-    device: Arc<Device>,
+    device: Arc<SimDevice>,
     gateway: Gateway,
     client: Context,
     cancel: CancellationToken,
@@ -58,7 +58,7 @@ async fn rig_full(
         Some(p) => p,
         None => profile::load(&path).expect("profile loads"),
     };
-    let device = Device::new(
+    let device = SimDevice::new(
         prof,
         DeviceOptions {
             frozen: true,
@@ -181,7 +181,7 @@ async fn write_multiple(
 }
 
 /// Frames with a write function code the device received.
-fn writes_received(device: &Device) -> Vec<Vec<u8>> {
+fn writes_received(device: &SimDevice) -> Vec<Vec<u8>> {
     device
         .received()
         .into_iter()

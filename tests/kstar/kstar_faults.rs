@@ -16,8 +16,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use airbridge_gateway::app::gateway::{BusPort, Gateway, RtuPort};
-use airbridge_gateway::config;
+use airbridge::app::gateway::{BusPort, Gateway, RtuPort};
+use airbridge::config;
 use airbridge_modbus::crc::{append_crc, frame_crc_ok};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;

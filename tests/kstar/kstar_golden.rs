@@ -7,12 +7,12 @@
 
 use std::path::PathBuf;
 
-use airbridge_gateway::control::profile::{self, Table, Value};
+use airbridge::control::profile::{self, Table, Value};
 use airbridge_modbus::crc::frame_crc_ok;
 use airbridge_modbus::master::{
     encode_read, encode_write_multiple, encode_write_single, parse_read_reply,
 };
-use airbridge_sim::device::{Device, DeviceOptions};
+use airbridge_sim::device::{DeviceOptions, SimDevice};
 
 fn hex(s: &str) -> Vec<u8> {
     s.split_whitespace()
@@ -27,8 +27,8 @@ fn load(name: &str) -> profile::Profile {
     profile::load(&path).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn device(name: &str) -> std::sync::Arc<Device> {
-    Device::new(
+fn device(name: &str) -> std::sync::Arc<SimDevice> {
+    SimDevice::new(
         load(name),
         DeviceOptions {
             frozen: true,

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use airbridge_sim::device::Device;
+use airbridge_sim::device::SimDevice;
 use tokio_modbus::client::{Context, Reader as _, Writer as _};
 use tokio_modbus::slave::SlaveContext as _;
 use tokio_modbus::{ExceptionCode, Slave};
@@ -50,8 +50,8 @@ async fn until(
 }
 
 /// Requests that reached each unit during `window` (heard, whether it answered or not).
-async fn polls_in(devs: &[Arc<Device>; 2], window: Duration) -> [u64; 2] {
-    let heard = |d: &Arc<Device>| d.stats.requests.load(Relaxed) + d.stats.ignored.load(Relaxed);
+async fn polls_in(devs: &[Arc<SimDevice>; 2], window: Duration) -> [u64; 2] {
+    let heard = |d: &Arc<SimDevice>| d.stats.requests.load(Relaxed) + d.stats.ignored.load(Relaxed);
     let before = devs.each_ref().map(heard);
     tokio::time::sleep(window).await;
     let after = devs.each_ref().map(heard);

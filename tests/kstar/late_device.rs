@@ -7,8 +7,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use airbridge_gateway::control::profile;
-use airbridge_sim::device::{self, Device, DeviceOptions};
+use airbridge::control::profile;
+use airbridge_sim::device::{self, DeviceOptions, SimDevice};
 use tokio_modbus::client::Reader as _;
 use tokio_serial::{SerialPort as _, SerialStream};
 use tokio_util::sync::CancellationToken;
@@ -58,7 +58,7 @@ async fn wait_state(addr: std::net::SocketAddr, want: &str, within: Duration) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_appears_after_start_is_polled_without_writable() {
     let prof = profile::load(&manifest("profiles/kstar-hybrid.yaml")).expect("profile");
-    let dev = Device::new(
+    let dev = SimDevice::new(
         prof,
         DeviceOptions {
             frozen: true,

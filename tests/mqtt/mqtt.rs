@@ -22,9 +22,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use airbridge_gateway::app::gateway::{BusPort, Gateway, RtuPort};
-use airbridge_gateway::config;
-use airbridge_sim::device::{self, Device, DeviceOptions};
+use airbridge::app::gateway::{BusPort, Gateway, RtuPort};
+use airbridge::config;
+use airbridge_sim::device::{self, DeviceOptions, SimDevice};
 use airbridge_sim::ksem;
 use serde_json::Value as Json;
 use tokio::sync::mpsc;
@@ -819,7 +819,7 @@ async fn wrong_credentials_one_clear_error_and_the_inverter_is_still_served() {
     let pushed = common::push_groups(&mut ctx, 3).await;
     let inverter = bin.inverter.take().expect("pty");
     let mut inverter =
-        airbridge_gateway::link::rtu_master::RtuMaster::new(inverter, Duration::from_millis(300));
+        airbridge::link::rtu_master::RtuMaster::new(inverter, Duration::from_millis(300));
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let got = loop {
         match inverter.read(1, 3, 0, 28).await {
@@ -869,8 +869,8 @@ async fn kstar_commands_accepted_refused_and_unanswered() {
     tools(&[]);
     let broker = Broker::start("kstar", "allow_anonymous true");
     let path = profile("kstar-hybrid.yaml");
-    let prof = airbridge_gateway::control::profile::load(&path).expect("profile");
-    let dev = Device::new(
+    let prof = airbridge::control::profile::load(&path).expect("profile");
+    let dev = SimDevice::new(
         prof,
         DeviceOptions {
             frozen: true,
@@ -1025,7 +1025,7 @@ async fn two_devices_on_one_bus_are_two_ha_devices_with_their_own_commands() {
     tools(&[]);
     let broker = Broker::start("devices", "allow_anonymous true");
     let path = profile("kstar-hybrid.yaml");
-    let prof = airbridge_gateway::control::profile::load(&path).expect("profile");
+    let prof = airbridge::control::profile::load(&path).expect("profile");
     let (devs, tty, _bus) = common::bus::two_unit_bus(&path);
 
     let mut sub = Sub::start(

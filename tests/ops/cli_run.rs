@@ -8,7 +8,7 @@ use std::io::Read as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use airbridge_gateway::link::rtu_master::RtuMaster;
+use airbridge::link::rtu_master::RtuMaster;
 use tokio_serial::{SerialPort as _, SerialStream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,8 +11,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airbridge_gateway::ops::heartbeat::Liveness;
-use airbridge_gateway::servers::rtu_slave::{RtuSlave, RtuStats};
+use airbridge::ops::heartbeat::Liveness;
+use airbridge::servers::rtu_slave::{RtuSlave, RtuStats};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_serial::{SerialPort as _, SerialStream};
 use tokio_util::sync::CancellationToken;
@@ -280,7 +280,7 @@ fn deb_metadata_names_files_that_exist() {
 /// drains (so the watchdog is withheld), and beats again once it can go on.
 #[tokio::test(start_paused = true)]
 async fn the_rtu_loop_heartbeat_stops_when_the_loop_is_stuck() {
-    let cfg = airbridge_gateway::config::parse(
+    let cfg = airbridge::config::parse(
         "rtu: {device: x, turnaround: 0}
 regions:
   - {name: id, start: 0, count: 125, source: static, values: {0: 1}}
@@ -289,7 +289,7 @@ regions:
     )
     .expect("config")
     .config;
-    let image = Arc::new(airbridge_gateway::image::Image::new(&cfg.regions));
+    let image = Arc::new(airbridge::image::Image::new(&cfg.regions));
     let stats = Arc::new(RtuStats::default());
     let slave = RtuSlave::new(&cfg.rtu, image, Arc::clone(&stats)).with_tokio_timer();
     // A 64-byte pipe: a 125-register reply (255 bytes) cannot be written until read.
@@ -299,7 +299,7 @@ regions:
     let task = tokio::spawn(async move { slave.serve(port, &c).await });
 
     let t0 = tokio::time::Instant::now();
-    let mut live = Liveness::new(airbridge_gateway::ops::heartbeat::STALL_LIMIT, t0);
+    let mut live = Liveness::new(airbridge::ops::heartbeat::STALL_LIMIT, t0);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let idle_beats = stats.heartbeat.load(Relaxed);
     assert!(idle_beats >= 5, "beats while idle: {idle_beats}");

@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use airbridge_gateway::ops::journal::{Action, Dir, DropReason, Journal, Link, Record};
-use airbridge_gateway::ops::stats::{FunctionCounters, LatencyHistogram};
-use airbridge_gateway::servers::rtu_slave::answer::Answer;
+use airbridge::ops::journal::{Action, Dir, DropReason, Journal, Link, Record};
+use airbridge::ops::stats::{FunctionCounters, LatencyHistogram};
+use airbridge::servers::rtu_slave::answer::Answer;
 use airbridge_modbus::master::{encode_read, encode_write_single};
 use tokio::io::AsyncWriteExt;
 
@@ -235,8 +235,7 @@ async fn a_running_gateway_journals_each_kind_of_rtu_frame() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let rtu: Vec<_> = entries.iter().filter(|e| e.link == Link::Rtu).collect();
-    let has =
-        |f: &dyn Fn(&airbridge_gateway::ops::journal::Entry) -> bool| rtu.iter().any(|e| f(e));
+    let has = |f: &dyn Fn(&airbridge::ops::journal::Entry) -> bool| rtu.iter().any(|e| f(e));
     assert!(has(&|e| e.action
         == Action::Dropped(DropReason::ForeignUnit)
         && e.unit == 7

@@ -7,7 +7,7 @@ use crate::common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use airbridge_gateway::ops::logging::{parse_level, More, Repeats};
+use airbridge::ops::logging::{parse_level, More, Repeats};
 
 const MIN: Duration = Duration::from_secs(60);
 
@@ -99,7 +99,7 @@ fn capacity_bounds_the_keys_but_never_drops_a_new_line() {
 #[test]
 fn levels_are_checked() {
     assert!(parse_level("info").is_ok());
-    assert!(parse_level("warn,airbridge_gateway::sources::ksem_poll=debug").is_ok());
+    assert!(parse_level("warn,airbridge::sources::ksem_poll=debug").is_ok());
     for bad in ["", "loud", "info,chatty"] {
         assert!(parse_level(bad).is_err(), "{bad:?}");
     }

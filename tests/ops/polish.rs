@@ -6,7 +6,7 @@
 use crate::common;
 use common::manifest;
 
-use airbridge_gateway::config;
+use airbridge::config;
 
 #[test]
 fn a_reload_that_needs_a_restart_names_the_section() {
@@ -20,7 +20,7 @@ regions:
     let new = config::parse(&base.replace("8080", "8081"), "new")
         .expect("new")
         .config;
-    let d = airbridge_gateway::app::reload::diff(&old, &new);
+    let d = airbridge::app::reload::diff(&old, &new);
     assert_eq!(
         d.restart,
         vec![
@@ -31,7 +31,7 @@ regions:
     let moved = config::parse(&format!("# a comment\n{base}"), "moved")
         .expect("moved")
         .config;
-    let d = airbridge_gateway::app::reload::diff(&old, &moved);
+    let d = airbridge::app::reload::diff(&old, &moved);
     assert!(d.restart.is_empty(), "{:?}", d.restart);
 }
 
@@ -57,9 +57,8 @@ fn profile_show_aligns_columns_lists_enum_values_and_names_its_source() {
         .map(|b| lines[2][..b].chars().count())
         .expect("header");
     let name_at = |l: &str| l.chars().skip(col).collect::<String>();
-    let profile =
-        airbridge_gateway::control::profile::load(&manifest("profiles/kstar-hybrid.yaml"))
-            .expect("profile");
+    let profile = airbridge::control::profile::load(&manifest("profiles/kstar-hybrid.yaml"))
+        .expect("profile");
     for r in &profile.registers {
         let row = lines
             .iter()

@@ -13,9 +13,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airbridge_gateway::app::gateway::{Gateway, RtuPort};
-use airbridge_gateway::config::{self, ConfigError};
-use airbridge_gateway::link::rtu_master::{ReplyError, RtuMaster};
+use airbridge::app::gateway::{Gateway, RtuPort};
+use airbridge::config::{self, ConfigError};
+use airbridge::link::rtu_master::{ReplyError, RtuMaster};
 use airbridge_sim::ksem;
 use serde_json::Value as Json;
 use tokio_serial::SerialStream;

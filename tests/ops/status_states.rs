@@ -13,8 +13,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use airbridge_gateway::app::gateway::{Gateway, RtuPort};
-use airbridge_gateway::config;
+use airbridge::app::gateway::{Gateway, RtuPort};
+use airbridge::config;
 use airbridge_sim::ksem;
 use serde_json::Value as Json;
 use tokio_serial::SerialStream;
@@ -93,15 +93,13 @@ async fn views_agree(r: &Running, st: &Json) {
     let label = st["state"]["label"].as_str().expect("label");
     let level = st["state"]["level"].as_str().expect("level");
     let metrics = http(r.status, "/metrics").await;
-    for other in airbridge_gateway::app::status::state::STATE_IDS {
+    for other in airbridge::app::status::state::STATE_IDS {
         let want = if other == id { 1 } else { 0 };
         let line = format!("airbridge_state{{state=\"{other}\"}} {want}");
         assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
     }
-    let line = airbridge_gateway::app::systemd::status_line(
-        &r.gateway.handles,
-        tokio::time::Instant::now(),
-    );
+    let line =
+        airbridge::app::systemd::status_line(&r.gateway.handles, tokio::time::Instant::now());
     assert!(
         line.starts_with(&format!("{label}: ")),
         "systemd line: {line}"

@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use airbridge_gateway::config::{OnStale, Region, Sources};
-use airbridge_gateway::image::Image;
-use airbridge_gateway::servers::rtu_slave::answer::{self, SlaveParams};
+use airbridge::config::{OnStale, Region, Sources};
+use airbridge::image::Image;
+use airbridge::servers::rtu_slave::answer::{self, SlaveParams};
 use airbridge_modbus::crc::{append_crc, frame_crc_ok};
 use airbridge_modbus::master::{encode_read, encode_write_single, parse_read_reply, ReplyError};
 use airbridge_modbus::model::Answer;

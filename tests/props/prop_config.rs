@@ -108,10 +108,10 @@ fn the_shipped_files_pass_the_checker() {
     for text in SHIPPED {
         check_config::check_text(text);
     }
-    let gw = airbridge_gateway::config::parse(SHIPPED[0], "gateway.yaml").expect("shipped config");
+    let gw = airbridge::config::parse(SHIPPED[0], "gateway.yaml").expect("shipped config");
     check_config::check_config(&gw.config);
-    let p = airbridge_gateway::control::profile::parse(SHIPPED[1], "ksem-g2.yaml")
-        .expect("shipped profile");
+    let p =
+        airbridge::control::profile::parse(SHIPPED[1], "ksem-g2.yaml").expect("shipped profile");
     check_config::check_profile(&p);
 }
 
@@ -134,8 +134,7 @@ proptest! {
 /// regions, and the service runs unprivileged.
 #[test]
 fn the_shipped_defaults_are_locked_down() {
-    let loaded =
-        airbridge_gateway::config::parse(SHIPPED[0], "gateway.yaml").expect("shipped config");
+    let loaded = airbridge::config::parse(SHIPPED[0], "gateway.yaml").expect("shipped config");
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     let c = loaded.config;
     let push = c.push.as_ref().expect("push section");

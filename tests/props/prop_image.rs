@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use airbridge_gateway::config::{OnStale, Region, Sources};
-use airbridge_gateway::image::Image;
+use airbridge::config::{OnStale, Region, Sources};
+use airbridge::image::Image;
 use proptest::prelude::*;
 use tokio::time::Instant;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde::Serialize;
 
-use airbridge_gateway::config::{Parity, RtuConfig};
+use airbridge::config::{Parity, RtuConfig};
 
 use super::age::{bench_age, AgeBenchOptions};
 use super::e2e::{bench_e2e, E2eOptions};
@@ -86,7 +86,7 @@ pub struct LanArgs {
 }
 
 fn parse_dur(s: &str) -> Result<Duration, String> {
-    airbridge_gateway::config::parse_duration(s)
+    airbridge::config::parse_duration(s)
 }
 
 /// `--rate` of `bench push`: Hz, or `max` (`None`).
@@ -249,7 +249,7 @@ async fn resolve(target: &str) -> anyhow::Result<SocketAddr> {
 }
 
 fn open_serial(device: &str, baud: u32, unit: u8) -> anyhow::Result<tokio_serial::SerialStream> {
-    airbridge_gateway::link::serial::open(&RtuConfig::master_line(
+    airbridge::link::serial::open(&RtuConfig::master_line(
         device.to_string(),
         baud,
         8,

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
-use airbridge_gateway::image::Image;
+use airbridge::image::Image;
 use airbridge_sim::{inverter, ksem};
 
 use super::age::{bench_age, AgeBenchOptions, AgeReport};
@@ -197,7 +197,7 @@ async fn push_both_groups_once(target: SocketAddr) -> anyhow::Result<()> {
 
 /// Measure [`StartupReport`] over `runs` gateway starts against one simulated KSEM.
 pub async fn measure_startup(ksem_slave: SocketAddr, runs: u64) -> anyhow::Result<StartupReport> {
-    use airbridge_gateway::app::gateway::{Gateway, RtuPort};
+    use airbridge::app::gateway::{Gateway, RtuPort};
     let (mut ready, mut polled, mut after_push) =
         (LatencyHist::new(), LatencyHist::new(), LatencyHist::new());
     for _ in 0..runs {
@@ -251,14 +251,14 @@ pub async fn measure_startup(ksem_slave: SocketAddr, runs: u64) -> anyhow::Resul
 pub fn e2e_config(
     ksem_slave: SocketAddr,
     max_connections: usize,
-) -> anyhow::Result<airbridge_gateway::config::Config> {
+) -> anyhow::Result<airbridge::config::Config> {
     let yaml = format!(
         "rtu: {{device: in-process-pty, baud: 38400, stop_bits: 2, unit_id: 1, turnaround: 0}}
 push: {{listen: '127.0.0.1:0', allow_from: [127.0.0.1], max_connections: {max_connections}}}
 poll: {{host: '{ksem_slave}', unit_id: 1, timeout: 1s}}
 {BENCH_REGIONS}"
     );
-    Ok(airbridge_gateway::config::parse(&yaml, "bench e2e")?.config)
+    Ok(airbridge::config::parse(&yaml, "bench e2e")?.config)
 }
 
 /// Run `bench_rtu` on an owned stream in its own task and give the stream back.
@@ -277,7 +277,7 @@ async fn rtu_task<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
 /// Start the simulated KSEM and the real gateway over a pty pair in this process and run
 /// the whole series. `command` is the command line to print with the results.
 pub async fn bench_e2e(opts: &E2eOptions, command: String) -> anyhow::Result<E2eReport> {
-    use airbridge_gateway::app::gateway::{Gateway, RtuPort};
+    use airbridge::app::gateway::{Gateway, RtuPort};
 
     let mut run = RunHeader::begin(command);
     let cancel = CancellationToken::new();
@@ -332,7 +332,7 @@ fn e2e_notes(cpus: usize) -> Vec<String> {
 
 impl GatewayCounters {
     /// The gateway's counters as they stand.
-    fn of(gateway: &airbridge_gateway::app::gateway::Gateway) -> Self {
+    fn of(gateway: &airbridge::app::gateway::Gateway) -> Self {
         use std::sync::atomic::Ordering::Relaxed;
         let r = &gateway.handles.rtu;
         let p = &gateway.handles.push;

@@ -100,7 +100,7 @@ fn lan_config(
     ksem_slave: SocketAddr,
     device: &str,
     opts: &LanBenchOptions,
-) -> anyhow::Result<airbridge_gateway::config::Config> {
+) -> anyhow::Result<airbridge::config::Config> {
     let turnaround_us = opts.turnaround.as_micros();
     let max = opts.clients + 4;
     let yaml = format!(
@@ -110,7 +110,7 @@ poll: {{host: '{ksem_slave}', unit_id: 1, timeout: 1s}}
 tcp_server: {{listen: '127.0.0.1:0', allow_from: [127.0.0.1], max_connections: {max}}}
 {BENCH_REGIONS}"
     );
-    Ok(airbridge_gateway::config::parse(&yaml, "bench lan")?.config)
+    Ok(airbridge::config::parse(&yaml, "bench lan")?.config)
 }
 
 /// One LAN client: connect, then read `registers` from 0 at `rate_hz` until `stop`.
@@ -157,7 +157,7 @@ async fn reader(
 
 /// Run the comparison. `command` is printed with the results.
 pub async fn bench_lan(opts: &LanBenchOptions, command: String) -> anyhow::Result<LanBenchReport> {
-    use airbridge_gateway::app::gateway::{Gateway, RtuPort};
+    use airbridge::app::gateway::{Gateway, RtuPort};
     use airbridge_sim::ksem;
 
     anyhow::ensure!(
@@ -165,7 +165,7 @@ pub async fn bench_lan(opts: &LanBenchOptions, command: String) -> anyhow::Resul
         "--rate must be > 0"
     );
     anyhow::ensure!(
-        (1..=airbridge_gateway::config::MAX_READ).contains(&opts.registers),
+        (1..=airbridge::config::MAX_READ).contains(&opts.registers),
         "--registers must be 1..125"
     );
     let mut run = RunHeader::begin(command);

@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::exchange::{exchange, Exchange, RtuStatus};
 use super::hist::{LatencyHist, Percentiles};
 use super::{round1, round3, ser_duration_ms, Pacer, FC_READ};
-use airbridge_gateway::link::rtu_master::{drain_quiet, DEFAULT_DRAIN_WINDOW as DRAIN_WINDOW};
+use airbridge::link::rtu_master::{drain_quiet, DEFAULT_DRAIN_WINDOW as DRAIN_WINDOW};
 use airbridge_modbus::master::{encode_read, MAX_FRAME_LEN};
 
 /// A register range `start:count`.

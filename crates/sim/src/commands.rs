@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use airbridge_gateway::app::supervisor::shutdown_signal;
-use airbridge_gateway::config;
+use airbridge::app::supervisor::shutdown_signal;
+use airbridge::config;
 use tokio_util::sync::CancellationToken;
 
 /// `airbridge demo`: the KSEM demo until `duration` or Ctrl-C; an error if the simulated
@@ -66,7 +66,7 @@ pub async fn inverter(
     use crate::inverter::{self, InverterOptions, InverterStats};
     use std::sync::Arc;
     let rtu = config::RtuConfig::master_line(device, baud, 8, config::Parity::None, 2, unit);
-    let stream = airbridge_gateway::link::serial::open(&rtu)?;
+    let stream = airbridge::link::serial::open(&rtu)?;
     let cancel = CancellationToken::new();
     let stats = Arc::new(InverterStats::default());
     let opts = InverterOptions {
@@ -131,9 +131,9 @@ pub async fn device(
     seed: u64,
     duration: Option<Duration>,
 ) -> anyhow::Result<()> {
-    use crate::device::{self, Device, DeviceOptions};
+    use crate::device::{self, DeviceOptions, SimDevice};
     check_units(&units)?;
-    let prof = airbridge_gateway::control::profile::load(&profile)?;
+    let prof = airbridge::control::profile::load(&profile)?;
     let name = prof.name.clone();
     let line = config::RtuConfig::master_line(
         device.clone(),
@@ -143,12 +143,12 @@ pub async fn device(
         1,
         units.first().copied().unwrap_or(1),
     );
-    let stream = airbridge_gateway::link::serial::open(&line)?;
+    let stream = airbridge::link::serial::open(&line)?;
     let devices: Vec<_> = units
         .iter()
         .zip(seed..)
         .map(|(&unit, seed)| {
-            Device::new(
+            SimDevice::new(
                 prof.clone(),
                 DeviceOptions {
                     unit,
@@ -197,7 +197,7 @@ fn check_units(units: &[u8]) -> anyhow::Result<()> {
 }
 
 /// The simulated devices' counts: one device's alone, several as `unit N: …` joined by `|`.
-fn bus_counts_line(units: &[u8], devices: &[std::sync::Arc<crate::device::Device>]) -> String {
+fn bus_counts_line(units: &[u8], devices: &[std::sync::Arc<crate::device::SimDevice>]) -> String {
     use std::sync::atomic::Ordering::Relaxed;
     let lines: Vec<String> = devices
         .iter()

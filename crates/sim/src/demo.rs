@@ -18,11 +18,11 @@ use tokio_modbus::client::{Reader as _, Writer as _};
 use tokio_modbus::slave::SlaveContext as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::device::{self, Device, DeviceOptions};
+use crate::device::{self, DeviceOptions, SimDevice};
 use crate::{inverter, ksem};
-use airbridge_gateway::app::gateway::{BusPort, Gateway, RtuPort, StartOptions};
-use airbridge_gateway::config;
-use airbridge_gateway::control::profile::{Kind, Profile, Register, Table};
+use airbridge::app::gateway::{BusPort, Gateway, RtuPort, StartOptions};
+use airbridge::config;
+use airbridge::control::profile::{Kind, Profile, Register, Table};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -372,7 +372,7 @@ pub async fn run_kstar(
 /// The profile at `path`, which must have input registers to poll (the KSEM profile has
 /// none: it belongs to the KSEM demo).
 fn load_pollable_profile(path: &std::path::Path) -> anyhow::Result<Profile> {
-    let profile = airbridge_gateway::control::profile::load(path)?;
+    let profile = airbridge::control::profile::load(path)?;
     if first_readable(&profile, Table::Input).is_none() {
         anyhow::bail!(
             "{}: this profile has no input registers to poll; `demo --profile` is the KSTAR \
@@ -467,12 +467,12 @@ devices:
 }
 
 /// The simulated devices of [`DEMO_DEVICES`], seeded `seed`, `seed + 1`.
-fn demo_devices(profile: &Profile, seed: u64) -> Vec<Arc<Device>> {
+fn demo_devices(profile: &Profile, seed: u64) -> Vec<Arc<SimDevice>> {
     DEMO_DEVICES
         .iter()
         .zip(seed..)
         .map(|(&(_, unit), seed)| {
-            Device::new(
+            SimDevice::new(
                 profile.clone(),
                 DeviceOptions {
                     unit,
@@ -485,7 +485,7 @@ fn demo_devices(profile: &Profile, seed: u64) -> Vec<Arc<Device>> {
 }
 
 /// Write frames (FC06, FC16) `device` received; 0 without a device.
-fn writes_received(device: Option<&Arc<Device>>) -> usize {
+fn writes_received(device: Option<&Arc<SimDevice>>) -> usize {
     device.map_or(0, |d| {
         d.received()
             .iter()
@@ -665,8 +665,8 @@ fn outcome_text(r: &Result<(), String>) -> String {
 
 /// The KSEM G2 profile built into the binary, so the demo's status page decodes values
 /// without any file.
-pub fn builtin_ksem_profile() -> anyhow::Result<airbridge_gateway::control::profile::Profile> {
-    Ok(airbridge_gateway::control::profile::parse(
+pub fn builtin_ksem_profile() -> anyhow::Result<airbridge::control::profile::Profile> {
+    Ok(airbridge::control::profile::parse(
         include_str!("../../../profiles/ksem-g2.yaml"),
         "profiles/ksem-g2.yaml (built in)",
     )?)

@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use airbridge_gateway::control::profile::{Kind, Profile, Register, Table, WriteRefusal};
+use airbridge::control::profile::{Kind, Profile, Register, Table, WriteRefusal};
 use airbridge_modbus::crc::{append_crc, frame_crc_ok};
 use airbridge_modbus::rtu_frame::{request_frame_len, Len};
 
@@ -85,7 +85,7 @@ pub struct DeviceStats {
 }
 
 /// The simulated device: profile, tables and what it received.
-pub struct Device {
+pub struct SimDevice {
     /// What its registers are (spans, writability, kinds for plausible values).
     profile: Profile,
     /// Its address and behaviour.
@@ -127,7 +127,7 @@ impl Tables {
     }
 }
 
-impl Device {
+impl SimDevice {
     pub fn new(profile: Profile, opts: DeviceOptions) -> Arc<Self> {
         let mut spans = BTreeMap::new();
         // A table answers reads from its first to its last documented register (reserved
@@ -139,7 +139,7 @@ impl Device {
         }
         let mut rng = fastrand::Rng::with_seed(opts.seed);
         let phases = profile.registers.iter().map(|_| rng.f64() * TAU).collect();
-        let device = Device {
+        let device = SimDevice {
             profile,
             opts,
             tables: Mutex::new(Tables {
@@ -177,7 +177,7 @@ impl Device {
     }
 
     /// The current value of the register called `name`.
-    pub fn value(&self, name: &str) -> Option<airbridge_gateway::control::profile::Value> {
+    pub fn value(&self, name: &str) -> Option<airbridge::control::profile::Value> {
         let r = self.profile.get(name)?;
         Some(r.decode(&self.words(r)))
     }
@@ -444,7 +444,7 @@ fn to_words(r: &Register, raw: i128) -> Vec<u16> {
 /// Serve the device on `stream` until `cancel` fires or the stream ends.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
-    device: Arc<Device>,
+    device: Arc<SimDevice>,
     cancel: CancellationToken,
 ) -> io::Result<()> {
     serve_bus(stream, &[device], cancel).await
@@ -455,7 +455,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 /// answers it. Values move with the first device's tick.
 pub async fn serve_bus<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
-    devices: &[Arc<Device>],
+    devices: &[Arc<SimDevice>],
     cancel: CancellationToken,
 ) -> io::Result<()> {
     let Some(first) = devices.first() else {
@@ -526,7 +526,7 @@ fn take_request(buf: &mut Vec<u8>) -> Option<Vec<u8>> {
 /// and, unless silent, writes its reply after its delay and, if paced, the wire time.
 async fn deliver<S: AsyncWrite + Unpin>(
     stream: &mut S,
-    devices: &[Arc<Device>],
+    devices: &[Arc<SimDevice>],
     frame: &[u8],
 ) -> io::Result<()> {
     let unit = frame.first().copied().unwrap_or(0xFF);
@@ -557,16 +557,16 @@ async fn deliver<S: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use airbridge_gateway::link::rtu_master::{ReplyError, RtuMaster};
+    use airbridge::link::rtu_master::{ReplyError, RtuMaster};
 
     const PROFILE: &str = "name: test
 registers:
   - {name: power, address: 3000, function: input, type: u16, unit: W}
 ";
 
-    fn device(unit: u8) -> Arc<Device> {
-        let p = airbridge_gateway::control::profile::parse(PROFILE, "test").expect("profile");
-        Device::new(
+    fn device(unit: u8) -> Arc<SimDevice> {
+        let p = airbridge::control::profile::parse(PROFILE, "test").expect("profile");
+        SimDevice::new(
             p,
             DeviceOptions {
                 unit,
@@ -636,8 +636,8 @@ registers:
     #[tokio::test(start_paused = true)]
     async fn replies_are_paced_to_the_wire_when_asked() {
         let (a, b) = tokio::io::duplex(1024);
-        let p = airbridge_gateway::control::profile::parse(PROFILE, "test").expect("profile");
-        let d = Device::new(
+        let p = airbridge::control::profile::parse(PROFILE, "test").expect("profile");
+        let d = SimDevice::new(
             p,
             DeviceOptions {
                 frozen: true,

@@ -7,7 +7,7 @@
 //! Silence (timeout) is a normal, counted outcome: the gateway goes quiet when
 //! its data is stale.
 //!
-//! May touch: the byte stream it is given, through [`airbridge_gateway::link::rtu_master`]. Nothing
+//! May touch: the byte stream it is given, through [`airbridge::link::rtu_master`]. Nothing
 //! else; printing is the CLI's job (values are logged at debug level here).
 
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{interval, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use airbridge_gateway::link::rtu_master::{ReplyError, RtuMaster};
+use airbridge::link::rtu_master::{ReplyError, RtuMaster};
 use airbridge_modbus::master::FC_READ_HOLDING;
 
 /// Register the Plenticore reads first (KSEM measuring interval, ms).

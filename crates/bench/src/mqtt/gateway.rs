@@ -224,7 +224,7 @@ mod tests {
             t,
             Some(("broker: 'mqtt://127.0.0.1:1883'", Path::new("/tmp/p.yaml"))),
         );
-        airbridge_gateway::config::parse(&off, "off").expect("the plain config parses");
+        airbridge::config::parse(&off, "off").expect("the plain config parses");
         let extra: Vec<&str> = on
             .lines()
             .filter(|l| !off.lines().any(|o| o == *l))

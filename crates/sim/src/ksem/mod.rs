@@ -217,7 +217,7 @@ async fn step_model(
 mod tests {
     use super::model::tests::{u32_at, u64_at};
     use super::*;
-    use airbridge_gateway::link::tcp_front::Answering;
+    use airbridge::link::tcp_front::Answering;
     use tokio::time::sleep;
     use tokio_modbus::prelude::{Reader as _, Slave};
     use tokio_modbus::server::tcp::{accept_tcp_connection, Server};

@@ -7,7 +7,7 @@ use tokio_modbus::server::tcp::{accept_tcp_connection, Server};
 use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 use tokio_util::sync::CancellationToken;
 
-use airbridge_gateway::link::tcp_front::Answering;
+use airbridge::link::tcp_front::Answering;
 
 use super::{lock_model, SharedModel, MAX_READ_COUNT};
 
