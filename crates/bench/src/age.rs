@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 use super::exchange::{exchange, RtuStatus};
 use super::guard::{self, fill_pattern, read_holding, LivePolicy, RESERVED};
 use super::hist::{LatencyHist, Percentiles};
-use super::push::{connect, push_write, WriteOutcome};
+use super::push::{push_write, WriteOutcome};
 use super::{round3, ser_duration_ms, FC_READ, PUSH_GROUPS};
+use crate::connect;
 use airbridge::link::rtu_master::{drain_quiet, DEFAULT_DRAIN_WINDOW as DRAIN_WINDOW};
 use airbridge_modbus::master::{encode_read, MAX_FRAME_LEN};
 

@@ -16,10 +16,10 @@ use airbridge_sim::{inverter, ksem};
 
 use super::age::{bench_age, AgeBenchOptions, AgeReport};
 use super::guard::LivePolicy;
+use super::header::RunHeader;
 use super::hist::{LatencyHist, Percentiles};
 use super::process::{process_cpu_time, process_memory_kib};
 use super::push::{bench_push, PushBenchOptions, PushBenchReport};
-use super::report::RunHeader;
 use super::rtu::{bench_rtu, RtuBenchOptions, RtuBenchReport};
 use super::{progress_bar, round1, round3, ser_duration_ms, BENCH_REGIONS, PTY_NOTE, PUSH_GROUPS};
 

@@ -12,8 +12,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::push::connect;
 use super::PUSH_GROUPS;
+use crate::connect;
 
 /// Words the KSEM map leaves reserved between the two push groups (28..=39): inside the
 /// pushed `totals` region, named by no profile, read as 0 from a real KSEM. `--live`

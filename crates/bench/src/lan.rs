@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use tokio_modbus::client::Reader as _;
 use tokio_util::sync::CancellationToken;
 
+use super::header::RunHeader;
 use super::hist::{LatencyHist, Percentiles};
-use super::report::RunHeader;
 use super::rtu::{bench_rtu, RtuBenchReport};
 use super::{
     phase_cells, phase_reads, ratio, round3, ser_duration_ms, BENCH_REGIONS, PHASE_COLUMNS,

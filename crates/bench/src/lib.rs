@@ -22,9 +22,10 @@
 //! judged by the master's [`airbridge_modbus::master::validate_read_reply`]) · `guard` (the
 //! look before `push` and `age` write into a gateway: refuse a real KSEM's data unless
 //! `--live`, then touch only reserved words) · `rtu`, `push`, `age`, `e2e`, `lan`, `mqtt`
-//! (the six benches) · `process` (CPU and memory from `/proc`) · `report`
-//! (markdown) · `cli` (arguments and runners). This file: the map, the constants and the
-//! small helpers they share (progress bars, the pacer of a rated loop, a phase's reads).
+//! (the six benches) · `process` (CPU and memory from `/proc`) · `header` (what every
+//! report opens with) · `report` (markdown) · `cli` (arguments and runners). This file: the map, the constants and the
+//! small helpers they share (progress bars, the pacer of a rated loop, a phase's reads,
+//! the TCP connect every writing bench uses).
 //!
 //! What it takes from the crates below: from `airbridge-modbus` the FC03 encoder, the
 //! master's reply validator, the CRC and the wire timing; from `airbridge-gateway` the
@@ -67,6 +68,7 @@ mod cli;
 mod e2e;
 mod exchange;
 mod guard;
+mod header;
 mod hist;
 mod lan;
 mod mqtt;
@@ -83,6 +85,7 @@ pub use e2e::{
 };
 pub use exchange::{Exchange, RtuStatus};
 pub use guard::{LivePolicy, RESERVED};
+pub use header::RunHeader;
 pub use hist::{fmt_us, LatencyHist, Percentiles};
 pub use lan::{bench_lan, lan_markdown, LanBenchOptions, LanBenchReport, LanReaders};
 pub use mqtt::{
@@ -91,7 +94,7 @@ pub use mqtt::{
 };
 pub use process::{process_cpu_time, process_memory_kib};
 pub use push::{bench_push, PushBenchOptions, PushBenchReport};
-pub use report::{e2e_markdown, rtu_table, RunHeader};
+pub use report::{e2e_markdown, rtu_table};
 pub use rtu::{
     bench_rtu, bits_per_char, is_pty, parse_ranges, wire_time, RegRange, RtuBenchOptions,
     RtuBenchReport, RtuRangeReport,
@@ -242,4 +245,17 @@ pub fn with_crc(body: &[u8]) -> Vec<u8> {
 
 pub(crate) fn ser_duration_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64() * 1000.0)
+}
+
+/// A TCP connection to `target` within `timeout`, without Nagle (every bench that writes
+/// into a gateway: push, age, and the guard's look before them).
+pub(crate) async fn connect(
+    target: std::net::SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let sock = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(target))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    sock.set_nodelay(true)?;
+    Ok(sock)
 }

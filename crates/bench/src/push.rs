@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::guard::{self, fill_pattern, read_holding, LivePolicy, RESERVED};
 use super::hist::{LatencyHist, Percentiles};
-use super::{round1, round3, ser_duration_ms, Pacer, FC_WRITE_MULTIPLE, PUSH_GROUPS};
+use super::{connect, round1, round3, ser_duration_ms, Pacer, FC_WRITE_MULTIPLE, PUSH_GROUPS};
 
 /// What `bench push` does.
 #[derive(Debug, Clone, Serialize)]
@@ -179,14 +179,6 @@ pub(super) async fn push_write(
         return Ok((WriteOutcome::Bad, t0, t1));
     }
     Ok((WriteOutcome::Ok, t0, t1))
-}
-
-pub(super) async fn connect(target: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
-    let sock = tokio::time::timeout(timeout, TcpStream::connect(target))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    sock.set_nodelay(true)?;
-    Ok(sock)
 }
 
 /// One push connection until `stop`: connect, push cycle after cycle at the rate asked,

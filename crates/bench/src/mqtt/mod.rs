@@ -30,7 +30,7 @@ use airbridge_sim::ksem;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use super::report::RunHeader;
+use super::header::RunHeader;
 use super::rtu::{bench_rtu, RtuBenchOptions, RtuBenchReport};
 use super::{
     phase_cells, phase_reads, ratio, ser_duration_ms, PHASE_COLUMNS, PHASE_SIZES, PTY_NOTE,
