@@ -5,8 +5,9 @@
 //! Home Assistant's `online` → configs republished, broker restart → state again, SIGKILL
 //! of the real binary → the last will, wrong credentials → one clear error while the RTU
 //! side is served, TLS with a CA made here (openssl), KSTAR commands (accepted, refused,
-//! no answer), and two KSTAR devices on one bus (`devices:`) as two HA devices through the
-//! real binary.
+//! no answer), two KSTAR devices on one bus (`devices:`) as two HA devices through the
+//! real binary, and the order of status, availability and state across a clean stop, a
+//! SIGKILL and restarts of `airbridge demo` (no old value ever looks live).
 //!
 //! Every test needs the Mosquitto tools, so every test is ignored unless run with
 //! `--include-ignored` (`.ci/run` installs them); run so, a missing tool fails the test.
