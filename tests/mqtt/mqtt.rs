@@ -5,8 +5,9 @@
 //! Home Assistant's `online` → configs republished, broker restart → state again, SIGKILL
 //! of the real binary → the last will, wrong credentials → one clear error while the RTU
 //! side is served, TLS with a CA made here (openssl), KSTAR commands (accepted, refused,
-//! no answer), and two KSTAR devices on one bus (`devices:`) as two HA devices through the
-//! real binary.
+//! no answer), two KSTAR devices on one bus (`devices:`) as two HA devices through the
+//! real binary, and the order of status, availability and state across a clean stop, a
+//! SIGKILL and restarts of `airbridge demo` (no old value ever looks live).
 //!
 //! Every test needs the Mosquitto tools, so every test is ignored unless run with
 //! `--include-ignored` (`.ci/run` installs them); run so, a missing tool fails the test.
@@ -1158,4 +1159,168 @@ devices:
 
     common::terminate(child);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The regions of `airbridge demo`, each with its own availability topic.
+const DEMO_REGIONS: [&str; 5] = ["totals", "phases", "energy", "identity", "spec_version"];
+
+/// What Home Assistant, subscribed all along, knows from the demo gateway's topics, fed line
+/// by line in the order the broker delivered them. It flags the moment Home Assistant would
+/// show a value the gateway does not vouch for: `<topic>/status` `online` while a region's
+/// availability is `online` and that region's last state came from before the gateway's
+/// latest (re)start (Home Assistant keeps the last value it got and shows it as soon as
+/// every availability topic of the entity says `online`).
+#[derive(Default)]
+struct HaView {
+    status: Option<String>,
+    /// Per region: its last availability payload, and whether a state came since the
+    /// gateway's latest start.
+    regions: std::collections::BTreeMap<String, (String, bool)>,
+}
+
+impl HaView {
+    const PREFIX: &'static str = "airbridge-demo/";
+
+    /// The gateway starts again: every state seen so far is from before.
+    fn restarted(&mut self) {
+        self.regions.values_mut().for_each(|r| r.1 = false);
+    }
+
+    /// Regions whose entities would show a state from before the latest start as live.
+    fn replayed(&self) -> Vec<&str> {
+        if self.status.as_deref() != Some("online") {
+            return Vec::new();
+        }
+        self.regions
+            .iter()
+            .filter(|(_, (avail, fresh))| avail == "online" && !fresh)
+            .map(|(r, _)| r.as_str())
+            .collect()
+    }
+
+    /// One `topic payload` line. `clean`: the gateway stops by itself (SIGTERM), so its own
+    /// `status offline` must come after every region went `offline`.
+    fn see(&mut self, line: &str, clean: bool) -> Result<(), String> {
+        let Some((topic, payload)) = line.split_once(' ') else {
+            return Ok(());
+        };
+        let Some(rest) = topic.strip_prefix(Self::PREFIX) else {
+            return Ok(());
+        };
+        if rest == "status" {
+            let online: Vec<&str> = self
+                .regions
+                .iter()
+                .filter(|(_, (a, _))| a == "online")
+                .map(|(r, _)| r.as_str())
+                .collect();
+            if clean && payload == "offline" && !online.is_empty() {
+                return Err(format!(
+                    "`status offline` while {online:?} still `online` (retained for the next start)"
+                ));
+            }
+            self.status = Some(payload.to_string());
+        } else if let Some(region) = rest.strip_suffix("/availability") {
+            self.regions.entry(region.to_string()).or_default().0 = payload.to_string();
+        } else if let Some(region) = rest.strip_suffix("/state") {
+            self.regions.entry(region.to_string()).or_default().1 = true;
+        }
+        match self.replayed() {
+            r if r.is_empty() => Ok(()),
+            r => Err(format!(
+                "after `{line:.60}` Home Assistant shows the pre-restart state of {r:?} as live"
+            )),
+        }
+    }
+
+    /// The gateway is up: `status` and every region `online`.
+    fn serving(&self) -> bool {
+        self.status.as_deref() == Some("online")
+            && DEMO_REGIONS
+                .iter()
+                .all(|r| self.regions.get(*r).is_some_and(|(a, _)| a == "online"))
+    }
+}
+
+/// Feed `sub`'s lines to `view` until `done`; panics on a replay or after [`PATIENCE`].
+async fn watch(sub: &mut Sub, view: &mut HaView, clean: bool, done: impl Fn(&HaView) -> bool) {
+    let mut seen = Vec::new();
+    let mut failure = None;
+    let ok = sub
+        .wait(
+            |line| {
+                seen.push(line.chars().take(90).collect::<String>());
+                if let Err(e) = view.see(line, clean) {
+                    failure = Some(e);
+                    return true;
+                }
+                done(view)
+            },
+            PATIENCE,
+        )
+        .await;
+    if let Some(e) = failure {
+        panic!("{e}; lines so far:\n{}", seen.join("\n"));
+    }
+    assert!(
+        ok.is_some(),
+        "timed out; lines so far:\n{}",
+        seen.join("\n")
+    );
+}
+
+fn demo(port: u16) -> Child {
+    Child(
+        common::airbridge_cmd()
+            .args(["demo", "--mqtt", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn airbridge demo"),
+    )
+}
+
+/// Issue 19: the retained region availabilities stayed `online` after a stop or a kill,
+/// and the next start published `status online` before them, so Home Assistant showed the
+/// pre-stop values as live for a moment (and recorded them). Across a clean stop, a
+/// restart, a SIGKILL and another restart, the order of what the broker delivers must never
+/// make an old value look live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto: apt-get install mosquitto mosquitto-clients"]
+async fn no_old_value_is_replayed_as_live_across_stop_kill_and_restart() {
+    tools(&[]);
+    let broker = Broker::start("replay", "allow_anonymous true");
+    let mut sub = Sub::start(broker.port, &["airbridge-demo/#"], false).await;
+    let mut view = HaView::default();
+
+    let first = demo(broker.port);
+    watch(&mut sub, &mut view, false, HaView::serving).await;
+    // A clean stop: every region `offline` before the gateway's own `status offline`.
+    common::terminate(first);
+    watch(&mut sub, &mut view, true, |v| {
+        v.status.as_deref() == Some("offline")
+    })
+    .await;
+
+    // The restart after a clean stop.
+    view.restarted();
+    let mut second = demo(broker.port);
+    watch(&mut sub, &mut view, false, HaView::serving).await;
+    // SIGKILL: only the broker's last will speaks, the regions keep their retained `online`.
+    second.0.kill().expect("SIGKILL");
+    let _ = second.0.wait();
+    watch(&mut sub, &mut view, false, |v| {
+        v.status.as_deref() == Some("offline")
+    })
+    .await;
+
+    // The restart after the kill: no moment with `status online` over an old state.
+    view.restarted();
+    let third = demo(broker.port);
+    watch(&mut sub, &mut view, false, HaView::serving).await;
+    common::terminate(third);
+    watch(&mut sub, &mut view, true, |v| {
+        v.status.as_deref() == Some("offline")
+    })
+    .await;
 }

@@ -4,14 +4,20 @@
 //! Owns the connection to the broker (rumqttc over TCP or rustls), its reconnect loop
 //! (backoff 1-30 s, one error line per change of state) and the publishing rules:
 //!
-//! - `<topic>/status`: `online` (retained) while connected; the broker's last will, and a
-//!   clean stop, set `offline`.
+//! - `<topic>/status`: `online` (retained) while connected, sent on every connect only
+//!   after every region's availability; the broker's last will, and a clean stop (after
+//!   every region's `offline`), set `offline`.
 //! - `<topic>/<region>/availability`: `online` while the region is fresh by its own
 //!   `max_age`, `offline` once it is stale or before it was filled (retained). A fresh state
-//!   is published *before* `online`, so Home Assistant never shows an old value as live.
+//!   is published *before* `online`, and on every connect each region is set (`offline`, or
+//!   a fresh state and `online`) before `status online`, so an `online` left on the broker by
+//!   a kill never meets `status online` over an old value: Home Assistant never shows an
+//!   old value as live.
 //! - `<topic>/<region>/state`: the region's named values as JSON ([`state`]), at most once
 //!   per `interval` and only when they changed (so counters and identity go out when they
-//!   change), never while the region is stale, never before it was filled.
+//!   change), never while the region is stale, never before it was filled. Not retained:
+//!   a broker that keeps retained messages across its own restart would hand a restarting
+//!   Home Assistant the value of before, under the `online` flags of before.
 //! - Discovery configs ([`discovery`]), republished when Home Assistant announces `online`.
 //! - Commands ([`commands`]), only with `mqtt.commands: true`.
 //!

@@ -34,12 +34,20 @@ const DEVICE_KEYS: &[&str] = &[
 const DEVICE_WAIT: Duration = Duration::from_secs(30);
 
 impl MqttServer {
-    /// One tick: for every device, discovery when due, then availability and state.
+    /// One tick: for every device, discovery when due, then availability and state; on a
+    /// new connection then `<topic>/status` `online`, once every region's availability
+    /// went out (a region whose `offline` or fresh state did not fit the client's queue
+    /// holds it back to the next tick).
     pub(super) fn publish(&self, client: &AsyncClient, s: &mut Session) {
         let snap = self.image.load_full();
         let now = Instant::now();
         for (u, us) in self.units.iter().zip(&mut s.units) {
             self.publish_unit(client, u, us, &snap, now, s.started);
+        }
+        let decided = |us: &UnitSession| us.online.iter().all(Option::is_some);
+        if !s.announced && s.units.iter().all(decided) {
+            let t = self.topics.gateway();
+            s.announced = self.send(client, t, "online", true, QoS::AtMostOnce);
         }
     }
 

@@ -67,15 +67,12 @@ impl MqttServer {
         }
     }
 
-    /// After a ConnAck: `online`, subscriptions, and everything published afresh.
+    /// After a ConnAck: subscriptions, then everything published afresh. `<topic>/status`
+    /// `online` goes out only after every region's availability did (in
+    /// [`MqttServer::publish`]): `offline` unless a fresh state went out first, so the
+    /// `online` a region kept from before a stop, a kill or a broker restart is never seen
+    /// together with `status online`.
     pub(super) fn on_connect(self: &Arc<Self>, client: &AsyncClient, s: &mut Session) {
-        self.send(
-            client,
-            self.topics.gateway(),
-            "online",
-            true,
-            QoS::AtMostOnce,
-        );
         if let Some(t) = self.topics.ha_status() {
             let _ = client.try_subscribe(t, QoS::AtLeastOnce);
         }
@@ -88,6 +85,7 @@ impl MqttServer {
     pub(super) fn new_session(&self) -> Session {
         Session {
             connected: false,
+            announced: false,
             started: Instant::now(),
             units: self
                 .units
@@ -143,10 +141,22 @@ impl MqttServer {
         });
     }
 
-    /// A clean stop: `offline` (retained), then disconnect, within about a second.
+    /// A clean stop: every region `offline`, then `status offline` (all retained), then
+    /// disconnect, within about a second. The regions first, so that no `online` is left on
+    /// the broker for the next start or a restarting Home Assistant to take as current.
     pub(super) async fn goodbye(&self, client: &AsyncClient, events: &mut EventLoop) {
-        let _ = client.try_publish(self.topics.gateway(), QoS::AtMostOnce, true, "offline");
-        let _ = client.try_disconnect();
+        let farewell = async {
+            for u in &self.units {
+                for r in &u.plan {
+                    let t = u.topics.availability(&r.name);
+                    let _ = client.publish(t, QoS::AtMostOnce, true, "offline").await;
+                }
+            }
+            let t = self.topics.gateway();
+            let _ = client.publish(t, QoS::AtMostOnce, true, "offline").await;
+            let _ = client.disconnect().await;
+        };
+        // The event loop must run meanwhile: it drains the client's queue onto the wire.
         let flush = async {
             loop {
                 match events.poll().await {
@@ -155,7 +165,8 @@ impl MqttServer {
                 }
             }
         };
-        let _ = tokio::time::timeout(Duration::from_secs(1), flush).await;
+        let both = async { tokio::join!(farewell, flush) };
+        let _ = tokio::time::timeout(Duration::from_secs(1), both).await;
     }
 }
 
@@ -171,6 +182,8 @@ pub(super) enum Ended {
 pub(super) struct Session {
     /// A ConnAck was received.
     pub(super) connected: bool,
+    /// `<topic>/status` `online` went out (after every region's availability).
+    pub(super) announced: bool,
     /// When the connection attempt began (bounds the wait for device details).
     pub(super) started: Instant,
     /// Per HA device (as [`MqttServer::units`]): what went out for it.
