@@ -149,7 +149,12 @@ impl HaDevice {
             "inverter_model_name",
         ])
         .unwrap_or_else(|| profile_name.to_string());
-        let sw_version = text(&["firmware_version", "arm_version", "software_version"]);
+        let sw_version = text(&[
+            "firmware_version",
+            "arm_version",
+            "arm_version_input",
+            "software_version",
+        ]);
         let id = match &serial {
             Some(s) => format!("airbridge_{}", sanitize(s)),
             None => format!("airbridge_{node}"),

@@ -28,6 +28,7 @@ const DEVICE_KEYS: &[&str] = &[
     "machine_model",
     "inverter_model_name",
     "arm_version",
+    "arm_version_input",
 ];
 
 /// How long discovery waits for device details other than a serial number.
