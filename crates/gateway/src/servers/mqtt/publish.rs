@@ -73,7 +73,7 @@ impl MqttServer {
                     values.extend(r.payload(&snap.regions[r.index].words));
                 }
                 let device = if u.name.is_empty() {
-                    HaDevice::new(&u.profile_name, &u.topics.node, &values)
+                    HaDevice::new(&u.profile_name, &u.short_name, &u.topics.node, &values)
                 } else {
                     HaDevice::named(&u.name, &u.profile_name, &u.topics.node, &values)
                 };
