@@ -14,6 +14,7 @@
 //!
 //! ```yaml
 //! name: KOSTAL Smart Energy Meter G2
+//! short_name: ksem        # Home Assistant entity ids: sensor.ksem_active_power_import
 //! registers:
 //!   - {name: active_power_import, address: 0, function: holding, type: u32, scale: 0.1, unit: W}
 //!   - {name: working_mode, address: 3044, function: input, type: u16, access: rw, writes: [6],
@@ -118,7 +119,8 @@ pub struct Byte {
 /// One register (or multi-word value) of a profile.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Register {
-    /// Unique name, used in lookups, `writable:` entries and the status page.
+    /// Unique name (no other register's or byte's name gives the same [`id_slug`]), used in
+    /// lookups, `writable:` entries, the status page and entity ids.
     pub name: String,
     /// Human label, if the name is not enough.
     pub label: Option<String>,
