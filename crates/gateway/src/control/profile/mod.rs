@@ -382,7 +382,6 @@ impl Profile {
     pub fn show(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "{}", self.name);
-        let _ = writeln!(out, "short_name: {}", self.short_name);
         if let Some(s) = &self.source {
             let _ = writeln!(out, "source: {}", readable_source(s));
         }
@@ -450,7 +449,12 @@ impl Profile {
                 let _ = writeln!(out, "{indent}bits: {}", v.join(", "));
             }
         }
-        let _ = writeln!(out, "{} registers", self.registers.len());
+        let _ = writeln!(
+            out,
+            "{} registers; Home Assistant entity ids: sensor.{}_<name>",
+            self.registers.len(),
+            self.short_name
+        );
         out
     }
 }
@@ -690,7 +694,7 @@ registers:
         assert_eq!(p.short_name, "kostal");
         let p = parse(&format!("name: X\nshort_name: ksem\n{regs}"), "t.yaml").expect("valid");
         assert_eq!(p.short_name, "ksem");
-        assert!(p.show().contains("short_name: ksem"));
+        assert!(p.show().contains("entity ids: sensor.ksem_<name>"));
         let p = parse(&format!("name: '+'\n{regs}"), "t.yaml").expect("valid");
         assert_eq!(p.short_name, "device");
         for bad in ["KSEM", "k sem", "_k", "a__b", "''"] {
