@@ -9,12 +9,27 @@ the gateway's profile schema (src/control/profile/) names the table instead: `fu
 Write-only registers (06H/10H only: commands and set-points) are placed in the holding
 table, where a Modbus write lands. Reserved spans are left out (unlisted words decode to
 nothing), repeat blocks are expanded, and enum keys that are not plain numbers
-("19-31 (0x13-0x1F)": reserve) are dropped.
+("19-31 (0x13-0x1F)": reserve) are dropped. A name a map gives twice is renamed (RENAMES),
+and each profile gets the `short_name` its Home Assistant entity ids start with.
 """
 import sys
 import yaml
 
 KEEP = ("label", "unit", "range", "note")
+
+# Names the reference maps give twice in one profile. Every value name (a register's, or a
+# byte's of a u8pair) must be unique: it is the key in the MQTT state message and the Home
+# Assistant entity id (the gateway refuses a profile that repeats one). The first use keeps
+# its name, so existing entities keep theirs. Keyed by (function, address, "name"|"hi"|"lo").
+RENAMES = {
+    # Input 3227 repeats the DSP/ARM versions of holding 3216/3217 (hi bytes).
+    "kstar-hybrid.yaml": {
+        ("input", 3227, "hi"): "dsp_version_input",
+        ("input", 3227, "lo"): "arm_version_input",
+    },
+    # The u8pair register is named like its own high byte.
+    "kstar-ksg1-250k.yaml": {("holding", 3230, "name"): "dsp2_version_full"},
+}
 
 
 def table(fc, access):
@@ -85,7 +100,21 @@ def convert_entry(r, out, prefix=""):
     out.append(e)
 
 
-def convert(ref, name, function_default):
+def rename(regs, renames):
+    for e in regs:
+        for part in ("name", "hi", "lo"):
+            new = renames.pop((e["function"], e["address"], part), None)
+            if new is None:
+                continue
+            if part == "name":
+                e["name"] = new
+            else:
+                e[part]["name"] = new
+    if renames:
+        sys.exit(f"renames that match no register: {renames}")
+
+
+def convert(ref, name, short, function_default):
     regs = []
     for r in ref["registers"]:
         r = dict(r)
@@ -111,7 +140,7 @@ def convert(ref, name, function_default):
                         convert_entry(f, regs, prefix)
             continue
         convert_entry(r, regs)
-    prof = {"name": name, "source": ref.get("source") or ref.get("device")}
+    prof = {"name": name, "short_name": short, "source": ref.get("source") or ref.get("device")}
     for k in ("enums", "bits"):
         if ref.get(k):
             prof[k] = {n: clean_table(t) for n, t in ref[k].items()}
@@ -123,6 +152,7 @@ def dump(prof, path, header):
     with open(path, "w") as f:
         f.write(header)
         f.write(f"name: {yaml.safe_dump(prof['name'], width=1000).splitlines()[0]}\n")
+        f.write(f"short_name: {prof['short_name']}\n")
         f.write(f"source: {yaml.safe_dump(prof['source'], width=1000).splitlines()[0]}\n")
         for k in ("enums", "bits"):
             if k in prof:
@@ -145,13 +175,14 @@ HEADER = """# {title}
 if __name__ == "__main__":
     ref_dir, out_dir = sys.argv[1], sys.argv[2]
     jobs = [
-        ("ksem-g2.yaml", "ksem-g2.yaml", "KOSTAL Smart Energy Meter G2 (KSEM)", "holding"),
-        ("kstar/kstar-hybrid.yaml", "kstar-hybrid.yaml", "KSTAR hybrid inverter (KSE, BluE-S, BlueSpark, E-KT), protocol V2.9.1", "input"),
-        ("kstar/kstar-ksg1-60k.yaml", "kstar-ksg1-60k.yaml", "KSTAR KSG1 string inverter 1-60 kW, protocol V1.8", "input"),
-        ("kstar/kstar-ksg1-250k.yaml", "kstar-ksg1-250k.yaml", "KSTAR KSG1 string inverter up to 250 kW, protocol V3.5", "input"),
+        ("ksem-g2.yaml", "ksem-g2.yaml", "KOSTAL Smart Energy Meter G2 (KSEM)", "ksem", "holding"),
+        ("kstar/kstar-hybrid.yaml", "kstar-hybrid.yaml", "KSTAR hybrid inverter (KSE, BluE-S, BlueSpark, E-KT), protocol V2.9.1", "kstar", "input"),
+        ("kstar/kstar-ksg1-60k.yaml", "kstar-ksg1-60k.yaml", "KSTAR KSG1 string inverter 1-60 kW, protocol V1.8", "kstar", "input"),
+        ("kstar/kstar-ksg1-250k.yaml", "kstar-ksg1-250k.yaml", "KSTAR KSG1 string inverter up to 250 kW, protocol V3.5", "kstar", "input"),
     ]
-    for src, dst, name, default in jobs:
+    for src, dst, name, short, default in jobs:
         ref = yaml.safe_load(open(f"{ref_dir}/{src}"))
-        prof = convert(ref, name, default)
+        prof = convert(ref, name, short, default)
+        rename(prof["registers"], dict(RENAMES.get(dst, {})))
         dump(prof, f"{out_dir}/{dst}", HEADER.format(title=name, src=f"shared/reference/{src}", file=f"profiles/{dst}"))
         print(dst, len(prof["registers"]), "registers")

@@ -31,6 +31,50 @@ fn shipped_profiles_load() {
     }
 }
 
+/// Each shipped profile says what its Home Assistant entity ids start with.
+#[test]
+fn shipped_profiles_have_their_short_name() {
+    for (file, short) in [
+        ("ksem-g2.yaml", "ksem"),
+        ("kstar-hybrid.yaml", "kstar"),
+        ("kstar-ksg1-60k.yaml", "kstar"),
+        ("kstar-ksg1-250k.yaml", "kstar"),
+    ] {
+        assert_eq!(load(file).short_name, short, "{file}");
+    }
+}
+
+/// The KSTAR hybrid profile once named two values `arm_version` (holding 3216, input 3227):
+/// one state key and one Home Assistant unique_id for both. `profile show` (and every
+/// command that loads a profile) refuses that, naming the file and line of both.
+#[test]
+fn profile_show_refuses_a_value_name_used_twice_with_both_lines() {
+    let bad =
+        std::env::temp_dir().join(format!("airbridge-dup-profile-{}.yaml", std::process::id()));
+    std::fs::write(
+        &bad,
+        "name: x\nregisters:\n\
+         \x20 - {name: arm_version_full, address: 3216, function: holding, type: u8pair, hi: {name: arm_version}, lo: {name: arm_test_version}}\n\
+         \x20 - {name: dsp_arm_version, address: 3227, function: input, type: u8pair, hi: {name: dsp_version}, lo: {name: arm_version}}\n",
+    )
+    .expect("write temp profile");
+    let out = common::airbridge_cmd()
+        .args(["profile", "show"])
+        .arg(&bad)
+        .output()
+        .expect("run airbridge");
+    let _ = std::fs::remove_file(&bad);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let path = bad.display();
+    assert!(
+        err.contains(&format!(
+            "{path}:4: arm_version: name used twice, also at {path}:3"
+        )),
+        "{err}"
+    );
+}
+
 #[test]
 fn ksem_profile_decodes_power_and_identity() {
     let p = load("ksem-g2.yaml");

@@ -7,7 +7,8 @@
 //! side is served, TLS with a CA made here (openssl), KSTAR commands (accepted, refused,
 //! no answer), two KSTAR devices on one bus (`devices:`) as two HA devices through the
 //! real binary, and the order of status, availability and state across a clean stop, a
-//! SIGKILL and restarts of `airbridge demo` (no old value ever looks live).
+//! SIGKILL and restarts of `airbridge demo` (no old value ever looks live), and the entity
+//! ids `airbridge demo --mqtt` gives Home Assistant.
 //!
 //! Every test needs the Mosquitto tools, so every test is ignored unless run with
 //! `--include-ignored` (`.ci/run` installs them); run so, a missing tool fails the test.
@@ -1273,6 +1274,24 @@ fn demo(port: u16) -> Child {
     Child(
         common::airbridge_cmd()
             .args(["demo", "--mqtt", &format!("127.0.0.1:{port}")])
+/// `airbridge demo --mqtt`: every discovery config names its own entity id, of the form the
+/// README documents (`sensor.ksem_<value name>`, as `default_entity_id` and as `object_id`),
+/// so "Active power + L1" and "Active power - L1" can no longer become one id plus `_2`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto: apt-get install mosquitto mosquitto-clients"]
+async fn demo_discovery_gives_every_value_its_own_documented_entity_id() {
+    tools(&[]);
+    let broker = Broker::start("ids", "allow_anonymous true");
+    let mut sub = Sub::start(
+        broker.port,
+        &["homeassistant/#", "airbridge-demo/status"],
+        false,
+    )
+    .await;
+    let mut demo = Child(
+        Command::new(BIN)
+            .args(["demo", "--duration", "4s", "--mqtt"])
+            .arg(format!("127.0.0.1:{}", broker.port))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -1323,4 +1342,54 @@ async fn no_old_value_is_replayed_as_live_across_stop_kill_and_restart() {
         v.status.as_deref() == Some("offline")
     })
     .await;
+    );
+    // Every config until the demo's clean stop says `offline`.
+    let mut configs = std::collections::BTreeMap::new();
+    let stopped = sub
+        .wait(
+            |line| {
+                let Some((topic, body)) = line.split_once(' ') else {
+                    return false;
+                };
+                if topic.ends_with("/config") {
+                    let j = serde_json::from_str::<Json>(body)
+                        .unwrap_or_else(|e| panic!("{topic}: {e}: {body}"));
+                    configs.insert(topic.to_string(), j);
+                }
+                line == "airbridge-demo/status offline"
+            },
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(stopped.is_some(), "the demo did not stop cleanly");
+    assert!(common::wait_exit(&mut demo, PATIENCE).is_some_and(|s| s.success()));
+    assert!(configs.len() > 40, "{} configs", configs.len());
+
+    let mut ids = std::collections::BTreeSet::new();
+    let mut unique_ids = std::collections::BTreeSet::new();
+    for (topic, c) in &configs {
+        let id = c["default_entity_id"].as_str().unwrap_or_default();
+        // The value's name, from the template that reads it from the state message.
+        let key = c["value_template"]
+            .as_str()
+            .and_then(|t| t.strip_prefix("{{ value_json."))
+            .and_then(|t| t.strip_suffix(" }}"))
+            .unwrap_or_else(|| panic!("{topic}: {c}"));
+        assert_eq!(id, format!("sensor.ksem_{key}"), "{topic}");
+        assert_eq!(c["object_id"], format!("ksem_{key}").as_str(), "{topic}");
+        assert!(ids.insert(id.to_string()), "{id} twice");
+        let uid = c["unique_id"].as_str().unwrap_or_default().to_string();
+        assert!(unique_ids.insert(uid.clone()), "unique_id {uid} twice");
+    }
+    for want in [
+        "sensor.ksem_active_power_import_l1",
+        "sensor.ksem_active_power_export_l1",
+        "sensor.ksem_active_power_import_l2",
+        "sensor.ksem_active_power_export_l2",
+        "sensor.ksem_active_energy_import",
+    ] {
+        assert!(ids.contains(want), "{want} missing in {ids:?}");
+    }
+    let l1 = &configs["homeassistant/sensor/airbridge-demo/active_power_export_l1/config"];
+    assert_eq!(l1["name"], "Active power export L1");
 }

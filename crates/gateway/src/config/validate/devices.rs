@@ -109,7 +109,9 @@ impl Validator<'_> {
         Ok((devices, regions))
     }
 
-    /// The name of device `i`: letters, digits, `_` or `-`, not used by an earlier one.
+    /// The name of device `i`: letters, digits, `_` or `-`, not used by an earlier one, nor
+    /// one with the same Home Assistant id (its entity ids start with it: `Bat-1` and
+    /// `bat_1` are both `bat_1`).
     fn device_name<'d>(
         &self,
         d: &'d RawDevice,
@@ -117,7 +119,7 @@ impl Validator<'_> {
         earlier: &[DeviceConfig],
     ) -> Result<&'d str, ConfigError> {
         let name = d.name.value.trim();
-        if name.is_empty()
+        if !name.chars().any(|c| c.is_ascii_alphanumeric())
             || !name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
@@ -133,6 +135,20 @@ impl Validator<'_> {
                 line(&d.name),
                 &format!("devices[{i}] ({name}).name"),
                 format!("`{name}` is used twice"),
+            ));
+        }
+        let id = crate::control::profile::id_slug(name);
+        if let Some(o) = earlier
+            .iter()
+            .find(|o| crate::control::profile::id_slug(&o.name) == id)
+        {
+            return Err(self.err(
+                line(&d.name),
+                &format!("devices[{i}] ({name}).name"),
+                format!(
+                    "`{name}` and `{}` give the same Home Assistant entity ids (`sensor.{id}_…`); rename one",
+                    o.name
+                ),
             ));
         }
         Ok(name)
@@ -300,6 +316,18 @@ tcp_server: {listen: '127.0.0.1:0', allow_from: [127.0.0.1]}
         assert!(m.contains("own address"), "{m}");
         let (_, key, _) = invalid(&two(&dev("a", "unit_id: 1"), &dev("a", "unit_id: 2")));
         assert_eq!(key, "devices[1] (a).name");
+        // One Home Assistant id for two devices: their entity ids would collide.
+        let (_, key, m) = invalid(&two(
+            &dev("Bat-1", "unit_id: 1"),
+            &dev("bat_1", "unit_id: 2"),
+        ));
+        assert_eq!(key, "devices[1] (bat_1).name");
+        assert!(
+            m.contains("`bat_1` and `Bat-1`") && m.contains("sensor.bat_1_"),
+            "{m}"
+        );
+        let (_, key, _) = invalid(&two(&dev("'-'", "unit_id: 1"), ""));
+        assert_eq!(key, "devices[0].name");
         let (_, key, _) = invalid(&two(
             &dev("a", "unit_id: 1"),
             &dev("b", "unit_id: 2\n    tcp_unit_id: 1"),

@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::{Access, Byte, Kind, Profile, ProfileError, Register, Table};
+use super::{id_slug, Access, Byte, Kind, Profile, ProfileError, Register, Table};
 
 /// Read and validate a profile file.
 pub fn load(path: &Path) -> Result<Profile, ProfileError> {
@@ -36,6 +36,9 @@ pub fn parse(text: &str, origin: &str) -> Result<Profile, ProfileError> {
 struct RawProfile {
     /// `name:`, the device.
     name: String,
+    /// `short_name:`, the device kind in entity ids (`ksem`); spanned for messages.
+    #[serde(default)]
+    short_name: Option<Spanned<String>>,
     /// `source:`, where the facts come from.
     #[serde(default)]
     source: Option<String>,
@@ -132,6 +135,7 @@ struct RawByte {
 }
 
 fn build(raw: RawProfile, origin: &str) -> Result<Profile, ProfileError> {
+    let short_name = short_name(&raw, origin)?;
     let mut registers = Vec::with_capacity(raw.registers.len());
     let mut lines = Vec::with_capacity(raw.registers.len());
     for spanned in raw.registers {
@@ -147,6 +151,7 @@ fn build(raw: RawProfile, origin: &str) -> Result<Profile, ProfileError> {
         registers.push(register);
         lines.push(line);
     }
+    unique_names(&registers, &lines, origin)?;
     let mut order: Vec<usize> = (0..registers.len()).collect();
     order.sort_by_key(|&i| (registers[i].table, registers[i].address));
     let registers: Vec<Register> = order.iter().map(|&i| registers[i].clone()).collect();
@@ -157,7 +162,11 @@ fn build(raw: RawProfile, origin: &str) -> Result<Profile, ProfileError> {
         line: lines[i].max(lines[j]),
         message,
     };
-    let by_name = names(&registers, &lines).map_err(invalid)?;
+    let by_name = registers
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.name.clone(), i))
+        .collect();
     // Readable registers of one table may not overlap: a read has one meaning.
     let readable: Vec<usize> = (0..registers.len())
         .filter(|&i| registers[i].access.readable())
@@ -175,6 +184,7 @@ fn build(raw: RawProfile, origin: &str) -> Result<Profile, ProfileError> {
     }
     Ok(Profile {
         name: raw.name,
+        short_name,
         source: raw.source,
         registers,
         by_name,
@@ -189,13 +199,14 @@ fn register(
     enums: &BTreeMap<String, BTreeMap<u64, String>>,
     bit_tables: &BTreeMap<String, BTreeMap<u32, String>>,
 ) -> Result<Register, String> {
-    if r.name.is_empty()
-        || !r
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    for name in
+        std::iter::once(&r.name).chain([&r.hi, &r.lo].into_iter().flatten().map(|b| &b.name))
     {
-        return Err("a name is letters, digits and _".into());
+        if !valid_name(name) {
+            return Err(format!(
+                "{name:?}: a name is letters, digits and _, with at least one letter or digit"
+            ));
+        }
     }
     let words = words(&r)?;
     if u32::from(r.address) + u32::from(words) > 0x1_0000 {
@@ -307,20 +318,69 @@ fn shared_table<K: Ord + Clone>(
 /// A clash between two registers (by index in address order) and what it is.
 type Clash = (usize, usize, String);
 
-/// The index of every register by name; a name used twice is a clash.
-fn names(registers: &[Register], lines: &[u64]) -> Result<HashMap<String, usize>, Clash> {
-    let mut by_name = HashMap::with_capacity(registers.len());
-    for (i, r) in registers.iter().enumerate() {
-        if let Some(prev) = by_name.insert(r.name.clone(), i) {
-            let first = lines[i].min(lines[prev]);
-            return Err((
-                i,
-                prev,
-                format!("{}: name used twice (line {first})", r.name),
-            ));
+/// A register's or a byte's name: letters, digits and `_`, at least one letter or digit (so
+/// it has an id, see [`id_slug`]).
+fn valid_name(name: &str) -> bool {
+    name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.chars().any(|c| c.is_ascii_alphanumeric())
+}
+
+/// `short_name:` as written (it must already be an id), or the first word of `name:` as one
+/// (`KOSTAL Smart Energy Meter` → `kostal`), or `device`.
+fn short_name(raw: &RawProfile, origin: &str) -> Result<String, ProfileError> {
+    match &raw.short_name {
+        Some(s) if !s.value.is_empty() && id_slug(&s.value) == s.value => Ok(s.value.clone()),
+        Some(s) => Err(ProfileError::Invalid {
+            path: origin.to_string(),
+            line: s.referenced.line(),
+            message: format!(
+                "short_name {:?}: lowercase letters and digits, words joined by one _ (e.g. ksem)",
+                s.value
+            ),
+        }),
+        None => {
+            let first = id_slug(raw.name.split_whitespace().next().unwrap_or(""));
+            Ok(if first.is_empty() {
+                "device".into()
+            } else {
+                first
+            })
         }
     }
-    Ok(by_name)
+}
+
+/// Every value name of the profile is unique: register names and the byte names of
+/// `u8pair` registers are keys of one state message and ids of one Home Assistant device,
+/// so two of them may neither be equal nor give the same id ([`id_slug`]). `registers` and
+/// `lines` are in file order; the message names the file and line of both.
+fn unique_names(registers: &[Register], lines: &[u64], origin: &str) -> Result<(), ProfileError> {
+    let mut seen: HashMap<String, (&str, u64)> = HashMap::new();
+    for (r, &line) in registers.iter().zip(lines) {
+        let bytes = [&r.hi, &r.lo]
+            .into_iter()
+            .flatten()
+            .map(|b| b.name.as_str());
+        for name in std::iter::once(r.name.as_str()).chain(bytes) {
+            let Some(&(other, first)) = seen.get(&id_slug(name)) else {
+                seen.insert(id_slug(name), (name, line));
+                continue;
+            };
+            let message = if other == name {
+                format!("{name}: name used twice, also at {origin}:{first}")
+            } else {
+                format!(
+                    "{name}: the same id as {other} at {origin}:{first} (ids are lowercase, \
+                     one _ between words)"
+                )
+            };
+            return Err(ProfileError::Invalid {
+                path: origin.to_string(),
+                line,
+                message,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Two registers that share an address.

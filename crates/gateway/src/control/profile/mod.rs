@@ -14,6 +14,7 @@
 //!
 //! ```yaml
 //! name: KOSTAL Smart Energy Meter G2
+//! short_name: ksem        # Home Assistant entity ids: sensor.ksem_active_power_import
 //! registers:
 //!   - {name: active_power_import, address: 0, function: holding, type: u32, scale: 0.1, unit: W}
 //!   - {name: working_mode, address: 3044, function: input, type: u16, access: rw, writes: [6],
@@ -118,7 +119,8 @@ pub struct Byte {
 /// One register (or multi-word value) of a profile.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Register {
-    /// Unique name, used in lookups, `writable:` entries and the status page.
+    /// Unique name (no other register's or byte's name gives the same [`id_slug`]), used in
+    /// lookups, `writable:` entries, the status page and entity ids.
     pub name: String,
     /// Human label, if the name is not enough.
     pub label: Option<String>,
@@ -226,6 +228,10 @@ pub enum WriteRefusal {
 pub struct Profile {
     /// The device the profile describes.
     pub name: String,
+    /// The device kind in short (`ksem`, `kstar`): the prefix of its Home Assistant entity
+    /// ids in the one-device form. `short_name:`, else the first word of `name:`; always an
+    /// id ([`id_slug`] leaves it as it is).
+    pub short_name: String,
     /// Where its facts come from (document, version).
     pub source: Option<String>,
     /// Sorted by (function, address).
@@ -236,6 +242,25 @@ pub struct Profile {
     readable: Vec<usize>,
     /// Indices of writable registers (rw, w).
     writable: Vec<usize>,
+}
+
+/// A name as a part of an entity id: lowercase ASCII letters and digits, every run of other
+/// characters one `_`, none at either end (`Active_Power__L1` → `active_power_l1`,
+/// `battery-2` → `battery_2`). Home Assistant accepts exactly such ids; the profile loader
+/// refuses two value names with one id.
+pub fn id_slug(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.is_empty() && !out.ends_with('_') {
+            out.push('_');
+        }
+    }
+    while out.ends_with('_') {
+        out.pop();
+    }
+    out
 }
 
 /// A profile error, with where it is and what is wrong.
@@ -424,7 +449,12 @@ impl Profile {
                 let _ = writeln!(out, "{indent}bits: {}", v.join(", "));
             }
         }
-        let _ = writeln!(out, "{} registers", self.registers.len());
+        let _ = writeln!(
+            out,
+            "{} registers; Home Assistant entity ids: sensor.{}_<name>",
+            self.registers.len(),
+            self.short_name
+        );
         out
     }
 }
@@ -604,6 +634,75 @@ registers:
         .expect_err("unknown type")
         .to_string();
         assert!(e.contains("t.yaml") && e.contains("f32"), "{e}");
+    }
+
+    #[test]
+    fn ids_are_lowercase_with_one_underscore_between_words() {
+        assert_eq!(id_slug("active_power_import_l1"), "active_power_import_l1");
+        assert_eq!(id_slug("Active_Power__L1"), "active_power_l1");
+        assert_eq!(id_slug("_x_"), "x");
+        assert_eq!(id_slug("battery-2"), "battery_2");
+        assert_eq!(id_slug("KOSTAL"), "kostal");
+        assert_eq!(id_slug("Active power + L1"), id_slug("Active power - L1"));
+        assert_eq!(id_slug("___"), "");
+    }
+
+    #[test]
+    fn a_value_name_used_twice_is_refused_with_the_file_and_line_of_both() {
+        // Two u8pair registers whose bytes share names: two values under one key and one id.
+        let text = "name: t\nregisters:\n  \
+            - {name: full, address: 0, function: holding, type: u8pair, hi: {name: arm_version}, lo: {name: arm_test}}\n  \
+            - {name: other, address: 1, function: input, type: u16}\n  \
+            - {name: both, address: 9, function: input, type: u8pair, hi: {name: dsp_version}, lo: {name: arm_version}}\n";
+        let e = parse(text, "t.yaml")
+            .expect_err("duplicate byte")
+            .to_string();
+        assert_eq!(
+            e,
+            "t.yaml:5: arm_version: name used twice, also at t.yaml:3"
+        );
+        // A register named like a byte of another.
+        let text = "name: t\nregisters:\n  \
+            - {name: a, address: 0, function: holding, type: u8pair, hi: {name: hi_byte}, lo: {name: lo_byte}}\n  \
+            - {name: lo_byte, address: 1, function: holding, type: u16}\n";
+        let e = parse(text, "t.yaml")
+            .expect_err("register like a byte")
+            .to_string();
+        assert_eq!(e, "t.yaml:4: lo_byte: name used twice, also at t.yaml:3");
+        // Names that differ only in case or underscores give one entity id.
+        let text = "name: t\nregisters:\n  \
+            - {name: Power_L1, address: 0, function: input, type: u16}\n  \
+            - {name: power__l1, address: 1, function: input, type: u16}\n";
+        let e = parse(text, "t.yaml").expect_err("same id").to_string();
+        assert!(
+            e.starts_with("t.yaml:4: power__l1: the same id as Power_L1 at t.yaml:3"),
+            "{e}"
+        );
+        // A byte's name follows the rules of a register's.
+        let text = "name: t\nregisters:\n  \
+            - {name: a, address: 0, function: holding, type: u8pair, hi: {name: hi byte}, lo: {name: lo}}\n";
+        let e = parse(text, "t.yaml")
+            .expect_err("bad byte name")
+            .to_string();
+        assert!(e.starts_with("t.yaml:3: a: \"hi byte\": a name is"), "{e}");
+    }
+
+    #[test]
+    fn the_short_name_is_given_or_the_first_word_of_the_name() {
+        let regs = "registers:\n  - {name: a, address: 0, function: input, type: u16}\n";
+        let p = parse(&format!("name: KOSTAL Smart Meter\n{regs}"), "t.yaml").expect("valid");
+        assert_eq!(p.short_name, "kostal");
+        let p = parse(&format!("name: X\nshort_name: ksem\n{regs}"), "t.yaml").expect("valid");
+        assert_eq!(p.short_name, "ksem");
+        assert!(p.show().contains("entity ids: sensor.ksem_<name>"));
+        let p = parse(&format!("name: '+'\n{regs}"), "t.yaml").expect("valid");
+        assert_eq!(p.short_name, "device");
+        for bad in ["KSEM", "k sem", "_k", "a__b", "''"] {
+            let e = parse(&format!("name: X\nshort_name: {bad}\n{regs}"), "t.yaml")
+                .expect_err(bad)
+                .to_string();
+            assert!(e.starts_with("t.yaml:2: short_name"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value as Json};
 
 use super::state::{Field, RegionPlan};
 use crate::config::MqttConfig;
-use crate::control::profile::Register;
+use crate::control::profile::{id_slug, Register};
 
 /// The topics of one HA device, from the config.
 ///
@@ -121,12 +121,20 @@ pub struct HaDevice {
     pub sw_version: Option<String>,
     /// Serial number, where the image has one.
     pub serial_number: Option<String>,
+    /// What its entity ids start with: the profile's `short_name` (`ksem`), or the device's
+    /// name with `devices:` (`battery1`), as an id.
+    pub entity_prefix: String,
 }
 
 impl HaDevice {
-    /// The device from the profile and the identity values read from the image (`values`:
-    /// every field of every filled region, by key).
-    pub fn new(profile_name: &str, node: &str, values: &Map<String, Json>) -> HaDevice {
+    /// The device from the profile (its name and `short_name`) and the identity values read
+    /// from the image (`values`: every field of every filled region, by key).
+    pub fn new(
+        profile_name: &str,
+        short_name: &str,
+        node: &str,
+        values: &Map<String, Json>,
+    ) -> HaDevice {
         let text = |keys: &[&str]| {
             keys.iter().find_map(|k| match values.get(*k) {
                 Some(Json::String(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
@@ -149,7 +157,12 @@ impl HaDevice {
             "inverter_model_name",
         ])
         .unwrap_or_else(|| profile_name.to_string());
-        let sw_version = text(&["firmware_version", "arm_version", "software_version"]);
+        let sw_version = text(&[
+            "firmware_version",
+            "arm_version",
+            "arm_version_input",
+            "software_version",
+        ]);
         let id = match &serial {
             Some(s) => format!("airbridge_{}", sanitize(s)),
             None => format!("airbridge_{node}"),
@@ -161,25 +174,50 @@ impl HaDevice {
             model,
             sw_version,
             serial_number: serial,
+            entity_prefix: id_slug(short_name),
         }
     }
 
-    /// Device `name` of `devices:` (node `<topic>_<device>`): named after it, and identified
-    /// by the node, plus the serial number where its profile has one. The node alone keeps
-    /// two devices apart even if they report the same serial number (or none).
+    /// Device `name` of `devices:` (node `<topic>_<device>`): named after it, its entity ids
+    /// start with it, and identified by the node, plus the serial number where its profile
+    /// has one. The node alone keeps two devices apart even if they report the same serial
+    /// number (or none).
     pub fn named(
         name: &str,
         profile_name: &str,
         node: &str,
         values: &Map<String, Json>,
     ) -> HaDevice {
-        let mut d = HaDevice::new(profile_name, node, values);
+        let mut d = HaDevice::new(profile_name, name, node, values);
         d.id = match &d.serial_number {
             Some(s) => format!("airbridge_{node}_{}", sanitize(s)),
             None => format!("airbridge_{node}"),
         };
         d.name = name.to_string();
         d
+    }
+
+    /// The entity id Home Assistant gives a new entity of `component` for value `name`:
+    /// `sensor.ksem_active_power_import_l1`.
+    pub fn entity_id(&self, component: &str, name: &str) -> String {
+        format!("{component}.{}", self.object_id(name))
+    }
+
+    /// The entity id without its domain (`ksem_active_power_import_l1`): Home Assistant's
+    /// `object_id` before 2025.10.
+    fn object_id(&self, name: &str) -> String {
+        format!("{}_{}", self.entity_prefix, id_slug(name))
+    }
+
+    /// `default_entity_id` (Home Assistant 2025.10 and later) and `object_id` (before; it
+    /// stops working in 2026.4): both name the same id, so every release agrees. They apply
+    /// when Home Assistant first sees an entity; it keeps an existing entity's id.
+    fn ids(&self, m: &mut Map<String, Json>, component: &str, name: &str) {
+        m.insert(
+            "default_entity_id".into(),
+            json!(self.entity_id(component, name)),
+        );
+        m.insert("object_id".into(), json!(self.object_id(name)));
     }
 
     fn json(&self) -> Json {
@@ -222,6 +260,36 @@ pub fn classes(unit: Option<&str>, name: &str) -> (Option<&'static str>, Option<
     }
 }
 
+/// The name Home Assistant shows for value `name`: its profile `label` where that reads as
+/// the name (`Current L1` for `current_l1`), else the name in words (`active_power_import_l1`
+/// → `Active power import L1`; the label `Active power + L1` would read like the export's).
+/// Names are unique by id, so every display name is too.
+pub fn display_name(name: &str, label: Option<&str>) -> String {
+    if let Some(l) = label.filter(|l| id_slug(l) == id_slug(name)) {
+        return l.to_string();
+    }
+    let words: Vec<String> = name
+        .split('_')
+        .filter(|w| !w.is_empty())
+        .enumerate()
+        .map(|(i, w)| {
+            let letters = w.chars().take_while(char::is_ascii_alphabetic).count();
+            // A phase or string number reads in capitals: l1 → L1, pv2 → PV2.
+            if (1..=2).contains(&letters) && letters < w.len() {
+                w.to_ascii_uppercase()
+            } else if i == 0 {
+                let mut c = w.chars();
+                c.next()
+                    .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                    .unwrap_or_default()
+            } else {
+                w.to_string()
+            }
+        })
+        .collect();
+    words.join(" ")
+}
+
 /// Every entity's shared keys: availability (gateway and region, both needed), device, origin.
 fn common(topics: &Topics, device: &HaDevice, region: &str) -> Map<String, Json> {
     let mut m = Map::new();
@@ -251,8 +319,12 @@ pub fn sensor(
     let object = sanitize(&field.key);
     let topic = topics.config("sensor", &object)?;
     let mut m = common(topics, device, &region.name);
-    m.insert("name".into(), json!(field.label()));
+    m.insert(
+        "name".into(),
+        json!(display_name(&field.key, field.label())),
+    );
     m.insert("unique_id".into(), json!(format!("{}_{object}", device.id)));
+    device.ids(&mut m, "sensor", &field.key);
     m.insert("state_topic".into(), json!(topics.state(&region.name)));
     m.insert(
         "value_template".into(),
@@ -295,15 +367,13 @@ pub fn command(
         // Write-only: only the gateway's availability applies.
         m.insert("availability".into(), json!([{"topic": topics.gateway()}]));
     }
-    let label = register
-        .label
-        .clone()
-        .unwrap_or_else(|| register.name.replace('_', " "));
-    m.insert("name".into(), json!(format!("{label} (set)")));
+    let name = display_name(&register.name, register.label.as_deref());
+    m.insert("name".into(), json!(format!("{name} (set)")));
     m.insert(
         "unique_id".into(),
         json!(format!("{}_{object}_set", device.id)),
     );
+    device.ids(&mut m, component, &register.name);
     m.insert(
         "command_topic".into(),
         json!(topics.command(&register.name)),
@@ -381,15 +451,18 @@ mod tests {
         ident.insert("vendor_name".into(), json!("KOSTAL"));
         ident.insert("product_name".into(), json!("KOSTAL Smart Energy Meter"));
         ident.insert("firmware_version".into(), json!(258));
-        let dev = HaDevice::new(&p.name, &topics.node, &ident);
+        let dev = HaDevice::new(&p.name, &p.short_name, &topics.node, &ident);
         let f = plan[0].field("active_power_import").unwrap();
         let (topic, c) = sensor(&topics, &dev, &plan[0], f).unwrap();
         assert_eq!(
             topic,
             "homeassistant/sensor/home_meter/active_power_import/config"
         );
+        // The label reads as the name (it slugs to `active_power_import`): kept.
         assert_eq!(c["name"], "Active power + (import)");
         assert_eq!(c["unique_id"], "airbridge_7310000123_active_power_import");
+        assert_eq!(c["default_entity_id"], "sensor.ksem_active_power_import");
+        assert_eq!(c["object_id"], "ksem_active_power_import");
         assert_eq!(c["state_topic"], "home/meter/totals/state");
         assert_eq!(c["value_template"], "{{ value_json.active_power_import }}");
         assert_eq!(c["unit_of_measurement"], "W");
@@ -452,7 +525,7 @@ mod tests {
     fn without_a_serial_the_device_is_the_node_and_text_has_no_unit() {
         let topics = Topics::new(&cfg());
         let p = load("ksem-g2.yaml");
-        let dev = HaDevice::new(&p.name, &topics.node, &Map::new());
+        let dev = HaDevice::new(&p.name, &p.short_name, &topics.node, &Map::new());
         assert_eq!(dev.id, "airbridge_home_meter");
         assert_eq!(dev.manufacturer, "KOSTAL");
         let plan = super::super::state::plan(&[spec("identity", 8192, 57, None)], &p);
@@ -471,7 +544,7 @@ mod tests {
         let p = load("kstar-hybrid.yaml");
         let plan =
             super::super::state::plan(&[spec("settings", 3125, 125, Some(Table::Input))], &p);
-        let dev = HaDevice::new(&p.name, &topics.node, &Map::new());
+        let dev = HaDevice::new(&p.name, &p.short_name, &topics.node, &Map::new());
         let r = p.get("active_power_setting").unwrap();
         let f = plan[0].field("active_power_setting").unwrap();
         let (topic, c) = command(&topics, &dev, r, Some((&plan[0], f))).unwrap();
@@ -484,9 +557,16 @@ mod tests {
         assert_eq!(c["max"], json!(100.0));
         assert_eq!(c["unit_of_measurement"], "%");
         assert_eq!(c["state_topic"], "home/meter/settings/state");
+        assert_eq!(c["default_entity_id"], "number.kstar_active_power_setting");
+        assert_eq!(c["object_id"], "kstar_active_power_setting");
+        assert_eq!(
+            c["unique_id"],
+            "airbridge_home_meter_active_power_setting_set"
+        );
         let w = p.get("working_mode").unwrap();
         let (topic, c) = command(&topics, &dev, w, None).unwrap();
         assert_eq!(topic, "homeassistant/select/home_meter/working_mode/config");
+        assert_eq!(c["default_entity_id"], "select.kstar_working_mode");
         assert_eq!(c["options"].as_array().unwrap().len(), 3);
         assert_eq!(c["availability"], json!([{"topic": "home/meter/status"}]));
     }
@@ -550,6 +630,9 @@ mod tests {
             assert_ne!(ca["unique_id"], cb["unique_id"]);
             assert_ne!(ca["device"]["identifiers"], cb["device"]["identifiers"]);
             assert_eq!(ca["state_topic"], "home/meter/battery1/live/state");
+            let id = format!("sensor.battery1_{}", f.key);
+            assert_eq!(ca["default_entity_id"], json!(id));
+            assert_ne!(ca["default_entity_id"], cb["default_entity_id"]);
             assert_eq!(
                 ca["availability"][1]["topic"],
                 "home/meter/battery1/live/availability"
@@ -562,5 +645,117 @@ mod tests {
         });
         assert_eq!(with.id, "airbridge_home_meter_battery1_KS_1");
         assert_eq!(with.serial_number.as_deref(), Some("KS 1"));
+    }
+
+    #[test]
+    fn display_names_read_as_the_value_name() {
+        assert_eq!(
+            display_name("active_power_import_l1", Some("Active power + L1")),
+            "Active power import L1"
+        );
+        assert_eq!(
+            display_name("active_power_export_l1", Some("Active power - L1")),
+            "Active power export L1"
+        );
+        // A label that reads as the name is kept, with its capitals and signs.
+        assert_eq!(display_name("current_l1", Some("Current L1")), "Current L1");
+        assert_eq!(
+            display_name("active_power_import", Some("Active power + (import)")),
+            "Active power + (import)"
+        );
+        assert_eq!(display_name("bat_soc", Some("Battery SOC")), "Bat soc");
+        assert_eq!(display_name("pv1_voltage", None), "PV1 voltage");
+        assert_eq!(display_name("dsp2_version", None), "Dsp2 version");
+        assert_eq!(display_name("x__y_", None), "X y");
+    }
+
+    /// Every entity of `profile` on one device: (component, config) of every readable value
+    /// (a region per table over the whole address space) and of every writable register.
+    fn every_entity(profile: &str, device: &str) -> Vec<(String, Json)> {
+        let c = cfg();
+        let p = load(profile);
+        let topics = Topics::device(&c, device);
+        let specs = [
+            spec("input", 0, u16::MAX, Some(Table::Input)),
+            spec("holding", 0, u16::MAX, Some(Table::Holding)),
+        ];
+        let plan = super::super::state::plan(&specs, &p);
+        let dev = if device.is_empty() {
+            HaDevice::new(&p.name, &p.short_name, &topics.node, &Map::new())
+        } else {
+            HaDevice::named(device, &p.name, &topics.node, &Map::new())
+        };
+        let mut out = Vec::new();
+        for r in &plan {
+            for f in &r.fields {
+                out.push(sensor(&topics, &dev, r, f).unwrap());
+            }
+        }
+        for reg in p.registers.iter().filter(|r| r.access.writable()) {
+            out.push(command(&topics, &dev, reg, None).unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn every_shipped_profile_gives_unique_ids_of_the_documented_form() {
+        let entity_id = |id: &str, prefix: &str| {
+            let (domain, object) = id.split_once('.').unwrap_or(("", ""));
+            ["sensor", "number", "select"].contains(&domain)
+                && object.starts_with(&format!("{prefix}_"))
+                && object.split('_').all(|w| {
+                    !w.is_empty()
+                        && w.chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                })
+        };
+        for (profile, prefix) in [
+            ("ksem-g2.yaml", "ksem"),
+            ("kstar-hybrid.yaml", "kstar"),
+            ("kstar-ksg1-60k.yaml", "kstar"),
+            ("kstar-ksg1-250k.yaml", "kstar"),
+        ] {
+            for (device, prefix) in [("", prefix), ("battery1", "battery1")] {
+                let all = every_entity(profile, device);
+                let mut ids = std::collections::HashSet::new();
+                let mut unique_ids = std::collections::HashSet::new();
+                let mut topics = std::collections::HashSet::new();
+                let mut names = std::collections::HashSet::new();
+                for (topic, c) in &all {
+                    let id = c["default_entity_id"].as_str().unwrap();
+                    assert!(entity_id(id, prefix), "{profile}: {id}");
+                    assert_eq!(Some(id.split_once('.').unwrap().1), c["object_id"].as_str());
+                    assert!(ids.insert(id.to_string()), "{profile}: {id} twice");
+                    let uid = c["unique_id"].as_str().unwrap().to_string();
+                    assert!(unique_ids.insert(uid.clone()), "{profile}: {uid} twice");
+                    assert!(topics.insert(topic.clone()), "{profile}: {topic} twice");
+                    // Display names slug apart too (HA's own ids would not collide either).
+                    let domain = id.split_once('.').unwrap().0;
+                    let name = format!("{domain}.{}", id_slug(c["name"].as_str().unwrap()));
+                    assert!(names.insert(name.clone()), "{profile}: {name} twice");
+                }
+                assert!(all.len() > 60, "{profile}: {} entities", all.len());
+            }
+        }
+        // The documented examples.
+        let ksem = every_entity("ksem-g2.yaml", "");
+        let id = |c: &Json| c["default_entity_id"].as_str().unwrap_or("").to_string();
+        let ids: Vec<String> = ksem.iter().map(|(_, c)| id(c)).collect();
+        for want in [
+            "sensor.ksem_active_power_import_l1",
+            "sensor.ksem_active_power_export_l1",
+            "sensor.ksem_active_energy_import",
+        ] {
+            assert!(ids.iter().any(|i| i == want), "{want} missing");
+        }
+        let hybrid = every_entity("kstar-hybrid.yaml", "battery1");
+        let ids: Vec<String> = hybrid.iter().map(|(_, c)| id(c)).collect();
+        for want in [
+            "sensor.battery1_arm_version",
+            "sensor.battery1_arm_version_input",
+            "select.battery1_working_mode",
+        ] {
+            assert!(ids.iter().any(|i| i == want), "{want} missing");
+        }
     }
 }

@@ -94,6 +94,8 @@ struct Unit {
     topics: Topics,
     /// The profile's name (device name and fallback model).
     profile_name: String,
+    /// The profile's `short_name` (entity ids of the one-device form).
+    short_name: String,
     /// Its regions with named values.
     plan: Vec<RegionPlan>,
     /// Writable registers that get a command entity (empty without commands).
@@ -143,6 +145,7 @@ impl MqttServer {
                     topics: Topics::device(&cfg, &d.name),
                     name: d.name,
                     profile_name: d.profile.name.clone(),
+                    short_name: d.profile.short_name.clone(),
                     plan,
                     writable,
                     commands,

@@ -28,6 +28,7 @@ const DEVICE_KEYS: &[&str] = &[
     "machine_model",
     "inverter_model_name",
     "arm_version",
+    "arm_version_input",
 ];
 
 /// How long discovery waits for device details other than a serial number.
@@ -80,7 +81,7 @@ impl MqttServer {
                     values.extend(r.payload(&snap.regions[r.index].words));
                 }
                 let device = if u.name.is_empty() {
-                    HaDevice::new(&u.profile_name, &u.topics.node, &values)
+                    HaDevice::new(&u.profile_name, &u.short_name, &u.topics.node, &values)
                 } else {
                     HaDevice::named(&u.name, &u.profile_name, &u.topics.node, &values)
                 };

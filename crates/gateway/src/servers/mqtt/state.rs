@@ -42,11 +42,11 @@ impl Field {
         }
     }
 
-    /// A human name: the profile's label, else the key.
-    pub fn label(&self) -> String {
-        match (self.part, &self.register.label) {
-            (Part::Whole, Some(l)) => l.clone(),
-            _ => self.key.replace('_', " "),
+    /// The profile's label of this value (a `u8pair`'s label names the pair, not a byte).
+    pub fn label(&self) -> Option<&str> {
+        match self.part {
+            Part::Whole => self.register.label.as_deref(),
+            Part::Hi | Part::Lo => None,
         }
     }
 
