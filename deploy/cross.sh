@@ -45,7 +45,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
   dpkg --print-foreign-architectures | grep -qx "$arch" || dpkg --add-architecture "$arch"
   echo "== apt-get install ${missing[*]}" >&2
-  apt-get update -qq
+  # A mirror caught mid-sync fails `update` ("File has unexpected size"); it passes a little
+  # later, so try three times before giving up.
+  for try in 1 2 3; do
+    apt-get update -qq && break
+    [ "$try" = 3 ] && { echo "cross.sh: apt-get update failed three times" >&2; exit 1; }
+    echo "cross.sh: apt-get update failed; again in 30 s" >&2
+    sleep 30
+  done
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 

@@ -1274,24 +1274,6 @@ fn demo(port: u16) -> Child {
     Child(
         common::airbridge_cmd()
             .args(["demo", "--mqtt", &format!("127.0.0.1:{port}")])
-/// `airbridge demo --mqtt`: every discovery config names its own entity id, of the form the
-/// README documents (`sensor.ksem_<value name>`, as `default_entity_id` and as `object_id`),
-/// so "Active power + L1" and "Active power - L1" can no longer become one id plus `_2`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs mosquitto: apt-get install mosquitto mosquitto-clients"]
-async fn demo_discovery_gives_every_value_its_own_documented_entity_id() {
-    tools(&[]);
-    let broker = Broker::start("ids", "allow_anonymous true");
-    let mut sub = Sub::start(
-        broker.port,
-        &["homeassistant/#", "airbridge-demo/status"],
-        false,
-    )
-    .await;
-    let mut demo = Child(
-        Command::new(BIN)
-            .args(["demo", "--duration", "4s", "--mqtt"])
-            .arg(format!("127.0.0.1:{}", broker.port))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -1342,6 +1324,30 @@ async fn no_old_value_is_replayed_as_live_across_stop_kill_and_restart() {
         v.status.as_deref() == Some("offline")
     })
     .await;
+}
+
+/// `airbridge demo --mqtt`: every discovery config names its own entity id, of the form the
+/// README documents (`sensor.ksem_<value name>`, as `default_entity_id` and as `object_id`),
+/// so "Active power + L1" and "Active power - L1" can no longer become one id plus `_2`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto: apt-get install mosquitto mosquitto-clients"]
+async fn demo_discovery_gives_every_value_its_own_documented_entity_id() {
+    tools(&[]);
+    let broker = Broker::start("ids", "allow_anonymous true");
+    let mut sub = Sub::start(
+        broker.port,
+        &["homeassistant/#", "airbridge-demo/status"],
+        false,
+    )
+    .await;
+    let mut demo = Child(
+        Command::new(BIN)
+            .args(["demo", "--duration", "4s", "--mqtt"])
+            .arg(format!("127.0.0.1:{}", broker.port))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn airbridge demo"),
     );
     // Every config until the demo's clean stop says `offline`.
     let mut configs = std::collections::BTreeMap::new();
