@@ -250,3 +250,57 @@ regions:
     let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(!all.contains("wire time"), "{all}");
 }
+
+/// Issue 19: commands over MQTT on a connection the broker cannot attribute (anonymous) or
+/// anyone on the path can read (plain `mqtt://`) are warned about at the `commands:` line,
+/// with what to do; the config stays usable. With TLS and a user: no warning.
+#[test]
+fn mqtt_commands_over_an_anonymous_plain_connection_warn() {
+    let dir = TempDir::new();
+    let config = |mqtt: &str| {
+        format!(
+            "profile: '{}'
+rtu_poll: {{device: /dev/ttyUSB0}}
+tcp_server: {{listen: '127.0.0.1:1502', allow_from: [127.0.0.1]}}
+regions:
+  - {{name: live, start: 3000, count: 10, function: input, source: rtu_poll, every: 1s, max_age: 5s}}
+writable: [3200]
+mqtt: {{{mqtt}}}
+",
+            common::profile("kstar-hybrid.yaml").display()
+        )
+    };
+    let path = dir.write(
+        "open.yaml",
+        &config("broker: 'mqtt://192.168.178.10', topic: ks, commands: true"),
+    );
+    let out = check(&path);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    let at = format!("warning: {}:7: mqtt.commands: ", path.display());
+    let warned: Vec<&str> = stdout.lines().filter(|l| l.starts_with(&at)).collect();
+    assert_eq!(warned.len(), 2, "{stdout}");
+    assert!(
+        warned[0].contains("anonymous") && warned[0].contains("ks/set/#"),
+        "{stdout}"
+    );
+    assert!(
+        warned[1].contains("unencrypted") && warned[1].contains("mqtts://"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("usable"), "{stdout}");
+
+    let secret = dir.write("mqtt.secret", "s3cret\n");
+    let path = dir.write(
+        "locked.yaml",
+        &config(&format!(
+            "broker: 'mqtts://broker.lan', username: gw, password_file: '{}', topic: ks, commands: true",
+            secret.display()
+        )),
+    );
+    let out = check(&path);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(!stdout.contains("mqtt.commands"), "{stdout}");
+    assert!(stdout.contains("usable"), "{stdout}");
+}

@@ -7,8 +7,9 @@
 //! side is served, TLS with a CA made here (openssl), KSTAR commands (accepted, refused,
 //! no answer), two KSTAR devices on one bus (`devices:`) as two HA devices through the
 //! real binary, and the order of status, availability and state across a clean stop, a
-//! SIGKILL and restarts of `airbridge demo` (no old value ever looks live), and the entity
-//! ids `airbridge demo --mqtt` gives Home Assistant.
+//! SIGKILL and restarts of `airbridge demo` (no old value ever looks live), the entity ids
+//! `airbridge demo --mqtt` gives Home Assistant, and, through the real binary, unlisted and
+//! retained commands that put no write request on the bus.
 //!
 //! Every test needs the Mosquitto tools, so every test is ignored unless run with
 //! `--include-ignored` (`.ci/run` installs them); run so, a missing tool fails the test.
@@ -1398,4 +1399,98 @@ async fn demo_discovery_gives_every_value_its_own_documented_entity_id() {
     }
     let l1 = &configs["homeassistant/sensor/airbridge-demo/active_power_export_l1/config"];
     assert_eq!(l1["name"], "Active power export L1");
+}
+
+/// Write requests (FC06, FC16) among the frames that reached a simulated device: what got
+/// onto the bus, whether or not the device took it.
+fn write_frames(dev: &SimDevice) -> Vec<Vec<u8>> {
+    dev.received()
+        .into_iter()
+        .filter(|f| matches!(f.get(1), Some(0x06 | 0x10)))
+        .collect()
+}
+
+/// Issue 19: through the real binary, a command for a register that is not under
+/// `writable:` (listed in the profile as writable or not there at all) and a retained
+/// command (published before the gateway subscribed, so the broker delivers it with the
+/// retain flag) for a listed register with a valid value are refused on the result topic
+/// and put no write request on the bus; one accepted command afterwards shows that the
+/// count sees what does reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto: apt-get install mosquitto mosquitto-clients"]
+async fn unlisted_and_retained_commands_never_reach_the_bus() {
+    tools(&[]);
+    let broker = Broker::start("refused", "allow_anonymous true");
+    let path = profile("kstar-hybrid.yaml");
+    let (devs, tty, _bus) = common::bus::pty_bus(&path, &[(1, 1111)]);
+    let dev = &devs[0];
+    let mut results = Sub::start(broker.port, &["ks/set/+/result"], false).await;
+    // Left on the broker before the gateway runs: only the retain flag is wrong with it.
+    publish(broker.port, "ks/set/active_power_setting", "42", true);
+
+    let dir = temp_dir("refused");
+    let cfg = dir.join("gateway.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "profile: '{prof}'
+rtu_poll: {{device: '{tty}', baud: 9600, timeout: 200ms, gap: 5ms, retries: 1, offline_after: 3, probe_max: 1s}}
+tcp_server: {{listen: '127.0.0.1:{tcp}', allow_from: [127.0.0.1]}}
+mqtt: {{broker: 'mqtt://127.0.0.1:{mqtt}', client_id: gw-refused, topic: ks, interval: 200ms, commands: true}}
+regions:
+  - {{name: live, start: 3000, count: 100, function: input, source: rtu_poll, every: 300ms, max_age: 3s}}
+writable: [3200]
+",
+            prof = path.display(),
+            tcp = free_port(),
+            mqtt = broker.port,
+        ),
+    )
+    .expect("write config");
+    let child = common::run_quiet(&cfg);
+
+    let r = results
+        .json("ks/set/active_power_setting/result", PATIENCE)
+        .await;
+    assert_eq!(r["outcome"], "refused", "{r}");
+    assert!(
+        r["reason"].as_str().is_some_and(|s| s.contains("retained")),
+        "{r}"
+    );
+    // Writable in the profile, not listed; not in the profile at all.
+    let refused = [
+        ("working_mode", "1", "writable"),
+        ("grid_voltage_min", "200", "writable"),
+        ("no_such_register", "1", "no register"),
+    ];
+    for (name, value, why) in refused {
+        publish(broker.port, &format!("ks/set/{name}"), value, false);
+        let r = results
+            .json(&format!("ks/set/{name}/result"), PATIENCE)
+            .await;
+        assert_eq!(r["outcome"], "refused", "{r}");
+        assert!(r["reason"].as_str().is_some_and(|s| s.contains(why)), "{r}");
+    }
+    assert_eq!(
+        write_frames(dev),
+        Vec::<Vec<u8>>::new(),
+        "nothing reached the bus"
+    );
+    assert_eq!(
+        dev.stats.writes.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+
+    // The same register, not retained: on the bus, once (FC06 3200 = 85).
+    publish(broker.port, "ks/set/active_power_setting", "85", false);
+    let r = results
+        .json("ks/set/active_power_setting/result", PATIENCE)
+        .await;
+    assert_eq!(r["outcome"], "accepted", "{r}");
+    let writes = write_frames(dev);
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert_eq!(writes[0][..6], [1, 0x06, 0x0C, 0x80, 0, 85], "{writes:?}");
+
+    common::terminate(child);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -2,7 +2,8 @@
 //!
 //! Owns everything about the MQTT settings that can be known before start-up: the broker
 //! URL (`mqtt://` or `mqtts://`), topic rules (no `+`/`#`), the publish interval, the
-//! discovery prefix and whether commands are accepted. It reads no files (the password
+//! discovery prefix and whether commands are accepted, with the warnings about commands on
+//! a connection that is anonymous or unencrypted (SECURITY.md "MQTT"). It reads no files (the password
 //! file is read by the MQTT server at connect time, so the secret never sits in a
 //! [`crate::config::Config`], a log line or `/status`); the one thing it asks the system is
 //! this machine's host name (`gethostname`), for the default client id.
@@ -138,15 +139,17 @@ fn line<T>(s: &Spanned<T>) -> u64 {
     s.referenced.line()
 }
 
-/// Validate the section. `profile`: the config names a profile (the values' names come from
-/// it). `writes`: the config has `rtu_poll:` and a `writable:` list, the only setting where
-/// commands have somewhere to go.
+/// Validate the section; the config and its warnings. `profile`: the config names a profile
+/// (the values' names come from it). `writes`: the config has `rtu_poll:` and a `writable:`
+/// list, the only setting where commands have somewhere to go. `per_device`: `devices:`
+/// names the devices, so each has its command topics under `<topic>/<device>/`.
 pub(super) fn validate(
     raw: &Spanned<RawMqtt>,
     origin: &str,
     profile: bool,
     writes: bool,
-) -> Result<MqttConfig, ConfigError> {
+    per_device: bool,
+) -> Result<(MqttConfig, Vec<String>), ConfigError> {
     let at = Origin(origin);
     let r = &raw.value;
     if !profile {
@@ -198,7 +201,7 @@ pub(super) fn validate(
             "commands need an `rtu_poll:` device and a `writable:` list (they go through the same policy as Modbus TCP writes)".into(),
         ));
     }
-    Ok(MqttConfig {
+    let config = MqttConfig {
         host,
         port,
         tls,
@@ -210,7 +213,12 @@ pub(super) fn validate(
         interval,
         discovery,
         commands,
-    })
+    };
+    let warnings = match &r.commands {
+        Some(c) if commands => at.command_warnings(line(c), &config, per_device),
+        _ => Vec::new(),
+    };
+    Ok((config, warnings))
 }
 
 /// The file being validated: names it in messages.
@@ -225,6 +233,44 @@ impl Origin<'_> {
             key: format!("mqtt.{key}"),
             message,
         }
+    }
+
+    /// The warning at `l` about `mqtt.<key>`, phrased as the validator's.
+    fn warning(&self, l: u64, key: &str, message: &str) -> String {
+        format!("{}:{l}: mqtt.{key}: {message}", self.0)
+    }
+
+    /// With `commands: true` (written at `l`): whoever may publish on the command topics can
+    /// write the `writable:` registers, so say when the broker cannot know who publishes
+    /// (anonymous) or when the commands cross the network in clear text (`mqtt://` to a host
+    /// that is not this machine).
+    fn command_warnings(&self, l: u64, c: &MqttConfig, per_device: bool) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let set = if per_device {
+            format!("{}/+/set/#", c.topic)
+        } else {
+            format!("{}/set/#", c.topic)
+        };
+        if c.username.is_none() {
+            warnings.push(self.warning(
+                l,
+                "commands",
+                &format!("on over an anonymous broker connection (no `username`): if the broker lets anyone publish, anyone on the network can write the `writable:` registers; give the gateway a `username` and `password_file`, turn off allow_anonymous and let only trusted clients publish on {set} (the broker's ACL)"),
+            ));
+        }
+        if !c.tls && !is_loopback(&c.host) {
+            let login = if c.username.is_some() {
+                " and the broker password"
+            } else {
+                ""
+            };
+            warnings.push(self.warning(
+                l,
+                "commands",
+                &format!("on over an unencrypted connection (mqtt://): commands{login} cross the network in clear text, anyone on the path can read or change them; write the broker as mqtts://HOST:8883 (`ca_file` for a private CA)"),
+            ));
+        }
+        warnings
     }
 
     /// `client_id`, default `airbridge-<hostname>`.
@@ -348,6 +394,14 @@ fn parse_broker(text: &str) -> Result<(String, u16, bool), String> {
         },
     };
     Ok((host.to_string(), port, tls))
+}
+
+/// The broker is this machine (`localhost` or a loopback address): nothing crosses a network.
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A topic the gateway publishes under: no wildcards, no empty levels at the ends.
@@ -541,5 +595,107 @@ regions:
         .map(|e| e.to_string())
         .unwrap_or_default();
         assert!(e.contains("mqtt.profile"), "{e}");
+    }
+
+    /// A KSTAR config whose `mqtt:` section is `mqtt` (written from line 7 on); its
+    /// warnings about `mqtt.commands`.
+    fn command_warnings(mqtt: &str) -> Vec<String> {
+        let text = format!(
+            "profile: p.yaml
+rtu_poll: {{device: /dev/ttyUSB0}}
+tcp_server: {{listen: '127.0.0.1:1502', allow_from: [127.0.0.1]}}
+regions:
+  - {{name: live, start: 3000, count: 10, function: input, source: rtu_poll, every: 1s, max_age: 5s}}
+writable: [3200]
+mqtt:
+{mqtt}"
+        );
+        parse(&text, "ks.yaml")
+            .unwrap_or_else(|e| panic!("{e}\n{text}"))
+            .warnings
+            .into_iter()
+            .filter(|w| w.contains("mqtt."))
+            .collect()
+    }
+
+    #[test]
+    fn commands_over_an_anonymous_or_plain_connection_are_warned_about() {
+        // Both: anonymous and in clear text; at the line of `commands:`, with what to do.
+        let w = command_warnings(
+            "  broker: mqtt://192.168.178.10
+  topic: ks
+  commands: true
+",
+        );
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].starts_with("ks.yaml:10: mqtt.commands: on over an anonymous broker connection"),
+            "{w:?}"
+        );
+        assert!(
+            w[0].contains("ks/set/#") && w[0].contains("password_file"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].starts_with("ks.yaml:10: mqtt.commands: on over an unencrypted connection"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].contains("mqtts://") && !w[1].contains("password"),
+            "{w:?}"
+        );
+        // A user, still in clear text: the password crosses the network too.
+        let w = command_warnings(
+            "  broker: mqtt://broker.lan:1883
+  username: gw
+  password_file: /x
+  commands: true
+",
+        );
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("unencrypted") && w[0].contains("broker password"),
+            "{w:?}"
+        );
+        // TLS, anonymous: only the anonymity.
+        let w = command_warnings(
+            "  broker: mqtts://broker.lan
+  commands: true
+",
+        );
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("anonymous") && w[0].contains("airbridge/set/#"),
+            "{w:?}"
+        );
+        // A broker on this machine: nothing crosses a network, only the anonymity is said.
+        for host in ["127.0.0.1", "localhost", "[::1]"] {
+            let w = command_warnings(&format!(
+                "  broker: mqtt://{host}
+  commands: true
+"
+            ));
+            assert_eq!(w.len(), 1, "{host}: {w:?}");
+            assert!(w[0].contains("anonymous"), "{w:?}");
+        }
+    }
+
+    #[test]
+    fn no_command_warning_with_tls_and_a_user_or_without_commands() {
+        let locked = "  broker: mqtts://broker.lan
+  username: gw
+  password_file: /x
+  commands: true
+";
+        assert_eq!(command_warnings(locked), Vec::<String>::new());
+        for off in [
+            "  broker: mqtt://192.168.178.10
+",
+            "  broker: mqtt://192.168.178.10
+  commands: false
+",
+        ] {
+            assert_eq!(command_warnings(off), Vec::<String>::new(), "{off}");
+        }
     }
 }

@@ -386,4 +386,21 @@ tcp_server: {listen: '127.0.0.1:0', allow_from: [127.0.0.1]}
         assert_eq!((l, key.as_str()), (3, "mqtt"));
         assert!(m.contains("`bb` has no `profile:`"), "{m}");
     }
+
+    #[test]
+    fn a_command_warning_names_the_per_device_command_topics() {
+        let text = format!(
+            "{BUS}mqtt: {{broker: 'mqtts://broker.lan', topic: ks, commands: true}}\ndevices:\n  - name: a\n    unit_id: 1\n    profile: p.yaml\n    writable: [3044]\n    regions:\n      - {{name: live, start: 3000, count: 100, function: input, every: 1s}}\n"
+        );
+        let w = parse(&text, "d.yaml")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .warnings;
+        let anonymous: Vec<&String> = w.iter().filter(|w| w.contains("mqtt.commands")).collect();
+        assert_eq!(anonymous.len(), 1, "{w:?}");
+        assert!(
+            anonymous[0].starts_with("d.yaml:3: mqtt.commands: on over an anonymous")
+                && anonymous[0].contains("ks/+/set/#"),
+            "{w:?}"
+        );
+    }
 }

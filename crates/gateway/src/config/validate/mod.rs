@@ -276,7 +276,7 @@ impl Validator<'_> {
     /// `mqtt:`. With `devices:`, MQTT publishes each device from its own profile (one HA
     /// device each), and commands need some device with a `writable:` list.
     fn mqtt(
-        &self,
+        &mut self,
         raw: &RawConfig,
         named_devices: Option<&[DeviceConfig]>,
         have_rtu_poll: bool,
@@ -301,7 +301,10 @@ impl Validator<'_> {
             }
             None => (raw.profile.is_some(), have_rtu_poll && !writable.is_empty()),
         };
-        mqtt::validate(m, self.origin, has_profile, writes).map(Some)
+        let (config, warnings) =
+            mqtt::validate(m, self.origin, has_profile, writes, named_devices.is_some())?;
+        self.warnings.extend(warnings);
+        Ok(Some(config))
     }
 
     fn status(
