@@ -42,6 +42,7 @@ pub(super) fn validate(raw: RawConfig, origin: &str) -> Result<Loaded, ConfigErr
         origin,
         warnings: Vec::new(),
         have_rtu_poll: false,
+        have_mqtt: raw.mqtt.is_some(),
     };
     let config = v.config(raw)?;
     Ok(Loaded {
@@ -59,6 +60,9 @@ struct Validator<'a> {
     /// The config has an `rtu_poll:` section (set before `tcp_server:` and the regions are
     /// validated: without it a config is a KSEM config).
     have_rtu_poll: bool,
+    /// The config has an `mqtt:` section: region names become topic levels, and `set` is
+    /// where the command topics are.
+    have_mqtt: bool,
 }
 
 impl Validator<'_> {
@@ -507,6 +511,19 @@ mod tests {
         assert_eq!((c.regions[0].start, c.regions[0].count), (0, 10));
         assert!(c.regions[0].source.push);
         assert_eq!(c.region_lines.get("a"), Some(&4));
+    }
+
+    #[test]
+    fn a_region_named_set_is_refused_only_with_mqtt() {
+        let region = "regions:\n  - {name: set, start: 0, count: 10, source: push}\n";
+        let mqtt = "mqtt: {broker: 'mqtt://127.0.0.1:1883'}\n";
+        let (line, key, message) = invalid(&format!("{RTU}{PUSH}{mqtt}{region}"));
+        assert_eq!((line, key.as_str()), (5, "regions[0] (set).name"));
+        assert!(message.contains("MQTT command level"), "{message}");
+        assert!(
+            check(&format!("{RTU}{PUSH}{region}")).is_ok(),
+            "no mqtt: no topics"
+        );
     }
 
     #[test]

@@ -48,6 +48,9 @@ struct Sections<'d> {
 /// The regions validated so far, with their lines.
 type Earlier = [(Region, u64)];
 
+/// The topic level under which MQTT commands arrive (`<topic>/set/<register>`).
+const MQTT_COMMAND_LEVEL: &str = "set";
+
 impl Validator<'_> {
     pub(super) fn regions(
         &mut self,
@@ -123,7 +126,7 @@ impl Validator<'_> {
         })
     }
 
-    /// A name, not used by an earlier entry.
+    /// A name, not used by an earlier entry (nor `set` with `mqtt:`).
     fn region_name(&self, e: &Entry<'_>, earlier: &Earlier) -> Result<(), ConfigError> {
         if e.raw.name.trim().is_empty() {
             return Err(self.err(
@@ -137,6 +140,15 @@ impl Validator<'_> {
                 e.line,
                 &e.key("name"),
                 format!("`{}` is used twice", other.name),
+            ));
+        }
+        if self.have_mqtt && e.raw.name == MQTT_COMMAND_LEVEL {
+            // <topic>/set/state would fall under the command subscription <topic>/set/+.
+            return Err(self.err(
+                e.line,
+                &e.key("name"),
+                "`set` is the MQTT command level (<topic>/set/<register>); a region named so \
+                 would publish its state where commands are taken: choose another name",
             ));
         }
         Ok(())
