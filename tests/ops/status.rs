@@ -607,7 +607,21 @@ async fn metrics_follow_the_format_and_count_what_happened() {
         .await
         .expect("FC04 identity");
 
-    let r = http(rig.status, "GET", "/metrics").await;
+    // The slave records a reply's latency once the reply is written, which can be just after
+    // the inverter has it: wait (bounded) until the last reply's observation is in.
+    let mut r = http(rig.status, "GET", "/metrics").await;
+    for _ in 0..40 {
+        let seen = get(
+            &parse_metrics(&r.body),
+            "airbridge_rtu_reply_latency_seconds_count",
+            &[],
+        );
+        if seen >= 8.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        r = http(rig.status, "GET", "/metrics").await;
+    }
     assert_eq!(r.status, 200);
     assert!(
         r.content_type.starts_with("text/plain; version=0.0.4"),
