@@ -44,28 +44,35 @@ fn shipped_profiles_have_their_short_name() {
     }
 }
 
+/// `airbridge profile show` on a profile of `text` (written to a temp file named after `what`):
+/// it must fail; the file's path and what it said on stderr.
+fn profile_show_refuses(what: &str, text: &str) -> (std::path::PathBuf, String) {
+    let file = std::env::temp_dir().join(format!(
+        "airbridge-{what}-profile-{}.yaml",
+        std::process::id()
+    ));
+    std::fs::write(&file, text).expect("write temp profile");
+    let out = common::airbridge_cmd()
+        .args(["profile", "show"])
+        .arg(&file)
+        .output()
+        .expect("run airbridge");
+    let _ = std::fs::remove_file(&file);
+    assert!(!out.status.success());
+    (file, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 /// The KSTAR hybrid profile once named two values `arm_version` (holding 3216, input 3227):
 /// one state key and one Home Assistant unique_id for both. `profile show` (and every
 /// command that loads a profile) refuses that, naming the file and line of both.
 #[test]
 fn profile_show_refuses_a_value_name_used_twice_with_both_lines() {
-    let bad =
-        std::env::temp_dir().join(format!("airbridge-dup-profile-{}.yaml", std::process::id()));
-    std::fs::write(
-        &bad,
+    let (bad, err) = profile_show_refuses(
+        "dup",
         "name: x\nregisters:\n\
          \x20 - {name: arm_version_full, address: 3216, function: holding, type: u8pair, hi: {name: arm_version}, lo: {name: arm_test_version}}\n\
          \x20 - {name: dsp_arm_version, address: 3227, function: input, type: u8pair, hi: {name: dsp_version}, lo: {name: arm_version}}\n",
-    )
-    .expect("write temp profile");
-    let out = common::airbridge_cmd()
-        .args(["profile", "show"])
-        .arg(&bad)
-        .output()
-        .expect("run airbridge");
-    let _ = std::fs::remove_file(&bad);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    );
     let path = bad.display();
     assert!(
         err.contains(&format!(
@@ -148,21 +155,10 @@ fn profile_show_lists_and_rejects() {
     assert!(text.contains("set_active_power_percent"), "{text}");
     assert!(text.contains("67 registers"), "{text}");
 
-    let bad =
-        std::env::temp_dir().join(format!("airbridge-bad-profile-{}.yaml", std::process::id()));
-    std::fs::write(
-        &bad,
+    let (_, err) = profile_show_refuses(
+        "bad",
         "name: x\nregisters:\n  - {name: a, address: 0, function: input, type: u16, words: 2}\n",
-    )
-    .expect("write temp profile");
-    let out = common::airbridge_cmd()
-        .args(["profile", "show"])
-        .arg(&bad)
-        .output()
-        .expect("run airbridge");
-    let _ = std::fs::remove_file(&bad);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    );
     assert!(
         err.contains(":3: a: type u16 has 1 word(s), not 2"),
         "{err}"
