@@ -13,6 +13,7 @@
 # for qemu-user's -L /: the same glibc as the Pi's Debian 12) and qemu-user to run it.
 # Builds from Cargo.lock (--locked), prints the binary and the .deb (target/debian/).
 # The linker is set through the environment, so a normal `cargo build` is untouched.
+# Exit status 3: apt could not install the packages (the other failures exit 1 or 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,13 +48,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "== apt-get install ${missing[*]}" >&2
   # A mirror caught mid-sync fails `update` ("File has unexpected size"); it passes a little
   # later, so try three times before giving up.
+  # If one index still fails, apt goes on with the others; install says whether that is enough.
   for try in 1 2 3; do
     apt-get update -qq && break
-    [ "$try" = 3 ] && { echo "cross.sh: apt-get update failed three times" >&2; exit 1; }
+    [ "$try" = 3 ] && { echo "cross.sh: apt-get update failed three times; trying with the indexes it has" >&2; break; }
     echo "cross.sh: apt-get update failed; again in 30 s" >&2
     sleep 30
   done
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || {
+    echo "cross.sh: apt-get could not install ${missing[*]}" >&2
+    exit 3
+  }
 fi
 
 # Debian's rustc must satisfy Cargo.toml's rust-version, and its std for the target must be
