@@ -246,7 +246,7 @@ impl Image {
             return Err(WriteError::NotWritable);
         }
         let touched = self
-            .covering(self.default_table(), address, values.len())
+            .covering(self.table_for(3), address, values.len())
             .ok_or(WriteError::NotWritable)?;
         if !self.specs[touched.clone()].iter().all(|s| s.accepts_push) {
             return Err(WriteError::NotWritable);
@@ -313,14 +313,6 @@ impl Image {
             self.warm.send_replace(true);
         }
         true
-    }
-
-    /// The table FC03 reads: holding if regions name their tables, else the untyped one.
-    fn default_table(&self) -> Option<Table> {
-        self.specs
-            .first()
-            .and_then(|s| s.table)
-            .map(|_| Table::Holding)
     }
 
     /// The table a read with function code `fc` (3 or 4) is served from: in an image whose

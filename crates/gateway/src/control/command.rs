@@ -26,9 +26,10 @@ pub enum Origin {
 }
 
 /// The log target of each writer's lines: the server a user knows (and filters with
-/// `log.level: "info,airbridge::servers::modbus_tcp=debug"`) rather than this module.
-const TCP_LOG_TARGET: &str = "airbridge::servers::modbus_tcp";
-const MQTT_LOG_TARGET: &str = "airbridge::servers::mqtt::commands";
+/// `log.level: "info,airbridge::servers::modbus_tcp=debug"`) rather than this module. Each
+/// server's tests check that its constant is its module path.
+pub(crate) const TCP_LOG_TARGET: &str = "airbridge::servers::modbus_tcp";
+pub(crate) const MQTT_LOG_TARGET: &str = "airbridge::servers::mqtt::commands";
 
 /// A log line about a write, with its origin's field (`peer` or `source = "mqtt"`) first.
 macro_rules! log_write {
